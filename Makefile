@@ -1,0 +1,29 @@
+# The two commands a newcomer runs (README.md): `make demo` and `make test`.
+# Each sets up .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Another torch (a CUDA build, say): make test TORCH='torch==2.13.0+cu126' TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	echo '$(TORCH)' > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tndsl check examples/*.tn
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

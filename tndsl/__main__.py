@@ -1,0 +1,5 @@
+import sys
+
+from tndsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,608 @@
+"""Surface AST → IR: dims, scopes, block instantiation under paths, loop unrolling.
+
+Names resolve like this:
+- A scope is the top level or one block instance. Within a scope, definitions may be
+  used before they are written (so definitions can form a cycle, which the checker
+  reports); a use refers to the version current at that point in the text, or, for a
+  name defined only later, to its final version.
+- Inside a `for` body, defining a name that already exists *rebinds* it: the new
+  version is `name@1`, `name@2`, ... and later uses see it. Anywhere else a second
+  definition is an error.
+- A block body sees its inputs, its own definitions, nested instances by path
+  (`attn.pattern`) and, failing those, the top level. Loop variables do not leak into
+  blocks.
+
+Errors are collected; an equation whose names cannot be resolved is left out of the
+network so the checker does not report follow-on errors about it.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import sympy
+
+from tndsl import boxes, dims as dimmod, inits, ir
+from tndsl.errors import (BlockError, ErrorSink, LegError, Note, RedefinitionError,
+                          ResourceError, SizeError, Span, TnError, UnknownNameError,
+                          did_you_mean)
+from tndsl.syntax import ast
+
+MAX_STATEMENTS = 200_000   # after unrolling: a bound on program size, not a style rule
+MAX_BLOCK_DEPTH = 64
+
+
+@dataclass
+class Elaborated:
+    network: ir.Network
+    sizes: dict[str, int | None]
+    errors: list[TnError]
+
+
+def elaborate(module: ast.Module, dim_sizes: Mapping[str, int] | None = None) -> Elaborated:
+    return _Elaborator(module, dim_sizes).run()
+
+
+@dataclass
+class _Scope:
+    prefix: str                    # "" at top level, "blocks.0.attn." in an instance
+    parent: "_Scope | None"        # the top level, for a block instance
+    serial: int
+    block: str = ""                # name of the block being instantiated
+    current: dict[str, str] = field(default_factory=dict)   # local name -> full name
+    kinds: dict[str, str] = field(default_factory=dict)
+    defined_at: dict[str, Span] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, list[Span]] = field(default_factory=dict)
+    returned: Span | None = None
+
+
+class _Unresolved(Exception):
+    """Raised inside an equation whose names cannot be resolved; already reported."""
+
+
+class _Elaborator:
+    def __init__(self, module: ast.Module, dim_sizes: Mapping[str, int] | None):
+        self.module = module
+        self.dim_overrides = dict(dim_sizes or {})
+        self.errors = ErrorSink()
+        self.dims: dict[str, ir.Dim] = {}
+        self.sizes: dict[str, int | None] = {}
+        self.blocks: dict[str, ast.BlockDef] = {}
+        self.tensors: dict[str, ir.Tensor] = {}
+        self.equations: dict[str, ir.Equation] = {}
+        self.instances: list[ir.Instance] = []
+        self.checks: list[ir.Check] = []
+        self.taken: dict[str, Span] = {}          # every full name defined, for clashes
+        self.placeholders: dict[str, str] = {}    # placeholder -> full name or placeholder
+        self.serials = itertools.count()
+        self.block_stack: list[str] = []
+        self.statements_done = 0
+
+    # ---- driver ----------------------------------------------------------------------
+    def run(self) -> Elaborated:
+        top = [s for s in self.module.statements]
+        for stmt in top:
+            if isinstance(stmt, ast.DimDecl):
+                self._declare_dim(stmt)
+            elif isinstance(stmt, ast.BlockDef):
+                self._declare_block(stmt)
+        try:
+            self.sizes = dimmod.resolve_sizes(self.dims, self.dim_overrides)
+        except TnError as e:
+            for err in getattr(e, "errors", [e]):
+                self.errors.add(err)
+            self.sizes = {name: None for name in self.dims}
+        scope = self._new_scope("", None)
+        try:
+            self._statements(top, scope, {}, 0)
+        except ResourceError as e:
+            self.errors.add(e)
+        self._close(scope)
+        network = self._finish()
+        return Elaborated(network, self.sizes, self.errors.errors)
+
+    def _new_scope(self, prefix: str, parent: _Scope | None, block: str = "") -> _Scope:
+        return _Scope(prefix, parent, next(self.serials), block)
+
+    # ---- top-level declarations ------------------------------------------------------
+    def _declare_dim(self, stmt: ast.DimDecl) -> None:
+        name = stmt.name.name
+        if name in self.dims:
+            self.errors.add(RedefinitionError(
+                f"dim `{name}` is declared twice", stmt.name.span,
+                notes=[Note(self.dims[name].span, "first declared here")]))
+            return
+        size = None
+        if stmt.size is not None:
+            try:
+                size = self._dim_size(stmt.size)
+            except TnError as e:
+                self.errors.add(e)
+        self.dims[name] = ir.Dim(name, size, stmt.name.span)
+
+    def _dim_size(self, e: ast.Expr) -> sympy.Expr:
+        if isinstance(e, ast.Number):
+            return sympy.Rational(e.text)
+        if isinstance(e, ast.BareName) and e.path.is_simple:
+            name = e.path.segments[0]
+            if name not in {s.name.name for s in self.module.statements
+                            if isinstance(s, ast.DimDecl)}:
+                raise UnknownNameError(f"unknown dim `{name}`", e.span,
+                                       hint=did_you_mean(name, self._dim_names()))
+            return dimmod.symbol(name)
+        if isinstance(e, ast.Binary):
+            left, right = self._dim_size(e.left), self._dim_size(e.right)
+            return {"+": left + right, "-": left - right, "*": left * right,
+                    "/": left / right}[e.op]
+        if isinstance(e, ast.Negate):
+            return -self._dim_size(e.operand)
+        raise SizeError("a dim size is a number or an arithmetic expression of other dims",
+                        e.span)
+
+    def _dim_names(self) -> list[str]:
+        return [s.name.name for s in self.module.statements if isinstance(s, ast.DimDecl)]
+
+    def _declare_block(self, stmt: ast.BlockDef) -> None:
+        name = stmt.name.name
+        if name in self.blocks:
+            self.errors.add(RedefinitionError(
+                f"block `{name}` is defined twice", stmt.name.span,
+                notes=[Note(self.blocks[name].name.span, "first defined here")]))
+            return
+        self.blocks[name] = stmt
+
+    # ---- statements ------------------------------------------------------------------
+    def _statements(self, stmts, scope: _Scope, env: dict[str, int], depth: int) -> None:
+        for stmt in stmts:
+            self.statements_done += 1
+            if self.statements_done > MAX_STATEMENTS:
+                raise ResourceError(f"program unrolls to more than {MAX_STATEMENTS:,} "
+                                    "statements", stmt.span,
+                                    hint="check the loop bounds")
+            try:
+                self._statement(stmt, scope, env, depth)
+            except _Unresolved:
+                pass
+            except RecursionError:
+                self.errors.add(ResourceError("expression nested too deeply to elaborate",
+                                              stmt.span,
+                                              hint="name intermediate results with equations"))
+            except ResourceError:
+                raise
+            except TnError as e:
+                self.errors.add(e)
+
+    def _statement(self, stmt, scope: _Scope, env: dict[str, int], depth: int) -> None:
+        at_top = scope.parent is None and depth == 0
+        if isinstance(stmt, ast.DimDecl):
+            if not at_top:
+                raise BlockError("dims are declared at the top level of a file", stmt.span)
+        elif isinstance(stmt, ast.BlockDef):
+            if not at_top:
+                raise BlockError("blocks are defined at the top level of a file", stmt.span)
+        elif isinstance(stmt, ast.TensorDecl):
+            self._tensor_decl(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.Equation):
+            self._equation(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.Return):
+            self._return(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.ForLoop):
+            self._for_loop(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.Check):
+            self._check(stmt, scope, env)
+        else:  # pragma: no cover - the parser produces nothing else
+            raise TypeError(stmt)
+
+    def _tensor_decl(self, stmt: ast.TensorDecl, scope: _Scope, env, depth) -> None:
+        if stmt.kind == "input" and scope.parent is not None:
+            raise BlockError("a block takes its inputs as arguments, not `input` declarations",
+                             stmt.span, hint="add it to the block's parameter list")
+        local = self._path(stmt.path, env)
+        try:
+            legs = self._leg_decls(stmt.legs)
+        except TnError:
+            # Define the name all the same, so its uses are not reported as unknown too.
+            self._define(scope, local, stmt.kind, stmt.path.span, depth)
+            raise
+        onehot = [leg for leg in stmt.legs if leg.onehot]
+        if onehot and stmt.kind == "param":
+            raise LegError("only an input can be one-hot", onehot[0].span)
+        if len(onehot) > 1:
+            raise LegError("an input has at most one one-hot leg", onehot[1].span)
+        init = None
+        if stmt.init is not None:
+            args = tuple(float(a) for a in stmt.init.args)
+            inits.validate(stmt.init.name.name, args, stmt.init.span)
+            init = ir.Init(stmt.init.name.name, args)
+        full = self._define(scope, local, stmt.kind, stmt.path.span, depth)
+        self.tensors[full] = ir.Tensor(full, stmt.kind, legs,
+                                       onehot[0].name.name if onehot else None, init, stmt.span)
+
+    def _leg_decls(self, decls) -> tuple[ir.Leg, ...]:
+        seen: dict[str, Span] = {}
+        legs = []
+        for decl in decls:
+            name = decl.name.name
+            if name in seen:
+                raise LegError(f"leg `{name}` is declared twice", decl.name.span,
+                               notes=[Note(seen[name], "first declared here")])
+            seen[name] = decl.name.span
+            legs.append(ir.Leg(name, self._dim_ref(decl.dim)))
+        return tuple(legs)
+
+    def _dim_ref(self, ident: ast.Ident) -> str:
+        if ident.name not in self.dims:
+            raise UnknownNameError(f"unknown dim `{ident.name}`", ident.span,
+                                   hint=did_you_mean(ident.name, self.dims))
+        return ident.name
+
+    def _equation(self, stmt: ast.Equation, scope: _Scope, env, depth) -> None:
+        local = self._path(stmt.target, env)
+        try:
+            indices = self._lhs_indices(stmt.indices)
+            rhs = self._expr(stmt.rhs, scope, env)
+        except (TnError, _Unresolved):
+            self._define(scope, local, "equation", stmt.target.span, depth)
+            raise
+        full = self._define(scope, local, "equation", stmt.target.span, depth)
+        self.equations[full] = ir.Equation(full, indices, rhs, stmt.span,
+                                           instance=scope.prefix[:-1])
+
+    def _lhs_indices(self, idents) -> tuple[str, ...]:
+        seen: dict[str, Span] = {}
+        for ident in idents:
+            if ident.name in seen:
+                raise LegError(f"leg `{ident.name}` appears twice on the left-hand side",
+                               ident.span, notes=[Note(seen[ident.name], "first here")])
+            seen[ident.name] = ident.span
+        return tuple(i.name for i in idents)
+
+    def _return(self, stmt: ast.Return, scope: _Scope, env, depth) -> None:
+        if scope.parent is None:
+            raise BlockError("`return` outside a block", stmt.span)
+        if scope.returned is not None:
+            raise BlockError("a block returns once", stmt.span,
+                             notes=[Note(scope.returned, "first return here")])
+        if depth > 0:
+            raise BlockError("`return` inside a loop", stmt.span,
+                             hint="rebind a name in the loop and return it after")
+        scope.returned = stmt.span
+        block = self.blocks[scope.block]
+        rhs = self._expr(stmt.value, scope, env)
+        indices = tuple(leg.name.name for leg in block.out_legs)
+        full = self._define(scope, "out", "equation", stmt.span, depth)
+        self.equations[full] = ir.Equation(full, indices, rhs, stmt.span,
+                                           instance=scope.prefix[:-1])
+
+    def _for_loop(self, stmt: ast.ForLoop, scope: _Scope, env, depth) -> None:
+        var = stmt.var.name
+        if var in env:
+            raise RedefinitionError(f"loop variable `{var}` is already in use", stmt.var.span)
+        start, stop = self._bound(stmt.start, env), self._bound(stmt.stop, env)
+        for value in range(start, stop):
+            self._statements(stmt.body, scope, {**env, var: value}, depth + 1)
+
+    def _bound(self, bound, env) -> int:
+        if isinstance(bound, ast.Number):
+            return int(bound.text)
+        if bound.name in env:
+            return env[bound.name]
+        if bound.name not in self.dims:
+            raise UnknownNameError(f"unknown loop bound `{bound.name}`", bound.span,
+                                   hint=did_you_mean(bound.name, list(self.dims) + list(env)))
+        size = self.sizes.get(bound.name)
+        if size is None:
+            raise SizeError(f"loop bound `{bound.name}` has no size", bound.span,
+                            hint=f"give it one: `dim {bound.name} = 12`, or dims={{...}} "
+                                 "when loading")
+        return size
+
+    def _check(self, stmt: ast.Check, scope: _Scope, env) -> None:
+        label = stmt.label.name if stmt.label else f"line{stmt.span.line}"
+        if env:
+            label += "".join(f".{v}" for v in env.values())
+        lhs = self._expr(stmt.lhs, scope, env)
+        rhs = self._expr(stmt.rhs, scope, env)
+        legs = self._lhs_indices(stmt.legs) if stmt.legs is not None else None
+        self.checks.append(ir.Check(scope.prefix + label, lhs, rhs, explicit_legs=legs,
+                                    span=stmt.span))
+
+    # ---- names -----------------------------------------------------------------------
+    def _path(self, path: ast.Path, env: Mapping[str, int]) -> str:
+        parts = []
+        for seg in path.segments:
+            if isinstance(seg, ast.LoopVar):
+                if seg.name not in env:
+                    raise UnknownNameError(f"unknown loop variable `{seg.name}`", seg.span,
+                                           hint=did_you_mean(seg.name, env) or
+                                           ("no loop is open here" if not env else None))
+                parts.append(str(env[seg.name]))
+            else:
+                parts.append(str(seg))
+        return ".".join(parts)
+
+    def _define(self, scope: _Scope, local: str, kind: str, span: Span, depth: int) -> str:
+        full = scope.prefix + local
+        if local in scope.current:
+            rebinding = depth > 0 and kind == "equation" and scope.kinds[local] in (
+                "equation", "block input")
+            if not rebinding:
+                raise RedefinitionError(f"`{local}` is defined twice", span,
+                                        notes=[Note(scope.defined_at[local], "first defined here")],
+                                        hint=None if depth else
+                                        "only a loop body may rebind a name")
+            version = scope.versions.get(local, 0) + 1
+            scope.versions[local] = version
+            full = f"{full}@{version}"
+        if full in self.taken:
+            raise RedefinitionError(f"`{full}` is defined twice", span,
+                                    notes=[Note(self.taken[full], "first defined here")])
+        self.taken[full] = span
+        scope.current[local] = full
+        scope.kinds[local] = kind
+        scope.defined_at.setdefault(local, span)
+        return full
+
+    def _resolve(self, path: ast.Path, scope: _Scope, env) -> str:
+        local = self._path(path, env)
+        if local in scope.current:
+            return scope.current[local]
+        scope.pending.setdefault(local, []).append(path.span)
+        return f"\0{scope.serial}\0{local}"
+
+    def _close(self, scope: _Scope) -> None:
+        """Resolve the scope's forward references now that all its names are known."""
+        for local, spans in scope.pending.items():
+            key = f"\0{scope.serial}\0{local}"
+            if local in scope.current:
+                self.placeholders[key] = scope.current[local]
+            elif scope.prefix + local in self.taken:
+                self.placeholders[key] = scope.prefix + local
+            elif scope.parent is not None:
+                parent = scope.parent
+                if local in parent.current:
+                    self.placeholders[key] = parent.current[local]
+                else:
+                    parent.pending.setdefault(local, []).extend(spans)
+                    self.placeholders[key] = f"\0{parent.serial}\0{local}"
+            else:
+                visible = list(scope.current) + list(self.taken)
+                for span in spans:
+                    self.errors.add(UnknownNameError(f"unknown tensor `{local}`", span,
+                                                     hint=did_you_mean(local, visible)))
+
+    def _final_name(self, name: str) -> str | None:
+        while name.startswith("\0"):
+            if name not in self.placeholders:
+                return None
+            name = self.placeholders[name]
+        return name
+
+    def _finish(self) -> ir.Network:
+        def fix(ref: ir.Ref) -> ir.Ref:
+            name = self._final_name(ref.name)
+            if name is None:
+                raise _Unresolved
+            return ref if name == ref.name else ir.Ref(name, ref.indices, ref.span)
+
+        equations = []
+        for eq in self.equations.values():
+            try:
+                equations.append(ir.Equation(eq.name, eq.indices, ir.map_refs(eq.rhs, fix),
+                                             eq.span, instance=eq.instance))
+            except _Unresolved:
+                pass
+        checks = []
+        for check in self.checks:
+            try:
+                checks.append(ir.Check(check.label, ir.map_refs(check.lhs, fix),
+                                       ir.map_refs(check.rhs, fix),
+                                       explicit_legs=check.explicit_legs, span=check.span))
+            except _Unresolved:
+                pass
+        return ir.Network(tuple(self.dims.values()), tuple(self.tensors.values()),
+                          tuple(equations), tuple(self.instances), tuple(checks),
+                          self.module.source)
+
+    # ---- expressions -----------------------------------------------------------------
+    def _expr(self, e: ast.Expr, scope: _Scope, env) -> ir.Sum:
+        if isinstance(e, ast.Number):
+            return _scalar(sympy.Rational(e.text), e.span)
+        if isinstance(e, ast.BareName):
+            return _scalar(self._bare_scalar(e, scope, env), e.span)
+        if isinstance(e, ast.TensorRef):
+            ref = ir.Ref(self._resolve(e.path, scope, env), tuple(i.name for i in e.indices),
+                         e.span)
+            return ir.Sum((ir.Term(sympy.Integer(1), (ref,), e.span),), e.span)
+        if isinstance(e, ast.Binary):
+            left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
+            if e.op == "+":
+                return ir.Sum(left.terms + right.terms, e.span)
+            if e.op == "-":
+                return ir.Sum(left.terms + _negate(right).terms, e.span)
+            if e.op == "*":
+                return _multiply(left, right, e.span)
+            value = _scalar_value(right)
+            if value is None:
+                raise LegError("only a scalar can divide", e.right.span,
+                               hint="multiply by the inverse as a tensor, or use a number "
+                                    "or dim here")
+            if value == 0:
+                raise TnError("division by zero", e.right.span)
+            return _multiply(left, _scalar(1 / value, e.right.span), e.span)
+        if isinstance(e, ast.Negate):
+            return _negate(self._expr(e.operand, scope, env))
+        if isinstance(e, ast.Where):
+            argument = self._expr(e.argument, scope, env)
+            conditions = tuple(ir.Condition(c.left.name, c.op, c.right.name)
+                               for c in e.conditions)
+            return _factor(ir.Mask(conditions, argument, e.span), e.span)
+        if isinstance(e, ast.LegBox):
+            name = self._function_name(e.function)
+            kind = boxes.lookup(name, e.function.span, over_legs=True)
+            argument = self._expr(e.argument, scope, env)
+            legs = self._lhs_indices(e.legs)
+            if not legs:
+                raise LegError(f"`{name}` needs at least one leg", e.span)
+            return _factor(ir.Box(kind.name, legs, argument, e.span), e.span)
+        if isinstance(e, ast.Call):
+            return self._call(e, scope, env)
+        raise TypeError(e)  # pragma: no cover
+
+    def _function_name(self, path: ast.Path) -> str:
+        if not path.is_simple or not isinstance(path.segments[0], str):
+            raise UnknownNameError(f"`{path}` is not a function or block name", path.span)
+        return path.segments[0]
+
+    def _bare_scalar(self, e: ast.BareName, scope: _Scope, env) -> sympy.Expr:
+        name = str(e.path)
+        if e.path.is_simple and name in env:
+            return sympy.Integer(env[name])
+        if e.path.is_simple and name in self.dims:
+            return dimmod.symbol(name)
+        if name in scope.current or name in self.taken:
+            raise LegError(f"tensor `{name}` is used without legs", e.span,
+                           hint=f"write `{name}[...]` with one index per leg")
+        raise UnknownNameError(f"unknown dim `{name}`", e.span,
+                               hint=did_you_mean(name, list(self.dims) + list(env)))
+
+    def _call(self, e: ast.Call, scope: _Scope, env) -> ir.Sum:
+        name = self._function_name(e.function)
+        if name in self.blocks:
+            return self._instantiate(e, self.blocks[name], scope, env)
+        if e.instance is not None or e.rename is not None:
+            what = "an instance path (`as ...`)" if e.instance is not None else "renamed legs"
+            raise BlockError(f"only a block call takes {what}; `{name}` is not a block",
+                             e.span, hint=did_you_mean(name, self.blocks))
+        if len(e.arguments) != 1:
+            raise TnError(f"`{name}` takes one argument, got {len(e.arguments)}", e.span)
+        argument = self._expr(e.arguments[0], scope, env)
+        if name in boxes.SCALAR_FUNCTIONS:
+            value = _scalar_value(argument)
+            if value is None:
+                raise LegError(f"`{name}` applies to scalars (numbers and dims)",
+                               e.arguments[0].span)
+            return _scalar(sympy.sqrt(value), e.span)
+        if name not in boxes.BOXES and name not in boxes.ALIASES:
+            candidates = list(boxes.BOXES) + list(self.blocks) + list(boxes.SCALAR_FUNCTIONS)
+            hint = did_you_mean(name, candidates)
+            raise UnknownNameError(f"unknown function or block `{name}`", e.function.span,
+                                   hint=hint or "element-wise boxes: " + ", ".join(
+                                       k for k, v in boxes.BOXES.items() if not v.over_legs)
+                                   + (("; blocks: " + ", ".join(self.blocks))
+                                      if self.blocks else ""))
+        kind = boxes.lookup(name, e.function.span, over_legs=False)
+        if _scalar_value(argument) is not None:
+            raise LegError(f"`{name}` is applied to a number; boxes apply to tensors",
+                           e.arguments[0].span)
+        return _factor(ir.Box(kind.name, (), argument, e.span), e.span)
+
+    def _instantiate(self, e: ast.Call, block: ast.BlockDef, scope: _Scope, env) -> ir.Sum:
+        name = block.name.name
+        if e.instance is None:
+            raise BlockError(f"a call of block `{name}` needs an instance path", e.span,
+                             hint=f"write `{name}(...) as some.path`; params are named under it")
+        if name in self.block_stack:
+            chain = " → ".join(self.block_stack[self.block_stack.index(name):] + [name])
+            raise BlockError(f"block `{name}` instantiates itself: {chain}", e.span)
+        if len(self.block_stack) >= MAX_BLOCK_DEPTH:
+            raise ResourceError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep", e.span)
+        if len(e.arguments) != len(block.params):
+            expected = ", ".join(p.name.name for p in block.params)
+            raise BlockError(f"block `{name}` takes {len(block.params)} argument"
+                             f"{'s' if len(block.params) != 1 else ''} ({expected}), "
+                             f"got {len(e.arguments)}", e.span,
+                             notes=[Note(block.name.span, "defined here")])
+        path = scope.prefix + self._path(e.instance, env)
+        if path in self.taken:
+            raise RedefinitionError(f"instance path `{path}` is used twice", e.instance.span,
+                                    notes=[Note(self.taken[path], "first used here")])
+        self.taken[path] = e.instance.span
+
+        # Every argument becomes an equation `path.input`, so the block's inputs are
+        # reachable by path (hooks, figures) whatever the caller passed. A bare tensor
+        # name binds positionally; an expression binds by its free legs' names.
+        bindings = []
+        for param, arg in zip(block.params, e.arguments):
+            legs = self._leg_decls(param.legs)
+            indices = tuple(leg.name for leg in legs)
+            if isinstance(arg, ast.BareName) and not self._is_scalar_name(arg, env):
+                ref = ir.Ref(self._resolve(arg.path, scope, env), indices, arg.span)
+                rhs = _factor(ref, arg.span)
+            else:
+                rhs = self._expr(arg, scope, env)
+            tensor = f"{path}.{param.name.name}"
+            if tensor in self.taken:
+                raise RedefinitionError(f"`{tensor}` is defined twice", arg.span,
+                                        notes=[Note(self.taken[tensor], "first defined here")])
+            self.taken[tensor] = arg.span
+            self.equations[tensor] = ir.Equation(tensor, indices, rhs, arg.span, instance=path)
+            bindings.append(ir.Binding(param.name.name, tensor, legs))
+
+        inner = self._new_scope(path + ".", scope if scope.parent is None else scope.parent,
+                                name)
+        for binding, param in zip(bindings, block.params):
+            inner.current[binding.input] = binding.tensor
+            inner.kinds[binding.input] = "block input"
+            inner.defined_at[binding.input] = param.name.span
+        self.block_stack.append(name)
+        try:
+            self._statements(block.body, inner, {}, 0)
+        finally:
+            self.block_stack.pop()
+        self._close(inner)
+        if inner.returned is None:
+            raise BlockError(f"block `{name}` has no `return`", block.name.span)
+        out_legs = self._leg_decls(block.out_legs)
+        output = inner.current["out"]
+        self.instances.append(ir.Instance(path, name, tuple(bindings), output, out_legs,
+                                          e.span))
+        indices = tuple(leg.name for leg in out_legs)
+        if e.rename is not None:
+            if len(e.rename) != len(out_legs):
+                raise LegError(f"block `{name}` returns {len(out_legs)} legs, "
+                               f"{len(e.rename)} names given", e.span)
+            indices = tuple(i.name for i in e.rename)
+        return _factor(ir.Ref(output, indices, e.span), e.span)
+
+    def _is_scalar_name(self, arg: ast.BareName, env) -> bool:
+        return arg.path.is_simple and (str(arg.path) in env or str(arg.path) in self.dims)
+
+
+# ---- expression algebra helpers ---------------------------------------------------------
+
+def _scalar(value: sympy.Expr, span: Span) -> ir.Sum:
+    return ir.Sum((ir.Term(sympy.sympify(value), (), span),), span)
+
+
+def _factor(factor: ir.Factor, span: Span) -> ir.Sum:
+    return ir.Sum((ir.Term(sympy.Integer(1), (factor,), span),), span)
+
+
+def _scalar_value(expr: ir.Sum) -> sympy.Expr | None:
+    if all(not term.factors for term in expr.terms):
+        return sympy.Add(*(term.coefficient for term in expr.terms))
+    return None
+
+
+def _negate(expr: ir.Sum) -> ir.Sum:
+    return ir.Sum(tuple(ir.Term(-t.coefficient, t.factors, t.span) for t in expr.terms),
+                  expr.span)
+
+
+def _as_term(expr: ir.Sum) -> tuple[sympy.Expr, tuple[ir.Factor, ...]]:
+    """A coefficient and factors: a sum of several terms becomes one bracketed factor."""
+    value = _scalar_value(expr)
+    if value is not None:
+        return value, ()
+    if len(expr.terms) == 1:
+        return expr.terms[0].coefficient, expr.terms[0].factors
+    return sympy.Integer(1), (expr,)
+
+
+def _multiply(left: ir.Sum, right: ir.Sum, span: Span) -> ir.Sum:
+    cl, fl = _as_term(left)
+    cr, fr = _as_term(right)
+    return ir.Sum((ir.Term(cl * cr, fl + fr, span),), span)

@@ -1,0 +1,97 @@
+"""A canonical text dump of the IR, for golden tests and for writing expressions back
+as `.tn` (residuals of failed proofs). Deterministic: declaration order, no addresses."""
+from __future__ import annotations
+
+import sympy
+
+from tndsl import ir
+
+
+def dump(network: ir.Network, sizes: dict[str, int | None] | None = None) -> str:
+    sizes = sizes or {}
+    lines = []
+    for dim in network.dims:
+        text = f"dim {dim.name}"
+        if dim.size is not None:
+            text += f" = {format_scalar(dim.size)}"
+        value = sizes.get(dim.name)
+        if value is not None and (dim.size is None or dim.size.free_symbols):
+            text += f"  # {value}"
+        lines.append(text)
+    for tensor in network.tensors:
+        lines.append(tensor_decl(tensor))
+    for inst in network.instances:
+        args = ", ".join(f"{b.input}={b.tensor}" for b in inst.bindings)
+        lines.append(f"instance {inst.path} = {inst.block}({args}) -> {inst.output}"
+                     f"{legs_decl(inst.out_legs)}")
+    for eq in network.equations:
+        head = eq.name + (legs_decl(eq.legs) if eq.legs is not None
+                          else "[" + ", ".join(eq.indices) + "]")
+        lines.append(f"{head} = {expression(eq.rhs)}")
+    for check in network.checks:
+        legs = legs_decl(check.legs) if check.legs is not None else ""
+        lines.append(f"check {check.label}{legs}: {expression(check.lhs)} == "
+                     f"{expression(check.rhs)}")
+    return "\n".join(lines) + "\n"
+
+
+def legs_decl(legs: tuple[ir.Leg, ...]) -> str:
+    return "[" + ", ".join(f"{leg.name}: {leg.dim}" for leg in legs) + "]"
+
+
+def tensor_decl(tensor: ir.Tensor) -> str:
+    legs = ", ".join(f"{leg.name}: {'onehot ' if leg.name == tensor.onehot else ''}{leg.dim}"
+                     for leg in tensor.legs)
+    text = f"{tensor.kind} {tensor.name}[{legs}]"
+    if tensor.init is not None:
+        args = ", ".join(repr(a) for a in tensor.init.args)
+        text += f" init {tensor.init.name}" + (f"({args})" if args else "")
+    return text
+
+
+def format_scalar(value: sympy.Expr) -> str:
+    return sympy.sstr(value, order="lex")
+
+
+def expression(node: ir.Sum) -> str:
+    """`.tn` text for an expression (parenthesised where precedence needs it)."""
+    parts = []
+    for i, term in enumerate(node.terms):
+        text = _term(term)
+        if i == 0:
+            parts.append(text)
+        elif text.startswith("-"):
+            parts.append("- " + text[1:])
+        else:
+            parts.append("+ " + text)
+    return " ".join(parts) if parts else "0"
+
+
+def _term(term: ir.Term) -> str:
+    factors = [_factor(f) for f in term.factors]
+    c = term.coefficient
+    if not factors:
+        return format_scalar(c)
+    if c == 1:
+        return " * ".join(factors)
+    if c == -1:
+        return "-" + " * ".join(factors)
+    sign = ""
+    if c.could_extract_minus_sign():
+        sign, c = "-", -c
+    coeff = format_scalar(c)
+    if isinstance(c, (sympy.Add, sympy.Mul)) or "/" in coeff:
+        coeff = f"({coeff})"
+    return sign + coeff + " * " + " * ".join(factors)
+
+
+def _factor(factor: ir.Factor) -> str:
+    if isinstance(factor, ir.Ref):
+        return f"{factor.name}[{', '.join(factor.indices)}]"
+    if isinstance(factor, ir.Box):
+        legs = f"[{', '.join(factor.legs)}]" if factor.legs else ""
+        return f"{factor.function}{legs}({expression(factor.argument)})"
+    if isinstance(factor, ir.Mask):
+        conds = " and ".join(f"{c.left} {c.op} {c.right}" for c in factor.conditions)
+        return f"({expression(factor.argument)} where {conds})"
+    return f"({expression(factor)})"

@@ -1,0 +1,156 @@
+"""The checked program a user holds: the pipeline's entry points and what it reports."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import sympy
+
+from tndsl import dims as dimmod, ir, printer
+from tndsl.check import check
+from tndsl.elaborate import elaborate
+from tndsl.errors import ErrorSink, TnError, TnWarning
+from tndsl.syntax import parse_module
+
+
+def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None
+          ) -> "Program":
+    """Parse, elaborate and check `.tn` text; raise `TnError` listing every mistake found."""
+    module = parse_module(text, name)
+    elaborated = elaborate(module, dims)
+    checked = check(elaborated.network)
+    errors = ErrorSink()
+    for error in elaborated.errors + checked.errors:
+        errors.add(error)
+    errors.raise_if_any()
+    return Program(checked.network, elaborated.sizes, tuple(checked.warnings))
+
+
+def load(path: str | Path, dims: Mapping[str, int] | None = None) -> "Program":
+    """Read and check a `.tn` file. `dims` gives or overrides dim sizes by name."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TnError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else e}")
+    return parse(text, str(path), dims)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A checked network with its dim sizes (None where a dim is left symbolic)."""
+
+    network: ir.Network
+    sizes: Mapping[str, int | None]
+    warnings: tuple[TnWarning, ...] = ()
+
+    # ---- lookups ---------------------------------------------------------------------
+    @property
+    def params(self) -> tuple[ir.Tensor, ...]:
+        return tuple(t for t in self.network.tensors if t.kind == "param")
+
+    @property
+    def inputs(self) -> tuple[ir.Tensor, ...]:
+        return tuple(t for t in self.network.tensors if t.kind == "input")
+
+    @property
+    def equations(self) -> tuple[ir.Equation, ...]:
+        return self.network.equations
+
+    @property
+    def checks(self) -> tuple[ir.Check, ...]:
+        return self.network.checks
+
+    def equation(self, name: str) -> ir.Equation:
+        for eq in self.network.equations:
+            if eq.name == name:
+                return eq
+        raise KeyError(name)
+
+    @property
+    def outputs(self) -> tuple[ir.Equation, ...]:
+        """Equations no other equation uses, in definition order."""
+        used = {r.name for eq in self.network.equations for r in ir.refs(eq.rhs)}
+        return tuple(eq for eq in self.network.equations if eq.name not in used)
+
+    @property
+    def final(self) -> ir.Equation | None:
+        """The last equation written at the top level of the file: the default output."""
+        top = [eq for eq in self.network.equations if not eq.instance]
+        return top[-1] if top else None
+
+    def legs(self, name: str) -> tuple[ir.Leg, ...]:
+        for tensor in self.network.tensors:
+            if tensor.name == name:
+                return tensor.legs
+        return self.equation(name).legs
+
+    def shape(self, name: str) -> tuple[sympy.Expr, ...]:
+        """Sizes of `name`'s legs: integers where known, dim symbols otherwise."""
+        return tuple(dimmod.evaluate(dimmod.symbol(leg.dim), self.sizes)
+                     for leg in self.legs(name))
+
+    def parameter_count(self) -> sympy.Expr:
+        total = sympy.Add(*(dimmod.numel(t) for t in self.params))
+        return dimmod.evaluate(total, self.sizes)
+
+    # ---- reports ---------------------------------------------------------------------
+    def dump(self) -> str:
+        return printer.dump(self.network, dict(self.sizes))
+
+    def summary(self) -> str:
+        lines = []
+        dims = []
+        for dim in self.network.dims:
+            size = self.sizes.get(dim.name)
+            text = f"{dim.name} = {size if size is not None else '?'}"
+            if dim.size is not None and dim.size.free_symbols:
+                text += f" ({printer.format_scalar(dim.size)})"
+            dims.append(text)
+        lines.append("  dims     " + (", ".join(dims) or "none"))
+        count = self.parameter_count()
+        lines.append(f"  params   {len(self.params)} tensors, {_number(count)} parameters")
+        lines.extend(_tensor_table(self.params, self.sizes))
+        lines.append("  inputs   " + ("" if self.inputs else "none"))
+        lines.extend(_tensor_table(self.inputs, self.sizes))
+        lines.append("  outputs  " + ", ".join(
+            f"{eq.name}{printer.legs_decl(eq.legs)}" for eq in self.outputs if not eq.instance))
+        if self.checks:
+            lines.append(f"  checks   {len(self.checks)}: " +
+                         ", ".join(c.label for c in self.checks))
+        else:
+            lines.append("  checks   none")
+        return "\n".join(lines)
+
+
+def _number(value: sympy.Expr) -> str:
+    return f"{int(value):,}" if value.is_Integer else str(value)
+
+
+def _tensor_table(tensors, sizes) -> list[str]:
+    """One row per tensor; instances differing only in a layer number share a row."""
+    groups: dict[tuple, list[ir.Tensor]] = {}
+    for tensor in tensors:
+        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)", "#", tensor.name)
+        groups.setdefault((pattern, tensor.legs, tensor.onehot), []).append(tensor)
+    rows = []
+    for (pattern, legs, onehot), members in groups.items():
+        name = members[0].name if len(members) == 1 else _range_name(pattern, members)
+        legs_text = ", ".join(f"{l.name}: {'onehot ' if l.name == onehot else ''}{l.dim}"
+                              for l in legs)
+        shape = " × ".join(_number(dimmod.evaluate(dimmod.symbol(l.dim), sizes)) for l in legs)
+        repeat = f"  (×{len(members)})" if len(members) > 1 else ""
+        rows.append((name, f"[{legs_text}]", (shape or "scalar") + repeat))
+    width = [max((len(r[i]) for r in rows), default=0) for i in range(2)]
+    return [f"    {a:<{width[0]}}  {b:<{width[1]}}  {c}" for a, b, c in rows]
+
+
+def _range_name(pattern: str, members: list[ir.Tensor]) -> str:
+    numbers = [re.findall(r"(?<=\.)\d+(?=\.|$)", m.name) for m in members]
+    if pattern.count("#") == 1:
+        values = sorted(int(n[0]) for n in numbers)
+        if values == list(range(values[0], values[0] + len(values))):
+            return pattern.replace("#", f"{{{values[0]}..{values[-1]}}}")
+    return pattern.replace("#", "*")

@@ -1,0 +1,210 @@
+"""The surface syntax tree: what the user wrote, with spans, before any meaning.
+
+Elaboration (`tndsl.elaborate`) turns this into the IR; nothing after it sees these
+classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from tndsl.errors import Source, Span
+
+
+@dataclass(frozen=True)
+class Ident:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class LoopVar:
+    """A `{l}` segment of a path, replaced by the loop's value when unrolled."""
+
+    name: str
+    span: Span
+
+
+Segment = Union[str, int, LoopVar]
+
+
+@dataclass(frozen=True)
+class Path:
+    segments: tuple[Segment, ...]
+    span: Span
+
+    @property
+    def is_simple(self) -> bool:
+        return len(self.segments) == 1
+
+    def __str__(self) -> str:
+        return ".".join("{" + s.name + "}" if isinstance(s, LoopVar) else str(s)
+                        for s in self.segments)
+
+
+# ---- expressions ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Number:
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class BareName:
+    """A path without legs: a dim used as a number, or a whole tensor passed to a block."""
+
+    path: Path
+    span: Span
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    path: Path
+    indices: tuple[Ident, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class LegBox:
+    """`softmax[s](...)`: a function applied along named legs."""
+
+    function: Path
+    legs: tuple[Ident, ...]
+    argument: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    """`relu(x)`, `sqrt(Head)` or a block instantiation `Attention(x) as attn`."""
+
+    function: Path
+    arguments: tuple["Expr", ...]
+    rename: tuple[Ident, ...] | None
+    instance: Path | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # one of + - * /
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Negate:
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Comparison:
+    left: Ident
+    op: str
+    right: Ident
+    span: Span
+
+
+@dataclass(frozen=True)
+class Where:
+    """`expr where s <= p`: entries where a condition fails are masked out."""
+
+    argument: "Expr"
+    conditions: tuple[Comparison, ...]
+    span: Span
+
+
+Expr = Union[Number, BareName, TensorRef, LegBox, Call, Binary, Negate, Where]
+
+
+# ---- statements ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LegDecl:
+    name: Ident
+    dim: Ident
+    onehot: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class DimDecl:
+    name: Ident
+    size: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Init:
+    name: Ident
+    args: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    kind: str  # "param" or "input"
+    path: Path
+    legs: tuple[LegDecl, ...]
+    init: Init | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Equation:
+    target: Path
+    indices: tuple[Ident, ...]
+    rhs: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class BlockParam:
+    name: Ident
+    legs: tuple[LegDecl, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class BlockDef:
+    name: Ident
+    params: tuple[BlockParam, ...]
+    out_legs: tuple[LegDecl, ...]
+    body: tuple["Statement", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class ForLoop:
+    var: Ident
+    start: Number | Ident
+    stop: Number | Ident
+    body: tuple["Statement", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Check:
+    label: Ident | None
+    legs: tuple[Ident, ...] | None
+    lhs: Expr
+    rhs: Expr
+    span: Span
+
+
+Statement = Union[DimDecl, TensorDecl, Equation, BlockDef, ForLoop, Check, Return]
+
+
+@dataclass(frozen=True)
+class Module:
+    statements: tuple[Statement, ...]
+    source: Source

@@ -1,0 +1,268 @@
+"""Lark parse tree → surface AST, and Lark's exceptions → located `TnSyntaxError`s."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path as FsPath
+
+import lark
+from lark import Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from tndsl.errors import Source, Span, TnSyntaxError
+from tndsl.syntax import ast
+
+# The limits keep a hostile file from turning into a RecursionError or a hang.
+MAX_SOURCE_CHARS = 2_000_000
+MAX_NESTING = 200
+
+
+def grammar_path() -> FsPath:
+    """Where `tn.lark` is: inside the package in a wheel, beside it in a checkout."""
+    here = FsPath(__file__).resolve().parent.parent
+    for candidate in (here / "grammar" / "tn.lark", here.parent / "grammar" / "tn.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"tn.lark not found next to {here}; the installation is broken")
+
+
+@lru_cache(maxsize=None)
+def lark_parser(strict: bool = False) -> lark.Lark:
+    return lark.Lark(grammar_path().read_text(encoding="utf-8"), parser="lalr",
+                     propagate_positions=True, maybe_placeholders=True, strict=strict,
+                     cache=not strict)
+
+
+def parse_module(text: str, name: str = "<string>") -> ast.Module:
+    """Parse `.tn` text into a surface AST or raise `TnSyntaxError`."""
+    source = Source(name, text)
+    if len(text) > MAX_SOURCE_CHARS:
+        raise TnSyntaxError(f"file is {len(text):,} characters; the limit is {MAX_SOURCE_CHARS:,}",
+                            Span(source, 0, 1))
+    _check_nesting(source)
+    try:
+        tree = lark_parser().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, source) from None
+    return ast.Module(tuple(_ToAst(source).transform(tree).children), source)
+
+
+def _check_nesting(source: Source) -> None:
+    # LALR parsing itself is iterative, but the tree transform and every later pass
+    # recurse over expressions, so refuse absurd depth before it can overflow the stack.
+    depth = 0
+    for i, ch in enumerate(source.text):
+        if ch in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise TnSyntaxError(f"brackets nested deeper than {MAX_NESTING} levels",
+                                    Span(source, i, i + 1),
+                                    hint="name an intermediate result with an equation")
+        elif ch in ")]}":
+            depth -= 1
+
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "a number", "FLOAT": "a number", "COMPARE": "a comparison",
+    "MINUS": "`-`", "ONEHOT": "`onehot`", "$END": "end of file",
+}
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TOKEN_WORDS:
+        return _TOKEN_WORDS[terminal]
+    try:
+        pattern = lark_parser().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal
+    return f"`{pattern.value}`" if pattern.type == "str" else terminal.lower()
+
+
+def _syntax_error(e: UnexpectedInput, source: Source) -> TnSyntaxError:
+    if isinstance(e, UnexpectedToken) and e.token.type == "$END":
+        e = UnexpectedEOF(e.expected)  # report it as the end of file, below
+    if isinstance(e, UnexpectedEOF):
+        end = len(source.text.rstrip())
+        span = Span(source, max(0, end - 1), max(1, end))
+        expected = sorted({_describe(t) for t in e.expected})
+        return TnSyntaxError("unexpected end of file", span,
+                             hint=_expected_hint(expected))
+    if isinstance(e, UnexpectedCharacters):
+        span = Span(source, e.pos_in_stream, e.pos_in_stream + 1)
+        char = source.text[e.pos_in_stream]
+        return TnSyntaxError(f"unexpected character {char!r}", span,
+                             hint=_expected_hint(sorted({_describe(t) for t in e.allowed})))
+    assert isinstance(e, UnexpectedToken)
+    token = e.token
+    span = Span(source, token.start_pos, token.end_pos)
+    expected = sorted({_describe(t) for t in e.accepts or e.expected})
+    return TnSyntaxError(f"unexpected {_describe_token(token)}", span, hint=_expected_hint(expected))
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "NAME":
+        return f"name `{token}`"
+    if token.type in ("INT", "FLOAT"):
+        return f"number `{token}`"
+    return f"`{token}`"
+
+
+def _expected_hint(expected: list[str]) -> str | None:
+    if not expected:
+        return None
+    if len(expected) > 8:
+        expected = expected[:8] + ["..."]
+    return "expected " + ", ".join(expected)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Bottom-up conversion; each method receives children already converted."""
+
+    def __init__(self, source: Source):
+        super().__init__(visit_tokens=False)
+        self.source = source
+
+    def _span(self, meta) -> Span:
+        return Span(self.source, meta.start_pos, meta.end_pos)
+
+    def _tok(self, token: Token) -> ast.Ident:
+        return ast.Ident(str(token), Span(self.source, token.start_pos, token.end_pos))
+
+    # ---- paths and names -------------------------------------------------------------
+    def path(self, meta, children):
+        segments = []
+        for child in children:
+            if isinstance(child, ast.LoopVar):
+                segments.append(child)
+            elif child.type == "INT":
+                segments.append(int(child))
+            else:
+                segments.append(str(child))
+        return ast.Path(tuple(segments), self._span(meta))
+
+    def loop_var(self, meta, children):
+        return ast.LoopVar(str(children[0]), self._span(meta))
+
+    def indices(self, meta, children):
+        return tuple(self._tok(t) for t in children)
+
+    # ---- declarations ----------------------------------------------------------------
+    def dim_decl(self, meta, children):
+        name, size = children
+        return ast.DimDecl(self._tok(name), size, self._span(meta))
+
+    def leg_decls(self, meta, children):
+        return tuple(children)
+
+    def leg_decl(self, meta, children):
+        name, onehot, dim = children
+        return ast.LegDecl(self._tok(name), self._tok(dim), onehot is not None, self._span(meta))
+
+    def param_decl(self, meta, children):
+        path, legs, init = children
+        return ast.TensorDecl("param", path, legs or (), init, self._span(meta))
+
+    def input_decl(self, meta, children):
+        path, legs = children
+        return ast.TensorDecl("input", path, legs or (), None, self._span(meta))
+
+    def init(self, meta, children):
+        name, args = children
+        return ast.Init(self._tok(name), args or (), self._span(meta))
+
+    def init_args(self, meta, children):
+        return tuple(children)
+
+    def signed_number(self, meta, children):
+        sign, number = children
+        return ("-" if sign is not None else "") + str(number)
+
+    def equation(self, meta, children):
+        path, indices, rhs = children
+        return ast.Equation(path, indices or (), rhs, self._span(meta))
+
+    # ---- blocks, loops, checks -------------------------------------------------------
+    def block_def(self, meta, children):
+        name, params, out_legs, *body = children
+        return ast.BlockDef(self._tok(name), params or (), out_legs or (), tuple(body),
+                            self._span(meta))
+
+    def block_params(self, meta, children):
+        return tuple(children)
+
+    def block_param(self, meta, children):
+        name, legs = children
+        return ast.BlockParam(self._tok(name), legs or (), self._span(meta))
+
+    def return_stmt(self, meta, children):
+        return ast.Return(children[0], self._span(meta))
+
+    def for_loop(self, meta, children):
+        var, start, stop, *body = children
+        return ast.ForLoop(self._tok(var), start, stop, tuple(body), self._span(meta))
+
+    def bound(self, meta, children):
+        token = children[0]
+        if token.type == "INT":
+            return ast.Number(str(token), self._span(meta))
+        return self._tok(token)
+
+    def check_stmt(self, meta, children):
+        label, legs, lhs, rhs = children
+        return ast.Check(label, legs, lhs, rhs, self._span(meta))
+
+    def check_label(self, meta, children):
+        return self._tok(children[0])
+
+    def check_legs(self, meta, children):
+        return children[0] or ()
+
+    # ---- expressions -----------------------------------------------------------------
+    def number(self, meta, children):
+        return ast.Number(str(children[0]), self._span(meta))
+
+    def bare_name(self, meta, children):
+        return ast.BareName(children[0], self._span(meta))
+
+    def tensor(self, meta, children):
+        path, indices = children
+        return ast.TensorRef(path, indices or (), self._span(meta))
+
+    def leg_box(self, meta, children):
+        function, legs, argument = children
+        return ast.LegBox(function, legs or (), argument, self._span(meta))
+
+    def call(self, meta, children):
+        function, args, rename, instance = children
+        return ast.Call(function, args or (), rename, instance, self._span(meta))
+
+    def args(self, meta, children):
+        return tuple(children)
+
+    def rename(self, meta, children):
+        return children[0] or ()
+
+    def instance(self, meta, children):
+        return children[0]
+
+    def _binary(op):
+        def method(self, meta, children):
+            left, *_, right = children  # `sub` keeps its MINUS token in the middle
+            return ast.Binary(op, left, right, self._span(meta))
+        return method
+
+    add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
+
+    def neg(self, meta, children):
+        return ast.Negate(children[-1], self._span(meta))
+
+    def where(self, meta, children):
+        argument, conditions = children
+        return ast.Where(argument, conditions, self._span(meta))
+
+    def conditions(self, meta, children):
+        return tuple(children)
+
+    def comparison(self, meta, children):
+        left, op, right = children
+        return ast.Comparison(self._tok(left), str(op), self._tok(right), self._span(meta))
