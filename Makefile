@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	echo '$(TORCH)' > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'

@@ -142,7 +142,14 @@ class _Checker:
                     f"left-hand-side leg `{missing[0]}` does not appear in this term",
                     term.span or eq.span,
                     hint=f"every term of `{eq.name}` needs the legs "
-                         f"[{', '.join(eq.indices)}]; broadcasting is never implicit")
+                         f"[{', '.join(eq.indices)}]; broadcasting is never implicit: "
+                         f"multiply by `ones[{missing[0]}]` to broadcast over it")
+        for ref in ir.refs(eq.rhs):
+            for index in ref.indices:
+                if index not in table.dims and ref.name == ir.ONES:
+                    raise LegError(f"the dim of `{index}` is unknown: it only appears on "
+                                   "`ones`", ref.span,
+                                   hint="use the index on a declared tensor as well")
         legs = tuple(ir.Leg(i, table.dims[i]) for i in eq.indices if i in table.dims)
         if len(legs) != len(eq.indices):  # only references to failed equations bound it
             raise _Poisoned(eq.name)
@@ -180,7 +187,7 @@ class _Checker:
                 for j, other in enumerate(term.factors):
                     if j != k:
                         outside |= ir.indices(other)
-                legs = self._composite(factor, outside, table)
+                legs = self._composite(factor, outside, table, einstein)
             for index in legs:
                 counts[index] = counts.get(index, 0) + 1
                 where.setdefault(index, factor.span)
@@ -197,6 +204,8 @@ class _Checker:
         return frozenset(free)
 
     def _ref(self, ref: ir.Ref, table: _Indices) -> list[str]:
+        if ref.name == ir.ONES:
+            return list(ref.indices)  # dims come from the rest of the equation
         if ref.name not in self.legs:
             raise _Poisoned(ref.name)  # unresolved: elaboration reported it
         legs = self.legs[ref.name]
@@ -220,12 +229,13 @@ class _Checker:
                         f"{'es are' if len(ref.indices) != 1 else ' is'} given",
                         ref.span, notes=notes)
 
-    def _composite(self, factor, outside: set[str], table: _Indices) -> frozenset[str]:
+    def _composite(self, factor, outside: set[str], table: _Indices, einstein: bool
+                   ) -> frozenset[str]:
         if isinstance(factor, ir.Sum):
-            return self._sum(factor, outside, table, einstein=False)
+            return self._sum(factor, outside, table, einstein)
         keep = outside | set(factor.legs if isinstance(factor, ir.Box) else
                              [i for c in factor.conditions for i in (c.left, c.right)])
-        free = self._sum(factor.argument, keep, table, einstein=False)
+        free = self._sum(factor.argument, keep, table, einstein)
         if isinstance(factor, ir.Box):
             for leg in factor.legs:
                 if leg not in free:

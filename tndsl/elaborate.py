@@ -325,6 +325,9 @@ class _Elaborator:
 
     def _define(self, scope: _Scope, local: str, kind: str, span: Span, depth: int) -> str:
         full = scope.prefix + local
+        if local == ir.ONES:
+            raise RedefinitionError("`ones` is the built-in all-ones tensor", span,
+                                    hint="choose another name")
         if local in scope.current:
             rebinding = depth > 0 and kind == "equation" and scope.kinds[local] in (
                 "equation", "block input")
@@ -349,6 +352,8 @@ class _Elaborator:
         local = self._path(path, env)
         if local in scope.current:
             return scope.current[local]
+        if local == ir.ONES:
+            return ir.ONES
         scope.pending.setdefault(local, []).append(path.span)
         return f"\0{scope.serial}\0{local}"
 

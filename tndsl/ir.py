@@ -55,6 +55,11 @@ class Tensor:
     span: Span | None = _span()
 
 
+# The built-in all-ones tensor, `ones[p]`: broadcasting made explicit (a bias added at
+# every position is `b[m] * ones[p]`). Its legs take their dims from the equation.
+ONES = "ones"
+
+
 @dataclass(frozen=True)
 class Ref:
     """A use of a tensor or equation, its legs bound positionally to index names."""

@@ -21,7 +21,7 @@ def dump(network: ir.Network, sizes: dict[str, int | None] | None = None) -> str
     for tensor in network.tensors:
         lines.append(tensor_decl(tensor))
     for inst in network.instances:
-        args = ", ".join(f"{b.input}={b.tensor}" for b in inst.bindings)
+        args = ", ".join(b.input for b in inst.bindings)
         lines.append(f"instance {inst.path} = {inst.block}({args}) -> {inst.output}"
                      f"{legs_decl(inst.out_legs)}")
     for eq in network.equations:
@@ -90,6 +90,10 @@ def _factor(factor: ir.Factor) -> str:
         return f"{factor.name}[{', '.join(factor.indices)}]"
     if isinstance(factor, ir.Box):
         legs = f"[{', '.join(factor.legs)}]" if factor.legs else ""
+        inner = factor.argument.terms
+        if len(inner) == 1 and inner[0].coefficient == 1 and len(inner[0].factors) == 1 \
+                and isinstance(inner[0].factors[0], ir.Mask):
+            return f"{factor.function}{legs}{_factor(inner[0].factors[0])}"
         return f"{factor.function}{legs}({expression(factor.argument)})"
     if isinstance(factor, ir.Mask):
         conds = " and ".join(f"{c.left} {c.op} {c.right}" for c in factor.conditions)

@@ -113,7 +113,7 @@ class Program:
         count = self.parameter_count()
         lines.append(f"  params   {len(self.params)} tensors, {_number(count)} parameters")
         lines.extend(_tensor_table(self.params, self.sizes))
-        lines.append("  inputs   " + ("" if self.inputs else "none"))
+        lines.append(f"  inputs   {len(self.inputs) or 'none'}")
         lines.extend(_tensor_table(self.inputs, self.sizes))
         lines.append("  outputs  " + ", ".join(
             f"{eq.name}{printer.legs_decl(eq.legs)}" for eq in self.outputs if not eq.instance))
