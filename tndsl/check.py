@@ -225,8 +225,8 @@ class _Checker:
         declared = self.tensors.get(ref.name) or self.equations.get(ref.name)
         notes = [Note(declared.span, "declared here")] if declared and declared.span else []
         return LegError(f"`{ref.name}` has {expected} leg{'s' if expected != 1 else ''}"
-                        f"{shown}, but {len(ref.indices)} index"
-                        f"{'es are' if len(ref.indices) != 1 else ' is'} given",
+                        f"{shown}, but {len(ref.indices)} "
+                        f"{'indices are' if len(ref.indices) != 1 else 'index is'} given",
                         ref.span, notes=notes)
 
     def _composite(self, factor, outside: set[str], table: _Indices, einstein: bool
@@ -263,7 +263,7 @@ class _Checker:
                 if [l.dim for l in actual] != [l.dim for l in binding.legs]:
                     self.errors.append(BlockError(
                         f"argument `{binding.input}` of block `{inst.block}` must have legs "
-                        f"{_legs(binding.legs)}; `{binding.tensor}` has {_legs(actual)}",
+                        f"{_legs(binding.legs)}; it has {_legs(actual)}",
                         inst.span))
             actual = self.legs.get(inst.output)
             if actual is not None and [l.dim for l in actual] != [l.dim for l in inst.out_legs]:

@@ -197,6 +197,7 @@ class _Elaborator:
 
     def _tensor_decl(self, stmt: ast.TensorDecl, scope: _Scope, env, depth) -> None:
         if stmt.kind == "input" and scope.parent is not None:
+            self._define(scope, self._path(stmt.path, env), stmt.kind, stmt.path.span, depth)
             raise BlockError("a block takes its inputs as arguments, not `input` declarations",
                              stmt.span, hint="add it to the block's parameter list")
         local = self._path(stmt.path, env)
@@ -561,7 +562,9 @@ class _Elaborator:
         if inner.returned is None:
             raise BlockError(f"block `{name}` has no `return`", block.name.span)
         out_legs = self._leg_decls(block.out_legs)
-        output = inner.current["out"]
+        output = inner.current.get("out")
+        if output is None:  # the return statement failed and was reported
+            raise _Unresolved
         self.instances.append(ir.Instance(path, name, tuple(bindings), output, out_legs,
                                           e.span))
         indices = tuple(leg.name for leg in out_legs)

@@ -189,7 +189,10 @@ class ErrorSink:
         self.errors: list[TnError] = []
 
     def add(self, error: TnError) -> None:
-        self.errors.append(error)
+        # An unrolled loop repeats a mistake once per iteration; report it once.
+        key = (type(error), error.message, error.span)
+        if all((type(e), e.message, e.span) != key for e in self.errors):
+            self.errors.append(error)
 
     def raise_if_any(self) -> None:
         if len(self.errors) == 1:
