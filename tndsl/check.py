@@ -296,7 +296,9 @@ class _Checker:
         except TnError as e:
             self.errors.append(e)
             return None
-        return ir.Check(check.label, check.lhs, check.rhs, legs, check.explicit_legs, check.span)
+        index_dims = tuple(ir.Leg(i, d) for i, d in sorted(table.dims.items()))
+        return ir.Check(check.label, check.lhs, check.rhs, legs, check.explicit_legs, check.span,
+                        index_dims)
 
     # ---- warnings --------------------------------------------------------------------
     def _warnings(self) -> list[TnWarning]:

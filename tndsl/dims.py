@@ -94,3 +94,55 @@ def evaluate(expr: sympy.Expr, sizes: Mapping[str, int | None]) -> sympy.Expr:
     """Substitute the known sizes; the result is a number when all are known."""
     return expr.subs({symbol(n): v for n, v in sizes.items() if v is not None})
 
+
+
+def small_sizes(dims: Mapping[str, ir.Dim], sizes: Mapping[str, int | None], *,
+                keep_up_to: int = 12, largest: int = 24, budget: int = 50_000
+                ) -> dict[str, int]:
+    """Sizes for the base dims (those not derived) small enough to evaluate a model
+    exactly, chosen so that every derived dim is still a positive integer.
+
+    Dims already at most `keep_up_to` keep their size (so loop counts and head counts
+    do not change); the others get small values, distinct where possible so that a
+    transposed leg is not hidden by equal sizes. Raises SizeError if none are found."""
+    base = [d.name for d in dims.values() if d.size is None or not d.size.free_symbols]
+    fixed = {n: sizes[n] for n in base if sizes.get(n) is not None and sizes[n] <= keep_up_to}
+    free = [n for n in base if n not in fixed]
+    derived = [d for d in dims.values() if d.size is not None and d.size.free_symbols]
+    tries = 0
+
+    def consistent(chosen: dict[str, int]) -> bool:
+        known = {symbol(n): v for n, v in chosen.items()}
+        for dim in derived:
+            if dim.size.free_symbols <= set(known):
+                value = dim.size.subs(known)
+                if not (value.is_integer and value.is_positive):
+                    return False
+        return True
+
+    def search(k: int, chosen: dict[str, int]) -> dict[str, int] | None:
+        nonlocal tries
+        if k == len(free):
+            return dict(chosen)
+        used = set(chosen.values())
+        values = list(range(3, largest + 1))
+        start = (k * 3) % len(values)  # different dims start from different sizes
+        values = values[start:] + values[:start]
+        values.sort(key=lambda v: v in used)
+        for value in values:
+            tries += 1
+            if tries > budget:
+                return None
+            chosen[free[k]] = value
+            if consistent(chosen):
+                found = search(k + 1, chosen)
+                if found is not None:
+                    return found
+            del chosen[free[k]]
+        return None
+
+    found = search(0, dict(fixed))
+    if found is None:
+        raise SizeError("found no small sizes that keep every derived dim a positive integer",
+                        hint="give small sizes explicitly with --dim NAME=SIZE")
+    return {n: found[n] for n in free}

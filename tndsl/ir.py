@@ -158,6 +158,7 @@ class Check:
     legs: tuple[Leg, ...] | None = None
     explicit_legs: tuple[str, ...] | None = None
     span: Span | None = _span()
+    index_dims: tuple[Leg, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -222,3 +223,47 @@ def map_refs(node, fn):
     if isinstance(node, Mask):
         return Mask(node.conditions, map_refs(node.argument, fn), node.span)
     raise TypeError(f"not an expression node: {node!r}")
+
+
+def free_legs(factor: Factor, outside: set[str]) -> tuple[str, ...]:
+    """The legs of a box, mask or bracketed sum as a factor of a checked term: the
+    indices of its argument it shares with `outside` (the term's other factors and the
+    legs kept around it), plus a box's own legs. Sorted, so the result is canonical."""
+    argument = factor if isinstance(factor, Sum) else factor.argument
+    keep = set(outside)
+    if isinstance(factor, Box):
+        keep.update(factor.legs)
+    return tuple(sorted(indices(argument) & keep))
+
+
+def outside_of(term: Term, position: int, keep: set[str]) -> set[str]:
+    """The indices seen from factor `position` of a term: kept ones and the other factors'."""
+    seen = set(keep)
+    for k, other in enumerate(term.factors):
+        if k != position:
+            seen |= indices(other)
+    return seen
+
+
+def dependency_order(network: Network, wanted: list[str] | None = None) -> list[Equation]:
+    """Equations in an order where each comes after those it uses. With `wanted`, only the
+    equations those names need. The network must be checked (so it has no cycles)."""
+    equations = {eq.name: eq for eq in network.equations}
+    order: list[Equation] = []
+    done: set[str] = set()
+    roots = wanted if wanted is not None else list(equations)
+    for root in roots:
+        stack = [(root, False)]
+        while stack:  # iterative: long chains of layers must not hit the recursion limit
+            name, expanded = stack.pop()
+            if name in done or name not in equations:
+                continue
+            if expanded:
+                done.add(name)
+                order.append(equations[name])
+                continue
+            stack.append((name, True))
+            for ref in reversed(list(refs(equations[name].rhs))):
+                if ref.name not in done:
+                    stack.append((ref.name, False))
+    return order

@@ -25,14 +25,18 @@ def dump(network: ir.Network, sizes: dict[str, int | None] | None = None) -> str
         lines.append(f"instance {inst.path} = {inst.block}({args}) -> {inst.output}"
                      f"{legs_decl(inst.out_legs)}")
     for eq in network.equations:
-        head = eq.name + (legs_decl(eq.legs) if eq.legs is not None
-                          else "[" + ", ".join(eq.indices) + "]")
-        lines.append(f"{head} = {expression(eq.rhs)}")
+        lines.append(equation_line(eq))
     for check in network.checks:
         legs = legs_decl(check.legs) if check.legs is not None else ""
         lines.append(f"check {check.label}{legs}: {expression(check.lhs)} == "
                      f"{expression(check.rhs)}")
     return "\n".join(lines) + "\n"
+
+
+def equation_line(eq: ir.Equation) -> str:
+    head = eq.name + (legs_decl(eq.legs) if eq.legs is not None
+                      else "[" + ", ".join(eq.indices) + "]")
+    return f"{head} = {expression(eq.rhs)}"
 
 
 def legs_decl(legs: tuple[ir.Leg, ...]) -> str:

@@ -1,0 +1,1 @@
+"""Verification: the reference evaluator and comparisons against it."""

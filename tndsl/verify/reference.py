@@ -1,0 +1,157 @@
+"""The reference evaluator: deliberately plain, and independent of the compiler.
+
+It shares only the IR with the code it checks. Each product term is one
+`torch.einsum` over all of its operands at once (no planning, no pairwise order), a
+one-hot input is a real one-hot tensor, `ones` is a real tensor of ones, and boxes are
+their textbook formulas. It evaluates one example (no batch dims), in float64 by
+default, and is differentiable, so its gradients check the compiled model's too.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from tndsl import dims as dimmod, ir
+
+EPS = 1e-5
+
+_ELEMENTWISE = {
+    "relu": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi)
+                                                     * (x + 0.044715 * x ** 3))),
+    "tanh": lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x)),
+    "sigmoid": lambda x: 1 / (1 + torch.exp(-x)),
+    "silu": lambda x: x / (1 + torch.exp(-x)),
+    "exp": torch.exp,
+    "identity": lambda x: x,
+}
+
+
+class Reference:
+    """Evaluates a checked program's equations from given params and inputs.
+
+    `tensors` maps every param and input name to a tensor with its declared legs (a
+    one-hot input as integer ids without its one-hot leg). Sizes must all be known."""
+
+    def __init__(self, program, tensors: Mapping[str, torch.Tensor],
+                 dtype: torch.dtype = torch.float64):
+        self.program = program
+        self.sizes = program.sizes
+        self.dtype = dtype
+        self.declared = {t.name: t for t in program.network.tensors}
+        self.equations = {eq.name: eq for eq in program.network.equations}
+        self.values: dict[str, torch.Tensor] = {}
+        for name, tensor in self.declared.items():
+            if name in tensors:
+                self.values[name] = self._declared_value(tensor, tensors[name])
+
+    def _declared_value(self, tensor: ir.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if tensor.onehot is None:
+            return value.to(self.dtype)
+        # Put the one-hot leg back where it was declared.
+        position = [leg.name for leg in tensor.legs].index(tensor.onehot)
+        size = self.sizes[tensor.legs[position].dim]
+        onehot = (value.unsqueeze(-1) == torch.arange(size)).to(self.dtype)
+        return onehot.movedim(-1, position)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.values:
+            # In dependency order, so deep models never recurse equation by equation.
+            for eq in ir.dependency_order(self.program.network, [name]):
+                if eq.name not in self.values:
+                    self.values[eq.name] = self.sum(eq.rhs, list(eq.indices), eq)
+        return self.values[name]
+
+    def evaluate_check(self, check: ir.Check) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides of a check, each with the check's legs in order."""
+        order = [leg.name for leg in check.legs]
+        return self.sum(check.lhs, order, check), self.sum(check.rhs, order, check)
+
+    # ---- expressions -----------------------------------------------------------------
+    def sum(self, expr: ir.Sum, layout: list[str], owner) -> torch.Tensor:
+        total = None
+        for term in expr.terms:
+            value = self.term(term, layout, owner)
+            total = value if total is None else total + value
+        return total
+
+    def term(self, term: ir.Term, layout: list[str], owner) -> torch.Tensor:
+        operands, subscripts = [], []
+        for k, factor in enumerate(term.factors):
+            if isinstance(factor, ir.Ref):
+                indices = list(factor.indices)
+                if factor.name == ir.ONES:
+                    value = torch.ones([self._size(i, owner) for i in indices],
+                                       dtype=self.dtype)
+                else:
+                    value = self[factor.name] if factor.name in self.equations \
+                        else self.values[factor.name]
+            else:
+                indices = list(ir.free_legs(factor, ir.outside_of(term, k, set(layout))))
+                value = self.composite(factor, indices, owner)
+            operands.append(value)
+            subscripts.append(indices)
+        coefficient = float(dimmod.evaluate(term.coefficient, self.sizes))
+        if not operands:
+            return torch.tensor(coefficient, dtype=self.dtype)
+        letters = {name: chr(ord("a") + k) if k < 26 else chr(ord("A") + k - 26)
+                   for k, name in enumerate(sorted({i for s in subscripts for i in s}
+                                                   | set(layout)))}
+        spec = ",".join("".join(letters[i] for i in s) for s in subscripts) + "->" + \
+            "".join(letters[i] for i in layout)
+        return coefficient * torch.einsum(spec, *operands)
+
+    def composite(self, factor, legs: list[str], owner) -> torch.Tensor:
+        if isinstance(factor, ir.Sum):
+            return self.sum(factor, legs, owner)
+        value = self.sum(factor.argument, legs, owner)
+        if isinstance(factor, ir.Mask):
+            return value * self._mask(factor, legs, owner).to(self.dtype)
+        if not factor.legs:
+            return _ELEMENTWISE[factor.function](value)
+        axes = [legs.index(leg) for leg in factor.legs]
+        if factor.function == "softmax":
+            inner = factor.argument.terms[0].factors[0] if _is_mask(factor.argument) else None
+            keep = (self._mask(inner, legs, owner) if inner is not None
+                    else torch.ones_like(value, dtype=torch.bool))
+            # exp(x - max) over kept entries, divided by their sum; an empty row is 0.
+            shifted = torch.where(keep, value, torch.full_like(value, -math.inf))
+            peak = shifted.amax(dim=axes, keepdim=True)
+            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+            weights = torch.where(keep, torch.exp(value - peak), torch.zeros_like(value))
+            total = weights.sum(dim=axes, keepdim=True)
+            return torch.where(total > 0, weights / torch.where(total > 0, total, 1),
+                               torch.zeros_like(value))
+        n = math.prod(value.shape[a] for a in axes)
+        if factor.function == "layernorm":
+            mean = value.sum(dim=axes, keepdim=True) / n
+            variance = ((value - mean) ** 2).sum(dim=axes, keepdim=True) / n
+            return (value - mean) / torch.sqrt(variance + EPS)
+        if factor.function == "rmsnorm":
+            return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + EPS)
+        raise NotImplementedError(f"reference has no box {factor.function!r}")
+
+    def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
+        shape = [self._size(i, owner) for i in legs]
+        grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
+        position = dict(zip(legs, grids))
+        keep = torch.ones(shape, dtype=torch.bool)
+        compare = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
+                   "==": torch.eq, "!=": torch.ne}
+        for cond in mask.conditions:
+            keep &= compare[cond.op](position[cond.left], position[cond.right])
+        return keep
+
+    def _size(self, index: str, owner) -> int:
+        """`owner` is the equation or check the index belongs to."""
+        dims = {leg.name: leg.dim for leg in owner.index_dims}
+        return self.sizes[dims[index]]
+
+def _is_mask(argument: ir.Sum) -> bool:
+    terms = argument.terms
+    return (len(terms) == 1 and terms[0].coefficient == 1 and len(terms[0].factors) == 1
+            and isinstance(terms[0].factors[0], ir.Mask))
+
