@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import sympy
 
@@ -95,6 +95,22 @@ class Program:
     def parameter_count(self) -> sympy.Expr:
         total = sympy.Add(*(dimmod.numel(t) for t in self.params))
         return dimmod.evaluate(total, self.sizes)
+
+    # ---- back ends (imported on use: checking never loads torch) ---------------------
+    def compile(self, outputs: Sequence[str] | None = None, **options):
+        """Generated PyTorch source (`.source`) for `outputs` (default: the final
+        equation). Options: optimizer, memory_budget, name."""
+        from tndsl.codegen.torch import generate
+        return generate(self, outputs, **options)
+
+    def module(self, outputs: Sequence[str] | None = None, **options):
+        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`."""
+        return self.compile(outputs, **options).build()
+
+    def verify_compiled(self, **options):
+        """Compare the compiled module with the reference evaluator at small sizes."""
+        from tndsl.verify.compiled import compare_compiled
+        return compare_compiled(self, **options)
 
     # ---- reports ---------------------------------------------------------------------
     def dump(self) -> str:

@@ -28,7 +28,7 @@ from torch import nn
 from tndsl import __version__, dims as dimmod, inits, ir, printer
 from tndsl.codegen.names import Namespace, class_name as make_class_name
 from tndsl.errors import SizeError, TnError
-from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, plan_term
+from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, plan_term
 
 # Unsized dims (read from the inputs at run time) are planned as if this large.
 PLANNING_SIZE = 128
@@ -314,14 +314,9 @@ class _Generator:
         for ref, value in onehots:
             operands = self._onehot(ref, value, operands, layout, hint)
         counts = Counter(i for op in operands for i in op.indices)
-        missing = set()
-        for index in sorted(ones):
-            if counts[index]:
-                continue  # multiplying by ones: nothing to do
-            if index in layout:
-                missing.add(index)
-            else:  # summing ones over a leg nothing else has
-                coefficient *= dimmod.symbol(self._dim_of(index))
+        # Multiplying by ones changes nothing where another operand has the leg; a leg
+        # only ones has is free (the checker refuses any other) and is broadcast.
+        missing = {index for index in ones if not counts[index]}
         if not operands:
             raise TnError("a term made only of `ones` and numbers is not supported by the "
                           "compiler yet", term.span or span)
@@ -369,6 +364,8 @@ class _Generator:
                                           op.indices, op.batched, op.size)
         specs = ["".join(letters[i] for i in op.indices) for op in operands]
         output = "".join(letters[i] for i in target)
+        check_budget(output, {letters[i]: self._plan_size(i) for i in letters},
+                     self.memory_budget, f"`{hint}`", span)
         if len(operands) == 1:
             if specs[0] == output:
                 return operands[0].var

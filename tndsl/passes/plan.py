@@ -82,7 +82,7 @@ def plan_term(operands: Sequence[str], output: str, sizes: Mapping[str, int], *,
     shapes = [tuple(sizes[c] for c in op) for op in operands]
     if len(operands) == 1:
         flops = _entries(operands[0], sizes)
-        _guard(output, sizes, memory_budget, where, span)
+        check_budget(output, sizes, memory_budget, where, span)
         return TermPlan(tuple(operands), output, (), flops, flops, _entries(output, sizes))
     state = random.getstate()  # random-greedy reseeds the global generator per trial
     try:
@@ -95,7 +95,7 @@ def plan_term(operands: Sequence[str], output: str, sizes: Mapping[str, int], *,
         result = step_spec.split("->")[1]
         steps.append(Step(tuple(sorted(pair, reverse=True)), step_spec, cost,
                           _entries(result, sizes)))
-        _guard(result, sizes, memory_budget, where, span)
+        check_budget(result, sizes, memory_budget, where, span)
     return TermPlan(tuple(operands), output, tuple(steps), int(info.opt_cost),
                     int(info.naive_cost), int(info.largest_intermediate))
 
@@ -120,7 +120,8 @@ def _entries(letters: str, sizes: Mapping[str, int]) -> int:
     return total
 
 
-def _guard(letters: str, sizes, budget: int, where: str, span: Span | None) -> None:
+def check_budget(letters: str, sizes, budget: int, where: str, span: Span | None) -> None:
+    """Raise ResourceError if a tensor with these legs would exceed `budget` bytes."""
     need = _entries(letters, sizes) * BYTES_PER_ENTRY
     if need > budget:
         raise ResourceError(

@@ -1,0 +1,136 @@
+"""Weights in and out: Hugging Face GPT-2 checkpoints, and safetensors files.
+
+Nothing here unpickles arbitrary objects: safetensors files hold only tensors, and a
+`pytorch_model.bin` is read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from tndsl.errors import TnError
+
+
+class WeightsError(TnError):
+    """Weights that do not match the model: names, shapes, or an unreadable file."""
+
+
+def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read a Hugging Face GPT-2 checkpoint folder (config.json and model.safetensors
+    or pytorch_model.bin), offline, into a state dict keyed by the parameter paths of
+    `examples/gpt2_small.tn` (TransformerLens's names and layouts)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    raw = _read_tensors(folder)
+    raw = {k.removeprefix("transformer."): v for k, v in raw.items()}
+    layers, heads = config["n_layer"], config["n_head"]
+    model, vocab = config["n_embd"], config["vocab_size"]
+    head = model // heads
+
+    expected = {"wte.weight": (vocab, model), "wpe.weight": (config["n_positions"], model),
+                "ln_f.weight": (model,), "ln_f.bias": (model,)}
+    for l in range(layers):
+        h = f"h.{l}."
+        expected |= {
+            h + "ln_1.weight": (model,), h + "ln_1.bias": (model,),
+            h + "ln_2.weight": (model,), h + "ln_2.bias": (model,),
+            h + "attn.c_attn.weight": (model, 3 * model), h + "attn.c_attn.bias": (3 * model,),
+            h + "attn.c_proj.weight": (model, model), h + "attn.c_proj.bias": (model,),
+            h + "mlp.c_fc.weight": (model, 4 * model), h + "mlp.c_fc.bias": (4 * model,),
+            h + "mlp.c_proj.weight": (4 * model, model), h + "mlp.c_proj.bias": (model,),
+        }
+    # Buffers (the causal mask) and the tied lm_head are not parameters of their own.
+    ignored = {k for k in raw if k.endswith((".attn.bias", ".attn.masked_bias"))
+               and k not in expected} | {"lm_head.weight"}
+    _compare(expected, {k: tuple(v.shape) for k, v in raw.items() if k not in ignored},
+             "the checkpoint")
+
+    state = {"embed.W_E": raw["wte.weight"], "pos_embed.W_pos": raw["wpe.weight"],
+             "unembed.W_U": raw.get("lm_head.weight", raw["wte.weight"]).T,
+             "unembed.b_U": torch.zeros(vocab, dtype=raw["wte.weight"].dtype),
+             "ln_final.w": raw["ln_f.weight"], "ln_final.b": raw["ln_f.bias"]}
+    for l in range(layers):
+        h, b = f"h.{l}.", f"blocks.{l}."
+        # Conv1D stores x @ W layouts; the fused c_attn columns are [q | k | v], each
+        # split into heads as column = head * head_size + e.
+        qkv_w = raw[h + "attn.c_attn.weight"].split(model, dim=1)
+        qkv_b = raw[h + "attn.c_attn.bias"].split(model)
+        for name, w, bias in zip("QKV", qkv_w, qkv_b):
+            state[b + f"attn.W_{name}"] = w.reshape(model, heads, head).permute(1, 0, 2)
+            state[b + f"attn.b_{name}"] = bias.reshape(heads, head)
+        state[b + "attn.W_O"] = raw[h + "attn.c_proj.weight"].reshape(heads, head, model)
+        state[b + "attn.b_O"] = raw[h + "attn.c_proj.bias"]
+        state[b + "ln1.w"], state[b + "ln1.b"] = raw[h + "ln_1.weight"], raw[h + "ln_1.bias"]
+        state[b + "ln2.w"], state[b + "ln2.b"] = raw[h + "ln_2.weight"], raw[h + "ln_2.bias"]
+        state[b + "mlp.W_in"], state[b + "mlp.b_in"] = raw[h + "mlp.c_fc.weight"], raw[h + "mlp.c_fc.bias"]
+        state[b + "mlp.W_out"] = raw[h + "mlp.c_proj.weight"]
+        state[b + "mlp.b_out"] = raw[h + "mlp.c_proj.bias"]
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").exists():
+        from safetensors.torch import load_file
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").exists():
+        try:
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu",
+                              weights_only=True)
+        except Exception as e:  # an unpickling refusal is an error in the file, not ours
+            raise WeightsError(f"cannot load {folder / 'pytorch_model.bin'} safely: {e}") \
+                from None
+    raise WeightsError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+
+
+def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy `state` into the module's params; every name and shape must match."""
+    own = dict(module.named_parameters())
+    _compare({k: tuple(v.shape) for k, v in own.items()},
+             {k: tuple(v.shape) for k, v in state.items()}, "the weights")
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(state[name])
+
+
+def save_safetensors(module: nn.Module, path: str | Path) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous() for k, v in module.named_parameters()}, str(path))
+
+
+def load_safetensors(module: nn.Module, path: str | Path) -> None:
+    from safetensors.torch import load_file
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise WeightsError(f"cannot read {path}: {e}") from None
+    load_state(module, state)
+
+
+def _compare(expected: Mapping[str, tuple], actual: Mapping[str, tuple], what: str) -> None:
+    missing = sorted(set(expected) - set(actual))
+    unexpected = sorted(set(actual) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+    if not (missing or unexpected or shapes):
+        return
+    lines = []
+    if missing:
+        lines.append("missing: " + _listing(missing))
+    if unexpected:
+        lines.append("unexpected: " + _listing(unexpected))
+    for k in shapes[:10]:
+        lines.append(f"shape of {k}: expected {expected[k]}, got {actual[k]}")
+    if len(shapes) > 10:
+        lines.append(f"... and {len(shapes) - 10} more shape mismatches")
+    raise WeightsError(f"{what} do not match the model:\n  " + "\n  ".join(lines))
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:8])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
