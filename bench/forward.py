@@ -1,0 +1,120 @@
+"""GPT-2-small-shaped forward pass: the compiled .tn model against HF transformers'
+GPT2LMHeadModel and a hand-written torch forward, all with the same weights, in one run.
+
+    python bench/forward.py [--batch 4] [--context 128] [--layers 12] [--repeat 5]
+
+Prints compile time and median forward times with their ratios to the compiled model
+(a ratio above 1 means the baseline is slower). Needs `transformers` (the test extra).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import tndsl
+from tndsl.weights import load_hf_gpt2, load_state
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
+
+
+def hand_written(w, tokens, layers, heads):
+    """GPT-2 as one would write it in torch, reading the same TransformerLens-layout weights."""
+    def layer_norm(x, prefix):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], w[prefix + ".w"], w[prefix + ".b"],
+                                              eps=1e-5)
+
+    n = tokens.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    resid = w["embed.W_E"][tokens] + w["pos_embed.W_pos"][:n]
+    for l in range(layers):
+        b = f"blocks.{l}."
+        x = layer_norm(resid, b + "ln1")
+        model = x.shape[-1]
+        qkv = [x @ w[b + f"attn.W_{k}"].permute(1, 0, 2).reshape(model, model)
+               + w[b + f"attn.b_{k}"].reshape(model) for k in "QKV"]
+        q, k, v = (t.view(*t.shape[:-1], heads, model // heads).transpose(-2, -3) for t in qkv)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(model // heads)
+        pattern = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        z = (pattern @ v).transpose(-2, -3).reshape(*x.shape[:-1], model)
+        resid = resid + z @ w[b + "attn.W_O"].reshape(model, model) + w[b + "attn.b_O"]
+        x = layer_norm(resid, b + "ln2")
+        hidden = torch.nn.functional.gelu(x @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"],
+                                          approximate="tanh")
+        resid = resid + hidden @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"]
+    return layer_norm(resid, "ln_final") @ w["unembed.W_U"] + w["unembed.b_U"]
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=args.layers, n_positions=args.context,
+                                     attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        state = load_hf_gpt2(folder)
+
+    start = time.perf_counter()
+    program = tndsl.load(EXAMPLE, dims={"Context": args.context, "Layers": args.layers})
+    generated = program.compile()
+    compile_seconds = time.perf_counter() - start
+    module = generated.build()
+    load_state(module, state)
+    device = torch.device(args.device)
+    module, hf = module.to(device).eval(), hf.to(device)
+    weights = {k: v.to(device) for k, v in state.items()}
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.context), device=device)
+
+    def sync(fn):
+        def run():
+            with torch.inference_mode():
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return run
+
+    with torch.inference_mode():
+        reference = hf(tokens).logits
+        assert (module(tokens) - reference).abs().max() < 1e-3
+        assert (hand_written(weights, tokens, args.layers, 12) - reference).abs().max() < 1e-3
+
+    compiled = median_time(sync(lambda: module(tokens)), args.repeat)
+    hf_time = median_time(sync(lambda: hf(tokens)), args.repeat)
+    hand = median_time(sync(lambda: hand_written(weights, tokens, args.layers, 12)), args.repeat)
+
+    print(f"GPT-2 small shape: {args.layers} layers, model 768, batch {args.batch} x context "
+          f"{args.context}, {device.type}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"compile (load + check + plan + generate): {compile_seconds:.3f} s")
+    print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
+    for name, seconds in (("tndsl compiled", compiled), ("HF GPT2LMHeadModel", hf_time),
+                          ("hand-written torch", hand)):
+        print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
+
+
+if __name__ == "__main__":
+    main()
