@@ -111,10 +111,17 @@ def test_generated_code_is_byte_identical_across_runs_and_hash_seeds():
 def test_contraction_order_is_planned_pairwise():
     source = tndsl.load(ROOT / "examples" / "attention_head.tn").compile().source
     scores = source.split("# scores")[1].split("# pattern")[0]
-    # A four-operand term becomes three two-operand einsums, none with three inputs.
-    einsums = [line for line in scores.splitlines() if "torch.einsum" in line]
-    assert len(einsums) == 3
-    assert all(line.split("'")[1].count(",") == 1 for line in einsums)
+    # A four-operand term becomes three two-operand contractions (einsum or matmul).
+    steps = [line for line in scores.splitlines() if "torch.einsum" in line or " @ " in line]
+    assert len(steps) == 3
+    assert all(line.split("'")[1].count(",") == 1 for line in steps if "einsum" in line)
+    assert "torch.einsum('...pm,...me,...ne,...sn" not in source
+
+
+def test_matrix_products_become_matmuls_with_fused_biases():
+    source = tndsl.load(ROOT / "examples" / "gpt2_small.tn", dims={"Layers": 1}).compile().source
+    assert "logits = F.linear(final, unembed_W_U.t(), unembed_b_U)" in source
+    assert "F.linear(blocks_0_mlp_x, blocks_0_mlp_W_in.t(), blocks_0_mlp_b_in)" in source
 
 
 def test_params_are_registered_under_their_full_paths():

@@ -185,6 +185,8 @@ class _Generator:
         self.values: dict[str, _Value] = {}
         self.runtime_dims: dict[str, str] = {}  # unsized dim -> variable read from an input
         self.index_dims: dict[str, str] = {}     # of the equation being generated
+        self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
+        self.bias = None    # the last term, if it was a broadcast param (a bias)
         self.out = _Forward()
 
     # ---- driver ----------------------------------------------------------------------
@@ -275,11 +277,17 @@ class _Generator:
              ) -> tuple[str, bool]:
         """Code for a sum with its legs in `layout` order (after batch dims)."""
         parts, missing_everywhere, batched = [], set(layout), False
+        linears, biases = [], []
         for term in expr.terms:
             code, missing, term_batched = self._term(term, tuple(layout), hint, span)
             parts.append(code)
+            linears.append(self.linear)
+            biases.append(self.bias)
             missing_everywhere &= missing
             batched |= term_batched
+        fused = _fuse_bias(parts, linears, biases)
+        if fused is not None:
+            parts, missing_everywhere = fused, set()
         code = " + ".join(parts)
         if missing_everywhere:
             # Every term lacks these legs (they come from `ones` only): make them real.
@@ -321,11 +329,18 @@ class _Generator:
             raise TnError("a term made only of `ones` and numbers is not supported by the "
                           "compiler yet", term.span or span)
         target = [i for i in layout if i not in missing]
+        batched = any(op.batched for op in operands)
+        # Composites above may have set these while generating their own sums.
+        self.linear = self.bias = None
+        if missing and len(operands) == 1 and not batched and coefficient == 1 \
+                and list(operands[0].indices) == target:
+            self.bias = (operands[0].var, tuple(target))  # a param broadcast: fusable bias
         code = self._contract(operands, target, coefficient, hint, span)
         if missing:
+            self.linear = None
             code = self._temp(hint, code) + "[..., " + ", ".join(
                 "None" if i in missing else ":" for i in layout) + "]"
-        return code, missing, any(op.batched for op in operands)
+        return code, missing, batched
 
     def _operand(self, var: str, indices: list[str], batched: bool) -> _Operand:
         size = 1
@@ -378,16 +393,55 @@ class _Generator:
         sizes = {letters[i]: self._plan_size(i) for i in letters}
         plan = plan_term(specs, output, sizes, optimizer=self.optimizer,
                          memory_budget=self.memory_budget, where=f"`{hint}`", span=span)
-        current = [op.var for op in operands]
+        current = [(op.var, op.batched) for op in operands]
         code = ""
         for n, step in enumerate(plan.steps):
-            first, second = current.pop(step.take[0]), current.pop(step.take[1])
+            (first, first_batched) = current.pop(step.take[0])
+            (second, second_batched) = current.pop(step.take[1])
             inputs, result = step.spec.split("->")
             a, b = inputs.split(",")
-            code = f"torch.einsum({f'...{a},...{b}->...{result}'!r}, {first}, {second})"
+            code = self._matmul(first, a, first_batched, second, b, second_batched, result,
+                                letters, last=n == len(plan.steps) - 1)
+            if code is None:
+                code = f"torch.einsum({f'...{a},...{b}->...{result}'!r}, {first}, {second})"
             if n < len(plan.steps) - 1:
-                current.append(self._temp(hint, code))
+                current.append((self._temp(hint, code), first_batched or second_batched))
         return code
+
+    def _matmul(self, x, xs, x_batched, w, ws, w_batched, out, letters, *, last) -> str | None:
+        """`x @ w` when the step is a plain matrix product of an activation (or anything)
+        with an unbatched tensor: torch.einsum would permute and copy for the same bmm."""
+        for (x, xs, xb), (w, ws, wb) in (((x, xs, x_batched), (w, ws, w_batched)),
+                                         ((w, ws, w_batched), (x, xs, x_batched))):
+            if wb or len(set(xs)) != len(xs) or len(set(ws)) != len(ws):
+                continue
+            k = [c for c in xs if c in ws and c not in out]
+            m = [c for c in xs if c not in ws]
+            nn_ = [c for c in ws if c not in xs]
+            if not k or any(c in ws and c in out for c in xs):
+                continue  # nothing contracted, or a shared batch leg: not a matmul
+            if xs != "".join(m + k) or out != "".join(m + nn_):
+                continue
+            sizes = {c: self._plan_size(name) for name, c in letters.items()}
+            want = "".join(k + nn_)
+            weight = w
+            if ws != want:
+                perm = tuple(ws.index(c) for c in want)
+                weight = f"{w}.permute{perm}"
+            if len(k) > 1 or len(nn_) > 1 or ws != want:
+                kp = _product(sizes[c] for c in k)
+                np_ = _product(sizes[c] for c in nn_)
+                weight = f"{weight}.reshape({kp}, {np_})"
+            left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
+            code = f"{left} @ {weight}"
+            if last:
+                names = {c: name for name, c in letters.items()}
+                self.linear = (left, weight, tuple(names[c] for c in nn_),
+                               tuple(sizes[c] for c in nn_))
+            if len(nn_) > 1:
+                code = f"({code}).unflatten(-1, {tuple(sizes[c] for c in nn_)})"
+            return code
+        return None
 
     def _letters(self, operands, target, span) -> dict[str, str]:
         names = sorted({i for op in operands for i in op.indices} | set(target))
@@ -546,6 +600,35 @@ def _broadcast_view(operand: _Operand, spec: str, output: str) -> str:
     if all(i == ":" for i in index):
         return operand.var
     return f"{operand.var}[..., {', '.join(index)}]"
+
+
+def _product(values) -> int:
+    total = 1
+    for v in values:
+        total *= v
+    return total
+
+
+def _fuse_bias(parts, linears, biases) -> list[str] | None:
+    """`x @ W + b * ones[...]` → `F.linear(x, W.t(), b)`: one addmm, no separate pass
+    over the result to add the bias."""
+    for i, linear in enumerate(linears):
+        if linear is None:
+            continue
+        for j, bias in enumerate(biases):
+            if bias is None or j == i:
+                continue
+            left, weight, out_legs, out_sizes = linear
+            var, legs = bias
+            if legs != out_legs:
+                continue
+            flat_bias = var if len(legs) == 1 else f"{var}.reshape(-1)"
+            code = f"F.linear({left}, {weight}.t(), {flat_bias})"
+            if len(out_legs) > 1:
+                code = f"{code}.unflatten(-1, {out_sizes})"
+            rest = [p for k, p in enumerate(parts) if k not in (i, j)]
+            return [code] + rest
+    return None
 
 
 def _direct_mask(argument: ir.Sum) -> ir.Mask | None:
