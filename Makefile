@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/tndsl check examples/*.tn
+	$(BIN)/python examples/demo.py
 
 test: setup
 	$(BIN)/python -m pytest -q

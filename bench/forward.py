@@ -50,14 +50,19 @@ def hand_written(w, tokens, layers, heads):
     return layer_norm(resid, "ln_final") @ w["unembed.W_U"] + w["unembed.b_U"]
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_times(fns: dict, repeat: int) -> dict[str, float]:
+    """Round-robin, in rotating order, so drift in the machine's speed hits every
+    contender alike; the median of each."""
+    for fn in fns.values():
+        fn()  # warm up
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -67,7 +72,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
     torch.manual_seed(0)
@@ -102,17 +110,19 @@ def main() -> None:
         assert (module(tokens) - reference).abs().max() < 1e-3
         assert (hand_written(weights, tokens, args.layers, 12) - reference).abs().max() < 1e-3
 
-    compiled = median_time(sync(lambda: module(tokens)), args.repeat)
-    hf_time = median_time(sync(lambda: hf(tokens)), args.repeat)
-    hand = median_time(sync(lambda: hand_written(weights, tokens, args.layers, 12)), args.repeat)
+    times = median_times({
+        "tndsl compiled": sync(lambda: module(tokens)),
+        "HF GPT2LMHeadModel": sync(lambda: hf(tokens)),
+        "hand-written torch": sync(lambda: hand_written(weights, tokens, args.layers, 12)),
+    }, args.repeat)
+    compiled = times["tndsl compiled"]
 
     print(f"GPT-2 small shape: {args.layers} layers, model 768, batch {args.batch} x context "
           f"{args.context}, {device.type}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"compile (load + check + plan + generate): {compile_seconds:.3f} s")
     print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
-    for name, seconds in (("tndsl compiled", compiled), ("HF GPT2LMHeadModel", hf_time),
-                          ("hand-written torch", hand)):
+    for name, seconds in times.items():
         print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
 
 
