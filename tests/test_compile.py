@@ -8,7 +8,8 @@ import torch
 
 import tndsl
 from tndsl.errors import ResourceError, TnError
-from tndsl.verify.compiled import compare_compiled, random_tensors, small_program
+from tndsl.verify.compiled import compare_compiled
+from tndsl.verify.numeric import random_tensors, small_program
 from tndsl.verify.reference import Reference
 from conftest import EXAMPLES, ROOT
 

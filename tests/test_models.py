@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.verify.compiled import random_tensors
+from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference
 from tndsl.weights import WeightsError, load_hf_gpt2, load_safetensors, load_state, \
     save_safetensors
@@ -144,7 +144,7 @@ def test_optimiser_steps_lower_the_loss_and_gradients_reach_every_param():
 
 @pytest.mark.parametrize("example", ["gpt2_small", "attn_only_2l", "mlp"])
 def test_gradients_equal_the_reference_evaluators(example):
-    from tndsl.verify.compiled import small_program
+    from tndsl.verify.numeric import small_program
     program = small_program(tndsl.load(ROOT / "examples" / f"{example}.tn"))
     module = program.module().double()
     values = random_tensors(program, torch.Generator().manual_seed(3))

@@ -144,12 +144,7 @@ class _Checker:
                     hint=f"every term of `{eq.name}` needs the legs "
                          f"[{', '.join(eq.indices)}]; broadcasting is never implicit: "
                          f"multiply by `ones[{missing[0]}]` to broadcast over it")
-        for ref in ir.refs(eq.rhs):
-            for index in ref.indices:
-                if index not in table.dims and ref.name == ir.ONES:
-                    raise LegError(f"the dim of `{index}` is unknown: it only appears on "
-                                   "`ones`", ref.span,
-                                   hint="use the index on a declared tensor as well")
+        _ones_dims_known(eq.rhs, table)
         legs = tuple(ir.Leg(i, table.dims[i]) for i in eq.indices if i in table.dims)
         if len(legs) != len(eq.indices):  # only references to failed equations bound it
             raise _Poisoned(eq.name)
@@ -289,6 +284,8 @@ class _Checker:
                                    f"[{', '.join(sorted(free))}], expected "
                                    f"[{', '.join(sorted(first))}]", term.span or check.span,
                                    hint="both sides of a check must have the same free legs")
+            _ones_dims_known(check.lhs, table)
+            _ones_dims_known(check.rhs, table)
             order = explicit or tuple(sorted(first))
             legs = tuple(ir.Leg(i, table.dims[i]) for i in order)
         except _Poisoned:
@@ -307,6 +304,14 @@ class _Checker:
                  for r in ir.refs(side)}
         return [TnWarning(f"{t.kind} `{t.name}` is never used", t.span)
                 for t in self.network.tensors if t.name not in used]
+
+
+def _ones_dims_known(expr: ir.Sum, table: _Indices) -> None:
+    for ref in ir.refs(expr):
+        for index in ref.indices:
+            if index not in table.dims and ref.name == ir.ONES:
+                raise LegError(f"the dim of `{index}` is unknown: it only appears on `ones`",
+                               ref.span, hint="use the index on a declared tensor as well")
 
 
 class _Poisoned(TnError):

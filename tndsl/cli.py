@@ -60,13 +60,15 @@ def _parser() -> argparse.ArgumentParser:
                                "random-greedy (default: auto)")
 
     verify = commands.add_parser(
-        "verify", help="verify a .tn file",
-        description="With --compiled: run the compiled module and the independent "
-                    "reference evaluator on the same random data at small sizes, in "
-                    "float64, and report the largest difference (fails above 1e-9).")
+        "verify", help="prove the file's checks; optionally check the compiled module",
+        description="Prove every `check A == B` of the file and report each as proven, "
+                    "refuted (with the residual and a counterexample) or unknown; exit 1 "
+                    "if any is refuted. With --compiled, also run the compiled module and "
+                    "the independent reference evaluator on the same random data at small "
+                    "sizes in float64 (fails above 1e-9).")
     verify.add_argument("file", metavar="FILE")
-    verify.add_argument("--compiled", action="store_true", required=True,
-                        help="compare the compiled module with the reference evaluator")
+    verify.add_argument("--compiled", action="store_true",
+                        help="also compare the compiled module with the reference evaluator")
     verify.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="sizes to verify at (default: small ones "
                                                   "chosen automatically)")
@@ -112,14 +114,25 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from tndsl.verify import prove_all
     try:
         program = load(args.file)
-        report = program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
+        results = prove_all(program, dims=dict(args.dim) or None)
+        report = (program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
+                  if args.compiled else None)
     except TnError as e:
         print(e.render(), file=sys.stderr)
         return 1
-    print(f"{args.file}: {report.render()}")
-    return 0 if report.ok else 1
+    for result in results:
+        print(result.render())
+    counts = {status: sum(r.status == status for r in results)
+              for status in ("proven", "refuted", "unknown")}
+    print(f"{args.file}: {len(results)} check{'s' if len(results) != 1 else ''}: "
+          + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    if report is not None:
+        print(f"{args.file}: {report.render()}")
+    failed = counts["refuted"] > 0 or (report is not None and not report.ok)
+    return 1 if failed else 0
 
 
 COMMANDS = {"check": _check, "compile": _compile, "verify": _verify}

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from tndsl import dims as dimmod, ir
+from tndsl.verify.numeric import random_tensors, small_program
 from tndsl.verify.reference import Reference
 
 TOLERANCE = 1e-9
@@ -43,30 +43,6 @@ class ComparisonReport:
         lines.append(f"{'passed' if self.ok else 'FAILED'}: largest difference "
                      f"{self.worst:.3e}, tolerance {self.tolerance:.0e}")
         return "\n".join(lines)
-
-
-def small_program(program, dims: Mapping[str, int] | None = None):
-    """The same source, re-elaborated at small sizes (or at the sizes given)."""
-    from tndsl.program import parse
-    source = program.network.source
-    if dims is None:
-        dims = dimmod.small_sizes({d.name: d for d in program.network.dims}, program.sizes)
-    return parse(source.text, source.name, dims)
-
-
-def random_tensors(program, generator: torch.Generator, dtype=torch.float64
-                   ) -> dict[str, torch.Tensor]:
-    """A random value for every param and input (token ids for one-hot inputs)."""
-    values = {}
-    for tensor in program.network.tensors:
-        legs = [leg for leg in tensor.legs if leg.name != tensor.onehot]
-        shape = [program.sizes[leg.dim] for leg in legs]
-        if tensor.onehot is not None:
-            vocab = program.sizes[next(l.dim for l in tensor.legs if l.name == tensor.onehot)]
-            values[tensor.name] = torch.randint(0, vocab, shape, generator=generator)
-        else:
-            values[tensor.name] = torch.randn(shape, generator=generator, dtype=dtype)
-    return values
 
 
 def compare_compiled(program, *, dims: Mapping[str, int] | None = None, seed: int = 0,
