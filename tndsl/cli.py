@@ -59,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
 
+    cost = commands.add_parser(
+        "cost", help="contraction orders, FLOPs and intermediate sizes, symbolically",
+        description="For each equation (or NAME: one equation, or every equation under an "
+                    "instance path such as blocks.3), the planned contraction order, FLOPs "
+                    "and the largest intermediate as polynomials in the dim names, their "
+                    "values at the file's sizes, the naive left-to-right cost, per-instance "
+                    "totals and the dominant term.")
+    cost.add_argument("file", metavar="FILE")
+    cost.add_argument("name", nargs="?", metavar="NAME")
+    cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
+                      metavar="NAME=SIZE", help="give or override a dim's size")
+    cost.add_argument("--json", action="store_true", help="machine-readable output")
+
     verify = commands.add_parser(
         "verify", help="prove the file's checks; optionally check the compiled module",
         description="Prove every `check A == B` of the file and report each as proven, "
@@ -135,7 +148,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"check": _check, "compile": _compile, "verify": _verify}
+def _cost(args: argparse.Namespace) -> int:
+    from tndsl.passes.cost import costs
+    try:
+        report = costs(load(args.file, dict(args.dim)), args.name)
+    except TnError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    print(report.to_json() if args.json else report.render())
+    return 0
+
+
+COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
