@@ -13,6 +13,10 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# Figures need Graphviz's `dot`; install it where we can (CI runs as root on Debian).
+	@command -v dot >/dev/null || (command -v apt-get >/dev/null && \
+	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null)) || \
+	    { echo "Graphviz is missing: install it (apt-get install graphviz, brew install graphviz)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	echo '$(TORCH)' > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'

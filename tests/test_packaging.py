@@ -6,7 +6,8 @@ import zipfile
 
 from conftest import ROOT
 
-PROBE = ("import tndsl, tndsl.syntax as s; "
+PROBE = ("import tndsl, tndsl.syntax as s, tndsl.codegen.torch, tndsl.verify.prove, "
+         "tndsl.passes.cost, tndsl.render.output, tndsl.weights; "
          "p = tndsl.parse('dim N = 2\\ninput x[i: N]\\ny[i] = 2 * x[i]\\n'); "
          "print(s.grammar_path()); print(p.equation('y').legs)")
 
@@ -18,7 +19,11 @@ def test_wheel_ships_the_grammar_and_works_outside_the_checkout(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("tndsl-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert "tndsl/grammar/tn.lark" in archive.namelist()
-        assert "tndsl/syntax/parser.py" in archive.namelist()
+        names = archive.namelist()
+        assert "tndsl/syntax/parser.py" in names
+    # Every module of the source tree is in the wheel.
+    for module in (ROOT / "tndsl").rglob("*.py"):
+        assert module.relative_to(ROOT).as_posix() in names, module
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, capture_output=True)

@@ -59,6 +59,27 @@ def _parser() -> argparse.ArgumentParser:
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
 
+    render = commands.add_parser(
+        "render", help="draw an equation's network in graphical tensor notation",
+        description="Draw the network of equation NAME (default: the file's final "
+                    "equation). The output format follows -o's suffix: .svg (text outlined; "
+                    "--no-outline keeps it as text), .pdf (fonts embedded), .png (--dpi), "
+                    ".dot, or .tex (standalone TikZ). Without -o, DOT goes to standard output.")
+    render.add_argument("file", metavar="FILE")
+    render.add_argument("name", nargs="?", metavar="NAME")
+    render.add_argument("-o", "--out", metavar="FIGURE", help="where to write the figure")
+    depth = render.add_mutually_exclusive_group()
+    depth.add_argument("--expand", action="store_true",
+                       help="inline every definition down to params and inputs")
+    depth.add_argument("--depth", type=int, default=0, metavar="N",
+                       help="inline N levels of definitions (default 0)")
+    render.add_argument("--indices", action="store_true", help="label wires with index names")
+    render.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300)")
+    render.add_argument("--no-outline", action="store_true",
+                        help="keep SVG text as text (needs the fonts where it is shown)")
+    render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
+                        metavar="NAME=SIZE", help="give or override a dim's size")
+
     cost = commands.add_parser(
         "cost", help="contraction orders, FLOPs and intermediate sizes, symbolically",
         description="For each equation (or NAME: one equation, or every equation under an "
@@ -148,6 +169,22 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    try:
+        program = load(args.file, dict(args.dim))
+        figure = program.render(args.name, expand=args.expand, depth=args.depth,
+                                indices=args.indices)
+        if args.out:
+            figure.save(args.out, dpi=args.dpi, outline=not args.no_outline)
+            print(f"{args.out}: written")
+        else:
+            sys.stdout.write(figure.source)
+    except TnError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cost(args: argparse.Namespace) -> int:
     from tndsl.passes.cost import costs
     try:
@@ -159,7 +196,8 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost}
+COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost,
+            "render": _render}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

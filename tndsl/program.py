@@ -112,6 +112,13 @@ class Program:
         from tndsl.verify.compiled import compare_compiled
         return compare_compiled(self, **options)
 
+    def render(self, name: str | None = None, *, expand: bool = False, depth: int = 0,
+               indices: bool = False):
+        """The figure of equation `name` (default: the final one) as a graphviz object
+        (`.source` is its DOT; `.save("fig.pdf")`; shows inline in Jupyter)."""
+        from tndsl.render import figure
+        return figure(self, name, expand=expand, depth=depth, indices=indices)
+
     # ---- reports ---------------------------------------------------------------------
     def dump(self) -> str:
         return printer.dump(self.network, dict(self.sizes))
