@@ -70,9 +70,9 @@ def tikz(dot_text: str) -> str:
         # standalone crops to the picture; where it is missing (it is in TeX Live's
         # latex-extra), a plain page still compiles.
         r"\IfFileExists{standalone.cls}{\documentclass[tikz,border=2pt]{standalone}"
-        r"\newcommand\tndslfigure[1]{#1}}"
+        r"\newcommand\tndslfigure[1]{##1}}"
         r"{\documentclass{article}\usepackage{tikz,graphicx}\pagestyle{empty}"
-        r"\newcommand\tndslfigure[1]{\noindent\resizebox{\linewidth}{!}{#1}}}",
+        r"\newcommand\tndslfigure[1]{\noindent\resizebox{\linewidth}{!}{##1}}}",
         r"\usepackage{amsmath}",
         r"\definecolor{param}{HTML}{DCE8F5}",
         r"\definecolor{paramedge}{HTML}{1F4E79}",
