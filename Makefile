@@ -8,7 +8,7 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test figures clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+figures: setup
+	$(BIN)/python examples/figures.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

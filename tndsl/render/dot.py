@@ -283,7 +283,7 @@ class _Writer:
     def write(self, eq: ir.Equation, terms: list[_Term]) -> str:
         self.lines = [
             "digraph tndsl {",
-            f'  graph [rankdir=LR, newrank=true, compound=true, nodesep=0.35, ranksep=0.45, '
+            f'  graph [rankdir=LR, newrank=true, compound=true, nodesep=0.4, ranksep=0.6, '
             f'pad=0.05, margin=0, fontname="{FONT}", fontsize=16];',
             f'  node [fontname="{FONT}", fontsize=18, label=""];',
             f'  edge [dir=none, fontname="{FONT}", fontsize=14, fontcolor="#444444", '
@@ -318,10 +318,15 @@ class _Writer:
             nodes.append(self.coefficient(coefficient, "    "))
         self.factors(term.factors, occurrences, nodes, "    ")
         self.chain(nodes, "    ")
+        # An open leg runs to the nearer edge: left if it leaves from the first half of
+        # the term's drawing order, right otherwise.
+        order = {node: k for k, node in enumerate(nodes)}
         ports_left, ports_right = [], []
-        for n, index in enumerate(free):
+        for index in free:
             port = self.node(f'{PORT_STYLE}, class="port"', "    ")
-            (ports_left if n == 0 else ports_right).append((index, port))
+            first = min((order.get(n, len(nodes)) for n in occurrences.get(index, [])),
+                        default=len(nodes))
+            (ports_left if first < len(nodes) / 2 else ports_right).append((index, port))
         self.lines.append("  }")
         self.wires(occurrences, dict(ports_left), dict(ports_right), nodes)
         firsts = [p for _, p in ports_left] or nodes[:1]
@@ -340,6 +345,8 @@ class _Writer:
             self.lines.append(f"{indent}{a} -> {b} [style=invis, weight=4];")
 
     def factors(self, factors, occurrences, nodes, indent) -> None:
+        # `ones` first: a broadcast leg then enters from the left, not doubling back.
+        factors = sorted(factors, key=lambda f: not (isinstance(f, _Tensor) and f.kind == "ones"))
         for factor in factors:
             if isinstance(factor, _Box):
                 self.box(factor, occurrences, nodes, indent)
