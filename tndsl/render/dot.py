@@ -344,9 +344,11 @@ class _Writer:
         for a, b in zip(nodes, nodes[1:]):
             self.lines.append(f"{indent}{a} -> {b} [style=invis, weight=4];")
 
-    def factors(self, factors, occurrences, nodes, indent) -> None:
-        # `ones` first: a broadcast leg then enters from the left, not doubling back.
-        factors = sorted(factors, key=lambda f: not (isinstance(f, _Tensor) and f.kind == "ones"))
+    def factors(self, factors, occurrences, nodes, indent, *, ones_first: bool = True) -> None:
+        # `ones` first where legs may leave to the left, so a broadcast leg does not
+        # double back; last inside a box over a sum, whose legs all leave to the right.
+        factors = sorted(factors, key=lambda f: (isinstance(f, _Tensor) and f.kind == "ones")
+                         != ones_first)
         for factor in factors:
             if isinstance(factor, _Box):
                 self.box(factor, occurrences, nodes, indent)
@@ -411,7 +413,7 @@ class _Writer:
                         coefficient = -coefficient
                 if coefficient != 1:
                     inner_nodes.append(self.coefficient(coefficient, indent + "  "))
-                self.factors(term.factors, inner, inner_nodes, indent + "  ")
+                self.factors(term.factors, inner, inner_nodes, indent + "  ", ones_first=False)
                 self.chain(inner_nodes, indent + "  ")
                 if previous is not None and inner_nodes:
                     self.lines.append(f"{indent}  {previous} -> {inner_nodes[0]} [style=invis];")
