@@ -287,6 +287,8 @@ class _Checker:
             _ones_dims_known(check.lhs, table)
             _ones_dims_known(check.rhs, table)
             order = explicit or tuple(sorted(first))
+            if any(i not in table.dims for i in order):
+                raise _Poisoned(check.label)  # bound only by failed equations: reported
             legs = tuple(ir.Leg(i, table.dims[i]) for i in order)
         except _Poisoned:
             return None

@@ -133,9 +133,18 @@ class _Elaborator:
                                        hint=did_you_mean(name, self._dim_names()))
             return dimmod.symbol(name)
         if isinstance(e, ast.Binary):
-            left, right = self._dim_size(e.left), self._dim_size(e.right)
-            return {"+": left + right, "-": left - right, "*": left * right,
-                    "/": left / right}[e.op]
+            # Down the left spine iteratively: a long chain must not recurse per operand.
+            operands = []
+            node = e
+            while isinstance(node, ast.Binary):
+                operands.append((node.op, node.right))
+                node = node.left
+            value = self._dim_size(node)
+            for op, operand in reversed(operands):
+                right = self._dim_size(operand)
+                value = {"+": value + right, "-": value - right, "*": value * right,
+                         "/": value / right}[op]
+            return value
         if isinstance(e, ast.Negate):
             return -self._dim_size(e.operand)
         raise SizeError("a dim size is a number or an arithmetic expression of other dims",
@@ -282,6 +291,9 @@ class _Elaborator:
         if var in env:
             raise RedefinitionError(f"loop variable `{var}` is already in use", stmt.var.span)
         start, stop = self._bound(stmt.start, env), self._bound(stmt.stop, env)
+        if stop - start > MAX_STATEMENTS:
+            raise ResourceError(f"loop of {stop - start:,} iterations; at most "
+                                f"{MAX_STATEMENTS:,} statements are unrolled", stmt.span)
         for value in range(start, stop):
             self._statements(stmt.body, scope, {**env, var: value}, depth + 1)
 
@@ -422,14 +434,31 @@ class _Elaborator:
             ref = ir.Ref(self._resolve(e.path, scope, env), tuple(i.name for i in e.indices),
                          e.span)
             return ir.Sum((ir.Term(sympy.Integer(1), (ref,), e.span),), e.span)
+        if isinstance(e, ast.Binary) and e.op in "+-":
+            # Walk the left spine of a long sum iteratively: `a + b + ... + z` must not
+            # recurse once per term.
+            operands = []
+            node = e
+            while isinstance(node, ast.Binary) and node.op in "+-":
+                operands.append((node.op, node.right))
+                node = node.left
+            terms = list(self._expr(node, scope, env).terms)
+            for op, operand in reversed(operands):
+                value = self._expr(operand, scope, env)
+                terms.extend(value.terms if op == "+" else _negate(value).terms)
+            return ir.Sum(tuple(terms), e.span)
+        if isinstance(e, ast.Binary) and e.op == "*":
+            operands = []
+            node = e
+            while isinstance(node, ast.Binary) and node.op == "*":
+                operands.append(node.right)
+                node = node.left
+            product = self._expr(node, scope, env)
+            for operand in reversed(operands):
+                product = _multiply(product, self._expr(operand, scope, env), e.span)
+            return product
         if isinstance(e, ast.Binary):
             left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
-            if e.op == "+":
-                return ir.Sum(left.terms + right.terms, e.span)
-            if e.op == "-":
-                return ir.Sum(left.terms + _negate(right).terms, e.span)
-            if e.op == "*":
-                return _multiply(left, right, e.span)
             value = _scalar_value(right)
             if value is None:
                 raise LegError("only a scalar can divide", e.right.span,
@@ -439,7 +468,11 @@ class _Elaborator:
                 raise TnError("division by zero", e.right.span)
             return _multiply(left, _scalar(1 / value, e.right.span), e.span)
         if isinstance(e, ast.Negate):
-            return _negate(self._expr(e.operand, scope, env))
+            negations, node = 0, e
+            while isinstance(node, ast.Negate):
+                negations, node = negations + 1, node.operand
+            value = self._expr(node, scope, env)
+            return _negate(value) if negations % 2 else value
         if isinstance(e, ast.Where):
             argument = self._expr(e.argument, scope, env)
             conditions = tuple(ir.Condition(c.left.name, c.op, c.right.name)

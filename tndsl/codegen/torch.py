@@ -33,6 +33,7 @@ from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, plan_term
 # Unsized dims (read from the inputs at run time) are planned as if this large.
 PLANNING_SIZE = 128
 EPS = 1e-5  # layernorm / rmsnorm, as GPT-2
+SUM_CHUNK = 64  # terms added in one Python expression
 
 ELEMENTWISE = {
     "relu": "torch.relu({})",
@@ -232,7 +233,7 @@ class _Generator:
 
     def _check_param_paths(self, params) -> None:
         paths = {p.name for p in params}
-        reserved = set(dir(nn.Module))
+        reserved = set(dir(nn.Module()))  # an instance: `training` is set in __init__
         for param in params:
             parts = param.name.split(".")
             for k in range(1, len(parts)):
@@ -249,6 +250,9 @@ class _Generator:
                     raise SizeError(f"param `{param.name}` has a leg of dim `{leg.dim}`, which "
                                     "has no size", param.span,
                                     hint=f"give it one when loading: dims={{{leg.dim!r}: ...}}")
+            check_budget("".join(f"{k}" for k in range(len(param.legs))),
+                         {f"{k}": self.sizes[leg.dim] for k, leg in enumerate(param.legs)},
+                         self.memory_budget, f"param `{param.name}`", param.span)
 
     def _bind_input(self, tensor: ir.Tensor, arg: str) -> None:
         self.helpers.add("_check_input")
@@ -288,6 +292,9 @@ class _Generator:
         fused = _fuse_bias(parts, linears, biases)
         if fused is not None:
             parts, missing_everywhere = fused, set()
+        # Python's compiler recurses on a long `a + b + ...`: add in chunks.
+        while len(parts) > SUM_CHUNK:
+            parts = [self._temp(hint, " + ".join(parts[:SUM_CHUNK]))] + parts[SUM_CHUNK:]
         code = " + ".join(parts)
         if missing_everywhere:
             # Every term lacks these legs (they come from `ones` only): make them real.

@@ -22,6 +22,7 @@ BYTES_PER_ENTRY = 4
 # Terms with more operands than this are planned with random-greedy: exhaustive and
 # dynamic-programming searches grow exponentially with the operand count.
 LARGE_TERM = 20
+MAX_OPERANDS = 256  # path search on more is slow, and no model needs it in one term
 
 
 def _auto(n_operands: int):
@@ -78,6 +79,10 @@ def plan_term(operands: Sequence[str], output: str, sizes: Mapping[str, int], *,
     """Plan one product term. `operands` and `output` are strings of index letters;
     `sizes` maps each letter to its size. Raises ResourceError if an intermediate would
     exceed `memory_budget` bytes."""
+    if len(operands) > MAX_OPERANDS:
+        raise ResourceError(f"{where or 'a term'} multiplies {len(operands)} tensors; the "
+                            f"compiler plans at most {MAX_OPERANDS} in one term", span,
+                            hint="name partial products with equations")
     spec = ",".join(operands) + "->" + output
     shapes = [tuple(sizes[c] for c in op) for op in operands]
     if len(operands) == 1:
@@ -125,7 +130,7 @@ def check_budget(letters: str, sizes, budget: int, where: str, span: Span | None
     need = _entries(letters, sizes) * BYTES_PER_ENTRY
     if need > budget:
         raise ResourceError(
-            f"{where or 'a contraction'} needs an intermediate of {_bytes(need)} "
+            f"{where or 'a contraction'} needs a tensor of {_bytes(need)} "
             f"({_entries(letters, sizes):,} entries), over the memory budget of {_bytes(budget)}",
             span, hint="reorder the term, use smaller dims, or raise memory_budget")
 

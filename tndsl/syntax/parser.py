@@ -5,7 +5,8 @@ from functools import lru_cache
 from pathlib import Path as FsPath
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from tndsl.errors import Source, Span, TnSyntaxError
@@ -13,7 +14,7 @@ from tndsl.syntax import ast
 
 # The limits keep a hostile file from turning into a RecursionError or a hang.
 MAX_SOURCE_CHARS = 2_000_000
-MAX_NESTING = 200
+MAX_NESTING = 64
 
 
 def grammar_path() -> FsPath:
@@ -115,8 +116,9 @@ def _expected_hint(expected: list[str]) -> str | None:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """Bottom-up conversion; each method receives children already converted."""
+class _ToAst(Transformer_NonRecursive):
+    """Bottom-up conversion; each method receives children already converted. Not
+    recursive, so a sum of ten thousand terms parses like any other."""
 
     def __init__(self, source: Source):
         super().__init__(visit_tokens=False)

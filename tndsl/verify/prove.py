@@ -187,6 +187,14 @@ def equivalent(program, a: str, b: str, legs: tuple[str, ...] | None = None) -> 
     Free legs follow Einstein's convention unless `legs` names them."""
     from tndsl.program import parse
     own = {eq.name: eq.indices for eq in program.network.equations}
+    rebound = {name.split("@")[0] for name in own if "@" in name}
+    for e in (a, b):
+        base = e.split("@")[0].split("[")[0].strip()
+        if base in rebound:
+            # The query is read at the end of the file, where `acc` means its last version.
+            raise TnError(f"`{base}` is rebound in a loop, so `{e}` is ambiguous here",
+                          hint="compare a name defined once (give the value a path such as "
+                               "blocks.{l}.acc in the loop)")
     a, b = (f"{e}[{', '.join(own[e])}]" if e in own else e for e in (a, b))
     source = program.network.source
     explicit = f"[{', '.join(legs)}] " if legs is not None else ""

@@ -22,6 +22,7 @@ is assumed about what the function does.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Mapping
 
 import sympy
@@ -30,6 +31,7 @@ from tndsl import dims as dimmod, ir
 
 MAX_MONOMIALS = 20_000      # beyond this, the symbolic tier gives up (unknown)
 MAX_ORDERINGS = 5_040       # tie-break orders tried per monomial (7!)
+MAX_BOX_SLOTS = 5           # a box's slot orders tried: 5! = 120
 
 
 class TooLarge(Exception):
@@ -54,6 +56,7 @@ class Expander:
         self.has_boxes = False
         self.opaque: dict[tuple, tuple[str, tuple[int, ...]]] = {}
         self.display: dict[str, str] = {}  # opaque name -> how to show it, slots #0, #1
+        self.box_depth = 0
 
     def side(self, expr: ir.Sum, legs: tuple[str, ...], index_dims: Mapping[str, str]
              ) -> Polynomial:
@@ -121,6 +124,7 @@ class Expander:
     def _named_opaque(self, eq: ir.Equation, box, indices: tuple, dims) -> tuple:
         """The box an equation consists of, remembering to display it by the equation's
         name (its canonical name, which decides equality, is its full argument)."""
+        self.has_boxes = True
         legs = list(eq.indices)
         key = (id(box), tuple(legs))
         if key not in self.opaque:
@@ -133,13 +137,30 @@ class Expander:
 
     def _opaque_name(self, factor, legs: list[str], dims) -> tuple[str, tuple[int, ...]]:
         best = None
-        for order in itertools.permutations(range(len(legs))):
-            slots = {legs[j]: f"#{n}" for n, j in enumerate(order)}
-            poly = _collect(self.expand(factor.argument, dict(slots), dims, set(legs)),
-                            set(slots.values()))
-            name = f"{_kind(factor, slots)}({render_polynomial(poly, dummy='j')})"
-            if best is None or name < best[0]:
-                best = (name, order)
+        # Every order of up to MAX_BOX_SLOTS slots; beyond, only the written one (sound,
+        # but the same box written with other index names may not match).
+        orders = (itertools.permutations(range(len(legs))) if len(legs) <= MAX_BOX_SLOTS
+                  else [tuple(range(len(legs)))])
+        # Dummies inside a box are named by its nesting depth (j1, then jj1 inside a box
+        # inside it): the name stays canonical and reads back as `.tn` with each box's
+        # contractions kept inside it.
+        self.box_depth += 1
+        try:
+            for order in orders:
+                slots = {legs[j]: f"#{n}" for n, j in enumerate(order)}
+                poly = _collect(self.expand(factor.argument, dict(slots), dims, set(legs)),
+                                set(slots.values()))
+                argument = render_polynomial(poly, dummy="j" * self.box_depth)
+                if isinstance(factor, ir.Mask):
+                    conds = " and ".join(f"{slots[c.left]} {c.op} {slots[c.right]}"
+                                         for c in factor.conditions)
+                    name = f"({argument} where {conds})"
+                else:
+                    name = f"{_kind(factor, slots)}({argument})"
+                if best is None or name < best[0]:
+                    best = (name, order)
+        finally:
+            self.box_depth -= 1
         return best
 
 
@@ -189,10 +210,6 @@ def _single_box(eq: ir.Equation):
 
 
 def _kind(factor, slots: Mapping[str, str]) -> str:
-    if isinstance(factor, ir.Mask):
-        conds = " and ".join(f"{slots[c.left]} {c.op} {slots[c.right]}"
-                             for c in factor.conditions)
-        return f"mask[{conds}]"
     if factor.legs:
         return f"{factor.function}[{', '.join(slots[l] for l in factor.legs)}]"
     return factor.function
@@ -282,11 +299,21 @@ def render_monomial(key: tuple, coefficient=sympy.Integer(1), *, dummy: str = "i
         shown = ", ".join(index(i) for i in indices)
         if name.startswith("ones:"):
             parts.append(f"ones[{shown}]")
-        elif "(" in name:  # an opaque box: put its legs into its slots
+        elif "(" in name:  # an opaque box or mask: put its legs into its slots
             name = (display or {}).get(name, name)
-            for n in reversed(range(len(indices))):  # #10 before #1
-                name = name.replace(f"#{n}", f"\0{index(indices[n])}")
-            parts.append(name.replace("\0", ""))
+            # Dummies inside the box are local to it in its canonical name; written out,
+            # they must differ from every other index, or `.tn` would join two boxes
+            # that share a dummy's name.
+            local: dict[str, str] = {}
+
+            def fresh(m: re.Match) -> str:
+                if m.group(0) not in local:
+                    local[m.group(0)] = index(f"~box{len(names)}")
+                return local[m.group(0)]
+
+            name = re.sub(r"\bj+\d+\b", fresh, name)
+            # One pass: a slot's replacement may itself be a marker of the enclosing box.
+            parts.append(re.sub(r"#(\d+)", lambda m: index(indices[int(m.group(1))]), name))
         else:
             parts.append(f"{name}[{shown}]")
     body = " * ".join(parts) if parts else "1"
