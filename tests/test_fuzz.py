@@ -69,6 +69,14 @@ def test_errors_from_damage_are_located():
 
 # ---- regressions found by fuzzing ---------------------------------------------------------
 
+def test_a_full_contraction_through_matmul_leaves_no_stray_dimension():
+    text = ("dim B = 4\ndim C = 3\nparam T1[l0: B, l1: B]\nparam T2[l0: C]\n"
+            "E0[c] = T1[b3, b] * T1[b3, b] * T2[c]\nE1[] = E0[c] * E0[c]\n")
+    program = tndsl.parse(text)
+    assert program.module(["E0"])().shape == (3,)
+    assert compare_compiled(program, dims={}, outputs=["E0", "E1"]).ok
+
+
 def test_a_check_whose_legs_come_only_from_a_broken_equation_is_not_a_crash():
     text = ("dim N = 2\ninput x[i: N]\nbad[h] = x[h] * x[h, h]\n"
             "check bad[h] == bad[h]\n")

@@ -438,10 +438,11 @@ class _Generator:
             if len(k) > 1 or len(nn_) > 1 or ws != want:
                 kp = _product(sizes[c] for c in k)
                 np_ = _product(sizes[c] for c in nn_)
-                weight = f"{weight}.reshape({kp}, {np_})"
+                # Nothing left on the weight's side: a vector, so `@` drops the dim.
+                weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
             left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
             code = f"{left} @ {weight}"
-            if last:
+            if last and nn_:
                 names = {c: name for name, c in letters.items()}
                 self.linear = (left, weight, tuple(names[c] for c in nn_),
                                tuple(sizes[c] for c in nn_))

@@ -65,7 +65,7 @@ def compare_compiled(program, *, dims: Mapping[str, int] | None = None, seed: in
     reference = Reference(small, values)
     differences, scales = {}, {}
     for name in generated.outputs:
-        expected = reference[name]
+        expected = reference[name].detach()
         differences[name] = float((result[name] - expected).abs().max()) \
             if expected.numel() else 0.0
         scales[name] = float(expected.abs().max()) if expected.numel() else 0.0
