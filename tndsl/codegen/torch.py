@@ -85,6 +85,15 @@ def _check_input(value, name, shape, ids):
         want = ", ".join("?" if s is None else str(s) for s in shape)
         raise ValueError(f"input {name} must have shape (..., {want}), got {tuple(value.shape)}")
 ''',
+    "_run_hooks": '''
+def _run_hooks(module, name, value):
+    """Pass a value through the hooks registered for it (tndsl.hooks)."""
+    for hook in module.tndsl_hooks.get(name, ()):
+        result = hook(value)
+        if result is not None:
+            value = result
+    return value
+''',
     "_positions": '''
 def _positions(t, axis):
     """Index positions along `axis` (negative), shaped to broadcast over the later dims."""
@@ -186,6 +195,7 @@ class _Generator:
         self.values: dict[str, _Value] = {}
         self.runtime_dims: dict[str, str] = {}  # unsized dim -> variable read from an input
         self.index_dims: dict[str, str] = {}     # of the equation being generated
+        self.hook_names: list[str] = []  # equations computed, in order: the hook points
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
         self.bias = None    # the last term, if it was a broadcast param (a bias)
         self.out = _Forward()
@@ -233,7 +243,8 @@ class _Generator:
 
     def _check_param_paths(self, params) -> None:
         paths = {p.name for p in params}
-        reserved = set(dir(nn.Module()))  # an instance: `training` is set in __init__
+        # An instance's attributes (`training` is set in __init__) and the module's own.
+        reserved = set(dir(nn.Module())) | {"tndsl_hooks", "tndsl_source", "HOOK_NAMES"}
         for param in params:
             parts = param.name.split(".")
             for k in range(1, len(parts)):
@@ -275,6 +286,9 @@ class _Generator:
         self.out.emit(f"# {printer.equation_line(eq)}")
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
         self.out.emit(f"{var} = {expr}")
+        # A hook point: reading or changing the value here changes what follows.
+        self.out.emit(f"if self.tndsl_hooks: {var} = _run_hooks(self, {eq.name!r}, {var})")
+        self.hook_names.append(eq.name)
         self.values[eq.name] = _Value(var, batched)
 
     def _sum(self, expr: ir.Sum, layout: Sequence[str], hint: str, span
@@ -548,7 +562,9 @@ class _Generator:
 
     # ---- the module ------------------------------------------------------------------
     def _module_source(self, params, inputs, arguments) -> str:
-        helpers = set(self.helpers) | {"_param"} if params else set(self.helpers)
+        helpers = set(self.helpers) | {"_run_hooks"}
+        if params:
+            helpers.add("_param")
         for name in list(helpers):
             helpers.update(HELPER_DEPENDENCIES.get(name, ()))
         lines = [
@@ -572,18 +588,20 @@ class _Generator:
             f"class {self.class_name}(nn.Module):",
             f'    """Inputs: {doc_inputs or "none"}.',
             f'    Returns: {doc_outputs}{" (a dict by name)" if len(self.outputs) > 1 else ""}.',
-            '    Leading batch dimensions of the inputs are carried through."""',
+            '    Leading batch dimensions of the inputs are carried through. Every equation',
+            '    is a hook point (HOOK_NAMES; see tndsl.hooks)."""',
+            "",
+            f"    HOOK_NAMES = {tuple(self.hook_names)!r}",
             "",
             "    def __init__(self):",
             "        super().__init__()",
+            "        self.tndsl_hooks = {}  # equation name -> functions of its value",
         ]
         for param in params:
             shape = tuple(self.sizes[leg.dim] for leg in param.legs)
             init, args = (param.init.name, param.init.args) if param.init else inits.DEFAULT
             lines.append(f"        _param(self, {param.name!r}, {shape!r}, {init!r}, "
                          f"{tuple(args)!r})")
-        if not params:
-            lines.append("        pass")
         lines += ["", f"    def forward({', '.join(['self', *arguments])}):"]
         lines += self.out.lines
         return "\n".join(lines) + "\n"
