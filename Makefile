@@ -8,7 +8,7 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test figures clean
+.PHONY: setup demo test figures induction clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup
 
 figures: setup
 	$(BIN)/python examples/figures.py
+
+induction: setup
+	$(BIN)/tndsl study induction -o examples/induction/report
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

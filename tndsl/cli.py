@@ -93,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
 
+    study = commands.add_parser(
+        "study", help="run a built-in study (induction: induction heads, end to end)",
+        description="induction: train the two-layer attention-only transformer of "
+                    "examples/attn_only_2l.tn on repeated random tokens, measure previous-"
+                    "token, induction and copying scores, K-composition, the QK-expansion "
+                    "terms, prove the expansion, and write a report with plots.")
+    study.add_argument("name", choices=["induction"])
+    study.add_argument("-o", "--out", default="examples/induction/report",
+                       help="report folder (default: examples/induction/report)")
+    study.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
+    study.add_argument("--seed", type=int, default=0)
+
     verify = commands.add_parser(
         "verify", help="prove the file's checks; optionally check the compiled module",
         description="Prove every `check A == B` of the file and report each as proven, "
@@ -185,6 +197,19 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from tndsl.induction import Config, run
+    report = run(args.out, Config(steps=args.steps, seed=args.seed))
+    i_layer, i_head = report["induction_head"]
+    p_layer, p_head = report["previous_token_head"]
+    heads = report["heads"]
+    print(f"{args.out}/report.md: previous-token head {p_layer}.{p_head} "
+          f"({heads['layer0']['previous_token'][p_head]:.2f}), induction head {i_layer}.{i_head} "
+          f"({heads['layer1']['induction'][i_head]:.2f}, copying "
+          f"{heads['layer1']['copying'][i_head]:.2f}); {report['total_seconds']:.0f} s")
+    return 0
+
+
 def _cost(args: argparse.Namespace) -> int:
     from tndsl.passes.cost import costs
     try:
@@ -197,7 +222,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost,
-            "render": _render}
+            "render": _render, "study": _study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
