@@ -91,3 +91,22 @@ def test_composition_and_copying_scores(weights):
     assert copying_score(full_ov_circuit(w_e, w_v, -w_o, w_u, 0)) < -0.999
     baseline = composition_baseline(M, E, samples=50)
     assert 0 < baseline < 1
+
+
+def test_any_tn_network_as_a_matrix():
+    import tndsl
+    from tndsl.circuits import named_weights
+    from conftest import ROOT
+    program = tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
+                         dims={"Vocab": 40, "Model": 16, "Heads": 2})
+    weights = {k: v.double() for k, v in named_weights(program.module(["logits"])).items()}
+    circuit = NetworkMatrix.from_equation(program, "ov_circuit1", weights, rows=["w"],
+                                          cols=["u"], fixed={"h": 1})
+    full = (weights["embed.W_E"] @ weights["blocks.1.attn.W_V"][1] @
+            weights["blocks.1.attn.W_O"][1] @ weights["unembed.W_U"])
+    assert circuit.split()[0].shape == (40, 8)
+    assert torch.allclose(circuit.materialize(), full, atol=1e-10)
+    assert abs(circuit.frobenius_norm() - torch.linalg.matrix_norm(full)) < 1e-8
+    with pytest.raises(tndsl.TnError, match="not a single box-free product"):
+        NetworkMatrix.from_equation(program, "blocks.0.attn.scores", weights,
+                                    rows=["p"], cols=["s"], fixed={"h": 0})

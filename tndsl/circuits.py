@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import opt_einsum
 import torch
 
+from tndsl import dims as dimmod
 from tndsl.errors import ResourceError, TnError
 
 DEFAULT_BUDGET = 2**30  # bytes a materialised matrix may take (4 bytes an entry)
@@ -63,6 +64,43 @@ class NetworkMatrix:
         if set(self.rows) | set(self.cols) != free or set(self.rows) & set(self.cols):
             raise TnError(f"rows and columns must split the open legs {sorted(free)}")
         self._split: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_equation(cls, program, name: str, weights: Mapping[str, torch.Tensor],
+                      rows: Sequence[str], cols: Sequence[str], *,
+                      fixed: Mapping[str, int] | None = None,
+                      budget: int = DEFAULT_BUDGET) -> "NetworkMatrix":
+        """The network of a `.tn` equation as a matrix: `ov_circuit0[h, w, u]` with
+        rows ["w"], columns ["u"] and fixed={"h": 3} is head 3's full OV circuit. The
+        equation must expand (inlining definitions) to one box-free product of params;
+        `weights` maps param paths to values (a compiled model's `named_weights`)."""
+        from tndsl.verify.symbolic import Expander
+        eq = program.equation(name)
+        fixed = dict(fixed or {})
+        if set(rows) | set(cols) | set(fixed) != set(eq.indices):
+            raise TnError(f"`{name}` has legs {list(eq.indices)}: give each as a row, a column "
+                          "or a fixed position")
+        expander = Expander(program)
+        poly = expander.side(eq.rhs, eq.indices, {l.name: l.dim for l in eq.index_dims})
+        if expander.has_boxes or len(poly) != 1:
+            raise TnError(f"`{name}` is not a single box-free product ({len(poly)} monomials"
+                          f"{', with boxes' if expander.has_boxes else ''})")
+        ((monomial, coefficient),) = poly.items()
+        factors = []
+        for tensor, indices in monomial:
+            if tensor not in weights:
+                raise TnError(f"no value for `{tensor}` in the weights given")
+            value = weights[tensor]
+            kept = []
+            for axis, index in reversed(list(enumerate(indices))):
+                if index in fixed:  # a fixed leg: take that slice
+                    value = value.select(axis, fixed[index])
+                else:
+                    kept.append(index)
+            factors.append((value, tuple(reversed(kept))))
+        scale = float(dimmod.evaluate(coefficient, program.sizes))
+        factors[0] = (factors[0][0] * scale, factors[0][1])
+        return cls(factors, rows, cols, budget=budget)
 
     @classmethod
     def chain(cls, *matrices: torch.Tensor, budget: int = DEFAULT_BUDGET) -> "NetworkMatrix":
