@@ -5,9 +5,10 @@ evaluating both sides once numerically at small sizes, in one run.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
+
+from timing import median_seconds
 
 import torch
 
@@ -18,15 +19,6 @@ from tndsl.verify.numeric import float_sides, random_tensors, small_program
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "attn_only_2l.tn"
 
 
-def median(fn, repeat: int = 7) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     program = tndsl.load(EXAMPLE)
     (check,) = program.checks
@@ -35,8 +27,8 @@ def main() -> None:
     values = random_tensors(small, torch.Generator().manual_seed(0))
     result = prove(program, check, small)
     assert result.status == "proven", result.render()
-    proof = median(lambda: prove(program, check, small))
-    numeric = median(lambda: float_sides(small, small_check, values))
+    proof = median_seconds(lambda: prove(program, check, small))
+    numeric = median_seconds(lambda: float_sides(small, small_check, values))
     print(f"{'QK expansion (16 monomials a side)':<40}{'median s':>10}{'ratio':>8}")
     print(f"{'one float64 evaluation at small sizes':<40}{numeric:>10.4f}{1.0:>8.2f}")
     print(f"{'symbolic proof':<40}{proof:>10.4f}{proof / numeric:>8.2f}")
