@@ -213,3 +213,10 @@ def test_cli_verify_compiled_reports_and_passes():
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "passed: largest difference" in result.stdout
+
+
+@pytest.mark.parametrize("example, dims", [("attention_head", None), ("mlp", None),
+                                           ("gpt2_small", {"Layers": 1})])
+def test_generated_code_matches_golden(example, dims, golden):
+    source = tndsl.load(ROOT / "examples" / f"{example}.tn", dims=dims).compile().source
+    golden(ROOT / "tests" / "golden" / "code" / f"{example}.py.txt", source)
