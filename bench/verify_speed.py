@@ -5,7 +5,6 @@ evaluating both sides once numerically at small sizes, in one run.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from timing import median_seconds

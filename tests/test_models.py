@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import transformers  # the GPT-2 oracle; a test dependency (pyproject's test extra)
 
 import tndsl
 from tndsl.verify.numeric import random_tensors
@@ -12,8 +13,6 @@ from tndsl.weights import WeightsError, load_hf_gpt2, load_safetensors, load_sta
     save_safetensors
 from conftest import ROOT
 
-transformers = pytest.importorskip(
-    "transformers", reason="HF transformers is the GPT-2 oracle; `make test` installs it")
 
 GPT2_DIMS = {"Context": 32, "Vocab": 100, "Model": 64, "Heads": 4, "Layers": 2}
 

@@ -47,10 +47,17 @@ def test_false_twins_with_boxes_are_refuted_numerically(results, label):
 
 
 def test_counterexample_entry_is_real(results):
-    # Recompute the reported entry independently: A[i, j] vs A[j, i] at those positions.
+    # Rebuild the reported data and read the two sides by plain indexing, not through
+    # any evaluator: the left side is A[i, j], the right A[j, i].
+    import torch
+    from tndsl.verify.numeric import random_tensors, small_program
     example = results["symmetric_false"].counterexample
+    small = small_program(tndsl.load(ROOT / "tests" / "verify" / "identities.tn"))
+    assert {k: small.sizes[k] for k in example.sizes} == example.sizes
+    values = random_tensors(small, torch.Generator().manual_seed(example.seed), integers=3)
     i, j = example.entry["i"], example.entry["j"]
-    assert i != j and example.sizes["N"] == 4
+    assert (float(values["A"][i, j]), float(values["A"][j, i])) == (example.lhs, example.rhs)
+    assert example.lhs != example.rhs
 
 
 def test_qk_expansion_is_proven_and_its_false_twins_refuted():

@@ -29,7 +29,7 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             errors.add(UnknownNameError(f"size given for unknown dim `{name}`",
                                         hint=did_you_mean(name, dims)))
         elif dims[name].size is not None and dims[name].size.free_symbols:
-            errors.add(SizeError(f"dim `{name}` is derived ({_show(dims[name])}); set the dims "
+            errors.add(SizeError(f"dim `{name}` is derived ({dims[name].size}); set the dims "
                                  "it is made of instead", dims[name].span))
         elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             errors.add(SizeError(f"size given for `{name}` must be a positive integer, "
@@ -63,7 +63,7 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             return None
         value = dim.size.subs(values)
         if not (value.is_integer and value.is_positive):
-            raise SizeError(f"dim `{name}` = {_show(dim)} is {value}, not a positive integer",
+            raise SizeError(f"dim `{name}` = {dim.size} is {value}, not a positive integer",
                             dim.span)
         sizes[name] = int(value)
         return sizes[name]
@@ -76,10 +76,6 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             sizes.setdefault(name, None)
     errors.raise_if_any()
     return sizes
-
-
-def _show(dim: ir.Dim) -> str:
-    return str(dim.size)
 
 
 def shape(tensor: ir.Tensor) -> tuple[sympy.Symbol, ...]:

@@ -68,6 +68,9 @@ class _Elaborator:
         self.dim_overrides = dict(dim_sizes or {})
         self.errors = ErrorSink()
         self.dims: dict[str, ir.Dim] = {}
+        # Every dim written at the top level, so a size may use one declared later.
+        self.declared_dims = [s.name.name for s in module.statements
+                              if isinstance(s, ast.DimDecl)]
         self.sizes: dict[str, int | None] = {}
         self.blocks: dict[str, ast.BlockDef] = {}
         self.tensors: dict[str, ir.Tensor] = {}
@@ -127,10 +130,9 @@ class _Elaborator:
             return sympy.Rational(e.text)
         if isinstance(e, ast.BareName) and e.path.is_simple:
             name = e.path.segments[0]
-            if name not in {s.name.name for s in self.module.statements
-                            if isinstance(s, ast.DimDecl)}:
+            if name not in self.declared_dims:
                 raise UnknownNameError(f"unknown dim `{name}`", e.span,
-                                       hint=did_you_mean(name, self._dim_names()))
+                                       hint=did_you_mean(name, self.declared_dims))
             return dimmod.symbol(name)
         if isinstance(e, ast.Binary):
             # Down the left spine iteratively: a long chain must not recurse per operand.
@@ -149,9 +151,6 @@ class _Elaborator:
             return -self._dim_size(e.operand)
         raise SizeError("a dim size is a number or an arithmetic expression of other dims",
                         e.span)
-
-    def _dim_names(self) -> list[str]:
-        return [s.name.name for s in self.module.statements if isinstance(s, ast.DimDecl)]
 
     def _declare_block(self, stmt: ast.BlockDef) -> None:
         name = stmt.name.name

@@ -10,7 +10,6 @@ the expanded network the `.tn` file states), and proves that expansion. Seeded.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -92,6 +91,7 @@ def run(out: str | Path, config: Config = Config(), *, stream=sys.stderr) -> dic
             param.normal_(0.0, config.init_std, generator=generator)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     losses = []
+    every = 25 if getattr(stream, "isatty", lambda: False)() else max(1, config.steps // 10)
     train_start = time.perf_counter()
     for step in range(1, config.steps + 1):
         tokens, _ = repeated_batch(config.batch, context, vocab, generator,
@@ -103,7 +103,6 @@ def run(out: str | Path, config: Config = Config(), *, stream=sys.stderr) -> dic
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-        every = 25 if getattr(stream, "isatty", lambda: False)() else max(1, config.steps // 10)
         if stream is not None and (step % every == 0 or step == config.steps):
             _progress(step, config.steps, loss.item(), train_start, stream)
     train_seconds = time.perf_counter() - train_start

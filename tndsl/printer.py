@@ -53,6 +53,11 @@ def tensor_decl(tensor: ir.Tensor) -> str:
     return text
 
 
+def format_count(value: sympy.Expr) -> str:
+    """`1,234,567` for an integer, the expression otherwise."""
+    return f"{int(value):,}" if value.is_Integer else str(value)
+
+
 def format_scalar(value: sympy.Expr) -> str:
     return sympy.sstr(value, order="lex")
 

@@ -134,7 +134,7 @@ class Program:
             dims.append(text)
         lines.append("  dims     " + (", ".join(dims) or "none"))
         count = self.parameter_count()
-        lines.append(f"  params   {len(self.params)} tensors, {_number(count)} parameters")
+        lines.append(f"  params   {len(self.params)} tensors, {printer.format_count(count)} parameters")
         lines.extend(_tensor_table(self.params, self.sizes))
         lines.append(f"  inputs   {len(self.inputs) or 'none'}")
         lines.extend(_tensor_table(self.inputs, self.sizes))
@@ -148,10 +148,6 @@ class Program:
         return "\n".join(lines)
 
 
-def _number(value: sympy.Expr) -> str:
-    return f"{int(value):,}" if value.is_Integer else str(value)
-
-
 def _tensor_table(tensors, sizes) -> list[str]:
     """One row per tensor; instances differing only in a layer number share a row."""
     groups: dict[tuple, list[ir.Tensor]] = {}
@@ -163,7 +159,7 @@ def _tensor_table(tensors, sizes) -> list[str]:
         name = members[0].name if len(members) == 1 else _range_name(pattern, members)
         legs_text = ", ".join(f"{l.name}: {'onehot ' if l.name == onehot else ''}{l.dim}"
                               for l in legs)
-        shape = " × ".join(_number(dimmod.evaluate(dimmod.symbol(l.dim), sizes)) for l in legs)
+        shape = " × ".join(printer.format_count(dimmod.evaluate(dimmod.symbol(l.dim), sizes)) for l in legs)
         repeat = f"  (×{len(members)})" if len(members) > 1 else ""
         rows.append((name, f"[{legs_text}]", (shape or "scalar") + repeat))
     width = [max((len(r[i]) for r in rows), default=0) for i in range(2)]

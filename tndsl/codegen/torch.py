@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import sympy
-import torch
 from torch import nn
 
 from tndsl import __version__, dims as dimmod, inits, ir, printer
 from tndsl.codegen.names import Namespace, class_name as make_class_name
 from tndsl.errors import SizeError, TnError
-from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, plan_term
+from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, check_entries, plan_term
 
 # Unsized dims (read from the inputs at run time) are planned as if this large.
 PLANNING_SIZE = 128
@@ -261,9 +260,10 @@ class _Generator:
                     raise SizeError(f"param `{param.name}` has a leg of dim `{leg.dim}`, which "
                                     "has no size", param.span,
                                     hint=f"give it one when loading: dims={{{leg.dim!r}: ...}}")
-            check_budget("".join(f"{k}" for k in range(len(param.legs))),
-                         {f"{k}": self.sizes[leg.dim] for k, leg in enumerate(param.legs)},
-                         self.memory_budget, f"param `{param.name}`", param.span)
+            entries = 1
+            for leg in param.legs:
+                entries *= self.sizes[leg.dim]
+            check_entries(entries, self.memory_budget, f"param `{param.name}`", param.span)
 
     def _bind_input(self, tensor: ir.Tensor, arg: str) -> None:
         self.helpers.add("_check_input")

@@ -62,19 +62,19 @@ class CostReport:
             lines.append(head)
             for step in t.order:
                 lines.append(f"    {step}")
-            lines.append(f"  flops    {_show(t.flops)} = {_fmt(self.value(t.flops))}"
-                         f"   (left to right: {_show(t.naive)} = {_fmt(self.value(t.naive))})")
-            lines.append(f"  largest  {_show(t.largest)} = {_fmt(self.value(t.largest))} entries")
+            lines.append(f"  flops    {_show(t.flops)} = {printer.format_count(self.value(t.flops))}"
+                         f"   (left to right: {_show(t.naive)} = {printer.format_count(self.value(t.naive))})")
+            lines.append(f"  largest  {_show(t.largest)} = {printer.format_count(self.value(t.largest))} entries")
         instances = self.by_instance()
         if len(instances) > 1:
             lines.append("")
             lines.append("by instance:")
             width = max(len(k) for k in instances)
             for name, flops in instances.items():
-                lines.append(f"  {name:<{width}}  {_show(flops)} = {_fmt(self.value(flops))}")
+                lines.append(f"  {name:<{width}}  {_show(flops)} = {printer.format_count(self.value(flops))}")
         total = self.total
         lines.append("")
-        lines.append(f"total flops  {_show(total)} = {_fmt(self.value(total))}")
+        lines.append(f"total flops  {_show(total)} = {printer.format_count(self.value(total))}")
         if total != 0:
             lines.append(f"dominant     {_show(self.dominant(total))}")
         return "\n".join(lines)
@@ -234,10 +234,6 @@ def _number(value: sympy.Expr) -> float:
         return float(value)
     except TypeError:
         return float("inf")  # still symbolic: treat as large
-
-
-def _fmt(value: sympy.Expr) -> str:
-    return f"{int(value):,}" if value.is_Integer else str(value)
 
 
 def _show(expr: sympy.Expr) -> str:

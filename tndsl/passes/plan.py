@@ -127,11 +127,16 @@ def _entries(letters: str, sizes: Mapping[str, int]) -> int:
 
 def check_budget(letters: str, sizes, budget: int, where: str, span: Span | None) -> None:
     """Raise ResourceError if a tensor with these legs would exceed `budget` bytes."""
-    need = _entries(letters, sizes) * BYTES_PER_ENTRY
+    check_entries(_entries(letters, sizes), budget, where, span)
+
+
+def check_entries(entries: int, budget: int, where: str, span: Span | None) -> None:
+    """Raise ResourceError if a tensor of `entries` entries would exceed `budget` bytes."""
+    need = entries * BYTES_PER_ENTRY
     if need > budget:
         raise ResourceError(
             f"{where or 'a contraction'} needs a tensor of {_bytes(need)} "
-            f"({_entries(letters, sizes):,} entries), over the memory budget of {_bytes(budget)}",
+            f"({entries:,} entries), over the memory budget of {_bytes(budget)}",
             span, hint="reorder the term, use smaller dims, or raise memory_budget")
 
 

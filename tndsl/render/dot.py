@@ -328,7 +328,7 @@ class _Writer:
                         default=len(nodes))
             (ports_left if first < len(nodes) / 2 else ports_right).append((index, port))
         self.lines.append("  }")
-        self.wires(occurrences, dict(ports_left), dict(ports_right), nodes)
+        self.wires(occurrences, dict(ports_left), dict(ports_right))
         firsts = [p for _, p in ports_left] or nodes[:1]
         lasts = [p for _, p in ports_right] or nodes[-1:]
         return firsts[0], lasts[-1]
@@ -392,7 +392,7 @@ class _Writer:
                 elif index in box.legs:
                     occurrences.setdefault(index, []).extend(places)
                 else:
-                    self.wires({index: places}, {}, {}, [])
+                    self.wires({index: places}, {}, {})
         else:
             # A sum inside a box: each term is wired to one point per leg of the box.
             ports = {leg: self.node(f'{COPY_STYLE}, width=0.05, class="boxleg"', indent + "  ")
@@ -420,14 +420,14 @@ class _Writer:
                 previous = inner_nodes[-1] if inner_nodes else previous
                 for leg, port in ports.items():
                     inner.setdefault(leg, []).append(port)
-                self.wires(inner, {}, {}, inner_nodes)
+                self.wires(inner, {}, {})
                 nodes.extend(inner_nodes)
             for leg, port in ports.items():
                 occurrences.setdefault(leg, []).append(port)
             nodes.extend(ports.values())
         self.lines.append(f"{indent}}}")
 
-    def wires(self, occurrences, left: dict, right: dict, nodes) -> None:
+    def wires(self, occurrences, left: dict, right: dict) -> None:
         for index, places in occurrences.items():
             label = self.wire_label(index)
             ends = ([left[index]] if index in left else []) + places + \

@@ -141,6 +141,7 @@ class Counterexample:
     lhs: float
     rhs: float
     data: str                 # what the params and inputs were
+    seed: int                 # the data's seed, to rebuild it (random_tensors)
 
     def render(self) -> str:
         sizes = ", ".join(f"{k} = {v}" for k, v in self.sizes.items())
@@ -174,5 +175,5 @@ def counterexample(program, check: ir.Check, *, boxes: bool, seeds=range(5),
         data = ("random integers in [-3, 3]" if integers else "standard normal data") + \
             f", seed {seed}"
         return Counterexample(sizes, entry, float(lhs.flatten()[flat] if lhs.dim() else lhs),
-                              float(rhs.flatten()[flat] if rhs.dim() else rhs), data)
+                              float(rhs.flatten()[flat] if rhs.dim() else rhs), data, seed)
     return None
