@@ -26,6 +26,7 @@ from torch import nn
 
 from tndsl import __version__, dims as dimmod, inits, ir, printer
 from tndsl.codegen.names import Namespace, class_name as make_class_name
+from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, check_entries, plan_term
 
@@ -378,7 +379,7 @@ class _Generator:
                 and partners[0].indices.count(leg) == 1 and not partners[0].batched):
             partner = partners[0]
             position = partner.indices.index(leg)
-            table = partner.var if position == 0 else f"{partner.var}.movedim({position}, 0)"
+            table = as_primary(partner.var) + ("" if position == 0 else f".movedim({position}, 0)")
             gathered = self._temp(hint, f"{table}[{value.var}]")
             indices = rest + [i for i in partner.indices if i != leg]
             return [op for op in operands if op is not partner] + \
@@ -396,8 +397,8 @@ class _Generator:
             smallest = min(range(len(operands)), key=lambda k: operands[k].size)
             op = operands[smallest]
             operands = list(operands)
-            operands[smallest] = _Operand(f"({self._scalar_code(coefficient)} * {op.var})",
-                                          op.indices, op.batched, op.size)
+            scaled = f"({as_left_factor(self._scalar_code(coefficient))} * {as_right_factor(op.var)})"
+            operands[smallest] = _Operand(scaled, op.indices, op.batched, op.size)
         specs = ["".join(letters[i] for i in op.indices) for op in operands]
         output = "".join(letters[i] for i in target)
         check_budget(output, {letters[i]: self._plan_size(i) for i in letters},
