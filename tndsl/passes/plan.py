@@ -95,6 +95,9 @@ def plan_term(operands: Sequence[str], output: str, sizes: Mapping[str, int], *,
                                               optimize=optimizer_for(optimizer, len(operands)))
     finally:
         random.setstate(state)
+    if any(len(pair) != 2 for pair in path):
+        path, info = opt_einsum.contract_path(spec, *shapes, shapes=True,
+                                              optimize=pairwise_path(path, len(operands)))
     steps = []
     for (pair, _, step_spec, _, _), cost in zip(info.contraction_list, _step_costs(info)):
         result = step_spec.split("->")[1]
@@ -103,6 +106,29 @@ def plan_term(operands: Sequence[str], output: str, sizes: Mapping[str, int], *,
         check_budget(result, sizes, memory_budget, where, span)
     return TermPlan(tuple(operands), output, tuple(steps), int(info.opt_cost),
                     int(info.naive_cost), int(info.largest_intermediate))
+
+
+def pairwise_path(path: Sequence[tuple[int, ...]], n_operands: int) -> list[tuple[int, ...]]:
+    """`path` (opt_einsum's convention: the operands a step takes are removed, its result
+    appended) without its one-operand steps. The dp optimiser reduces an operand alone
+    first (the trace of `W[c, c]`, a leg no other operand has), which code generation,
+    emitting one two-operand einsum per step, cannot express; einsum does that
+    reduction within the operand's next pairwise step anyway."""
+    theirs = list(range(n_operands))  # operand ids in the order `path` sees them
+    ours = list(range(n_operands))    # ... in the order the new path sees them
+    fresh, result = n_operands, []
+    for step in path:
+        taken = [theirs[k] for k in step]
+        for k in sorted(step, reverse=True):
+            del theirs[k]
+        if len(step) == 1:  # the reduced operand keeps its identity, moved to the end
+            theirs.append(taken[0])
+            continue
+        result.append(tuple(ours.index(t) for t in taken))
+        ours = [t for t in ours if t not in taken] + [fresh]
+        theirs.append(fresh)
+        fresh += 1
+    return result
 
 
 def _step_costs(info) -> list[int]:
