@@ -249,7 +249,7 @@ def _paths(args: argparse.Namespace) -> int:
         program = load(args.file, dict(args.dim))
         expansion = expand_paths(program, args.name, parse_through(args.through),
                                  prefix=args.prefix)
-        expansion.program(dict(args.dim))  # the written file must check
+        expansion.program()  # the written file must check
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 f.write(expansion.source)
@@ -260,7 +260,7 @@ def _paths(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(expansion.source)
         if args.render:
-            expansion.figure(dict(args.dim)).save(args.render)
+            expansion.figure().save(args.render)
             print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
         print(e.render(), file=sys.stderr)

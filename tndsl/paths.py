@@ -90,6 +90,7 @@ class PathExpansion:
     check: str                       # the label of the generated check
     section: str                     # the generated `.tn` text
     original: str                    # the file it extends
+    dims: tuple[tuple[str, int], ...] = ()   # sizes given to the program, re-applied
 
     @property
     def source(self) -> str:
@@ -104,17 +105,17 @@ class PathExpansion:
                                hint=did_you_mean(label, [t.label for t in self.terms])
                                or "paths: " + ", ".join(t.label for t in self.terms))
 
-    def program(self, dims=None):
-        """The checked program of `source`."""
+    def program(self):
+        """The checked program of `source`, at the sizes of the program expanded."""
         from tndsl.program import parse
-        return parse(self.source, f"<paths of {self.name}>", dims)
+        return parse(self.source, f"<paths of {self.name}>", dict(self.dims))
 
-    def figure(self, dims=None):
+    def figure(self):
         """The terms side by side: a figure of their sum, each term drawn as its network."""
         from tndsl.program import parse
         total = f"{self.check}_figure"
         text = self.source + f"\n{total}[{', '.join(self.indices)}] = {self._sum_text()}\n"
-        return parse(text, f"<paths of {self.name}>", dims).render(total, depth=1)
+        return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(total, depth=1)
 
     def _sum_text(self) -> str:
         parts = []
@@ -443,8 +444,12 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
         body.append(term.equation)
     section = "\n".join(header) + "\n" + "\n".join(body) + "\n" + check + "\n"
     original = network.source.text if network.source is not None else ""
+    # sizes of the dims not derived from others: given again, they reproduce the program
+    dims = tuple((d.name, int(program.sizes[d.name])) for d in network.dims
+                 if program.sizes.get(d.name) is not None
+                 and (d.size is None or not d.size.free_symbols))
     return PathExpansion(name, eq.indices, tuple(through), tuple(terms), label, section,
-                         original)
+                         original, dims)
 
 
 def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
