@@ -107,6 +107,17 @@ def test_a_product_of_too_many_tensors_is_refused_at_compile_time():
         program.compile()
 
 
+@pytest.mark.parametrize("init, mean, std", [("normal()", 0.0, 0.02), ("normal(0.5)", 0.0, 0.5),
+                                              ("normal(1, 2)", 1.0, 2.0)])
+def test_normal_init_with_zero_one_or_two_arguments_builds(init, mean, std):
+    # `init normal()` (no arguments) failed when the module was built (found by fuzzing).
+    torch.manual_seed(0)
+    module = tndsl.parse(f"dim N = 20000\nparam w[i: N] init {init}\ny[i] = w[i]\n").module()
+    w = module.w.detach()
+    assert abs(float(w.mean()) - mean) < 5 * std / 20000 ** 0.5
+    assert abs(float(w.std()) / std - 1) < 0.03
+
+
 # ---- hostile names --------------------------------------------------------------------------
 
 HOSTILE = ["__import__", "eval", "exec", "open", "print", "self", "torch", "F", "nn", "math",

@@ -59,8 +59,8 @@ def _param(module, path, shape, init, args):
     tensor = torch.empty(shape)
     with torch.no_grad():
         if init == "normal":
-            mean, std = (0.0, *args) if len(args) < 2 else args
-            tensor.normal_(mean, std if args else 0.02)
+            mean, std = args if len(args) == 2 else (0.0, args[0] if args else 0.02)
+            tensor.normal_(mean, std)
         elif init == "uniform":
             tensor.uniform_(*args)
         elif init == "constant":
