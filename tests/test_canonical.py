@@ -178,3 +178,36 @@ def test_one_transposed_factor_and_two_rings_are_refuted():
     squares = results["squares"]
     assert squares.status == "refuted", squares.render()
     assert len(squares.residual) == 2
+
+
+# ---- boxes are named structurally --------------------------------------------------------
+
+@pytest.mark.parametrize("layers", [2, 3, 4, 5])
+def test_attention_only_path_expansion_is_proven_symbolically(layers):
+    from networks import attn_only
+    (result,) = prove_all(tndsl.parse(attn_only(layers)))
+    assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
+    assert f"{2 ** (layers + 1)} monomials on each side" in result.detail
+
+
+def test_attention_only_path_expansion_missing_a_layer_is_refuted():
+    from networks import attn_only
+    (result,) = prove_all(tndsl.parse(attn_only(3, drop=1)))
+    assert result.status != "proven", result.render()
+    # what does not cancel is exactly layer 1's heads: its pattern in every term
+    assert result.residual and all("blocks.1.attn.pattern[" in t for t in result.residual)
+
+
+def test_boxes_match_whatever_their_slots_are_called():
+    # u's two non-axis slots are symmetric, so only the graph search orders them.
+    program = tndsl.parse(
+        "dim N = 3\nparam A[i: N, j: N, k: N]\nparam B[i: N, j: N, k: N]\n"
+        "u[a, b, c] = softmax[c](A[a, b, c] + A[b, a, c])\n"
+        "w[a, b, c] = softmax[c](A[a, b, c] * B[b, a, c])\n"
+        "check renamed: u[p, q, r] == softmax[r](A[q, p, r] + A[p, q, r])\n"
+        "check other_axis: u[p, q, r] == softmax[q](A[p, q, r] + A[q, p, r])\n"
+        "check not_symmetric: w[p, q, r] == w[q, p, r]\n")
+    renamed, other_axis, not_symmetric = prove_all(program)
+    assert (renamed.status, renamed.tier) == ("proven", "symbolic"), renamed.render()
+    assert other_axis.status == "refuted", other_axis.render()
+    assert not_symmetric.status == "refuted", not_symmetric.render()

@@ -141,9 +141,6 @@ class Expander:
         whose arguments have the same canonical form share a name."""
         key = (id(factor), tuple(legs))
         if key not in self.opaque:
-            written = {leg: f"#{j}" for j, leg in enumerate(legs)}
-            poly = _collect(self.expand(factor.argument, dict(written), dims, set(legs)),
-                            set(written.values()), self.deadline)
             if isinstance(factor, ir.Mask):
                 kind = ("where", tuple((legs.index(c.left), c.op, legs.index(c.right))
                                        for c in factor.conditions))
@@ -152,7 +149,15 @@ class Expander:
                 axes = {leg: p for p, leg in enumerate(factor.legs)}
                 kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs))
                 roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
+            # When the function alone tells the slots apart (softmax[s](... where s <= p)
+            # over h, p, s), expand with them already in canonical order.
+            invariant = _slot_invariants(roles, kind)
+            legs, kind, roles, back = _presort(legs, kind, roles, invariant)
+            written = {leg: f"#{j}" for j, leg in enumerate(legs)}
+            poly = _collect(self.expand(factor.argument, dict(written), dims, set(legs)),
+                            set(written.values()), self.deadline)
             identity, order = _box_identity(poly, roles, kind, self.deadline)
+            order = tuple(back[j] for j in order)
             name = self.box_names.setdefault(identity, f"box:{len(self.box_names)}")
             if name not in self.display.boxes:
                 self.display.boxes[name] = (factor, kind, poly, order)
@@ -205,6 +210,33 @@ def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
     per factor (joined to its monomial) and per dummy; a mask's conditions are vertices
     joined to their two slots."""
     k = len(roles)
+    # Usually each slot is told apart by an invariant (its role, its conditions, where it
+    # occurs): then sorting by it is the canonical slot order and the argument, its slots
+    # renamed, is the identity. Only slots that share an invariant need the graph search.
+    if len(set(_slot_invariants(roles, kind))) == k and \
+            sorted(_slot_invariants(roles, kind)) == _slot_invariants(roles, kind):
+        # presorted: the written order is canonical and the argument already canonical
+        order = tuple(range(k))
+        body = tuple(sorted((key, str(coefficient)) for key, coefficient in poly.items()))
+        return (_box_head(kind, {j: j for j in order}), "sorted", body), order
+    occurs: list[list] = [[] for _ in roles]
+    for monomial, coefficient in poly.items():
+        for name, indices in monomial:
+            for s, index in enumerate(indices):
+                if index.startswith("#"):
+                    occurs[int(index[1:])].append((str(coefficient), name, len(indices), s))
+    invariant = [(*_slot_invariants(roles, kind)[j], tuple(sorted(occurs[j])))
+                 for j in range(k)]
+    if len(set(invariant)) == k:
+        order = tuple(sorted(range(k), key=invariant.__getitem__))
+        slot_of = {j: n for n, j in enumerate(order)}
+        rename = {f"#{j}": f"#{n}" for j, n in slot_of.items()}
+        free = set(rename.values())
+        body = tuple(sorted(
+            (canonical(tuple((name, tuple(rename.get(i, i) for i in indices))
+                             for name, indices in monomial), free, deadline), str(coefficient))
+            for monomial, coefficient in poly.items()))
+        return (_box_head(kind, slot_of), "sorted", body), order
     colours: list = [(0, role) for role in roles]
     adjacency: list[list[tuple[int, int]]] = [[] for _ in roles]
 
@@ -223,10 +255,14 @@ def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
             edge(c, left, -2)
             edge(c, right, -3)
     for monomial, coefficient in poly.items():
-        m = vertex((2, str(coefficient)))
+        # An invariant of the monomial in its colours (which factors, the coefficient)
+        # splits most of the graph before refinement has to.
+        content = (str(coefficient), tuple(sorted((name, len(indices))
+                                                  for name, indices in monomial)))
+        m = vertex((2, content))
         dummies: dict[str, int] = {}
         for name, indices in monomial:
-            f = vertex((3, name, len(indices)))
+            f = vertex((3, name, len(indices), content))
             edge(f, m, -1)
             for s, index in enumerate(indices):
                 if index.startswith("#"):
@@ -248,12 +284,38 @@ def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
     cert, lab = canon.canonical_labelling(colours, adjacency, certificate, deadline=deadline)
     order = tuple(v for v in lab if v < k)
     slot_of = {j: n for n, j in enumerate(order)}
-    # The function with its axes and conditions in canonical slot numbers, then the graph.
+    return (_box_head(kind, slot_of), "graph", cert), order
+
+
+def _slot_invariants(roles: list[str], kind: tuple) -> list[tuple]:
+    """What the function says about each slot: its role and the conditions it is in."""
+    conditions = kind[1] if kind[0] == "where" else ()
+    return [(roles[j], tuple(sorted((op, side) for left, op, right in conditions
+                                    for side, slot in (("left", left), ("right", right))
+                                    if slot == j)))
+            for j in range(len(roles))]
+
+
+def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tuple]):
+    """Legs, kind and roles with the slots reordered by their invariants when these tell
+    every slot apart (else unchanged), and the map back to the written positions."""
+    k = len(legs)
+    if len(set(invariant)) < k:
+        return legs, kind, roles, list(range(k))
+    back = sorted(range(k), key=invariant.__getitem__)
+    new = {j: n for n, j in enumerate(back)}
     if kind[0] == "where":
-        head = ("where", tuple(sorted((slot_of[l], op, slot_of[r]) for l, op, r in kind[1])))
+        kind = ("where", tuple((new[l], op, new[r]) for l, op, r in kind[1]))
     else:
-        head = (kind[0], tuple(slot_of[j] for j in kind[1]))
-    return (head, cert), order
+        kind = (kind[0], tuple(new[j] for j in kind[1]))
+    return [legs[j] for j in back], kind, [roles[j] for j in back], back
+
+
+def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
+    """The function with its axes (or a mask's conditions) in canonical slot numbers."""
+    if kind[0] == "where":
+        return ("where", tuple(sorted((slot_of[l], op, slot_of[r]) for l, op, r in kind[1])))
+    return (kind[0], tuple(slot_of[j] for j in kind[1]))
 
 
 def _collect(monomials, free: set[str], deadline: float | None = None) -> Polynomial:
