@@ -1,9 +1,10 @@
 """The reference evaluator: deliberately plain, and independent of the compiler.
 
-It shares only the IR with the code it checks. Each product term is one
-`torch.einsum` over all of its operands at once (no planning, no pairwise order), a
-one-hot input is a real one-hot tensor, `ones` is a real tensor of ones, and boxes are
-their textbook formulas. It evaluates one example (no batch dims), in float64 by
+It shares only the IR with the code it checks. Each product term is one einsum over all
+of its operands, contracted along opt_einsum's path (`budget.contract`, not the
+compiler's planner) with every tensor sized against a `Budget` before it is allocated;
+a one-hot input is a real one-hot tensor, `ones` is a real tensor of ones, and boxes
+are their textbook formulas. It evaluates one example (no batch dims), in float64 by
 default, and is differentiable, so its gradients check the compiled model's too.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Mapping
 import torch
 
 from tndsl import dims as dimmod, ir
+from tndsl.verify.budget import UNLIMITED, Budget, contract
 
 EPS = 1e-5
 
@@ -37,8 +39,9 @@ class Reference:
     one-hot input as integer ids without its one-hot leg). Sizes must all be known."""
 
     def __init__(self, program, tensors: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, budget: Budget = UNLIMITED):
         self.program = program
+        self.budget = budget
         self.sizes = program.sizes
         self.dtype = dtype
         self.declared = {t.name: t for t in program.network.tensors}
@@ -54,6 +57,7 @@ class Reference:
         # Put the one-hot leg back where it was declared.
         position = [leg.name for leg in tensor.legs].index(tensor.onehot)
         size = self.sizes[tensor.legs[position].dim]
+        self.budget.allow([*value.shape, size], f"one-hot `{tensor.name}`")
         onehot = (value.unsqueeze(-1) == torch.arange(size)).to(self.dtype)
         return onehot.movedim(-1, position)
 
@@ -84,8 +88,9 @@ class Reference:
             if isinstance(factor, ir.Ref):
                 indices = list(factor.indices)
                 if factor.name == ir.ONES:
-                    value = torch.ones([self._size(i, owner) for i in indices],
-                                       dtype=self.dtype)
+                    shape = [self._size(i, owner) for i in indices]
+                    self.budget.allow(shape, "`ones`")
+                    value = torch.ones(shape, dtype=self.dtype)
                 else:
                     value = self[factor.name] if factor.name in self.equations \
                         else self.values[factor.name]
@@ -97,12 +102,7 @@ class Reference:
         coefficient = float(dimmod.evaluate(term.coefficient, self.sizes))
         if not operands:
             return torch.tensor(coefficient, dtype=self.dtype)
-        letters = {name: chr(ord("a") + k) if k < 26 else chr(ord("A") + k - 26)
-                   for k, name in enumerate(sorted({i for s in subscripts for i in s}
-                                                   | set(layout)))}
-        spec = ",".join("".join(letters[i] for i in s) for s in subscripts) + "->" + \
-            "".join(letters[i] for i in layout)
-        return coefficient * torch.einsum(spec, *operands)
+        return coefficient * contract(subscripts, layout, operands, self.budget)
 
     def composite(self, factor, legs: list[str], owner) -> torch.Tensor:
         if isinstance(factor, ir.Sum):
@@ -136,6 +136,7 @@ class Reference:
 
     def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
         shape = [self._size(i, owner) for i in legs]
+        self.budget.allow([len(shape), *shape], "a mask")
         grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
         position = dict(zip(legs, grids))
         keep = torch.ones(shape, dtype=torch.bool)
