@@ -91,12 +91,7 @@ class _Elaborator:
                 self._declare_dim(stmt)
             elif isinstance(stmt, ast.BlockDef):
                 self._declare_block(stmt)
-        try:
-            self.sizes = dimmod.resolve_sizes(self.dims, self.dim_overrides)
-        except TnError as e:
-            for err in getattr(e, "errors", [e]):
-                self.errors.add(err)
-            self.sizes = {name: None for name in self.dims}
+        self.sizes = dimmod.resolve_sizes(self.dims, self.dim_overrides, self.errors)
         scope = self._new_scope("", None)
         try:
             self._statements(top, scope, {}, 0)
