@@ -152,7 +152,7 @@ class Expander:
                                 set(slots.values()))
                 argument = render_polynomial(poly, dummy="j" * self.box_depth)
                 if isinstance(factor, ir.Mask):
-                    conds = " and ".join(f"{slots[c.left]} {c.op} {slots[c.right]}"
+                    conds = " and ".join(c.text(slots[c.left], slots[c.right])
                                          for c in factor.conditions)
                     name = f"({argument} where {conds})"
                 else:
@@ -210,8 +210,9 @@ def _single_box(eq: ir.Equation):
 
 
 def _kind(factor, slots: Mapping[str, str]) -> str:
+    eps = f"; eps={factor.eps!r}" if factor.eps is not None else ""
     if factor.legs:
-        return f"{factor.function}[{', '.join(slots[l] for l in factor.legs)}]"
+        return f"{factor.function}[{', '.join(slots[l] for l in factor.legs)}{eps}]"
     return factor.function
 
 
