@@ -75,6 +75,13 @@ def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
+def load_hf(folder: str | Path, **options):
+    """`(program, state_dict)` for any supported Hugging Face checkpoint folder (gpt2,
+    gpt_neox, llama, mistral, qwen2, gemma): see `tndsl.families`."""
+    from tndsl.families.loading import load_hf as load_family
+    return load_family(folder, **options)
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
