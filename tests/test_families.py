@@ -156,3 +156,29 @@ def test_missing_extra_and_misshapen_tensors_are_one_error_listing_all(tmp_path)
     assert "missing: model.layers.1.self_attn.k_proj.bias" in message
     assert "unexpected: model.layers.0.extra.weight" in message
     assert "shape of model.norm.weight: expected (64,), got (65,)" in message
+
+
+def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
+    from tndsl import circuits, hooks
+    model_class, config = CASES["llama"]()  # 4 query heads on 2 key/value heads
+    hf = _save(model_class, config, tmp_path).to(torch.float64)
+    module = tndsl.from_pretrained(tmp_path, torch.float64)
+    tokens = _tokens(config.vocab_size)
+    logits, cache = hooks.run_with_cache(module, tokens, names=["blocks.0.attn.k_pre",
+                                                                "blocks.0.attn.pattern"])
+    assert cache["blocks.0.attn.k_pre"].shape == (2, TOKENS, 2, 16)  # [.., p, g, f]
+    pattern = cache["blocks.0.attn.pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, 4, TOKENS, dtype=torch.float64))
+    # Zeroing head 3's pattern changes the logits; HF's own weights give the QK circuit.
+    changed = hooks.intervene(module, {"blocks.0.attn.pattern": lambda p: p * torch.tensor(
+        [1.0, 1, 1, 0], dtype=p.dtype)[:, None, None]})
+    with changed:
+        assert not torch.allclose(module(tokens), logits)
+    weights = circuits.named_weights(module)
+    attention = hf.model.layers[0].self_attn
+    w_q = attention.q_proj.weight.detach()  # [heads * head, model]
+    w_k = attention.k_proj.weight.detach()  # [kv_heads * head, model]
+    for head in range(4):
+        expected = w_q[16 * head:16 * head + 16].T @ w_k[16 * (head // 2):16 * (head // 2) + 16]
+        qk = circuits.qk_matrix(weights["blocks.0.attn.W_Q"], weights["blocks.0.attn.W_K"], head)
+        torch.testing.assert_close(qk.materialize(), expected)
