@@ -132,6 +132,13 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def load_hf(folder: str | Path, **options):
+    """`(program, state_dict)` for any supported Hugging Face checkpoint folder (gpt2,
+    gpt_neox, llama, mistral, qwen2, gemma): see `tndsl.families`."""
+    from tndsl.families.loading import load_hf as load_family
+    return load_family(folder, **options)
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file

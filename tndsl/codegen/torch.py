@@ -25,6 +25,7 @@ import sympy
 from torch import nn
 
 from tndsl import __version__, dims as dimmod, inits, ir, printer
+from tndsl.codegen import fixed as fixed_forms
 from tndsl.codegen.names import Namespace, class_name as make_class_name
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
@@ -119,6 +120,7 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    **fixed_forms.HELPERS,
 }
 HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
 
@@ -157,6 +159,7 @@ class _Value:
     var: str
     batched: bool            # may carry leading batch dims (depends on an input)
     onehot: int | None = None  # for a one-hot input: the position of its one-hot leg
+    fixed: ir.Tensor | None = None  # a fixed tensor: applied by codegen.fixed, never built
 
 
 @dataclass
@@ -228,6 +231,9 @@ class _Generator:
                 var = self.ns(f"value:{param.name}", param.name)
                 self.values[param.name] = _Value(var, False)
                 self.out.emit(f"{var} = self.get_parameter({param.name!r})")
+        for tensor in self.network.tensors:
+            if tensor.kind == "fixed" and tensor.name in used:
+                self.values[tensor.name] = _Value("", False, fixed=tensor)
         for eq in order:
             self._equation(eq)
         returns = [self.values[o].var for o in self.outputs]
@@ -323,6 +329,7 @@ class _Generator:
         coefficient = term.coefficient
         operands: list[_Operand] = []
         onehots: list[tuple[ir.Ref, _Value]] = []
+        fixeds: list[tuple[ir.Ref, ir.Tensor]] = []
         ones: set[str] = set()
         for k, factor in enumerate(term.factors):
             if isinstance(factor, ir.Ref):
@@ -330,6 +337,9 @@ class _Generator:
                     ones.update(factor.indices)
                     continue
                 value = self.values[factor.name]
+                if value.fixed is not None:
+                    fixeds.append((factor, value.fixed))
+                    continue
                 if value.onehot is not None:
                     onehots.append((factor, value))
                     continue
@@ -343,6 +353,8 @@ class _Generator:
                 operands.append(self._operand(code, legs, batched))
         for ref, value in onehots:
             operands = self._onehot(ref, value, operands, layout, hint)
+        for ref, tensor in fixeds:
+            operands = fixed_forms.lower(self, ref, tensor, operands, layout, hint)
         counts = Counter(i for op in operands for i in op.indices)
         # Multiplying by ones changes nothing where another operand has the leg; a leg
         # only ones has is free (the checker refuses any other) and is broadcast.
@@ -513,10 +525,12 @@ class _Generator:
             return f"_softmax({code}, {k})", layout, batched
         if factor.function == "layernorm":
             shape = "".join(f"{self._size_code(self._dim_of(i))}, " for i in factor.legs)
-            return f"F.layer_norm({code}, ({shape.rstrip(' ')}), eps={EPS!r})", layout, batched
+            eps = EPS if factor.eps is None else factor.eps
+            return f"F.layer_norm({code}, ({shape.rstrip(' ')}), eps={eps!r})", layout, batched
         if factor.function == "rmsnorm":
             self.helpers.add("_rmsnorm")
-            return f"_rmsnorm({code}, {k}, {EPS!r})", layout, batched
+            eps = EPS if factor.eps is None else factor.eps
+            return f"_rmsnorm({code}, {k}, {eps!r})", layout, batched
         raise TnError(f"the compiler has no implementation of box `{factor.function}`",
                       factor.span)
 
@@ -526,6 +540,9 @@ class _Generator:
         for cond in conditions:
             left = f"_positions({var}, {layout.index(cond.left) - len(layout)})"
             right = f"_positions({var}, {layout.index(cond.right) - len(layout)})"
+            if cond.offset != 0:
+                offset = dimmod.evaluate(cond.offset, self.sizes)
+                right = f"({right} + {int(offset) if offset.is_Integer else self._scalar_code(offset)})"
             parts.append(f"({left} {cond.op} {right})")
         return " & ".join(parts)
 

@@ -30,7 +30,7 @@ def small_program(program, dims: Mapping[str, int] | None = None, *, keep_up_to:
     if dims is None:
         dims = dimmod.small_sizes({d.name: d for d in program.network.dims}, program.sizes,
                                   keep_up_to=keep_up_to)
-    return parse(source.text, source.name, dims)
+    return parse(source.text, source.name, dims, getattr(program, "consts", None))
 
 
 def random_tensors(program, generator: torch.Generator, dtype=torch.float64, *,

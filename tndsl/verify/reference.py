@@ -16,6 +16,7 @@ import torch
 
 from tndsl import dims as dimmod, ir
 from tndsl.verify.budget import UNLIMITED, Budget, contract
+from tndsl.verify import fixed_values
 
 EPS = 1e-5
 
@@ -48,7 +49,9 @@ class Reference:
         self.equations = {eq.name: eq for eq in program.network.equations}
         self.values: dict[str, torch.Tensor] = {}
         for name, tensor in self.declared.items():
-            if name in tensors:
+            if tensor.kind == "fixed":  # its values are its definition, never given
+                self.values[name] = fixed_values.dense(tensor, self.sizes, dtype)
+            elif name in tensors:
                 self.values[name] = self._declared_value(tensor, tensors[name])
 
     def _declared_value(self, tensor: ir.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -126,12 +129,13 @@ class Reference:
             return torch.where(total > 0, weights / torch.where(total > 0, total, 1),
                                torch.zeros_like(value))
         n = math.prod(value.shape[a] for a in axes)
+        eps = EPS if factor.eps is None else factor.eps
         if factor.function == "layernorm":
             mean = value.sum(dim=axes, keepdim=True) / n
             variance = ((value - mean) ** 2).sum(dim=axes, keepdim=True) / n
-            return (value - mean) / torch.sqrt(variance + EPS)
+            return (value - mean) / torch.sqrt(variance + eps)
         if factor.function == "rmsnorm":
-            return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + EPS)
+            return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + eps)
         raise NotImplementedError(f"reference has no box {factor.function!r}")
 
     def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
@@ -143,7 +147,8 @@ class Reference:
         compare = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
                    "==": torch.eq, "!=": torch.ne}
         for cond in mask.conditions:
-            keep &= compare[cond.op](position[cond.left], position[cond.right])
+            offset = int(dimmod.evaluate(cond.offset, self.sizes))
+            keep &= compare[cond.op](position[cond.left], position[cond.right] + offset)
         return keep
 
     def _size(self, index: str, owner) -> int:

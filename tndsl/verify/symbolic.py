@@ -142,12 +142,14 @@ class Expander:
         key = (id(factor), tuple(legs))
         if key not in self.opaque:
             if isinstance(factor, ir.Mask):
-                kind = ("where", tuple((legs.index(c.left), c.op, legs.index(c.right))
-                                       for c in factor.conditions))
+                # An affine condition's offset (`p < s + Window`) travels with its op.
+                kind = ("where", tuple((legs.index(c.left), (c.op, str(c.offset)),
+                                        legs.index(c.right)) for c in factor.conditions))
                 roles = ["slot"] * len(legs)
             else:
                 axes = {leg: p for p, leg in enumerate(factor.legs)}
-                kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs))
+                kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
+                        factor.eps)
                 roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
             # When the function alone tells the slots apart (softmax[s](... where s <= p)
             # over h, p, s), expand with them already in canonical order.
@@ -189,10 +191,13 @@ class BoxTexts(Mapping):
         inner = BoxTexts(self.depth + 1, self.named, self.boxes)
         argument = render_polynomial(renamed, dummy="j" * self.depth, display=inner)
         if kind[0] == "where":
-            conds = " and ".join(f"{slot[f'#{l}']} {op} {slot[f'#{r}']}" for l, op, r in kind[1])
+            conds = " and ".join(
+                ir.Condition(slot[f'#{l}'], op, slot[f'#{r}'], sympy.sympify(offset)).text()
+                for l, (op, offset), r in kind[1])
             return f"({argument} where {conds})"
         if kind[1]:
-            return f"{kind[0]}[{', '.join(slot[f'#{j}'] for j in kind[1])}]({argument})"
+            eps = f"; eps={kind[2]!r}" if kind[2] is not None else ""
+            return f"{kind[0]}[{', '.join(slot[f'#{j}'] for j in kind[1])}{eps}]({argument})"
         return f"{kind[0]}({argument})"
 
     def __iter__(self):
@@ -307,7 +312,7 @@ def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tup
     if kind[0] == "where":
         kind = ("where", tuple((new[l], op, new[r]) for l, op, r in kind[1]))
     else:
-        kind = (kind[0], tuple(new[j] for j in kind[1]))
+        kind = (kind[0], tuple(new[j] for j in kind[1]), *kind[2:])
     return [legs[j] for j in back], kind, [roles[j] for j in back], back
 
 
@@ -315,7 +320,7 @@ def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
     """The function with its axes (or a mask's conditions) in canonical slot numbers."""
     if kind[0] == "where":
         return ("where", tuple(sorted((slot_of[l], op, slot_of[r]) for l, op, r in kind[1])))
-    return (kind[0], tuple(slot_of[j] for j in kind[1]))
+    return (kind[0], tuple(slot_of[j] for j in kind[1]), *kind[2:])
 
 
 def _collect(monomials, free: set[str], deadline: float | None = None) -> Polynomial:
@@ -361,12 +366,6 @@ def _single_box(eq: ir.Equation):
     if set(ir.free_legs(factor, set(eq.indices))) != set(eq.indices):
         return None
     return factor
-
-
-def _kind(factor, slots: Mapping[str, str]) -> str:
-    if factor.legs:
-        return f"{factor.function}[{', '.join(slots[l] for l in factor.legs)}]"
-    return factor.function
 
 
 # ---- canonical form ---------------------------------------------------------------------
