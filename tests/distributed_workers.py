@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 import tndsl
 from tndsl import distributed as tdist
 from tndsl.hooks import run_with_cache
+from tndsl.passes.shard import shard_plan
 from tndsl.slicing import contract_sliced, plan_slices
 from tndsl.weights import load_hf_gpt2, load_state
 
@@ -116,4 +117,89 @@ def sliced(rank, world, mesh, job):
             "unsliced_bytes": plan.unsliced_largest * plan.bytes_per_entry}
 
 
-SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced": sliced}
+ATTN_ONLY_DIMS = {"Context": 8, "Vocab": 40, "Model": 16, "Heads": 4}
+
+
+def attn_only():
+    """The attention-only model with its params from seed 2, and a batch of tokens."""
+    program = tndsl.load(ROOT / "examples" / "attn_only_2l.tn", dims=ATTN_ONLY_DIMS)
+    torch.manual_seed(2)
+    tokens = torch.randint(0, ATTN_ONLY_DIMS["Vocab"], (3, ATTN_ONLY_DIMS["Context"]))
+    return program, program.module(["logits"]).double(), tokens
+
+
+def tensor_parallel_attn_only(rank, world, mesh, job):
+    # Each head's output is summed over heads inside the block (`head_out * ones[h]`):
+    # the reduction belongs there, not at the logits the partial sum would reach.
+    program, module, tokens = attn_only()
+    model = tdist.parallelize(module, mesh, ("Heads",), program=program)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(tokens)
+    return {"logits": logits, "comm": log.records}
+
+
+class Block(torch.nn.Module):
+    """A block with its own forward, as a structured compiled module has them."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.W_in = torch.nn.Parameter(torch.randn(width, 2 * width) / width ** 0.5)
+        self.W_out = torch.nn.Parameter(torch.randn(2 * width, width) / width ** 0.5)
+
+    def forward(self, x):
+        return x + torch.tanh(x @ self.W_in) @ self.W_out
+
+
+class Structured(torch.nn.Module):
+    def __init__(self, width=8, layers=3):
+        super().__init__()
+        self.W_E = torch.nn.Parameter(torch.randn(16, width))
+        self.blocks = torch.nn.ModuleList(Block(width) for _ in range(layers))
+        self.W_U = torch.nn.Parameter(torch.randn(width, 16) / width ** 0.5)
+
+    def forward(self, tokens):
+        x = self.W_E[tokens]
+        for block in self.blocks:
+            x = block(x)
+        return x @ self.W_U
+
+
+def structured_model():
+    torch.manual_seed(3)
+    return Structured().double()
+
+
+def fsdp_blocks(rank, world, mesh, job):
+    model = tdist.fully_shard(structured_model(), mesh)
+    tokens = job["tokens"][rank::world] % 16
+    loss = next_token_loss(model, tokens)
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    return {"units": model.tndsl_fsdp_units, "loss": mean_loss / world,
+            "grads": {n: p.grad.full_tensor() for n, p in model.named_parameters()}}
+
+
+def mistakes(rank, world, mesh, job):
+    """Messages of the TnErrors parallelize raises for misuse."""
+    program = gpt2_program()
+    found = {}
+    attempts = {
+        "no program": lambda: tdist.parallelize(program.module(), mesh, ("Heads",)),
+        "plan for 4": lambda: tdist.parallelize(
+            program.module(), mesh, plan=shard_plan(program, ("Heads",), 4)),
+        "layernorm": lambda: tdist.parallelize(program.module(), mesh, ("Model",),
+                                               program=program),
+    }
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+            found[name] = "no error"
+        except tndsl.TnError as e:
+            found[name] = str(e)
+    return found
+
+
+SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced": sliced,
+             "fsdp_blocks": fsdp_blocks, "mistakes": mistakes,
+             "tensor_parallel_attn_only": tensor_parallel_attn_only}

@@ -13,7 +13,9 @@ import tndsl
 from tndsl.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
 from tndsl.weights import load_hf_gpt2, load_state
-from distributed_workers import CACHED, GPT2_DIMS, gpt2_program, launch, next_token_loss
+from distributed_workers import CACHED, GPT2_DIMS, attn_only, gpt2_program, launch, \
+    next_token_loss, structured_model
+from tndsl import distributed as tdist
 
 WORLD = 2
 RING = """\
@@ -50,7 +52,8 @@ def run(tmp_path_factory):
                                    dtype=torch.float64) for t in ring.params}
     job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
            "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
-           "scenarios": ["tensor_parallel", "fsdp_step", "sliced"]}
+           "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
+                         "tensor_parallel_attn_only"]}
     launch(WORLD, job)
 
     def result(rank, scenario):
@@ -87,6 +90,23 @@ def test_tensor_parallel_communication_is_what_the_plan_predicts(run):
     assert len(predicted) == 2 * GPT2_DIMS["Layers"]  # one per attention, one per MLP
     for rank in range(WORLD):
         assert run["result"](rank, "tensor_parallel")["comm"] == predicted
+
+
+def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
+    # attn_only_2l sums heads inside each block (`head_out[h, p, m] * ones[h]`); left to
+    # itself DTensor would carry the partial sum through the residual stream into the
+    # logits and all-reduce [p, Vocab] there (and gather params on the way).
+    program, module, tokens = attn_only()
+    with torch.no_grad():
+        expected = module(tokens)
+    plan = shard_plan(program, ("Heads",), WORLD, outputs=["logits"], bytes_per_entry=8)
+    assert [c.equation for c in plan.collectives] == ["blocks.0.attn.out", "blocks.1.attn.out"]
+    predicted = [("all-reduce", int(plan.value(plan.payload(c))) * tokens.shape[0])
+                 for c in plan.collectives]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_attn_only")
+        assert (result["logits"] - expected).abs().max() < 1e-12
+        assert result["comm"] == predicted
 
 
 def test_tensor_parallel_cache_gathers_and_gradients_equal_one_process(run):
@@ -132,3 +152,34 @@ def test_sliced_contraction_equals_the_unsliced_value_within_the_budget(run):
         assert result["nslices"] >= WORLD
         assert result["slice_bytes"] <= SLICE_BUDGET < result["unsliced_bytes"]
         assert abs(result["value"] - expected) < 1e-10 * expected.abs()
+
+
+def test_fsdp2_wraps_each_called_block_then_the_root(run):
+    module = structured_model()
+    loss = next_token_loss(module, run["job"]["tokens"] % 16)
+    loss.backward()
+    for rank in range(WORLD):
+        result = run["result"](rank, "fsdp_blocks")
+        assert result["units"] == ("blocks.0", "blocks.1", "blocks.2", "")
+        assert abs(result["loss"] - loss.detach()) < 1e-10
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+
+
+def test_block_units_come_from_the_program_and_skip_param_containers():
+    program = gpt2_program()
+    flat = program.module()
+    assert tdist._block_paths(flat, program) == ["blocks.0", "blocks.1", "ln_final"]
+    # In the flat module these are containers the root's forward reads: not units.
+    assert not any(tdist._is_called_submodule(flat, p) for p in ("blocks.0", "ln_final"))
+    assert not tdist._is_called_submodule(flat, "no.such.path")
+    structured = structured_model()
+    assert tdist._block_paths(structured, None) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert tdist._is_called_submodule(structured, "blocks.1")
+
+
+def test_misuse_of_parallelize_is_a_clear_error(run):
+    found = run["result"](0, "mistakes")
+    assert "parallelize needs the program the model was compiled from" in found["no program"]
+    assert "the plan is for 4 ranks, the mesh has 2" in found["plan for 4"]
+    assert "applies layernorm[m] over the sharded leg m: Model" in found["layernorm"]

@@ -8,9 +8,12 @@
 `parallelize` derives the tensor-parallel plan from the leg names (`tndsl.passes.shard`)
 and applies it with `parallelize_module`: every sharded param becomes a DTensor split
 along its leg, every other param a replicated DTensor. The generated forward is left as
-it is: DTensor's sharding propagation runs it on the local slices and inserts exactly the
-all-reduces the plan predicts (tests/test_distributed.py measures them). The plan only
-decides *what* is split; torch.distributed does the communication.
+it is: DTensor's sharding propagation runs it on the local slices. Each equation's value
+is pinned to the plan's placement at its hook point (a partial sum all-reduced there, a
+slice kept a slice), so the collectives are exactly the plan's (tests/test_distributed.py
+measures them) and not wherever DTensor's lazy propagation would take a partial sum.
+The plan decides what is split and where sums are reduced; torch.distributed
+communicates.
 
 `fully_shard` applies FSDP2 (`torch.distributed.fsdp.fully_shard`) to each block
 instance that is its own called submodule, then to the root.
@@ -83,7 +86,52 @@ class ShardLegs(ParallelStyle):
         # the backward (which runs outside it) are saved as replicated DTensors.
         module.register_forward_pre_hook(_ReplicatePlainTensors(device_mesh).enter)
         module.register_forward_hook(_leave, always_call=True)
+        self._pin_equations(module, device_mesh)
         return module
+
+    def _pin_equations(self, module: nn.Module, mesh) -> None:
+        """Give each computed equation's value the plan's placement as it is computed:
+        a partial sum is all-reduced where the plan reduces it (DTensor alone would carry
+        it on lazily, through linear ops, possibly into a larger tensor such as the
+        logits), and a sliced value stays sliced along the plan's leg."""
+        reduced = {c.equation for c in self.plan.collectives
+                   if c.kind == "all-reduce" and not c.where}
+        for name, leg in self.plan.placements.items():
+            if leg is None and name not in reduced:
+                continue
+            legs = self.plan.legs[name]
+            axis = None if leg is None else [l.name for l in legs].index(leg.name)
+            _add_hook(module, name, _Pin(mesh, len(legs), axis))
+
+
+class _Pin:
+    def __init__(self, mesh, legs: int, axis: int | None):
+        self.mesh, self.legs, self.axis = mesh, legs, axis
+
+    def __call__(self, value):
+        if not isinstance(value, DTensor):
+            return value
+        if self.axis is None:
+            want = [Replicate()]
+        else:  # leading batch dims come first
+            want = [Shard(value.dim() - self.legs + self.axis)]
+        if list(value.placements) == want:
+            return value
+        return value.redistribute(self.mesh, want)
+
+
+def _add_hook(model: nn.Module, name: str, fn) -> None:
+    """A permanent hook on the equation `name`, before any the user adds: on the module's
+    hook-point submodule where it has them (tndsl.hooks.hook_points), else in the flat
+    module's hook table. Equations the module does not expose (fused away) are skipped."""
+    from tndsl import hooks
+    if hasattr(hooks, "hook_points") and hasattr(type(model), "HOOK_ORDER"):
+        point = hooks.hook_points(model).get(name)
+        if point is not None:
+            point.register_forward_hook(lambda module, args, output: fn(output))
+        return
+    if name in getattr(model, "HOOK_NAMES", ()):
+        model.tndsl_hooks.setdefault(name, []).insert(0, fn)
 
 
 class _ReplicatePlainTensors:

@@ -73,6 +73,7 @@ class ShardPlan:
     collectives: tuple[Collective, ...]
     outputs: tuple[str, ...]
     sizes: Mapping[str, int | None]
+    legs: Mapping[str, tuple[ir.Leg, ...]]      # equation -> its legs
     bytes_per_entry: int = 4
 
     def param(self, name: str) -> ShardedParam | None:
@@ -220,7 +221,7 @@ def shard_plan(program, dims: Sequence[str] | str, ranks: int = 2, *,
         tuple(ShardedParam(name, axis, leg, tuple(uses.get(name, ())))
               for name, (axis, leg) in params.items()),
         tuple(replicated), dict(walker.placements), tuple(collectives), out_names,
-        dict(program.sizes), bytes_per_entry)
+        dict(program.sizes), dict(walker.legs_of), bytes_per_entry)
 
 
 # A placement while walking an expression: None (whole on every rank), ("shard", index)
