@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
+    cost.add_argument("--shard", metavar="DIM,...",
+                      help="instead, the tensor-parallel plan for sharding these dims: "
+                           "sharded params and the collectives per forward, in bytes "
+                           "(NAME, if given, is the output)")
+    cost.add_argument("--ranks", type=int, default=2, metavar="N",
+                      help="mesh size for --shard (default 2)")
 
     study = commands.add_parser(
         "study", help="run a built-in study (induction: induction heads, end to end)",
@@ -270,8 +276,14 @@ def _paths(args: argparse.Namespace) -> int:
 
 def _cost(args: argparse.Namespace) -> int:
     from tndsl.passes.cost import costs
+    from tndsl.passes.shard import shard_plan
     try:
-        report = costs(load(args.file, dict(args.dim)), args.name)
+        program = load(args.file, dict(args.dim))
+        if args.shard is not None:
+            report = shard_plan(program, args.shard, args.ranks,
+                                outputs=[args.name] if args.name else None)
+        else:
+            report = costs(program, args.name)
     except TnError as e:
         print(e.render(), file=sys.stderr)
         return 1
