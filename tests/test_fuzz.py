@@ -118,6 +118,29 @@ def test_normal_init_with_zero_one_or_two_arguments_builds(init, mean, std):
     assert abs(float(w.std()) / std - 1) < 0.03
 
 
+def test_a_term_of_one_hot_inputs_only_computes_in_the_models_dtype():
+    # The one-hot matrix took torch.get_default_dtype() (float32) when nothing else in
+    # the term was float: a float64 model lost precision (found by fuzzing; 2e-8).
+    text = ("dim C = 4\ndim B = 3\ninput t[p: B, v: onehot C]\nparam w[c: C]\n"
+            "same[p, q] = t[p, v] * t[q, v]\ny[] = gelu_tanh(t[p, v] * t[p, v]) + w[c] * ones[c]\n")
+    program = tndsl.parse(text)
+    assert compare_compiled(program, outputs=["same", "y"], tolerance=1e-12).ok
+    module = program.module(["same", "y"]).double()
+    tokens = torch.tensor([0, 3, 0])
+    result = module(tokens)
+    assert result["same"].dtype == result["y"].dtype == torch.float64
+    assert torch.equal(result["same"], (tokens[:, None] == tokens[None, :]).double())
+
+
+def test_a_one_hot_term_beside_a_bracketed_sum_builds():
+    # `F.one_hot(...).to(a + b.dtype)`: the operand's code was pasted before `.dtype`
+    # without brackets (found by fuzzing; a TypeError when the model ran).
+    text = ("dim C = 3\ninput t[v: onehot C]\ninput a[i: C]\ninput b[i: C]\n"
+            "y[] = (a[v] + b[v]) * t[v] * t[w] * (a[w] - b[w])\n")
+    program = tndsl.parse(text)
+    assert compare_compiled(program, outputs=["y"], tolerance=1e-12).ok
+
+
 # ---- hostile names --------------------------------------------------------------------------
 
 HOSTILE = ["__import__", "eval", "exec", "open", "print", "self", "torch", "F", "nn", "math",
