@@ -211,3 +211,18 @@ def test_boxes_match_whatever_their_slots_are_called():
     assert (renamed.status, renamed.tier) == ("proven", "symbolic"), renamed.render()
     assert other_axis.status == "refuted", other_axis.render()
     assert not_symmetric.status == "refuted", not_symmetric.render()
+
+
+def test_trace_of_a_sum_to_the_eleventh_collects_into_necklaces():
+    # tr((A + B)^11) expands to 2^11 words; cyclic rotations are equal monomials, so what
+    # remains is one monomial per binary necklace of length 11, which Burnside's lemma
+    # counts: (1/11) * sum over d | 11 of phi(d) * 2^(11/d) = (2^11 + 10 * 2) / 11 = 188.
+    n = 11
+    lhs = " * ".join(f"(A[x{k}, x{(k + 1) % n}] + B[x{k}, x{(k + 1) % n}])" for k in range(n))
+    start = [3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2]
+    rhs = " * ".join(f"(B[y{k}, y{(k + 1) % n}] + A[y{k}, y{(k + 1) % n}])" for k in start)
+    (result,) = fast(lambda: list(verify(
+        {"sum": f"{lhs} == {rhs}"},
+        "dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n").values()), 20.0)
+    assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
+    assert result.detail.startswith(f"{(2 ** 11 + 10 * 2) // 11} monomials on each side")
