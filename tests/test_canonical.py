@@ -226,3 +226,47 @@ def test_trace_of_a_sum_to_the_eleventh_collects_into_necklaces():
         "dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n").values()), 20.0)
     assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
     assert result.detail.startswith(f"{(2 ** 11 + 10 * 2) // 11} monomials on each side")
+
+
+def test_random_networks_through_the_verifier():
+    # The same oracle, end to end: `.tn` checks proven by the symbolic tier when the
+    # right side is a relabelling, not proven (with a residual) after one leg swap that
+    # networkx says makes a different network.
+    rng = random.Random(2012)
+    shapes = "dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n" \
+             "param C[i: N, j: N, k: N]\nparam x[i: N]\n"
+    checks, expected = {}, {}
+    while len(checks) < 60:
+        factors, free = random_network(rng)
+        counts = {}
+        for _, idx in factors:
+            for i in idx:
+                counts[i] = counts.get(i, 0) + 1
+        if any(n == 1 for i, n in counts.items() if i not in free):
+            continue  # a dummy used once would be an open leg
+        legs = sorted(free & set(counts))
+        label = f"c{len(checks)}"
+        if len(checks) % 2 == 0:
+            other, truth = relabel(factors, rng, free), True
+        else:
+            candidates = [f for f, (_, idx) in enumerate(factors) if len(set(idx)) > 1]
+            if not candidates:
+                continue
+            f = rng.choice(candidates)
+            name, idx = factors[f]
+            s, t = rng.sample(range(len(idx)), 2)
+            swapped = list(idx)
+            swapped[s], swapped[t] = swapped[t], swapped[s]
+            other = factors[:f] + [(name, tuple(swapped))] + factors[f + 1:]
+            truth = isomorphic(tuple(other), tuple(factors), free)
+            other = relabel(other, rng, free)
+        checks[label] = f"[{', '.join(legs)}] {tn_ring(factors)} == {tn_ring(other)}"
+        expected[label] = truth
+    results = verify(checks, shapes)
+    assert sum(not t for t in expected.values()) >= 20
+    for label, truth in expected.items():
+        result = results[label]
+        if truth:
+            assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
+        else:
+            assert result.status != "proven" and result.residual, result.render()
