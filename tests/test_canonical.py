@@ -211,3 +211,62 @@ def test_boxes_match_whatever_their_slots_are_called():
     assert (renamed.status, renamed.tier) == ("proven", "symbolic"), renamed.render()
     assert other_axis.status == "refuted", other_axis.render()
     assert not_symmetric.status == "refuted", not_symmetric.render()
+
+
+def test_trace_of_a_sum_to_the_eleventh_collects_into_necklaces():
+    # tr((A + B)^11) expands to 2^11 words; cyclic rotations are equal monomials, so what
+    # remains is one monomial per binary necklace of length 11, which Burnside's lemma
+    # counts: (1/11) * sum over d | 11 of phi(d) * 2^(11/d) = (2^11 + 10 * 2) / 11 = 188.
+    n = 11
+    lhs = " * ".join(f"(A[x{k}, x{(k + 1) % n}] + B[x{k}, x{(k + 1) % n}])" for k in range(n))
+    start = [3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2]
+    rhs = " * ".join(f"(B[y{k}, y{(k + 1) % n}] + A[y{k}, y{(k + 1) % n}])" for k in start)
+    (result,) = fast(lambda: list(verify(
+        {"sum": f"{lhs} == {rhs}"},
+        "dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n").values()), 20.0)
+    assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
+    assert result.detail.startswith(f"{(2 ** 11 + 10 * 2) // 11} monomials on each side")
+
+
+def test_random_networks_through_the_verifier():
+    # The same oracle, end to end: `.tn` checks proven by the symbolic tier when the
+    # right side is a relabelling, not proven (with a residual) after one leg swap that
+    # networkx says makes a different network.
+    rng = random.Random(2012)
+    shapes = "dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n" \
+             "param C[i: N, j: N, k: N]\nparam x[i: N]\n"
+    checks, expected = {}, {}
+    while len(checks) < 60:
+        factors, free = random_network(rng)
+        counts = {}
+        for _, idx in factors:
+            for i in idx:
+                counts[i] = counts.get(i, 0) + 1
+        if any(n == 1 for i, n in counts.items() if i not in free):
+            continue  # a dummy used once would be an open leg
+        legs = sorted(free & set(counts))
+        label = f"c{len(checks)}"
+        if len(checks) % 2 == 0:
+            other, truth = relabel(factors, rng, free), True
+        else:
+            candidates = [f for f, (_, idx) in enumerate(factors) if len(set(idx)) > 1]
+            if not candidates:
+                continue
+            f = rng.choice(candidates)
+            name, idx = factors[f]
+            s, t = rng.sample(range(len(idx)), 2)
+            swapped = list(idx)
+            swapped[s], swapped[t] = swapped[t], swapped[s]
+            other = factors[:f] + [(name, tuple(swapped))] + factors[f + 1:]
+            truth = isomorphic(tuple(other), tuple(factors), free)
+            other = relabel(other, rng, free)
+        checks[label] = f"[{', '.join(legs)}] {tn_ring(factors)} == {tn_ring(other)}"
+        expected[label] = truth
+    results = verify(checks, shapes)
+    assert sum(not t for t in expected.values()) >= 20
+    for label, truth in expected.items():
+        result = results[label]
+        if truth:
+            assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
+        else:
+            assert result.status != "proven" and result.residual, result.render()

@@ -237,7 +237,7 @@ def canonical_labelling(colours: Sequence[Hashable], adjacency: Sequence[Sequenc
             return len(path)
         c = _target_cell(p)
         members = sorted(p.lab[c:c + p.size[c]])
-        orbits = _Orbits(n, path)
+        orbits = _Orbits(n, tuple(path))
         explored: set[int] = set()
         level = len(path)
         for v in members:
