@@ -178,3 +178,21 @@ def test_cost_shard_on_the_command_line():
     failed = run("--shard", "Model")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "gather inside the box" in failed.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").rglob("*.tn")))
+def test_every_dim_of_every_example_gives_a_plan_or_a_located_error(example):
+    path = next((ROOT / "examples").rglob(example))
+    program = tndsl.load(path, dims={"Layers": 2} if example == "gpt2_small.tn" else None)
+    for dim in program.network.dims:
+        for ranks in (1, 2, 3):
+            try:
+                plan = shard_plan(program, [dim.name], ranks)
+            except TnError as error:  # never another exception
+                errors = getattr(error, "errors", [error])
+                assert all(e.span is not None for e in errors), error.render()
+                continue
+            plan.render(), plan.to_json()
+            for c in plan.collectives:
+                assert plan.payload(c).free_symbols <= {dimmod.symbol(d.name)
+                                                        for d in program.network.dims}
