@@ -112,15 +112,23 @@ def plan_slices(program, name: str, memory_budget: int, *,
     output = tuple(eq.indices)
     budget_entries = memory_budget // bytes_per_entry - _entries(output, sizes)
     if budget_entries < 1:
+        entries = _entries(output, sizes)
         raise ResourceError(
-            f"`{name}` has {_entries(output, sizes):,} output entries; with the running sum "
-            f"they exceed the memory budget of {memory_budget:,} bytes on their own",
+            f"`{name}` has {entries:,} output entries ({entries * bytes_per_entry:,} bytes); "
+            f"the running sum alone leaves nothing of the memory budget of "
+            f"{memory_budget:,} bytes for a slice",
             eq.span, hint="raise the budget or slice an output leg by hand")
     inputs = [idx for _, idx in operands]
     optimizer = cotengra.HyperOptimizer(
         methods=["greedy"], max_repeats=16, optlib="random", progbar=False, parallel=False,
+        on_trial_error="ignore",
         slicing_opts={"target_size": budget_entries, "allow_outer": False, "seed": seed})
-    sliced_tree = optimizer.search(inputs, output, sizes)
+    try:
+        sliced_tree = optimizer.search(inputs, output, sizes)
+    except KeyError:  # no trial found a tree: slicing ran out of contracted indices
+        raise ResourceError(
+            f"`{name}` does not fit the memory budget of {memory_budget:,} bytes even with "
+            "every contracted index sliced", eq.span, hint="raise the memory budget") from None
     whole = cotengra.ContractionTree.from_path(inputs, output, sizes,
                                                path=sliced_tree.get_path())
     plan = SlicePlan(name, tuple(operands), output, sizes,
