@@ -86,6 +86,17 @@ def tensor_parallel(rank, world, mesh, job):
             "w_q_placement": str(w_q.placements), "loss": loss.detach(), "grads": grads}
 
 
+def tensor_parallel_vocab(rank, world, mesh, job):
+    # Vocab too: the embedding lookup is row-parallel (a partial sum per rank), the
+    # unembedding column-parallel (logits sharded, gathered at the end).
+    program = gpt2_program()
+    model = tdist.parallelize(gpt2_module(program, job["checkpoint"]), mesh,
+                              ("Heads", "Hidden", "Vocab"), program=program)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(job["tokens"])
+    return {"logits": logits, "comm": log.records}
+
+
 def fsdp_step(rank, world, mesh, job):
     program = gpt2_program()
     model = tdist.fully_shard(gpt2_module(program, job["checkpoint"]), mesh, program=program)
@@ -202,4 +213,5 @@ def mistakes(rank, world, mesh, job):
 
 SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced": sliced,
              "fsdp_blocks": fsdp_blocks, "mistakes": mistakes,
-             "tensor_parallel_attn_only": tensor_parallel_attn_only}
+             "tensor_parallel_attn_only": tensor_parallel_attn_only,
+             "tensor_parallel_vocab": tensor_parallel_vocab}

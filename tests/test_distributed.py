@@ -53,7 +53,7 @@ def run(tmp_path_factory):
     job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
            "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
            "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
-                         "tensor_parallel_attn_only"]}
+                         "tensor_parallel_attn_only", "tensor_parallel_vocab"]}
     launch(WORLD, job)
 
     def result(rank, scenario):
@@ -82,14 +82,33 @@ def test_tensor_parallel_gpt2_equals_hugging_face_on_both_ranks(run):
                                              GPT2_DIMS["Model"] // GPT2_DIMS["Heads"])
 
 
+def predicted(plan, batch):
+    """The plan's collectives as (kind, bytes) for a batch of inputs."""
+    return [(c.kind, int(plan.value(plan.payload(c))) * (batch if c.per_input else 1))
+            for c in plan.collectives]
+
+
 def test_tensor_parallel_communication_is_what_the_plan_predicts(run):
     plan = shard_plan(gpt2_program(), ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
-    batch = run["job"]["tokens"].shape[0]
-    predicted = [("all-reduce", int(plan.value(plan.payload(c))) * batch)
-                 for c in plan.collectives]
-    assert len(predicted) == 2 * GPT2_DIMS["Layers"]  # one per attention, one per MLP
+    expected = predicted(plan, run["job"]["tokens"].shape[0])
+    assert len(expected) == 2 * GPT2_DIMS["Layers"]  # one per attention, one per MLP
+    assert {kind for kind, _ in expected} == {"all-reduce"}
     for rank in range(WORLD):
-        assert run["result"](rank, "tensor_parallel")["comm"] == predicted
+        assert run["result"](rank, "tensor_parallel")["comm"] == expected
+
+
+def test_sharding_vocab_too_equals_hugging_face_and_the_plan(run):
+    tokens = run["job"]["tokens"]
+    with torch.no_grad():
+        expected = run["hf"](tokens).logits
+    plan = shard_plan(gpt2_program(), ("Heads", "Hidden", "Vocab"), WORLD, bytes_per_entry=8)
+    # the embedding table gathered for the lookup, 4 all-reduces, the logits gathered
+    assert [c.kind for c in plan.collectives] == ["all-gather"] + ["all-reduce"] * 4 + [
+        "all-gather"]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_vocab")
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        assert result["comm"] == predicted(plan, tokens.shape[0])
 
 
 def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
@@ -101,12 +120,10 @@ def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
         expected = module(tokens)
     plan = shard_plan(program, ("Heads",), WORLD, outputs=["logits"], bytes_per_entry=8)
     assert [c.equation for c in plan.collectives] == ["blocks.0.attn.out", "blocks.1.attn.out"]
-    predicted = [("all-reduce", int(plan.value(plan.payload(c))) * tokens.shape[0])
-                 for c in plan.collectives]
     for rank in range(WORLD):
         result = run["result"](rank, "tensor_parallel_attn_only")
         assert (result["logits"] - expected).abs().max() < 1e-12
-        assert result["comm"] == predicted
+        assert result["comm"] == predicted(plan, tokens.shape[0])
 
 
 def test_tensor_parallel_cache_gathers_and_gradients_equal_one_process(run):

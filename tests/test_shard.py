@@ -50,15 +50,26 @@ def test_gpt2_heads_and_hidden_is_megatron_layout():
     assert plan.placements["blocks.0.out"] is None and plan.placements["logits"] is None
 
 
-def test_sharded_vocab_reduces_the_embedding_and_gathers_the_logits():
+def test_sharded_vocab_gathers_the_looked_up_table_and_the_logits():
     plan = shard_plan(gpt2(Vocab=64), "Vocab", 2, bytes_per_entry=8)
-    assert plan.param("embed.W_E").uses == (("resid", "row"),)
+    # Compiled code indexes W_E with the token ids; the table is gathered, once.
+    assert plan.param("embed.W_E").uses == (("resid", "lookup"),)
     assert plan.param("unembed.W_U").uses == (("logits", "column"),)
-    kinds = [(c.kind, c.equation) for c in plan.collectives]
-    assert kinds == [("all-reduce", "resid"), ("all-gather", "logits")]
-    gather = plan.collectives[-1]
-    assert plan.payload(gather) == 8 * Context * Vocab
-    assert plan.traffic(gather) == 4 * Context * Vocab
+    kinds = [(c.kind, c.equation, c.per_input) for c in plan.collectives]
+    assert kinds == [("all-gather", "resid", False), ("all-gather", "logits", True)]
+    table, logits = plan.collectives
+    assert plan.payload(table) == 8 * Vocab * Model
+    assert plan.payload(logits) == 8 * Context * Vocab
+    assert plan.traffic(logits) == 4 * Context * Vocab
+    assert plan.placements["resid"] is None
+
+
+def test_a_product_with_a_onehot_input_that_is_no_lookup_is_row_parallel():
+    program = tndsl.parse("dim N = 4\ndim V = 6\ninput t[i: N, v: onehot V]\n"
+                          "param E[v: V, i: N]\nparam F[v: V]\n"
+                          "y[i] = t[i, v] * E[v, i] * F[v]\n", "t.tn")
+    plan = shard_plan(program, "V", 2)  # v meets two params: a contraction, not a lookup
+    assert [(c.kind, c.equation) for c in plan.collectives] == [("all-reduce", "y")]
 
 
 def _error(program, dims, ranks=2) -> TnError:
@@ -167,3 +178,21 @@ def test_cost_shard_on_the_command_line():
     failed = run("--shard", "Model")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "gather inside the box" in failed.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").rglob("*.tn")))
+def test_every_dim_of_every_example_gives_a_plan_or_a_located_error(example):
+    path = next((ROOT / "examples").rglob(example))
+    program = tndsl.load(path, dims={"Layers": 2} if example == "gpt2_small.tn" else None)
+    for dim in program.network.dims:
+        for ranks in (1, 2, 3):
+            try:
+                plan = shard_plan(program, [dim.name], ranks)
+            except TnError as error:  # never another exception
+                errors = getattr(error, "errors", [error])
+                assert all(e.span is not None for e in errors), error.render()
+                continue
+            plan.render(), plan.to_json()
+            for c in plan.collectives:
+                assert plan.payload(c).free_symbols <= {dimmod.symbol(d.name)
+                                                        for d in program.network.dims}

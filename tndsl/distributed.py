@@ -34,7 +34,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_modul
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tndsl import ir
+from tndsl import hooks, ir
 from tndsl.errors import TnError
 from tndsl.passes.shard import ShardPlan, shard_plan
 
@@ -124,7 +124,6 @@ def _add_hook(model: nn.Module, name: str, fn) -> None:
     """A permanent hook on the equation `name`, before any the user adds: on the module's
     hook-point submodule where it has them (tndsl.hooks.hook_points), else in the flat
     module's hook table. Equations the module does not expose (fused away) are skipped."""
-    from tndsl import hooks
     if hasattr(hooks, "hook_points") and hasattr(type(model), "HOOK_ORDER"):
         point = hooks.hook_points(model).get(name)
         if point is not None:
@@ -180,7 +179,10 @@ def _outputs(model: nn.Module, program) -> list[str]:
     """The equations a compiled module returns: those it computes that none of its other
     computed equations use (a module compiled for some outputs computes only what they
     need)."""
-    names = getattr(model, "HOOK_NAMES", None)
+    try:
+        names = hooks.hook_names(model)
+    except TnError:  # not a compiled module with hook points
+        names = ()
     if not names:
         return [program.final.name]
     computed = set(names)

@@ -112,15 +112,23 @@ def plan_slices(program, name: str, memory_budget: int, *,
     output = tuple(eq.indices)
     budget_entries = memory_budget // bytes_per_entry - _entries(output, sizes)
     if budget_entries < 1:
+        entries = _entries(output, sizes)
         raise ResourceError(
-            f"`{name}` has {_entries(output, sizes):,} output entries; with the running sum "
-            f"they exceed the memory budget of {memory_budget:,} bytes on their own",
+            f"`{name}` has {entries:,} output entries ({entries * bytes_per_entry:,} bytes); "
+            f"the running sum alone leaves nothing of the memory budget of "
+            f"{memory_budget:,} bytes for a slice",
             eq.span, hint="raise the budget or slice an output leg by hand")
     inputs = [idx for _, idx in operands]
     optimizer = cotengra.HyperOptimizer(
         methods=["greedy"], max_repeats=16, optlib="random", progbar=False, parallel=False,
+        on_trial_error="ignore",
         slicing_opts={"target_size": budget_entries, "allow_outer": False, "seed": seed})
-    sliced_tree = optimizer.search(inputs, output, sizes)
+    try:
+        sliced_tree = optimizer.search(inputs, output, sizes)
+    except KeyError:  # no trial found a tree: slicing ran out of contracted indices
+        raise ResourceError(
+            f"`{name}` does not fit the memory budget of {memory_budget:,} bytes even with "
+            "every contracted index sliced", eq.span, hint="raise the memory budget") from None
     whole = cotengra.ContractionTree.from_path(inputs, output, sizes,
                                                path=sliced_tree.get_path())
     plan = SlicePlan(name, tuple(operands), output, sizes,
@@ -157,7 +165,9 @@ def contract_sliced(plan: SlicePlan, tensors: Mapping[str, "torch.Tensor"], *, g
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if distributed else (0, 1)
     if distributed and world > 1:
-        plan = plan.with_json(_broadcast_text(plan.to_json(), group))
+        # NCCL communicates CUDA tensors only; gloo takes CPU ones
+        device = arrays[0].device if dist.get_backend(group) == "nccl" else "cpu"
+        plan = plan.with_json(_broadcast_text(plan.to_json(), group, device))
     tree = plan.tree()
     shape = tuple(plan.sizes[i] for i in plan.output)
     total = torch.zeros(shape, dtype=arrays[0].dtype, device=arrays[0].device)
@@ -168,18 +178,19 @@ def contract_sliced(plan: SlicePlan, tensors: Mapping[str, "torch.Tensor"], *, g
     return total
 
 
-def _broadcast_text(text: str, group) -> str:
+def _broadcast_text(text: str, group, device) -> str:
     """Rank 0's text on every rank (two small broadcasts of bytes; nothing unpickled)."""
     import torch
     import torch.distributed as dist
 
-    data = torch.tensor(list(text.encode()), dtype=torch.uint8)
-    length = torch.tensor([data.numel()], dtype=torch.int64)
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    length = torch.tensor([data.numel()], dtype=torch.int64, device=device)
     source = dist.get_global_rank(group, 0) if group is not None else 0
     dist.broadcast(length, source, group=group)
-    buffer = data if dist.get_rank(group) == 0 else torch.empty(int(length), dtype=torch.uint8)
+    buffer = data if dist.get_rank(group) == 0 else torch.empty(
+        int(length), dtype=torch.uint8, device=device)
     dist.broadcast(buffer, source, group=group)
-    return bytes(buffer.tolist()).decode()
+    return bytes(buffer.cpu().tolist()).decode()
 
 
 def _entries(indices, sizes) -> int:

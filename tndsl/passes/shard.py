@@ -44,19 +44,21 @@ class ShardedParam:
     name: str
     axis: int                      # position of the sharded leg
     leg: ir.Leg
-    uses: tuple[tuple[str, str], ...]   # (equation, "column" | "row")
+    uses: tuple[tuple[str, str], ...]   # (equation, "column" | "row" | "lookup")
 
 
 @dataclass(frozen=True)
 class Collective:
-    """One collective per forward: an all-reduce of a partial sum, or the all-gather of a
-    sharded output. `legs` are the legs of the communicated value."""
+    """One collective per forward: an all-reduce of a partial sum, the all-gather of a
+    sharded output, or the all-gather of a table a lookup indexes. `legs` are the legs of
+    the communicated value; a table's size does not grow with the batch (`per_input`)."""
 
     kind: str                      # "all-reduce" | "all-gather"
     equation: str
     where: str                     # "" for the equation's value, else "before gelu" etc.
     legs: tuple[ir.Leg, ...]
     contracted: str                # the sharded dim summed over (all-reduce); "" for gathers
+    per_input: bool = True         # False: once per forward, whatever the batch
 
     @property
     def entries(self) -> sympy.Expr:
@@ -138,7 +140,7 @@ class ShardPlan:
             "replicated": list(self.replicated),
             "collectives": [{"kind": c.kind, "equation": c.equation, "where": c.where,
                              "legs": [[l.name, l.dim] for l in c.legs],
-                             "contracted": c.contracted,
+                             "contracted": c.contracted, "per_input": c.per_input,
                              "payload": str(self.payload(c)),
                              "payload_value": _jsonable(self.value(self.payload(c))),
                              "traffic": str(self.traffic(c)),
@@ -204,7 +206,7 @@ def shard_plan(program, dims: Sequence[str] | str, ranks: int = 2, *,
                                         hint=did_you_mean(name, names)))
     errors.raise_if_any()
     order = ir.dependency_order(network, wanted)
-    walker = _Walker(params, errors)
+    walker = _Walker(params, {t.name: t for t in network.tensors}, errors)
     for eq in order:
         walker.equation(eq)
     errors.raise_if_any()
@@ -230,8 +232,10 @@ PARTIAL = ("partial", "")
 
 
 class _Walker:
-    def __init__(self, params: Mapping[str, tuple[int, ir.Leg]], errors: ErrorSink):
+    def __init__(self, params: Mapping[str, tuple[int, ir.Leg]],
+                 tensors: Mapping[str, ir.Tensor], errors: ErrorSink):
         self.params = params
+        self.tensors = tensors
         self.errors = errors
         self.placements: dict[str, ir.Leg | None] = {}
         self.collectives: list[Collective] = []
@@ -281,9 +285,10 @@ class _Walker:
 
     def _term(self, term: ir.Term, layout: list[str]):
         placements, partial_legs = [], []
+        gathered = self._lookups(term, layout)
         for k, factor in enumerate(term.factors):
             if isinstance(factor, ir.Ref):
-                placements.append(self._ref(factor))
+                placements.append(None if k in gathered else self._ref(factor))
                 continue
             legs = list(ir.free_legs(factor, ir.outside_of(term, k, set(layout))))
             placements.append(self._composite(factor, legs))
@@ -316,6 +321,38 @@ class _Walker:
             self.contracted = self.dims[index]
             return PARTIAL
         return PARTIAL if partial == 1 else None
+
+    def _lookups(self, term: ir.Term, layout: list[str]) -> set[int]:
+        """Positions of params that compiled code indexes with a one-hot input's ids
+        (`W_E[tokens]`, as `passes.cost` counts them) along their sharded leg. DTensor
+        gathers such a table whole before indexing it: the plan says so, once per
+        forward, and the lookup's result is then whole on every rank."""
+        gathered: set[int] = set()
+        for factor in term.factors:
+            tensor = self.tensors.get(factor.name) if isinstance(factor, ir.Ref) else None
+            if tensor is None or tensor.onehot is None:
+                continue
+            leg = factor.indices[[l.name for l in tensor.legs].index(tensor.onehot)]
+            partners = [k for k, other in enumerate(term.factors) if other is not factor
+                        and isinstance(other, ir.Ref) and leg in other.indices] + [
+                k for k, other in enumerate(term.factors)
+                if not isinstance(other, ir.Ref) and leg in ir.indices(other)]
+            if leg in layout or len(partners) != 1:
+                continue
+            table = term.factors[partners[0]]
+            if not isinstance(table, ir.Ref) or table.name not in self.params:
+                continue
+            axis, _ = self.params[table.name]
+            if table.indices[axis] != leg:
+                continue
+            gathered.add(partners[0])
+            use = (self.eq.name, "lookup")
+            if use not in self.uses.setdefault(table.name, []):
+                self.uses[table.name].append(use)
+            self.collectives.append(Collective(
+                "all-gather", self.eq.name, f"table {table.name} for a lookup",
+                self.tensors[table.name].legs, "", per_input=False))
+        return gathered
 
     def _ref(self, ref: ir.Ref):
         if ref.name in self.params:
@@ -350,7 +387,9 @@ def _roles(uses) -> str:
     groups: dict[str, list[str]] = {}
     for equation, role in uses:
         groups.setdefault(role, []).append(equation)
-    return "; ".join(f"{role}-parallel in {', '.join(eqs)}" for role, eqs in groups.items())
+    described = {"column": "column-parallel", "row": "row-parallel",
+                 "lookup": "gathered for a lookup"}
+    return "; ".join(f"{described[role]} in {', '.join(eqs)}" for role, eqs in groups.items())
 
 
 def _show(expr: sympy.Expr) -> str:
