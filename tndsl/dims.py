@@ -13,6 +13,21 @@ import sympy
 
 from tndsl import ir
 from tndsl.errors import CycleError, ErrorSink, SizeError, UnknownNameError, did_you_mean
+from tndsl.printer import format_count
+
+
+# The largest size of one tensor dimension: torch indexes with int64, and a bound keeps
+# every count made of sizes exact and printable (a product of dims written as literals
+# could otherwise run to thousands of digits, past Python's int-to-text limit).
+MAX_DIM_SIZE = 2**63 - 1
+
+
+def _describe(value: sympy.Expr) -> str:
+    """A size for a message, however large (no int-to-text beyond printer's limit)."""
+    if value.is_Rational:
+        p, q = int(value.p), int(value.q)
+        return format_count(p) if q == 1 else f"{format_count(p)}/{format_count(q)}"
+    return str(value)
 
 
 def symbol(name: str) -> sympy.Symbol:
@@ -39,9 +54,21 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             sink.add(SizeError(f"size given for `{name}` must be a positive integer, "
                                f"not {value!r}", dims[name].span))
             del overrides[name]
+        elif value > MAX_DIM_SIZE:
+            sink.add(SizeError(f"size given for `{name}` is {format_count(value)}, more than "
+                               f"2^63 - 1, the largest size of a tensor dimension",
+                               dims[name].span))
+            del overrides[name]
 
     sizes: dict[str, int | None] = {}
     visiting: list[str] = []
+    for name, dim in dims.items():
+        # Checked before anything prints the expression (sympy would fail on it).
+        if dim.size is not None and any(max(abs(int(r.p)), int(r.q)) > MAX_DIM_SIZE
+                                        for r in dim.size.atoms(sympy.Rational)):
+            sink.add(SizeError(f"dim `{name}` has a number beyond 2^63 - 1 in its size",
+                               dim.span, hint="no tensor dimension can be that large"))
+            sizes[name] = None
 
     def derived(dim: ir.Dim) -> bool:
         return dim.size is not None and bool(dim.size.free_symbols)
@@ -70,9 +97,13 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             sizes[name] = overrides.get(name)
             return sizes[name]
         value = dim.size.subs(values)
+        written = f" = {dim.size}" if dim.size.free_symbols else ""
         if not (value.is_integer and value.is_positive):
-            raise SizeError(f"dim `{name}` = {dim.size} is {value}, not a positive integer",
-                            dim.span)
+            raise SizeError(f"dim `{name}`{written} is {_describe(value)}, not a positive "
+                            "integer", dim.span)
+        if value > MAX_DIM_SIZE:
+            raise SizeError(f"dim `{name}`{written} is {_describe(value)}, more than 2^63 - 1, "
+                            "the largest size of a tensor dimension", dim.span)
         sizes[name] = int(value)
         if name in overrides and overrides[name] != sizes[name]:
             raise SizeError(f"dim `{name}` = {dim.size} is {sizes[name]}, but "
@@ -102,7 +133,6 @@ def numel(tensor: ir.Tensor) -> sympy.Expr:
 def evaluate(expr: sympy.Expr, sizes: Mapping[str, int | None]) -> sympy.Expr:
     """Substitute the known sizes; the result is a number when all are known."""
     return expr.subs({symbol(n): v for n, v in sizes.items() if v is not None})
-
 
 
 def small_sizes(dims: Mapping[str, ir.Dim], sizes: Mapping[str, int | None], *,

@@ -29,6 +29,8 @@ from tndsl.errors import (BlockError, ErrorSink, LegError, Note, RedefinitionErr
                           did_you_mean)
 from tndsl.scalars import Scalars
 from tndsl.syntax import ast
+from tndsl.passes.finite import bounded_coefficient
+from tndsl.unroll import check_unrolled_size
 
 MAX_STATEMENTS = 200_000   # after unrolling: a bound on program size, not a style rule
 MAX_BLOCK_DEPTH = 64
@@ -101,6 +103,7 @@ class _Elaborator:
         self._declare_consts([s for s in top if isinstance(s, ast.ConstDecl)])
         scope = self._new_scope("", None)
         try:
+            check_unrolled_size(top, self.blocks, self.sizes.get, MAX_STATEMENTS)
             self._statements(top, scope, {}, 0)
         except ResourceError as e:
             self.errors.add(e)
@@ -702,4 +705,4 @@ def _as_term(expr: ir.Sum) -> tuple[sympy.Expr, tuple[ir.Factor, ...]]:
 def _multiply(left: ir.Sum, right: ir.Sum, span: Span) -> ir.Sum:
     cl, fl = _as_term(left)
     cr, fr = _as_term(right)
-    return ir.Sum((ir.Term(cl * cr, fl + fr, span),), span)
+    return ir.Sum((ir.Term(bounded_coefficient(cl * cr, span), fl + fr, span),), span)

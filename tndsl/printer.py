@@ -56,9 +56,29 @@ def tensor_decl(tensor: ir.Tensor) -> str:
     return text
 
 
-def format_count(value: sympy.Expr) -> str:
-    """`1,234,567` for an integer, the expression otherwise."""
-    return f"{int(value):,}" if value.is_Integer else str(value)
+EXACT_COUNT_DIGITS = 24  # beyond this an integer is written as ≈1.23e+29
+
+
+def format_count(value: sympy.Expr | int) -> str:
+    """`1,234,567` for an integer (`≈1.23e+4321` past EXACT_COUNT_DIGITS digits: exact
+    text would be unreadable, and past 4,300 digits Python refuses to make it), the
+    expression otherwise."""
+    if isinstance(value, int) or value.is_Integer:
+        n = int(value)
+        return f"{n:,}" if abs(n) < 10 ** EXACT_COUNT_DIGITS else _scientific(n)
+    return str(value)
+
+
+def _scientific(n: int) -> str:
+    """Three significant digits (truncated) of any integer, without int-to-text."""
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    exponent = int((n.bit_length() - 1) * 0.30102999566398120)  # log10(2)
+    while 10 ** (exponent + 1) <= n:
+        exponent += 1
+    while 10 ** exponent > n:
+        exponent -= 1
+    lead = n // 10 ** (exponent - 2)
+    return f"≈{sign}{lead // 100}.{lead % 100:02d}e+{exponent}"
 
 
 def format_scalar(value: sympy.Expr) -> str:

@@ -12,6 +12,7 @@ from tndsl import dims as dimmod, ir, printer
 from tndsl.check import check
 from tndsl.elaborate import elaborate
 from tndsl.errors import ErrorSink, TnError, TnWarning
+from tndsl.passes.finite import coefficient_errors
 from tndsl.syntax import parse_module
 
 
@@ -23,7 +24,8 @@ def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = No
     elaborated = elaborate(module, dims, consts)
     checked = check(elaborated.network)
     errors = ErrorSink()
-    for error in elaborated.errors + checked.errors:
+    for error in elaborated.errors + checked.errors + coefficient_errors(
+            checked.network, elaborated.sizes):
         errors.add(error)
     errors.raise_if_any()
     return Program(checked.network, elaborated.sizes, tuple(checked.warnings),

@@ -13,7 +13,6 @@ on hashing. No Graphviz program is needed to produce it.
 """
 from __future__ import annotations
 
-import html
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import sympy
 
 from tndsl import ir
 from tndsl.errors import TnError
+from tndsl.text import dot_text, tex_math_name
 
 PARAM_STYLE = 'shape=box, style="rounded,filled", fillcolor="#dce8f5", color="#1f4e79", ' \
               'penwidth=1.4, margin="0.06,0.03", height=0.42, width=0.5'
@@ -151,11 +151,12 @@ def _box_label(factor, subst) -> tuple[str, str, ir.Sum]:
         tex = r" \wedge ".join(f"{_tex_index(subst[c.left])} {_OPS_TEX[c.op]} "
                                f"{_tex_index(subst[c.right])}" + _offset(c)
                                for c in factor.conditions)
-        return f"mask({html.escape(conds)})", rf"$\mathrm{{mask}}({tex})$", factor.argument
+        return f"mask({dot_text(conds)})", rf"$\mathrm{{mask}}({tex})$", factor.argument
     name = "σ" if factor.function == "sigmoid" else factor.function
-    tex_name = r"\sigma" if factor.function == "sigmoid" else rf"\mathrm{{{_tex_escape(name)}}}"
+    tex_name = (r"\sigma" if factor.function == "sigmoid"
+                else rf"\mathrm{{{tex_math_name(name)}}}")
     legs = ",".join(subst[l] for l in factor.legs)
-    label = html.escape(name) + (f"<sub><i>{html.escape(legs)}</i></sub>" if legs else "")
+    label = dot_text(name) + (f"<sub><i>{dot_text(legs)}</i></sub>" if legs else "")
     tex = tex_name + (f"_{{{','.join(_tex_index(subst[l]) for l in factor.legs)}}}"
                       if legs else "")
     argument = factor.argument
@@ -198,7 +199,7 @@ def math_label(name: str) -> tuple[str, str, str]:
 
 
 def label_html(label: tuple[str, str, str]) -> str:
-    base, sub, sup = (html.escape(part) for part in label)
+    base, sub, sup = (dot_text(part) for part in label)
     text = f"<i>{base}</i>" if len(label[0]) == 1 else base
     if sub:
         text += f"<sub>{sub}</sub>"
@@ -209,34 +210,16 @@ def label_html(label: tuple[str, str, str]) -> str:
 
 def label_tex(label: tuple[str, str, str]) -> str:
     base, sub, sup = label
-    text = _tex_escape(base) if len(base) == 1 else rf"\mathrm{{{_tex_escape(base)}}}"
+    text = tex_math_name(base) if len(base) == 1 else rf"\mathrm{{{tex_math_name(base)}}}"
     if sub:
-        text += rf"_{{\mathrm{{{_tex_escape(sub)}}}}}"
+        text += rf"_{{\mathrm{{{tex_math_name(sub)}}}}}"
     if sup:
-        text += f"^{{{_tex_escape(sup)}}}"
+        text += f"^{{{tex_math_name(sup)}}}"
     return f"${text}$"
 
 
-_GREEK = {"σ": r"\sigma", "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta",
-          "λ": r"\lambda", "μ": r"\mu", "π": r"\pi", "τ": r"\tau", "φ": r"\phi"}
-
-
-def _tex_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch == "_":
-            out.append(r"\_")
-        elif ch in _GREEK:
-            out.append(_GREEK[ch])
-        elif ch.isascii() and (ch.isalnum() or ch in ",."):
-            out.append(ch)
-        else:
-            out.append("?")  # pdflatex cannot set it; the DOT and SVG keep the real name
-    return "".join(out)
-
-
 def _tex_index(index: str) -> str:
-    return _tex_escape(index.replace("′", "")) + "'" * index.count("′")
+    return tex_math_name(index.replace("′", "")) + "'" * index.count("′")
 
 
 def coefficient_text(value: sympy.Expr) -> str:
@@ -244,6 +227,14 @@ def coefficient_text(value: sympy.Expr) -> str:
     text = sympy.sstr(value)
     text = re.sub(r"sqrt\((\w+)\)", r"√\1", text)
     return text.replace("*", "·")
+
+
+def coefficient_tex(value: sympy.Expr) -> str:
+    """LaTeX for a coefficient; a dim named with characters LaTeX cannot set (`Größe`)
+    is written through the same sanitiser as every other name."""
+    names = {s: rf"\mathit{{{tex_math_name(s.name)}}}" for s in value.free_symbols
+             if not re.fullmatch(r"[A-Za-z0-9_]+", s.name)}
+    return sympy.latex(value, symbol_names=names)
 
 
 # ---- DOT ---------------------------------------------------------------------------------
@@ -270,7 +261,9 @@ def to_dot(program, name: str | None = None, *, depth: int | None = 0,
     dims = {leg.name: leg.dim for leg in eq.index_dims}
     expander.dims.update({i: dims[i] for i in eq.indices})
     terms = expander.terms(eq.rhs, {i: i for i in eq.indices}, dims, set(eq.indices), depth)
-    return _Writer(expander.dims, indices).write(eq, terms)
+    source = program.network.source
+    origin = source.name.rsplit("/", 1)[-1] if source is not None else "<string>"
+    return _Writer(expander.dims, indices).write(eq, terms, origin)
 
 
 class _Writer:
@@ -287,15 +280,17 @@ class _Writer:
         return node_id
 
     def wire_label(self, index: str) -> str:
-        dim = html.escape(self.dims[index])
-        text = f"<i>{html.escape(index)}</i>: <i>{dim}</i>" if self.show_indices else f"<i>{dim}</i>"
-        tex = f"${_tex_index(index)}$: $\\mathit{{{_tex_escape(self.dims[index])}}}$" \
-            if self.show_indices else f"$\\mathit{{{_tex_escape(self.dims[index])}}}$"
+        dim = dot_text(self.dims[index])
+        text = f"<i>{dot_text(index)}</i>: <i>{dim}</i>" if self.show_indices else f"<i>{dim}</i>"
+        tex = f"${_tex_index(index)}$: $\\mathit{{{tex_math_name(self.dims[index])}}}$" \
+            if self.show_indices else f"$\\mathit{{{tex_math_name(self.dims[index])}}}$"
         return f'label=<{text}>, texlbl="{tex}"'
 
-    def write(self, eq: ir.Equation, terms: list[_Term]) -> str:
+    def write(self, eq: ir.Equation, terms: list[_Term], origin: str) -> str:
         self.lines = [
             "digraph tndsl {",
+            # Provenance, kept by Graphviz as an SVG comment and by tikz() as a TeX one.
+            f'  comment="{dot_text(f"tndsl figure of {eq.name} from {origin}")}";',
             f'  graph [rankdir=LR, newrank=true, compound=true, nodesep=0.4, ranksep=0.6, '
             f'pad=0.05, margin=0, fontname="{FONT}", fontsize=16];',
             f'  node [fontname="{FONT}", fontsize=18, label=""];',
@@ -347,9 +342,9 @@ class _Writer:
         return firsts[0], lasts[-1]
 
     def coefficient(self, value, indent: str) -> str:
-        text = html.escape(coefficient_text(value))
+        text = dot_text(coefficient_text(value))
         return self.node(f'shape=plaintext, label="{text}", fontsize=18, '
-                         f'texlbl="${sympy.latex(value)}$", class="coefficient"', indent)
+                         f'texlbl="${coefficient_tex(value)}$", class="coefficient"', indent)
 
     def chain(self, nodes: list[str], indent: str) -> None:
         """Invisible heavy edges through a term's nodes in writing order: dot then keeps
@@ -375,7 +370,7 @@ class _Writer:
                 node = self.node(f'{style}, label=<{label_html(factor.label)}>, '
                                  f'texlbl="{label_tex(factor.label)}", '
                                  f'class="tensor {factor.kind}", '
-                                 f'tooltip="{html.escape(factor.name)}"', indent)
+                                 f'tooltip="{dot_text(factor.name)}"', indent)
             nodes.append(node)
             for index in factor.indices:
                 occurrences.setdefault(index, []).append(node)

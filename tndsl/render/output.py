@@ -9,6 +9,7 @@ the paper's fonts.
 """
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tndsl.errors import TnError
+from tndsl.text import tex_comment
 
 FORMATS = (".svg", ".pdf", ".png", ".dot", ".tex")
 INSTALL_HINT = ("install Graphviz, which provides it: `apt-get install graphviz` (Debian, "
@@ -73,6 +75,7 @@ def tikz(dot_text: str) -> str:
         r"\newcommand\tndslfigure[1]{##1}}"
         r"{\documentclass{article}\usepackage{tikz,graphicx}\pagestyle{empty}"
         r"\newcommand\tndslfigure[1]{\noindent\resizebox{\linewidth}{!}{##1}}}",
+        "% " + tex_comment(html.unescape(layout.get("comment", ""))),
         r"\usepackage{amsmath}",
         r"\definecolor{param}{HTML}{DCE8F5}",
         r"\definecolor{paramedge}{HTML}{1F4E79}",

@@ -1,6 +1,8 @@
 """Lark parse tree → surface AST, and Lark's exceptions → located `TnSyntaxError`s."""
 from __future__ import annotations
 
+import sys
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path as FsPath
 
@@ -9,12 +11,20 @@ from lark import Token, v_args
 from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from tndsl.errors import Source, Span, TnSyntaxError
+from tndsl.errors import ErrorSink, Source, Span, TnSyntaxError
 from tndsl.syntax import ast
 
 # The limits keep a hostile file from turning into a RecursionError or a hang.
 MAX_SOURCE_CHARS = 2_000_000
 MAX_NESTING = 64
+# Number literals are exact (sympy Rationals) until code generation writes them as
+# float64, so each is parsed with bounded cost and must survive that: `1e99999999`
+# would take minutes to expand, 5,000 digits exceed Python's int-to-text limit, and
+# `1e400` would silently become inf (`1e-400`, 0) in the compiled model while the
+# verifier, working exactly, saw a finite nonzero number.
+MAX_LITERAL_DIGITS = 100      # digits before the exponent
+MAX_LITERAL_EXPONENT = 400    # |exponent| as written
+_FLOAT64_MAX = Fraction(sys.float_info.max)
 
 
 def grammar_path() -> FsPath:
@@ -44,6 +54,7 @@ def parse_module(text: str, name: str = "<string>") -> ast.Module:
         tree = lark_parser().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, source) from None
+    _check_literals(tree, source)
     return ast.Module(tuple(_ToAst(source).transform(tree).children), source)
 
 
@@ -60,6 +71,45 @@ def _check_nesting(source: Source) -> None:
                                     hint="name an intermediate result with an equation")
         elif ch in ")]}":
             depth -= 1
+
+
+def _check_literals(tree: lark.Tree, source: Source) -> None:
+    """Every number literal within the bounds above; all offenders reported at once."""
+    errors = ErrorSink()
+    # iter_subtrees is iterative (scan_values recurses: a long product overflows it).
+    numbers = [child for subtree in tree.iter_subtrees() for child in subtree.children
+               if isinstance(child, Token) and child.type in ("INT", "FLOAT")]
+    for token in numbers:
+        problem = literal_problem(str(token))
+        if problem is not None:
+            message, hint = problem
+            errors.add(TnSyntaxError(message, Span(source, token.start_pos, token.end_pos),
+                                     hint=hint))
+    errors.raise_if_any()
+
+
+def literal_problem(text: str) -> tuple[str, str] | None:
+    """(message, hint) if the literal `text` (INT or FLOAT syntax) is out of bounds, else
+    None. Never builds a number larger than 10**(MAX_LITERAL_DIGITS + MAX_LITERAL_EXPONENT)."""
+    shown = text if len(text) <= 24 else f"{text[:12]}…{text[-8:]}"
+    mantissa, _, exponent = text.lower().partition("e")
+    digits = len(mantissa) - ("." in mantissa)
+    if digits > MAX_LITERAL_DIGITS:
+        return (f"number literal `{shown}` has {digits:,} digits; the limit is "
+                f"{MAX_LITERAL_DIGITS}", "write it with an exponent: 1.5e20")
+    exponent_digits = exponent.lstrip("+-").lstrip("0")
+    if len(exponent_digits) > len(str(MAX_LITERAL_EXPONENT)) or \
+            (exponent and abs(int(exponent)) > MAX_LITERAL_EXPONENT):
+        return (f"number literal `{shown}` has an exponent beyond ±{MAX_LITERAL_EXPONENT}",
+                "float64, in which compiled models compute, spans about 1e-308 to 1e308")
+    value = Fraction(mantissa) * Fraction(10) ** int(exponent or 0)
+    if value > _FLOAT64_MAX:
+        return (f"number literal `{shown}` is not finite in float64 (it would be inf)",
+                f"the largest float64 is {sys.float_info.max:.6g}")
+    if value != 0 and float(value) == 0:
+        return (f"number literal `{shown}` rounds to 0 in float64",
+                "the smallest positive float64 is about 4.9e-324; write 0 if 0 is meant")
+    return None
 
 
 _TOKEN_WORDS = {
