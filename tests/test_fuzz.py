@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 
 import tndsl
+from tndsl.render.dot import to_dot
 from tndsl.verify import equivalent
 from tndsl.verify.compiled import compare_compiled
 from tndsl.verify.symbolic import Expander, render_polynomial
@@ -139,6 +140,14 @@ def test_a_one_hot_term_beside_a_bracketed_sum_builds():
             "y[] = (a[v] + b[v]) * t[v] * t[w] * (a[w] - b[w])\n")
     program = tndsl.parse(text)
     assert compare_compiled(program, outputs=["y"], tolerance=1e-12).ok
+
+
+@pytest.mark.parametrize("rhs, label", [("1", "1"), ("N", "N"), ("1 + 2", "2")])
+def test_an_equation_of_numbers_only_draws_its_number(rhs, label):
+    # `s[] = 1` crashed the DOT writer with an IndexError: a term with no factors and
+    # coefficient 1 drew nothing (found by the grammar fuzzer).
+    dot = to_dot(tndsl.parse(f"dim N = 3\ns[] = {rhs}\n"))
+    assert f'label="{label}"' in dot and 'class="coefficient"' in dot
 
 
 # ---- hostile names --------------------------------------------------------------------------

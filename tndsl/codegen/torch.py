@@ -397,7 +397,9 @@ class _Generator:
             indices = rest + [i for i in partner.indices if i != leg]
             return [op for op in operands if op is not partner] + \
                 [_Operand(gathered, indices, True, partner.size)]
-        dtype = next((f"{op.var}.dtype" for op in operands), "torch.get_default_dtype()")
+        # Else any float value in scope: a float64 model must not compute in float32.
+        dtype = next((f"{as_primary(v.var)}.dtype" for v in [*operands, *self.values.values()]
+                      if getattr(v, "onehot", None) is None), "torch.get_default_dtype()")
         size = self._size_code(self._dim_of(leg))
         onehot = self._temp(hint, f"F.one_hot({value.var}, {size}).to({dtype})")
         return operands + [_Operand(onehot, rest + [leg], True, self._plan_size(leg))]

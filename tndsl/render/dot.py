@@ -322,7 +322,7 @@ class _Writer:
         self.lines.append('    graph [style=invis, class="term"];')
         occurrences: dict[str, list[str]] = {}
         nodes: list[str] = []
-        if coefficient != 1:
+        if coefficient != 1 or not term.factors:  # a term that is just `1` draws the 1
             nodes.append(self.coefficient(coefficient, "    "))
         self.factors(term.factors, occurrences, nodes, "    ")
         self.chain(nodes, "    ")
