@@ -270,3 +270,17 @@ def test_random_networks_through_the_verifier():
             assert (result.status, result.tier) == ("proven", "symbolic"), result.render()
         else:
             assert result.status != "proven" and result.residual, result.render()
+
+
+def test_a_box_is_shown_with_its_slots_where_they_belong():
+    # The softmax's axis and the mask put the slots of this anonymous box in another
+    # order than written (s, p, h → canonical), which the residual must undo.
+    program = tndsl.parse(
+        "dim N = 3\ndim M = 4\nparam A[i: N, j: N, k: M]\nparam B[i: N, j: N, k: M]\n"
+        "check boxed: softmax[s](A[p, s, h] where s <= p) * B[p, s, h] == "
+        "softmax[s](A[s, p, h] where s <= p) * B[p, s, h]\n")
+    (result,) = prove_all(program)
+    assert result.status == "refuted", result.render()
+    assert set(result.residual) == {
+        "B[i1, i2, i3] * softmax[i2]((A[i1, i2, i3] where i2 <= i1))",
+        "-B[i1, i2, i3] * softmax[i2]((A[i2, i1, i3] where i2 <= i1))"}

@@ -159,11 +159,10 @@ class Expander:
             poly = _collect(self.expand(factor.argument, dict(written), dims, set(legs)),
                             set(written.values()), self.deadline)
             identity, order = _box_identity(poly, roles, kind, self.deadline)
-            order = tuple(back[j] for j in order)
             name = self.box_names.setdefault(identity, f"box:{len(self.box_names)}")
-            if name not in self.display.boxes:
+            if name not in self.display.boxes:  # in the numbering `poly` uses
                 self.display.boxes[name] = (factor, kind, poly, order)
-            self.opaque[key] = (name, order)
+            self.opaque[key] = (name, tuple(back[j] for j in order))
         return self.opaque[key]
 
 
