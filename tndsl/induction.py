@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -99,11 +98,13 @@ def eval_tokens(config: Config) -> torch.Tensor:
     return tokens
 
 
-def load_program(config: Config):
-    return tndsl.load(config.model_file, dims={"Context": config.context,
-                                               "Vocab": config.vocab,
-                                               "Model": config.model,
-                                               "Heads": config.heads})
+def load_program(config: Config, source: str | None = None):
+    """The model at the config's sizes, from its file or from the text saved with it."""
+    dims = {"Context": config.context, "Vocab": config.vocab, "Model": config.model,
+            "Heads": config.heads}
+    if source is not None:
+        return tndsl.parse(source, Path(config.model_file).name, dims)
+    return tndsl.load(config.model_file, dims=dims)
 
 
 def train(program, config: Config, stream) -> tuple[torch.nn.Module, dict]:
@@ -135,37 +136,38 @@ def train(program, config: Config, stream) -> tuple[torch.nn.Module, dict]:
                    "loss_curve": losses[:: max(1, len(losses) // 200)]}
 
 
-def save(out: Path, model: torch.nn.Module, config: Config) -> dict:
-    """weights.safetensors, config.json and a copy of the model file, side by side."""
+SOURCE_KEY = "model_source"  # config.json holds the model file's text, so it is exact
+
+
+def save(out: Path, model: torch.nn.Module, config: Config, source: str) -> dict:
+    """weights.safetensors and config.json (the config and the model's `.tn` text)."""
     save_safetensors(model, out / "weights.safetensors")
-    shutil.copyfile(config.model_file, out / "model.tn")
-    saved = {**asdict(config), "model_file": "model.tn"}
+    saved = {**asdict(config), "model_file": Path(config.model_file).name, SOURCE_KEY: source}
     (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
-    return {"weights": "weights.safetensors", "config": "config.json", "model": "model.tn"}
+    return {"weights": "weights.safetensors", "config": "config.json"}
 
 
-def load_saved(weights: str | Path) -> tuple[Config, torch.nn.Module, object]:
-    """The config, model and program of a saved study (`config.json` and `model.tn`
-    next to the weights file)."""
+def load_saved(weights: str | Path) -> tuple[Config, torch.nn.Module, object, str]:
+    """The config, model, program and model text of a saved study (`config.json` next to
+    the weights file)."""
     weights = Path(weights)
     folder = weights.parent
     try:
         raw = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise TnError(f"cannot read the study's config.json next to {weights}: {e}") from None
+        source = raw.pop(SOURCE_KEY)
+    except (OSError, ValueError, KeyError) as e:
+        raise TnError(f"cannot read the study's config.json next to {weights}: "
+                      f"{e if not isinstance(e, KeyError) else 'no ' + SOURCE_KEY}") from None
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise TnError(f"{folder / 'config.json'} has unknown fields: {', '.join(unknown)}",
-                      hint="valid: " + ", ".join(sorted(known)))
-    model_file = Path(raw.get("model_file", MODEL_FILE))
-    if not model_file.is_absolute():
-        model_file = folder / model_file
-    config = Config(**{**raw, "model_file": str(model_file)})
-    program = load_program(config)
+                      hint="valid: " + ", ".join(sorted(known | {SOURCE_KEY})))
+    config = Config(**raw)
+    program = load_program(config, source)
     model = program.module(["logits"])
     load_safetensors(model, weights)
-    return config, model, program
+    return config, model, program, source
 
 
 def run(out: str | Path, config: Config = Config(), *, stream=sys.stderr,
@@ -176,24 +178,24 @@ def run(out: str | Path, config: Config = Config(), *, stream=sys.stderr,
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if weights is not None:
-        config, model, program = load_saved(weights)
+        config, model, program, source = load_saved(weights)
         training = {"loaded_from": str(weights), "steps": config.steps}
-        if Path(weights).resolve() != (out / "weights.safetensors").resolve():
-            saved = save(out, model, config)
-        else:
-            saved = {"weights": "weights.safetensors", "config": "config.json",
-                     "model": "model.tn"}
     else:
-        program = load_program(config)
+        try:
+            source = Path(config.model_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise TnError(f"cannot read the model file {config.model_file}: {e.strerror}") from None
+        program = load_program(config, source)
         model, training = train(program, config, stream)
-        saved = save(out, model, config)
+    saved = save(out, model, config, source)
     report = analyse(program, model, config)
     report["training"] = training
     report["saved"] = saved
     from tndsl.induction_report import markdown, plots
     report["plots"] = plots(out, report, program, model, config)
     report["total_seconds"] = time.perf_counter() - started
-    ordered = {"config": asdict(config), **report}
+    ordered = {"config": {**asdict(config), "model_file": Path(config.model_file).name},
+               **report}
     (out / "report.json").write_text(json.dumps(ordered, indent=2) + "\n")
     (out / "report.md").write_text(markdown(ordered))
     return ordered

@@ -145,9 +145,9 @@ def markdown(r: dict) -> str:
 
 Model: `{Path(r['config']['model_file']).name}`, sizes {', '.join(f'{k} = {v}' for k, v in r['sizes'].items())}.
 {training} Seed {r['config']['seed']}. Whole study: {r['total_seconds']:.1f} s.
-Saved next to this report: `{saved['weights']}` (safetensors), `{saved['config']}` (the exact
-config) and `{saved['model']}`; `tndsl study induction --weights {saved['weights']}` re-runs
-the analysis without training.
+Saved next to this report: `{saved['weights']}` (safetensors) and `{saved['config']}` (the
+exact config, with the model file's text); `tndsl study induction --weights {saved['weights']}`
+re-runs the analysis without training.
 
 ## Heads
 
