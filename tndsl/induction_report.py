@@ -15,7 +15,7 @@ def plots(out: Path, report: dict, program, model, config) -> list[str]:
     written = []
     try:
         expand_paths(program, "blocks.1.attn.scores").figure().save(out / "qk_expansion.png",
-                                                                   dpi=110)
+                                                                   dpi=80)
         written.append("qk_expansion.png")
     except tndsl.TnError as e:  # no Graphviz: the report says so
         report["plots_note"] = f"QK expansion figure not drawn: {e.message}"
@@ -144,7 +144,8 @@ def markdown(r: dict) -> str:
     return f"""# Induction heads in a two-layer attention-only transformer
 
 Model: `{Path(r['config']['model_file']).name}`, sizes {', '.join(f'{k} = {v}' for k, v in r['sizes'].items())}.
-{training} Seed {r['config']['seed']}. Whole study: {r['total_seconds']:.1f} s.
+{training} Seed {r['config']['seed']}. Whole study: {r['total_seconds']:.1f} s
+({r['cpu_seconds']:.1f} s of CPU).
 Saved next to this report: `{saved['weights']}` (safetensors) and `{saved['config']}` (the
 exact config, with the model file's text); `tndsl study induction --weights {saved['weights']}`
 re-runs the analysis without training.
