@@ -152,6 +152,9 @@ def load_saved(weights: str | Path) -> tuple[Config, torch.nn.Module, object, st
     the weights file)."""
     weights = Path(weights)
     folder = weights.parent
+    if not weights.is_file():
+        raise TnError(f"no weights file {weights}",
+                      hint="give the weights.safetensors a study wrote (with its config.json)")
     try:
         raw = json.loads((folder / "config.json").read_text())
         source = raw.pop(SOURCE_KEY)
