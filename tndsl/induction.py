@@ -35,6 +35,7 @@ from tndsl import circuits
 from tndsl.attribution import attribute
 from tndsl.errors import TnError
 from tndsl.hooks import intervene, run_with_cache
+from tndsl.induction_report import markdown, plots
 from tndsl.paths import expand_paths
 from tndsl.verify import prove_all
 from tndsl.weights import load_safetensors, save_safetensors
@@ -194,7 +195,6 @@ def run(out: str | Path, config: Config = Config(), *, stream=sys.stderr,
     report = analyse(program, model, config)
     report["training"] = training
     report["saved"] = saved
-    from tndsl.induction_report import markdown, plots
     report["plots"] = plots(out, report, program, model, config)
     report["total_seconds"] = time.perf_counter() - started
     report["cpu_seconds"] = time.process_time() - cpu_started   # the budget: 3 CPU minutes
