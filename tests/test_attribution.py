@@ -107,3 +107,24 @@ def test_a_model_without_the_hook_points_is_told_so(setup):
     partial = program.module(["blocks.0.attn.out"]).double()
     with pytest.raises(TnError, match="no hook point `blocks.1.attn.pattern`"):
         attribute(partial, expand_paths(program, "logits"), tokens)
+
+
+def test_three_layers_with_the_embedding_inlined():
+    """In a loop the first `resid` is rebound, so its paths hold `tokens` itself: the
+    one-hot input is given by name and the eight paths still add up to the logits."""
+    from test_paths import THREE_LAYERS
+    program = tndsl.parse(THREE_LAYERS, "three.tn")
+    model = program.module(["logits"]).double()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5, generator=generator)
+    tokens = torch.randint(0, 10, (2, 8), generator=generator)
+    expansion = expand_paths(program, "logits")
+    with pytest.raises(TnError, match="inputs=\\{'tokens'"):
+        attribute(model, expansion, tokens)
+    result = attribute(model, expansion, tokens, inputs={"tokens": tokens})
+    assert len(result.values) == 8 and result.largest_error < 1e-10
+    w = {k: v.detach() for k, v in model.named_parameters()}
+    direct = w["embed.W_E"][tokens] @ w["unembed.W_U"]
+    assert torch.allclose(result.values["direct"], direct, atol=1e-12, rtol=0)

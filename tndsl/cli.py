@@ -102,9 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     study = commands.add_parser(
         "study", help="run a built-in study (induction: induction heads, end to end)",
         description="induction: train the two-layer attention-only transformer of "
-                    "examples/attn_only_2l.tn on repeated random tokens, measure previous-"
-                    "token, induction and copying scores, K-composition, the QK-expansion "
-                    "terms, prove the expansion, and write a report with plots.")
+                    "examples/attn_only_2l.tn on repeated random tokens (or load saved "
+                    "weights), measure previous-token, induction and copying scores, "
+                    "K-composition, the token-match condition, the generated QK-expansion "
+                    "terms on data, ablate each layer-0 head, prove the expansion, and write "
+                    "a report with plots, the weights and the config.")
     study.add_argument("name", choices=["induction"])
     study.add_argument("-o", "--out", default="examples/induction/report",
                        help="report folder (default: examples/induction/report)")
@@ -223,6 +225,15 @@ def _study(args: argparse.Namespace) -> int:
           f"({heads['layer0']['previous_token'][p_head]:.2f}), induction head {i_layer}.{i_head} "
           f"({heads['layer1']['induction'][i_head]:.2f}, copying "
           f"{heads['layer1']['copying'][i_head]:.2f}); {report['total_seconds']:.0f} s")
+    ablation = report["ablation"]
+    ablated = ablation["heads"][p_head]
+    conditions = report["conditions"]
+    print("  conditions: " + ", ".join(f"{key} {'holds' if c['holds'] else 'does not hold'}"
+                                        for key, c in conditions.items()))
+    print(f"  ablating head {p_layer}.{p_head}: best induction score "
+          f"{ablation['baseline']['best_induction']:.2f} -> {ablated['best_induction']:.2f}, "
+          f"loss on the repeated half {ablation['baseline']['repeated_loss']:.2f} -> "
+          f"{ablated['repeated_loss']:.2f}")
     return 0
 
 

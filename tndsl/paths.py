@@ -33,6 +33,7 @@ from tndsl import ir, printer
 from tndsl.errors import TnError, UnknownNameError, did_you_mean
 
 DIRECT = "direct"
+MAX_MONOMIALS = 4096  # paths double per layer: past this, ask for fewer blocks
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ class _Expander:
         options = [[(_Mono(sympy.sympify(term.coefficient), ()), [])]]
         for factor in term.factors:
             options.append(self.factor(factor, mapping))
+        self._bound(options, term)
         result = []
         for choice in itertools.product(*options):
             mono, reads = _ONE, []
@@ -321,6 +323,14 @@ class _Expander:
                 reads = reads + r
             result.append((mono, reads))
         return result
+
+    def _bound(self, options: list[list], term: ir.Term) -> None:
+        count = 1
+        for option in options:
+            count *= len(option)
+        if count > MAX_MONOMIALS:
+            raise TnError(f"the expansion has more than {MAX_MONOMIALS:,} paths", term.span,
+                          hint="choose fewer blocks with --through")
 
     def factor(self, factor, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
         if isinstance(factor, ir.Sum):
@@ -345,6 +355,7 @@ class _Expander:
             labels = [""]
             for factor in term.factors:
                 options.append(self.factor(factor, mapping))
+                self._bound(options, term)
                 labels.append("".join(i for i in factor.indices if i in eq.indices)
                               if isinstance(factor, ir.Ref) else "")
             for choice in itertools.product(*options):
