@@ -15,8 +15,11 @@ follows from the equations, the way Megatron-LM lays out a transformer by hand:
   both are errors naming the equation.
 
 A partial sum is reduced where it becomes an equation's value, before a box, or before
-it meets a sharded factor. Communication is counted per forward of one input of the
-declared shape (leading batch dims multiply it), as sympy expressions in the dim names.
+it meets a sharded factor. A one-hot lookup (`W_E[tokens]` in compiled code) into a
+table sharded along the looked-up leg gathers the table, and a sharded output is
+gathered at the end. Communication is counted per forward of one input of the declared
+shape (leading batch dims multiply it, except for gathered tables), as sympy
+expressions in the dim names.
 The pass is pure: Program + dims → ShardPlan; `tndsl.distributed` applies a plan with
 torch.distributed's own APIs.
 """
