@@ -201,3 +201,21 @@ def test_the_count_includes_block_bodies_per_call_and_dim_bounds():
 def test_an_empty_loop_of_a_trillion_iterations_is_still_refused():
     error = _error("for l in 0..1000000000000 { }\n", ResourceError)
     assert "1,000,000,000,000 iterations" in error.message
+
+
+# ---- figures --------------------------------------------------------------------------
+
+def test_expanding_a_deep_residual_stream_is_refused_at_once():
+    # Inlining distributes sums: each layer doubles the terms (before: millions of DOT
+    # lines at three layers, minutes at twelve).
+    from conftest import ROOT
+    from tndsl.render.dot import MAX_DRAWN_TERMS
+    program = tndsl.load(ROOT / "examples" / "gpt2_small.tn")
+    start = time.perf_counter()
+    with pytest.raises(ResourceError) as info:
+        program.render(expand=True)
+    assert time.perf_counter() - start < 10
+    assert f"more than {MAX_DRAWN_TERMS:,} terms" in info.value.message
+    assert info.value.span.source.line_text(info.value.span.line).startswith("logits[p, v] =")
+    assert "--depth" in info.value.hint
+    program.render(depth=1)  # a shallower figure of the same equation still draws
