@@ -18,7 +18,8 @@ from fuzzing import bounded, mutations, valid_programs
 
 COMMANDS = (["check"], ["compile"], ["render"], ["render", "--expand"], ["cost"],
             ["cost", "--json"], ["verify"])
-# Errors about the whole program rather than a place in it (there is no line to show).
+# Errors about the whole program rather than a place in it (there is no line to show);
+# the CLI still starts them with the file.
 WHOLE_PROGRAM = ("error: the program has no equation",)
 
 
@@ -45,12 +46,12 @@ def run_every_command(text: str, capsys, commands=COMMANDS) -> dict[str, int]:
             assert code in (0, 1), (name, code, err[-2000:], text)
             assert "internal error" not in err and "Traceback" not in err, (name, err, text)
             for line in err.splitlines():
-                if ": error: " in line or line.startswith("error: "):
-                    located = line.startswith(f"{path}:") and re.match(
-                        rf"{re.escape(str(path))}:\d+:\d+: error: ", line)
-                    assert located or line.startswith(WHOLE_PROGRAM), (name, line, text)
+                if "error: " in line and not line.startswith(" "):
+                    located = re.match(rf"{re.escape(str(path))}:\d+:\d+: error: ", line)
+                    whole = line.startswith(tuple(f"{path}: {w}" for w in WHOLE_PROGRAM))
+                    assert located or whole, (name, line, text)
             if code == 1 and command[0] != "verify":
-                assert ": error: " in err or err.startswith("error: "), (name, err)
+                assert f"{path}:" in err and "error: " in err, (name, err)
             if command == ["cost", "--json"] and code == 0:
                 json.loads(out)
             codes[name] = code
@@ -112,3 +113,15 @@ def test_a_term_over_the_product_bound_is_a_located_error_in_every_command(capsy
                               f"{MAX_OPERANDS} in one term")
         assert main(["compile", str(path)]) == 1  # torch.einsum's 52 indices come first
         assert capsys.readouterr().err.startswith(f"{path}:3:1: error: a term with 258 ")
+
+
+def test_errors_without_a_place_in_the_file_still_name_the_file(capsys):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "empty.tn"
+        path.write_text("dim N = 3\n")
+        for argv, message in [(["render", str(path)], "the program has no equation to draw"),
+                              (["cost", str(path), "nope"], "no equation or instance `nope`"),
+                              (["check", str(path), "--dim", "Q=3"],
+                               "size given for unknown dim `Q`")]:
+            assert main(argv) == 1
+            assert capsys.readouterr().err.startswith(f"{path}: error: {message}")

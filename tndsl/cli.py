@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from tndsl.errors import TnError
+from tndsl.errors import TnError, TnErrors
 from tndsl.program import load
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
@@ -26,6 +26,15 @@ def _dim_assignment(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"size of {name.strip()} must be an integer, "
                                          f"got {value!r}") from None
     return name.strip(), size
+
+
+def _report(error: TnError, path: str) -> None:
+    """Print an error on stderr. One without a place in the file (it concerns the whole
+    file, or a command-line argument such as NAME or --dim) is prefixed with the file,
+    so every error line starts with where it comes from."""
+    for e in (error.errors if isinstance(error, TnErrors) else [error]):
+        text = e.render()
+        print(text if e.span is not None else f"{path}: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +138,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             program = load(path, dims)
         except TnError as e:
-            print(e.render(), file=sys.stderr)
+            _report(e, path)
             failed = True
             continue
         for warning in program.warnings:
@@ -147,7 +156,7 @@ def _compile(args: argparse.Namespace) -> int:
         program = load(args.file, dict(args.dim))
         generated = program.compile(args.outputs, optimizer=args.optimizer)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
@@ -167,7 +176,7 @@ def _verify(args: argparse.Namespace) -> int:
         report = (program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
                   if args.compiled else None)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     for result in results:
         print(result.render())
@@ -192,7 +201,7 @@ def _render(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(figure.source)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     return 0
 
@@ -215,7 +224,7 @@ def _cost(args: argparse.Namespace) -> int:
     try:
         report = costs(load(args.file, dict(args.dim)), args.name)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     print(report.to_json() if args.json else report.render())
     return 0
