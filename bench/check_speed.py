@@ -1,11 +1,15 @@
-"""How long `tndsl check` takes on GPT-2 small, after import.
+"""How long `tndsl check` takes on GPT-2 small, after import, and how it scales with
+the number of unrolled statements.
 
 Compares the full pipeline (parse → elaborate → check) against parsing alone, in one
-run, so the ratio shows where the time goes. Prints a table; run with
-`python bench/check_speed.py`.
+run, so the ratio shows where the time goes; then checks a `for` loop of 1,000, 10,000
+and 100,000 one-line statements and prints each time against the 10,000 one (linear
+means 10×; the bound is 15×). Prints tables; run with `python bench/check_speed.py`
+(`--quick` stops the series at 10,000).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +18,10 @@ from timing import median_seconds
 import tndsl
 from tndsl.syntax import parse_module
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "gpt2_small.tn"
+sys.path.insert(0, str(ROOT / "tests"))
+from networks import long_loop  # noqa: E402
 
 
 def main() -> None:
@@ -30,5 +37,18 @@ def main() -> None:
     print(f"{'first check in a fresh process':<34}{first:>10.4f}{first / parse:>8.2f}")
 
 
+def loop_scaling(sizes=(1_000, 10_000, 100_000)) -> None:
+    seconds = {}
+    for n in sizes:
+        text = long_loop(n)
+        start = time.perf_counter()
+        tndsl.parse(text, "loop.tn")
+        seconds[n] = time.perf_counter() - start
+    print(f"\n{'loop of n statements, checked':<34}{'s':>10}{'vs 10k':>8}")
+    for n, s in seconds.items():
+        print(f"{f'n = {n:,}':<34}{s:>10.4f}{s / seconds[10_000]:>8.2f}")
+
+
 if __name__ == "__main__":
     main()
+    loop_scaling((1_000, 10_000) if "--quick" in sys.argv else (1_000, 10_000, 100_000))

@@ -1,5 +1,6 @@
 """GPT-2-small-shaped forward pass: the compiled .tn model against HF transformers'
-GPT2LMHeadModel and a hand-written torch forward, all with the same weights, in one run.
+GPT2LMHeadModel and a hand-written torch forward, all with the same weights, in one run;
+then a Llama-shaped row (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
     python bench/forward.py [--batch 4] [--context 128] [--layers 12] [--repeat 5]
 
@@ -121,6 +122,37 @@ def main() -> None:
           f"{args.context}, {device.type}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"compile (load + check + plan + generate): {compile_seconds:.3f} s")
+    print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
+    for name, seconds in times.items():
+        print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
+    llama_row(args, device, sync)
+
+
+def llama_row(args, device, sync) -> None:
+    """The Llama-shaped row: 12 layers (by default), model 768, GQA with 12 query heads
+    on 4 key/value heads, loaded with tndsl.from_pretrained from the HF model's own
+    checkpoint; goal: at most 0.9x HF's time."""
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048,
+        num_hidden_layers=args.layers, num_attention_heads=12, num_key_value_heads=4,
+        max_position_embeddings=max(args.context, 512))
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        module = tndsl.from_pretrained(folder, torch.float32)
+    module, hf = module.to(device).eval(), hf.to(device)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.context), device=device)
+    with torch.inference_mode():
+        assert (module(tokens) - hf(tokens).logits).abs().max() < 1e-3
+    times = median_times({
+        "tndsl compiled": sync(lambda: module(tokens)),
+        "HF LlamaForCausalLM": sync(lambda: hf(tokens)),
+    }, args.repeat)
+    compiled = times["tndsl compiled"]
+    print(f"\nLlama shape: {args.layers} layers, model 768, GQA 12/4, batch {args.batch} x "
+          f"context {args.context}, {device.type}")
     print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
     for name, seconds in times.items():
         print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")

@@ -26,7 +26,7 @@ def main() -> int:
         report = program.verify_compiled()
         print(f"  compiled {target.relative_to(HERE.parent)}: class {generated.class_name}"
               f"({', '.join(generated.arguments)}) -> {', '.join(generated.outputs)}; "
-              f"equals the reference evaluator to {report.worst:.1e}")
+              f"equals the reference evaluator to {report.worst:.1e} (relative)")
         if not report.ok:
             print(report.render())
             return 1

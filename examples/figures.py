@@ -24,6 +24,8 @@ GALLERY = [
     ("multihead_attention", "out", None, None, "multihead-attention"),
     ("gpt2_small", "blocks.0.out", 1, {"Layers": 1}, "gpt2-block"),
     ("attn_only_2l", "blocks.1.attn.scores", 1, None, "qk-expansion"),
+    ("llama", "blocks.0.out", 1, {"Layers": 1}, "llama-block"),
+    ("llama", "blocks.0.attn.scores", 1, {"Layers": 1}, "llama-scores"),
 ]
 
 

@@ -3,6 +3,7 @@ import pytest
 import sympy
 
 import tndsl
+from tndsl.errors import TnErrors
 from tndsl import ir
 from tndsl.errors import SizeError, TnError, UnknownNameError
 
@@ -119,9 +120,26 @@ def test_dims_given_at_load_override_and_derived_dims_follow():
     assert program.sizes["Head"] == 16
 
 
-def test_setting_a_derived_dim_is_refused():
-    with pytest.raises(SizeError, match="derived"):
+def test_a_consistent_size_for_a_derived_dim_is_accepted():
+    program = tndsl.load("examples/multihead_attention.tn",
+                         dims={"Model": 64, "Heads": 4, "Head": 16})
+    assert program.sizes["Head"] == 16 and program.shape("W_Q")[-1] == 16
+
+
+def test_an_inconsistent_size_for_a_derived_dim_names_both_values():
+    with pytest.raises(SizeError) as info:
         tndsl.load("examples/multihead_attention.tn", dims={"Head": 4})
+    message = str(info.value)
+    assert "Model/Heads is 8" in message and "4 was given" in message
+    assert info.value.span is not None and info.value.span.line > 0
+
+
+def test_one_bad_dim_gives_one_error_not_a_cascade():
+    # Before: the refusal left every dim unsized, so the loop over Layers also failed.
+    with pytest.raises(SizeError) as info:
+        tndsl.load("examples/gpt2_small.tn", dims={"Head": 16, "Layers": 2})
+    assert not isinstance(info.value, TnErrors)
+    assert "loop bound" not in str(info.value)
 
 
 def test_unknown_dim_given_at_load_suggests_a_match():

@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 
 import tndsl
+from tndsl.render.dot import to_dot
 from tndsl.verify import equivalent
 from tndsl.verify.compiled import compare_compiled
 from tndsl.verify.symbolic import Expander, render_polynomial
@@ -105,6 +106,48 @@ def test_a_product_of_too_many_tensors_is_refused_at_compile_time():
     program = tndsl.parse("dim N = 2\ninput x[i: N]\ny[i] = " + " * ".join(["x[i]"] * 300) + "\n")
     with pytest.raises(tndsl.TnError, match="multiplies 300 tensors"):
         program.compile()
+
+
+@pytest.mark.parametrize("init, mean, std", [("normal()", 0.0, 0.02), ("normal(0.5)", 0.0, 0.5),
+                                              ("normal(1, 2)", 1.0, 2.0)])
+def test_normal_init_with_zero_one_or_two_arguments_builds(init, mean, std):
+    # `init normal()` (no arguments) failed when the module was built (found by fuzzing).
+    torch.manual_seed(0)
+    module = tndsl.parse(f"dim N = 20000\nparam w[i: N] init {init}\ny[i] = w[i]\n").module()
+    w = module.w.detach()
+    assert abs(float(w.mean()) - mean) < 5 * std / 20000 ** 0.5
+    assert abs(float(w.std()) / std - 1) < 0.03
+
+
+def test_a_term_of_one_hot_inputs_only_computes_in_the_models_dtype():
+    # The one-hot matrix took torch.get_default_dtype() (float32) when nothing else in
+    # the term was float: a float64 model lost precision (found by fuzzing; 2e-8).
+    text = ("dim C = 4\ndim B = 3\ninput t[p: B, v: onehot C]\nparam w[c: C]\n"
+            "same[p, q] = t[p, v] * t[q, v]\ny[] = gelu_tanh(t[p, v] * t[p, v]) + w[c] * ones[c]\n")
+    program = tndsl.parse(text)
+    assert compare_compiled(program, outputs=["same", "y"], tolerance=1e-12).ok
+    module = program.module(["same", "y"]).double()
+    tokens = torch.tensor([0, 3, 0])
+    result = module(tokens)
+    assert result["same"].dtype == result["y"].dtype == torch.float64
+    assert torch.equal(result["same"], (tokens[:, None] == tokens[None, :]).double())
+
+
+def test_a_one_hot_term_beside_a_bracketed_sum_builds():
+    # `F.one_hot(...).to(a + b.dtype)`: the operand's code was pasted before `.dtype`
+    # without brackets (found by fuzzing; a TypeError when the model ran).
+    text = ("dim C = 3\ninput t[v: onehot C]\ninput a[i: C]\ninput b[i: C]\n"
+            "y[] = (a[v] + b[v]) * t[v] * t[w] * (a[w] - b[w])\n")
+    program = tndsl.parse(text)
+    assert compare_compiled(program, outputs=["y"], tolerance=1e-12).ok
+
+
+@pytest.mark.parametrize("rhs, label", [("1", "1"), ("N", "N"), ("1 + 2", "2")])
+def test_an_equation_of_numbers_only_draws_its_number(rhs, label):
+    # `s[] = 1` crashed the DOT writer with an IndexError: a term with no factors and
+    # coefficient 1 drew nothing (found by the grammar fuzzer).
+    dot = to_dot(tndsl.parse(f"dim N = 3\ns[] = {rhs}\n"))
+    assert f'label="{label}"' in dot and 'class="coefficient"' in dot
 
 
 # ---- hostile names --------------------------------------------------------------------------

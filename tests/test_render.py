@@ -19,12 +19,14 @@ FIGURES = [
     ("orthodox", "trace", 0), ("orthodox", "matvec", 0), ("sum", "total", 0),
     ("nested_boxes", "y", 0), ("mlp", "z", 0), ("attention_head", "out", None),
     ("multihead_attention", "out", None), ("gpt2_small", "blocks.0.out", 1),
-    ("attn_only_2l", "blocks.1.attn.scores", 1),
+    ("attn_only_2l", "blocks.1.attn.scores", 1), ("llama", "blocks.0.out", 1),
+    ("llama", "blocks.0.attn.scores", 1),
 ]
 
 
 def load(example):
-    dims = {"Layers": 2} if example == "gpt2_small" else None
+    dims = {"Layers": 2} if example == "gpt2_small" else {"Layers": 1} \
+        if example == "llama" else None
     return tndsl.load(ROOT / "examples" / f"{example}.tn", dims=dims)
 
 

@@ -125,7 +125,8 @@ class _Checker:
                     if state.get(name) == 1:
                         state[name] = 2
                         order.append(name)
-        on_cycle = {n for n in self.equations if n not in order}
+        placed = set(order)  # not `in order`: a list, and this loop is over every equation
+        on_cycle = {n for n in self.equations if n not in placed}
         for n in on_cycle:
             self.legs[n] = None
         return order

@@ -210,24 +210,35 @@ class NetworkMatrix:
 
 # ---- circuits of attention heads --------------------------------------------------------
 
+def shared_head(head: int, heads: int, kv_heads: int) -> int:
+    """The key/value head a query head reads under grouped-query attention (the
+    `grouping` fixed tensor: query heads in order, `heads / kv_heads` per group)."""
+    if heads % kv_heads:
+        raise TnError(f"{heads} query heads cannot share {kv_heads} key/value heads equally")
+    return head // (heads // kv_heads)
+
+
 def qk_matrix(w_q: torch.Tensor, w_k: torch.Tensor, head: int) -> NetworkMatrix:
-    """W_QK = W_Q W_Kᵀ of one head (model × model), with W_Q[h, m, e] as in the examples."""
-    return NetworkMatrix.chain(w_q[head], w_k[head].T)
+    """W_QK = W_Q W_Kᵀ of one head (model × model), with W_Q[h, m, e] as in the examples;
+    with fewer key heads (GQA, W_K[g, m, e]) the query head's shared one is used."""
+    return NetworkMatrix.chain(w_q[head], w_k[shared_head(head, len(w_q), len(w_k))].T)
 
 
 def ov_matrix(w_v: torch.Tensor, w_o: torch.Tensor, head: int) -> NetworkMatrix:
-    """W_OV = W_V W_O of one head (model × model)."""
-    return NetworkMatrix.chain(w_v[head], w_o[head])
+    """W_OV = W_V W_O of one head (model × model); GQA as in `qk_matrix`."""
+    return NetworkMatrix.chain(w_v[shared_head(head, len(w_o), len(w_v))], w_o[head])
 
 
 def full_qk_circuit(w_e, w_q, w_k, head: int) -> NetworkMatrix:
     """W_E W_Q W_Kᵀ W_Eᵀ: how much a query token attends to a key token (vocab × vocab)."""
-    return NetworkMatrix.chain(w_e, w_q[head], w_k[head].T, w_e.T)
+    return NetworkMatrix.chain(w_e, w_q[head], w_k[shared_head(head, len(w_q), len(w_k))].T,
+                               w_e.T)
 
 
 def full_ov_circuit(w_e, w_v, w_o, w_u, head: int) -> NetworkMatrix:
     """W_E W_V W_O W_U: what attending to a token does to each logit (vocab × vocab)."""
-    return NetworkMatrix.chain(w_e, w_v[head], w_o[head], w_u)
+    return NetworkMatrix.chain(w_e, w_v[shared_head(head, len(w_o), len(w_v))], w_o[head],
+                               w_u)
 
 
 def copying_score(circuit: NetworkMatrix) -> float:

@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
+    cost.add_argument("--shard", metavar="DIM,...",
+                      help="instead, the tensor-parallel plan for sharding these dims: "
+                           "sharded params and the collectives per forward, in bytes "
+                           "(NAME, if given, is the output)")
+    cost.add_argument("--ranks", type=int, default=2, metavar="N",
+                      help="mesh size for --shard (default 2)")
 
     study = commands.add_parser(
         "study", help="run a built-in study (induction: induction heads, end to end)",
@@ -113,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="report folder (default: examples/induction/report)")
     study.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
     study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--weights", metavar="FILE",
+                       help="re-run the analysis on saved weights (a study's "
+                            "weights.safetensors, its config beside it) without training")
+
+    _paths_parser(commands)
 
     verify = commands.add_parser(
         "verify", help="prove the file's checks; optionally check the compiled module",
@@ -208,7 +219,12 @@ def _render(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from tndsl.induction import Config, run
-    report = run(args.out, Config(steps=args.steps, seed=args.seed))
+    try:
+        report = run(args.out, Config(steps=args.steps, seed=args.seed),
+                     weights=args.weights)
+    except TnError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
     i_layer, i_head = report["induction_head"]
     p_layer, p_head = report["previous_token_head"]
     heads = report["heads"]
@@ -219,10 +235,64 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paths_parser(commands) -> None:
+    paths = commands.add_parser(
+        "paths", help="expand an equation into a sum over paths through the blocks",
+        description="Write the path expansion of equation NAME as a .tn file: the input "
+                    "file followed by one named equation per path through the chosen block "
+                    "instances (default: every instance added to a residual sum), with "
+                    "attention patterns and the embedding kept whole and a head leg kept "
+                    "open where a block sums over heads, and a `check` that NAME equals the "
+                    "sum of the paths (prove it with `tndsl verify`).")
+    paths.add_argument("file", metavar="FILE")
+    paths.add_argument("name", metavar="NAME")
+    paths.add_argument("--through", metavar="PATH,...",
+                       help="the block instances paths may pass, comma-separated")
+    paths.add_argument("-o", "--out", metavar="OUT.tn",
+                       help="where to write the expansion (default: standard output)")
+    paths.add_argument("--render", metavar="FIGURE",
+                       help="also draw the terms side by side (.svg/.pdf/.png/.dot/.tex)")
+    paths.add_argument("--prefix", help="name the terms PREFIX.direct, ... (default: the "
+                                        "last segment of NAME)")
+    paths.add_argument("--dim", action="append", default=[], type=_dim_assignment,
+                       metavar="NAME=SIZE", help="give or override a dim's size")
+
+
+def _paths(args: argparse.Namespace) -> int:
+    from tndsl.paths import expand_paths, parse_through
+    try:
+        program = load(args.file, dict(args.dim))
+        expansion = expand_paths(program, args.name, parse_through(args.through),
+                                 prefix=args.prefix)
+        expansion.program()  # the written file must check
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(expansion.source)
+            print(f"{args.out}: {len(expansion.terms)} paths of {args.name}, "
+                  f"check {expansion.check}")
+            for term in expansion.terms:
+                print(f"  {term.name}  ({term.label})")
+        else:
+            sys.stdout.write(expansion.source)
+        if args.render:
+            expansion.figure().save(args.render)
+            print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
+    except TnError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cost(args: argparse.Namespace) -> int:
     from tndsl.passes.cost import costs
+    from tndsl.passes.shard import shard_plan
     try:
-        report = costs(load(args.file, dict(args.dim)), args.name)
+        program = load(args.file, dict(args.dim))
+        if args.shard is not None:
+            report = shard_plan(program, args.shard, args.ranks,
+                                outputs=[args.name] if args.name else None)
+        else:
+            report = costs(program, args.name)
     except TnError as e:
         _report(e, args.file)
         return 1
@@ -231,7 +301,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost,
-            "render": _render, "study": _study}
+            "render": _render, "study": _study, "paths": _paths}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

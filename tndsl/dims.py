@@ -34,26 +34,31 @@ def symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, positive=True, integer=True)
 
 
-def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | None = None
-                  ) -> dict[str, int | None]:
-    """Every dim's integer size, or None where it has none; errors are raised together."""
+def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | None = None,
+                  errors: ErrorSink | None = None) -> dict[str, int | None]:
+    """Every dim's integer size, or None where it has none.
+
+    A size given for a derived dim is accepted when it equals what the dim is made of
+    (`Head=16` with `Model=64, Heads=4`), and is an error naming both values otherwise.
+    Errors are raised together; with `errors`, they are added to it instead and the
+    sizes that could be resolved are still returned, so one bad dim does not leave every
+    other dim (and every loop bound) without a size."""
+    sink = errors if errors is not None else ErrorSink()
     overrides = dict(overrides or {})
-    errors = ErrorSink()
-    for name, value in overrides.items():
+    for name, value in list(overrides.items()):
         if name not in dims:
-            errors.add(UnknownNameError(f"size given for unknown dim `{name}`",
-                                        hint=did_you_mean(name, dims)))
-        elif dims[name].size is not None and dims[name].size.free_symbols:
-            errors.add(SizeError(f"dim `{name}` is derived ({dims[name].size}); set the dims "
-                                 "it is made of instead", dims[name].span))
+            sink.add(UnknownNameError(f"size given for unknown dim `{name}`",
+                                      hint=did_you_mean(name, dims)))
+            del overrides[name]
         elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            errors.add(SizeError(f"size given for `{name}` must be a positive integer, "
-                                 f"not {value!r}", dims[name].span))
+            sink.add(SizeError(f"size given for `{name}` must be a positive integer, "
+                               f"not {value!r}", dims[name].span))
+            del overrides[name]
         elif value > MAX_DIM_SIZE:
-            errors.add(SizeError(f"size given for `{name}` is {format_count(value)}, more than "
-                                 f"2^63 - 1, the largest size of a tensor dimension",
-                                 dims[name].span))
-    errors.raise_if_any()
+            sink.add(SizeError(f"size given for `{name}` is {format_count(value)}, more than "
+                               f"2^63 - 1, the largest size of a tensor dimension",
+                               dims[name].span))
+            del overrides[name]
 
     sizes: dict[str, int | None] = {}
     visiting: list[str] = []
@@ -61,9 +66,12 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
         # Checked before anything prints the expression (sympy would fail on it).
         if dim.size is not None and any(max(abs(int(r.p)), int(r.q)) > MAX_DIM_SIZE
                                         for r in dim.size.atoms(sympy.Rational)):
-            errors.add(SizeError(f"dim `{name}` has a number beyond 2^63 - 1 in its size",
-                                 dim.span, hint="no tensor dimension can be that large"))
+            sink.add(SizeError(f"dim `{name}` has a number beyond 2^63 - 1 in its size",
+                               dim.span, hint="no tensor dimension can be that large"))
             sizes[name] = None
+
+    def derived(dim: ir.Dim) -> bool:
+        return dim.size is not None and bool(dim.size.free_symbols)
 
     def size_of(name: str) -> int | None:
         if name in sizes:
@@ -73,7 +81,7 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             cycle = visiting[visiting.index(name):] + [name]
             raise CycleError("dims defined in terms of each other: " + " → ".join(cycle),
                              dim.span)
-        if name in overrides:
+        if name in overrides and not derived(dim):
             sizes[name] = overrides[name]
             return sizes[name]
         if dim.size is None:
@@ -85,8 +93,9 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
         finally:
             visiting.pop()
         if any(v is None for v in values.values()):
-            sizes[name] = None
-            return None
+            # Its parts are unknown: a size given for it is taken as it is.
+            sizes[name] = overrides.get(name)
+            return sizes[name]
         value = dim.size.subs(values)
         written = f" = {dim.size}" if dim.size.free_symbols else ""
         if not (value.is_integer and value.is_positive):
@@ -96,15 +105,20 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             raise SizeError(f"dim `{name}`{written} is {_describe(value)}, more than 2^63 - 1, "
                             "the largest size of a tensor dimension", dim.span)
         sizes[name] = int(value)
+        if name in overrides and overrides[name] != sizes[name]:
+            raise SizeError(f"dim `{name}` = {dim.size} is {sizes[name]}, but "
+                            f"{overrides[name]} was given for it", dim.span,
+                            hint="set the dims it is made of instead, or give the same value")
         return sizes[name]
 
     for name in dims:
         try:
             size_of(name)
         except (SizeError, CycleError) as e:
-            errors.add(e)
+            sink.add(e)
             sizes.setdefault(name, None)
-    errors.raise_if_any()
+    if errors is None:
+        sink.raise_if_any()
     return sizes
 
 
@@ -119,7 +133,6 @@ def numel(tensor: ir.Tensor) -> sympy.Expr:
 def evaluate(expr: sympy.Expr, sizes: Mapping[str, int | None]) -> sympy.Expr:
     """Substitute the known sizes; the result is a number when all are known."""
     return expr.subs({symbol(n): v for n, v in sizes.items() if v is not None})
-
 
 
 def small_sizes(dims: Mapping[str, ir.Dim], sizes: Mapping[str, int | None], *,

@@ -23,10 +23,11 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import boxes, dims as dimmod, inits, ir
+from tndsl import boxes, dims as dimmod, fixed, inits, ir
 from tndsl.errors import (BlockError, ErrorSink, LegError, Note, RedefinitionError,
                           ResourceError, SizeError, Span, TnError, UnknownNameError,
                           did_you_mean)
+from tndsl.scalars import Scalars
 from tndsl.syntax import ast
 from tndsl.passes.finite import bounded_coefficient
 from tndsl.unroll import check_unrolled_size
@@ -42,8 +43,9 @@ class Elaborated:
     errors: list[TnError]
 
 
-def elaborate(module: ast.Module, dim_sizes: Mapping[str, int] | None = None) -> Elaborated:
-    return _Elaborator(module, dim_sizes).run()
+def elaborate(module: ast.Module, dim_sizes: Mapping[str, int] | None = None,
+              consts: Mapping[str, float] | None = None) -> Elaborated:
+    return _Elaborator(module, dim_sizes, consts).run()
 
 
 @dataclass
@@ -65,9 +67,12 @@ class _Unresolved(Exception):
 
 
 class _Elaborator:
-    def __init__(self, module: ast.Module, dim_sizes: Mapping[str, int] | None):
+    def __init__(self, module: ast.Module, dim_sizes: Mapping[str, int] | None,
+                 consts: Mapping[str, float] | None = None):
         self.module = module
         self.dim_overrides = dict(dim_sizes or {})
+        self.const_overrides = dict(consts or {})
+        self.consts: dict[str, sympy.Expr] = {}
         self.errors = ErrorSink()
         self.dims: dict[str, ir.Dim] = {}
         # Every dim written at the top level, so a size may use one declared later.
@@ -93,12 +98,9 @@ class _Elaborator:
                 self._declare_dim(stmt)
             elif isinstance(stmt, ast.BlockDef):
                 self._declare_block(stmt)
-        try:
-            self.sizes = dimmod.resolve_sizes(self.dims, self.dim_overrides)
-        except TnError as e:
-            for err in getattr(e, "errors", [e]):
-                self.errors.add(err)
-            self.sizes = {name: None for name in self.dims}
+        self.sizes = dimmod.resolve_sizes(self.dims, self.dim_overrides, self.errors)
+        self.scalars = Scalars(self.dims, self.sizes, self.consts)
+        self._declare_consts([s for s in top if isinstance(s, ast.ConstDecl)])
         scope = self._new_scope("", None)
         try:
             check_unrolled_size(top, self.blocks, self.sizes.get, MAX_STATEMENTS)
@@ -127,6 +129,28 @@ class _Elaborator:
             except TnError as e:
                 self.errors.add(e)
         self.dims[name] = ir.Dim(name, size, stmt.name.span)
+
+    def _declare_consts(self, stmts) -> None:
+        """Consts in order of writing (one may use an earlier one), then those given."""
+        for stmt in stmts:
+            name = stmt.name.name
+            try:
+                if name in self.dims or name in self.consts:
+                    raise RedefinitionError(f"`{name}` is already a dim or const", stmt.name.span)
+                value = self.scalars.value(stmt.value, {}, f"const `{name}`")
+                if name in self.const_overrides:
+                    given = self.const_overrides[name]
+                    if isinstance(given, bool) or not isinstance(given, (int, float)):
+                        raise SizeError(f"value given for const `{name}` must be a number, "
+                                        f"not {given!r}", stmt.name.span)
+                    value = sympy.nsimplify(given, rational=True)
+                self.consts[name] = value
+            except TnError as e:
+                self.errors.add(e)
+        for name in self.const_overrides:
+            if name not in self.consts and not any(s.name.name == name for s in stmts):
+                self.errors.add(UnknownNameError(f"value given for unknown const `{name}`",
+                                                 hint=did_you_mean(name, self.consts)))
 
     def _dim_size(self, e: ast.Expr) -> sympy.Expr:
         if isinstance(e, ast.Number):
@@ -193,6 +217,11 @@ class _Elaborator:
         elif isinstance(stmt, ast.BlockDef):
             if not at_top:
                 raise BlockError("blocks are defined at the top level of a file", stmt.span)
+        elif isinstance(stmt, ast.ConstDecl):
+            if not at_top:
+                raise BlockError("consts are declared at the top level of a file", stmt.span)
+        elif isinstance(stmt, ast.FixedDecl):
+            self._fixed_decl(stmt, scope, env, depth)
         elif isinstance(stmt, ast.TensorDecl):
             self._tensor_decl(stmt, scope, env, depth)
         elif isinstance(stmt, ast.Equation):
@@ -231,6 +260,17 @@ class _Elaborator:
         full = self._define(scope, local, stmt.kind, stmt.path.span, depth)
         self.tensors[full] = ir.Tensor(full, stmt.kind, legs,
                                        onehot[0].name.name if onehot else None, init, stmt.span)
+
+    def _fixed_decl(self, stmt: ast.FixedDecl, scope: _Scope, env, depth) -> None:
+        local = self._path(stmt.path, env)
+        full = self._define(scope, local, "fixed", stmt.path.span, depth)
+        legs = self._leg_decls(stmt.legs)
+        function = stmt.function.name
+        what = f"an argument of `{function}`"
+        args = tuple(self.scalars.real(a, env, what) for a in stmt.args)
+        fixed.validate(function, legs, args, self.sizes, stmt.span, stmt.function.span)
+        self.tensors[full] = ir.Tensor(full, "fixed", legs, span=stmt.span,
+                                       fixed=ir.Fixed(function, args))
 
     def _leg_decls(self, decls) -> tuple[ir.Leg, ...]:
         seen: dict[str, Span] = {}
@@ -477,8 +517,7 @@ class _Elaborator:
             return _negate(value) if negations % 2 else value
         if isinstance(e, ast.Where):
             argument = self._expr(e.argument, scope, env)
-            conditions = tuple(ir.Condition(c.left.name, c.op, c.right.name)
-                               for c in e.conditions)
+            conditions = tuple(self.scalars.condition(c, env) for c in e.conditions)
             return _factor(ir.Mask(conditions, argument, e.span), e.span)
         if isinstance(e, ast.LegBox):
             name = self._function_name(e.function)
@@ -487,7 +526,8 @@ class _Elaborator:
             legs = self._lhs_indices(e.legs)
             if not legs:
                 raise LegError(f"`{name}` needs at least one leg", e.span)
-            return _factor(ir.Box(kind.name, legs, argument, e.span), e.span)
+            eps = _box_eps(kind.name, e, self.scalars, env)
+            return _factor(ir.Box(kind.name, legs, argument, e.span, eps), e.span)
         if isinstance(e, ast.Call):
             return self._call(e, scope, env)
         raise TypeError(e)  # pragma: no cover
@@ -503,6 +543,8 @@ class _Elaborator:
             return sympy.Integer(env[name])
         if e.path.is_simple and name in self.dims:
             return dimmod.symbol(name)
+        if e.path.is_simple and name in self.consts:
+            return self.consts[name]
         if name in scope.current or name in self.taken:
             raise LegError(f"tensor `{name}` is used without legs", e.span,
                            hint=f"write `{name}[...]` with one index per leg")
@@ -615,6 +657,21 @@ class _Elaborator:
 
 
 # ---- expression algebra helpers ---------------------------------------------------------
+
+def _box_eps(function: str, e: ast.LegBox, scalars: Scalars, env) -> float | None:
+    """`rmsnorm[m](x, 1e-6)`: a norm's second argument is its eps."""
+    if not e.options:
+        return None
+    if function not in ("layernorm", "rmsnorm") or len(e.options) > 1:
+        raise TnError(f"`{function}` takes one argument" if function not in
+                      ("layernorm", "rmsnorm") else f"`{function}` takes an argument and an eps",
+                      e.options[0].span)
+    eps = scalars.real(e.options[0], env, f"the eps of `{function}`")
+    if eps <= 0:
+        raise SizeError(f"the eps of `{function}` must be positive, not {eps:g}",
+                        e.options[0].span)
+    return eps
+
 
 def _scalar(value: sympy.Expr, span: Span) -> ir.Sum:
     return ir.Sum((ir.Term(sympy.sympify(value), (), span),), span)

@@ -44,15 +44,26 @@ class Init:
 
 
 @dataclass(frozen=True)
+class Fixed:
+    """What a fixed tensor holds: a built-in function of its legs' positions
+    (`tndsl.fixed`), with its real-valued arguments (a rotary base, a rotated count)."""
+
+    function: str
+    args: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class Tensor:
-    """A param (learnt) or an input (given at run time)."""
+    """A param (learnt), an input (given at run time) or a fixed tensor (built-in values,
+    such as a rotary map: to the checker, verifier and figures an ordinary tensor)."""
 
     name: str
-    kind: str  # "param" | "input"
+    kind: str  # "param" | "input" | "fixed"
     legs: tuple[Leg, ...]
     onehot: str | None = None  # an input leg given as integer ids
     init: Init | None = None
     span: Span | None = _span()
+    fixed: Fixed | None = None  # for kind "fixed"
 
 
 # The built-in all-ones tensor, `ones[p]`: broadcasting made explicit (a bias added at
@@ -77,13 +88,27 @@ class Box:
     legs: tuple[str, ...]  # for softmax / layernorm / rmsnorm; empty when element-wise
     argument: "Sum"
     span: Span | None = _span()
+    eps: float | None = None  # layernorm / rmsnorm: None is the default, 1e-5
 
 
 @dataclass(frozen=True)
 class Condition:
+    """`position(left) op position(right) + offset`; the offset is an expression in dims
+    (`p - s < Window` is `p < s + Window`)."""
+
     left: str
     op: str
     right: str
+    offset: sympy.Expr = sympy.Integer(0)
+
+    def text(self, left: str | None = None, right: str | None = None) -> str:
+        """`s <= p`, `p < s + Window`, with the legs renamed if given."""
+        right_side = right or self.right
+        if self.offset != 0:
+            offset = str(self.offset)
+            right_side += f" - {str(-self.offset)}" if offset.startswith("-") \
+                else f" + {offset}"
+        return f"{left or self.left} {self.op} {right_side}"
 
 
 @dataclass(frozen=True)
@@ -219,7 +244,7 @@ def map_refs(node, fn):
     if isinstance(node, Term):
         return Term(node.coefficient, tuple(map_refs(f, fn) for f in node.factors), node.span)
     if isinstance(node, Box):
-        return Box(node.function, node.legs, map_refs(node.argument, fn), node.span)
+        return Box(node.function, node.legs, map_refs(node.argument, fn), node.span, node.eps)
     if isinstance(node, Mask):
         return Mask(node.conditions, map_refs(node.argument, fn), node.span)
     raise TypeError(f"not an expression node: {node!r}")

@@ -50,6 +50,9 @@ def tensor_decl(tensor: ir.Tensor) -> str:
     if tensor.init is not None:
         args = ", ".join(repr(a) for a in tensor.init.args)
         text += f" init {tensor.init.name}" + (f"({args})" if args else "")
+    if tensor.fixed is not None:
+        args = ", ".join(f"{a:g}" for a in tensor.fixed.args)
+        text += f" = {tensor.fixed.function}" + (f"({args})" if args else "")
     return text
 
 
@@ -123,8 +126,9 @@ def _factor(factor: ir.Factor) -> str:
         if len(inner) == 1 and inner[0].coefficient == 1 and len(inner[0].factors) == 1 \
                 and isinstance(inner[0].factors[0], ir.Mask):
             return f"{factor.function}{legs}{_factor(inner[0].factors[0])}"
-        return f"{factor.function}{legs}({expression(factor.argument)})"
+        eps = f", {factor.eps!r}" if factor.eps is not None else ""
+        return f"{factor.function}{legs}({expression(factor.argument)}{eps})"
     if isinstance(factor, ir.Mask):
-        conds = " and ".join(f"{c.left} {c.op} {c.right}" for c in factor.conditions)
+        conds = " and ".join(c.text() for c in factor.conditions)
         return f"({expression(factor.argument)} where {conds})"
     return f"({expression(factor)})"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,28 +16,32 @@ from tndsl.passes.finite import coefficient_errors
 from tndsl.syntax import parse_module
 
 
-def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None
-          ) -> "Program":
-    """Parse, elaborate and check `.tn` text; raise `TnError` listing every mistake found."""
+def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None,
+          consts: Mapping[str, float] | None = None) -> "Program":
+    """Parse, elaborate and check `.tn` text; raise `TnError` listing every mistake found.
+    `dims` gives or overrides dim sizes by name, `consts` the values of consts."""
     module = parse_module(text, name)
-    elaborated = elaborate(module, dims)
+    elaborated = elaborate(module, dims, consts)
     checked = check(elaborated.network)
     errors = ErrorSink()
     for error in elaborated.errors + checked.errors + coefficient_errors(
             checked.network, elaborated.sizes):
         errors.add(error)
     errors.raise_if_any()
-    return Program(checked.network, elaborated.sizes, tuple(checked.warnings))
+    return Program(checked.network, elaborated.sizes, tuple(checked.warnings),
+                   dict(consts or {}))
 
 
-def load(path: str | Path, dims: Mapping[str, int] | None = None) -> "Program":
-    """Read and check a `.tn` file. `dims` gives or overrides dim sizes by name."""
+def load(path: str | Path, dims: Mapping[str, int] | None = None,
+         consts: Mapping[str, float] | None = None) -> "Program":
+    """Read and check a `.tn` file. `dims` gives or overrides dim sizes by name, `consts`
+    the values of consts (`const Eps = 1e-5`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise TnError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else e}")
-    return parse(text, str(path), dims)
+    return parse(text, str(path), dims, consts)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Program:
     network: ir.Network
     sizes: Mapping[str, int | None]
     warnings: tuple[TnWarning, ...] = ()
+    consts: Mapping[str, float] = field(default_factory=dict)  # the values given at load
 
     # ---- lookups ---------------------------------------------------------------------
     @property

@@ -28,13 +28,15 @@ def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    sizes = _gpt2_sizes(config, folder / "config.json")
     raw = _read_tensors(folder)
     raw = {k.removeprefix("transformer."): v for k, v in raw.items()}
-    layers, heads = config["n_layer"], config["n_head"]
-    model, vocab = config["n_embd"], config["vocab_size"]
+    _match_checkpoint(sizes, raw, folder / "config.json")
+    layers, heads = sizes["n_layer"], sizes["n_head"]
+    model, vocab = sizes["n_embd"], sizes["vocab_size"]
     head = model // heads
 
-    expected = {"wte.weight": (vocab, model), "wpe.weight": (config["n_positions"], model),
+    expected = {"wte.weight": (vocab, model), "wpe.weight": (sizes["n_positions"], model),
                 "ln_f.weight": (model,), "ln_f.bias": (model,)}
     for l in range(layers):
         h = f"h.{l}."
@@ -75,18 +77,90 @@ def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
+GPT2_SIZES = ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
+
+
+def _gpt2_sizes(config, path: Path) -> dict[str, int]:
+    """The sizes GPT-2's config.json gives, each a positive integer, checked before
+    anything is built from them (a wrong one would otherwise surface as a
+    ZeroDivisionError, a failed reshape, or a loop over 10¹² layers)."""
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: expected a JSON object of settings, got "
+                           f"{type(config).__name__} {_shown(config)}")
+    sizes = {}
+    for field in GPT2_SIZES:
+        if field not in config:
+            raise WeightsError(f"{path}: `{field}` is missing",
+                               hint="GPT-2 configs give " + ", ".join(GPT2_SIZES))
+        value = config[field]
+        if type(value) is not int or value < 1:  # bool is an int subclass: refused too
+            raise WeightsError(f"{path}: `{field}` = {_shown(value)} is not a positive "
+                               "integer")
+        sizes[field] = value
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise WeightsError(f"{path}: `n_embd` = {sizes['n_embd']} is not divisible by "
+                           f"`n_head` = {sizes['n_head']}",
+                           hint="each head has n_embd / n_head dimensions")
+    return sizes
+
+
+def _match_checkpoint(sizes: dict[str, int], raw: Mapping[str, torch.Tensor],
+                      path: Path) -> None:
+    """Compare config.json's sizes with the checkpoint's own, naming the field that
+    disagrees (before any per-layer work, so a huge `n_layer` is refused at once)."""
+    found: set[int] = set()
+    for key in raw:
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "h" and parts[1].isdigit():
+            found.add(int(parts[1]))
+    if sizes["n_layer"] != len(found):
+        raise WeightsError(f"{path}: `n_layer` = {sizes['n_layer']}, but the checkpoint "
+                           f"holds {len(found)} layers")
+    for key, fields in (("wte.weight", ("vocab_size", "n_embd")),
+                        ("wpe.weight", ("n_positions", "n_embd"))):
+        if key not in raw:
+            continue  # reported with every other missing tensor by _compare
+        shape = tuple(raw[key].shape)
+        for axis, field in enumerate(fields):
+            if len(shape) == 2 and shape[axis] != sizes[field]:
+                raise WeightsError(f"{path}: `{field}` = {sizes[field]}, but the "
+                                   f"checkpoint's {key} has shape {shape}")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_hf(folder: str | Path, **options):
+    """`(program, state_dict)` for any supported Hugging Face checkpoint folder (gpt2,
+    gpt_neox, llama, mistral, qwen2, gemma): see `tndsl.families`."""
+    from tndsl.families.loading import load_hf as load_family
+    return load_family(folder, **options)
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").exists():
         try:
-            return torch.load(folder / "pytorch_model.bin", map_location="cpu",
-                              weights_only=True)
+            raw = load_file(str(folder / "model.safetensors"))
+        except Exception as e:  # a damaged header, a truncated file, a foreign format
+            raise WeightsError(f"cannot read {folder / 'model.safetensors'}: {e}") from None
+    elif (folder / "pytorch_model.bin").exists():
+        try:
+            raw = torch.load(folder / "pytorch_model.bin", map_location="cpu",
+                             weights_only=True)
         except Exception as e:  # an unpickling refusal is an error in the file, not ours
             raise WeightsError(f"cannot load {folder / 'pytorch_model.bin'} safely: {e}") \
                 from None
-    raise WeightsError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+        if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
+            raise WeightsError(f"{folder / 'pytorch_model.bin'} is not a state dict (a "
+                               f"mapping of names to tensors); it holds a "
+                               f"{type(raw).__name__}")
+    else:
+        raise WeightsError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+    return raw
 
 
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

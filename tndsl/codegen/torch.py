@@ -25,7 +25,9 @@ import sympy
 from torch import nn
 
 from tndsl import __version__, dims as dimmod, inits, ir, printer
+from tndsl.codegen import fixed as fixed_forms
 from tndsl.codegen.names import Namespace, class_name as make_class_name
+from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_budget, check_entries, plan_term
 from tndsl.text import python_comment, python_docstring, python_string
@@ -59,8 +61,8 @@ def _param(module, path, shape, init, args):
     tensor = torch.empty(shape)
     with torch.no_grad():
         if init == "normal":
-            mean, std = (0.0, *args) if len(args) < 2 else args
-            tensor.normal_(mean, std if args else 0.02)
+            mean, std = args if len(args) == 2 else (0.0, args[0] if args else 0.02)
+            tensor.normal_(mean, std)
         elif init == "uniform":
             tensor.uniform_(*args)
         elif init == "constant":
@@ -119,6 +121,7 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    **fixed_forms.HELPERS,
 }
 HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
 
@@ -157,6 +160,7 @@ class _Value:
     var: str
     batched: bool            # may carry leading batch dims (depends on an input)
     onehot: int | None = None  # for a one-hot input: the position of its one-hot leg
+    fixed: ir.Tensor | None = None  # a fixed tensor: applied by codegen.fixed, never built
 
 
 @dataclass
@@ -228,6 +232,9 @@ class _Generator:
                 var = self.ns(f"value:{param.name}", param.name)
                 self.values[param.name] = _Value(var, False)
                 self.out.emit(f"{var} = self.get_parameter({param.name!r})")
+        for tensor in self.network.tensors:
+            if tensor.kind == "fixed" and tensor.name in used:
+                self.values[tensor.name] = _Value("", False, fixed=tensor)
         for eq in order:
             self._equation(eq)
         returns = [self.values[o].var for o in self.outputs]
@@ -323,6 +330,7 @@ class _Generator:
         coefficient = term.coefficient
         operands: list[_Operand] = []
         onehots: list[tuple[ir.Ref, _Value]] = []
+        fixeds: list[tuple[ir.Ref, ir.Tensor]] = []
         ones: set[str] = set()
         for k, factor in enumerate(term.factors):
             if isinstance(factor, ir.Ref):
@@ -330,6 +338,9 @@ class _Generator:
                     ones.update(factor.indices)
                     continue
                 value = self.values[factor.name]
+                if value.fixed is not None:
+                    fixeds.append((factor, value.fixed))
+                    continue
                 if value.onehot is not None:
                     onehots.append((factor, value))
                     continue
@@ -343,6 +354,8 @@ class _Generator:
                 operands.append(self._operand(code, legs, batched))
         for ref, value in onehots:
             operands = self._onehot(ref, value, operands, layout, hint)
+        for ref, tensor in fixeds:
+            operands = fixed_forms.lower(self, ref, tensor, operands, layout, hint)
         counts = Counter(i for op in operands for i in op.indices)
         # Multiplying by ones changes nothing where another operand has the leg; a leg
         # only ones has is free (the checker refuses any other) and is broadcast.
@@ -379,12 +392,14 @@ class _Generator:
                 and partners[0].indices.count(leg) == 1 and not partners[0].batched):
             partner = partners[0]
             position = partner.indices.index(leg)
-            table = partner.var if position == 0 else f"{partner.var}.movedim({position}, 0)"
+            table = as_primary(partner.var) + ("" if position == 0 else f".movedim({position}, 0)")
             gathered = self._temp(hint, f"{table}[{value.var}]")
             indices = rest + [i for i in partner.indices if i != leg]
             return [op for op in operands if op is not partner] + \
                 [_Operand(gathered, indices, True, partner.size)]
-        dtype = next((f"{op.var}.dtype" for op in operands), "torch.get_default_dtype()")
+        # Else any float value in scope: a float64 model must not compute in float32.
+        dtype = next((f"{as_primary(v.var)}.dtype" for v in [*operands, *self.values.values()]
+                      if getattr(v, "onehot", None) is None), "torch.get_default_dtype()")
         size = self._size_code(self._dim_of(leg))
         onehot = self._temp(hint, f"F.one_hot({value.var}, {size}).to({dtype})")
         return operands + [_Operand(onehot, rest + [leg], True, self._plan_size(leg))]
@@ -397,8 +412,8 @@ class _Generator:
             smallest = min(range(len(operands)), key=lambda k: operands[k].size)
             op = operands[smallest]
             operands = list(operands)
-            operands[smallest] = _Operand(f"({self._scalar_code(coefficient)} * {op.var})",
-                                          op.indices, op.batched, op.size)
+            scaled = f"({as_left_factor(self._scalar_code(coefficient))} * {as_right_factor(op.var)})"
+            operands[smallest] = _Operand(scaled, op.indices, op.batched, op.size)
         specs = ["".join(letters[i] for i in op.indices) for op in operands]
         output = "".join(letters[i] for i in target)
         check_budget(output, {letters[i]: self._plan_size(i) for i in letters},
@@ -513,10 +528,12 @@ class _Generator:
             return f"_softmax({code}, {k})", layout, batched
         if factor.function == "layernorm":
             shape = "".join(f"{self._size_code(self._dim_of(i))}, " for i in factor.legs)
-            return f"F.layer_norm({code}, ({shape.rstrip(' ')}), eps={EPS!r})", layout, batched
+            eps = EPS if factor.eps is None else factor.eps
+            return f"F.layer_norm({code}, ({shape.rstrip(' ')}), eps={eps!r})", layout, batched
         if factor.function == "rmsnorm":
             self.helpers.add("_rmsnorm")
-            return f"_rmsnorm({code}, {k}, {EPS!r})", layout, batched
+            eps = EPS if factor.eps is None else factor.eps
+            return f"_rmsnorm({code}, {k}, {eps!r})", layout, batched
         raise TnError(f"the compiler has no implementation of box `{factor.function}`",
                       factor.span)
 
@@ -526,6 +543,9 @@ class _Generator:
         for cond in conditions:
             left = f"_positions({var}, {layout.index(cond.left) - len(layout)})"
             right = f"_positions({var}, {layout.index(cond.right) - len(layout)})"
+            if cond.offset != 0:
+                offset = dimmod.evaluate(cond.offset, self.sizes)
+                right = f"({right} + {int(offset) if offset.is_Integer else self._scalar_code(offset)})"
             parts.append(f"({left} {cond.op} {right})")
         return " & ".join(parts)
 

@@ -31,6 +31,7 @@ class TermCost:
     largest: sympy.Expr
     naive: sympy.Expr             # left to right
     instance: str
+    planner: str = ""             # the path search that chose `order` (plan.TermPlan)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class CostReport:
             lines.append(f"  flops    {_show(t.flops)} = {printer.format_count(self.value(t.flops))}"
                          f"   (left to right: {_show(t.naive)} = {printer.format_count(self.value(t.naive))})")
             lines.append(f"  largest  {_show(t.largest)} = {printer.format_count(self.value(t.largest))} entries")
+            lines.append(f"  planner  {t.planner}")
         instances = self.by_instance()
         if len(instances) > 1:
             lines.append("")
@@ -88,7 +90,8 @@ class CostReport:
                     "flops": str(t.flops), "flops_value": _jsonable(self.value(t.flops)),
                     "largest": str(t.largest),
                     "largest_value": _jsonable(self.value(t.largest)),
-                    "naive_flops": str(t.naive), "naive_value": _jsonable(self.value(t.naive))}
+                    "naive_flops": str(t.naive), "naive_value": _jsonable(self.value(t.naive)),
+                    "planner": t.planner}
         total = self.total
         return json.dumps({
             "sizes": {k: v for k, v in self.sizes.items()},
@@ -201,7 +204,7 @@ class _Coster:
                          f"{a[0]} * {b[0]}")
             current.append((f"t{n}", result))
         return TermCost(eq.name, where, tuple(order), sympy.expand(flops), largest,
-                        self._naive(operands, target), eq.instance)
+                        self._naive(operands, target), eq.instance, plan.planner)
 
     def _naive(self, operands, target) -> sympy.Expr:
         total = sympy.Integer(0)

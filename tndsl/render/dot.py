@@ -25,6 +25,10 @@ from tndsl.text import dot_text, tex_math_name
 
 PARAM_STYLE = 'shape=box, style="rounded,filled", fillcolor="#dce8f5", color="#1f4e79", ' \
               'penwidth=1.4, margin="0.06,0.03", height=0.42, width=0.5'
+# A fixed tensor (rotary map, head grouping): a box like a param, unshaded, as its values
+# are not learnt.
+FIXED_STYLE = 'shape=box, style="rounded,filled", fillcolor="#f3f3f3", color="#555555", ' \
+    'penwidth=1.4, height=0.42'
 ACTIVATION_STYLE = 'shape=circle, color="#222222", penwidth=1.4, width=0.46, margin=0.02'
 INSTANCE_STYLE = 'shape=box, style=rounded, color="#222222", penwidth=1.4, height=0.42'
 COPY_STYLE = 'shape=point, width=0.09, color="#111111"'
@@ -168,9 +172,10 @@ def _box_label(factor, subst) -> tuple[str, str, ir.Sum]:
     inside a softmax shares its box: softmax_s(mask(·))."""
     if isinstance(factor, ir.Mask):
         conds = " and ".join(f"{subst[c.left]} {_OPS_HTML[c.op]} {subst[c.right]}"
-                             for c in factor.conditions)
+                             + _offset(c) for c in factor.conditions)
         tex = r" \wedge ".join(f"{_tex_index(subst[c.left])} {_OPS_TEX[c.op]} "
-                               f"{_tex_index(subst[c.right])}" for c in factor.conditions)
+                               f"{_tex_index(subst[c.right])}" + _offset(c)
+                               for c in factor.conditions)
         return f"mask({dot_text(conds)})", rf"$\mathrm{{mask}}({tex})$", factor.argument
     name = "σ" if factor.function == "sigmoid" else factor.function
     tex_name = (r"\sigma" if factor.function == "sigmoid"
@@ -189,6 +194,14 @@ def _box_label(factor, subst) -> tuple[str, str, ir.Sum]:
         tex += r"(\mathrm{mask}(\cdot))"
         argument = inner.argument
     return label, f"${tex}$", argument
+
+
+def _offset(condition: ir.Condition) -> str:
+    """` + Window` after the right-hand leg of an affine mask condition."""
+    if condition.offset == 0:
+        return ""
+    text = str(condition.offset)
+    return f" - {-condition.offset}" if text.startswith("-") else f" + {text}"
 
 
 _OPS_HTML = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "!=": "≠"}
@@ -342,7 +355,7 @@ class _Writer:
         self.lines.append('    graph [style=invis, class="term"];')
         occurrences: dict[str, list[str]] = {}
         nodes: list[str] = []
-        if coefficient != 1:
+        if coefficient != 1 or not term.factors:  # a term that is just `1` draws the 1
             nodes.append(self.coefficient(coefficient, "    "))
         self.factors(term.factors, occurrences, nodes, "    ")
         self.chain(nodes, "    ")
@@ -385,7 +398,8 @@ class _Writer:
                 node = self.node(f'{COPY_STYLE}, class="ones"', indent)
             else:
                 style = {"param": PARAM_STYLE, "input": ACTIVATION_STYLE,
-                         "activation": ACTIVATION_STYLE, "instance": INSTANCE_STYLE}[factor.kind]
+                         "activation": ACTIVATION_STYLE, "instance": INSTANCE_STYLE,
+                         "fixed": FIXED_STYLE}[factor.kind]
                 node = self.node(f'{style}, label=<{label_html(factor.label)}>, '
                                  f'texlbl="{label_tex(factor.label)}", '
                                  f'class="tensor {factor.kind}", '

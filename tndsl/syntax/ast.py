@@ -73,6 +73,7 @@ class LegBox:
     legs: tuple[Ident, ...]
     argument: "Expr"
     span: Span
+    options: tuple["Expr", ...] = ()  # scalar arguments after the first: an eps
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,11 @@ class Negate:
 
 @dataclass(frozen=True)
 class Comparison:
-    left: Ident
+    """Two affine expressions of index positions, numbers and dims: `p - s < Window`."""
+
+    left: "Expr"
     op: str
-    right: Ident
+    right: "Expr"
     span: Span
 
 
@@ -134,6 +137,26 @@ class LegDecl:
 class DimDecl:
     name: Ident
     size: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class ConstDecl:
+    """`const Eps = 1e-5`: a real number, used where a box or a fixed tensor takes one."""
+
+    name: Ident
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class FixedDecl:
+    """`fixed R[p: Context, e: Head, f: Head] = rotary(Theta)`: a built-in tensor."""
+
+    path: Path
+    legs: tuple[LegDecl, ...]
+    function: Ident
+    args: tuple[Expr, ...]
     span: Span
 
 
@@ -201,7 +224,7 @@ class Check:
     span: Span
 
 
-Statement = Union[DimDecl, TensorDecl, Equation, BlockDef, ForLoop, Check, Return]
+Statement = Union[DimDecl, ConstDecl, FixedDecl, TensorDecl, Equation, BlockDef, ForLoop, Check, Return]
 
 
 @dataclass(frozen=True)

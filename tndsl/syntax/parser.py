@@ -210,6 +210,15 @@ class _ToAst(Transformer_NonRecursive):
         name, onehot, dim = children
         return ast.LegDecl(self._tok(name), self._tok(dim), onehot is not None, self._span(meta))
 
+    def const_decl(self, meta, children):
+        name, value = children
+        return ast.ConstDecl(self._tok(name), value, self._span(meta))
+
+    def fixed_decl(self, meta, children):
+        path, legs, function, args = children
+        return ast.FixedDecl(path, legs or (), self._tok(function), args or (),
+                             self._span(meta))
+
     def param_decl(self, meta, children):
         path, legs, init = children
         return ast.TensorDecl("param", path, legs or (), init, self._span(meta))
@@ -281,8 +290,8 @@ class _ToAst(Transformer_NonRecursive):
         return ast.TensorRef(path, indices or (), self._span(meta))
 
     def leg_box(self, meta, children):
-        function, legs, argument = children
-        return ast.LegBox(function, legs or (), argument, self._span(meta))
+        function, legs, args = children
+        return ast.LegBox(function, legs or (), args[0], self._span(meta), tuple(args[1:]))
 
     def call(self, meta, children):
         function, args, rename, instance = children
@@ -317,4 +326,4 @@ class _ToAst(Transformer_NonRecursive):
 
     def comparison(self, meta, children):
         left, op, right = children
-        return ast.Comparison(self._tok(left), str(op), self._tok(right), self._span(meta))
+        return ast.Comparison(left, str(op), right, self._span(meta))

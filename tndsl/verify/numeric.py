@@ -2,8 +2,9 @@
 a prime, for box-free identities) and the search for a counterexample entry.
 
 The modular evaluator is its own code, as plain as the reference evaluator: a term is
-contracted left to right, reducing modulo the prime after every pairwise step, so no
-value exceeds int64. A nonzero polynomial of degree d vanishes at a uniformly random
+contracted pairwise along opt_einsum's path (`budget.contract`), reducing modulo the
+prime after every step, so no value exceeds int64, and every tensor is sized against
+the tier's `Budget` before it is allocated. A nonzero polynomial of degree d vanishes at a uniformly random
 point modulo p with probability at most d / p (Schwartz–Zippel).
 """
 from __future__ import annotations
@@ -15,27 +16,32 @@ import sympy
 import torch
 
 from tndsl import dims as dimmod, ir
+from tndsl.verify.budget import UNLIMITED, Budget, contract
 from tndsl.verify.reference import Reference
 
 PRIME = 1_000_003  # products stay below 2**40, sums of 2**23 of them below 2**63
 
 
-def small_program(program, dims: Mapping[str, int] | None = None):
-    """The same source, re-elaborated at small sizes (or at the sizes given)."""
+def small_program(program, dims: Mapping[str, int] | None = None, *, keep_up_to: int = 12):
+    """The same source, re-elaborated at small sizes (or at the sizes given); dims up to
+    `keep_up_to` keep theirs (see `dims.small_sizes`)."""
     from tndsl.program import parse
     source = program.network.source
     if dims is None:
-        dims = dimmod.small_sizes({d.name: d for d in program.network.dims}, program.sizes)
-    return parse(source.text, source.name, dims)
+        dims = dimmod.small_sizes({d.name: d for d in program.network.dims}, program.sizes,
+                                  keep_up_to=keep_up_to)
+    return parse(source.text, source.name, dims, getattr(program, "consts", None))
 
 
 def random_tensors(program, generator: torch.Generator, dtype=torch.float64, *,
-                   integers: int | None = None) -> dict[str, torch.Tensor]:
+                   integers: int | None = None, budget: Budget = UNLIMITED
+                   ) -> dict[str, torch.Tensor]:
     """A random value for every param and input (token ids for one-hot inputs): standard
     normal, or uniform integers in [-integers, integers] when given."""
     values = {}
     for tensor in program.network.tensors:
         shape = [program.sizes[leg.dim] for leg in tensor.legs if leg.name != tensor.onehot]
+        budget.allow(shape, f"random data for `{tensor.name}`")
         if tensor.onehot is not None:
             vocab = program.sizes[next(l.dim for l in tensor.legs if l.name == tensor.onehot)]
             values[tensor.name] = torch.randint(0, vocab, shape, generator=generator)
@@ -52,13 +58,15 @@ def random_tensors(program, generator: torch.Generator, dtype=torch.float64, *,
 class Modular:
     """Evaluates box-free expressions of a program modulo PRIME."""
 
-    def __init__(self, program, generator: torch.Generator):
+    def __init__(self, program, generator: torch.Generator, budget: Budget = UNLIMITED):
         self.program = program
+        self.budget = budget
         self.sizes = program.sizes
         self.equations = {eq.name: eq for eq in program.network.equations}
         self.values: dict[str, torch.Tensor] = {}
         for tensor in program.network.tensors:
             shape = [self.sizes[leg.dim] for leg in tensor.legs]
+            budget.allow(shape, f"random data for `{tensor.name}`")
             if tensor.onehot is None:
                 self.values[tensor.name] = torch.randint(0, PRIME, shape, generator=generator)
             else:  # a real one-hot tensor: identities may rely on it being one
@@ -86,8 +94,9 @@ class Modular:
         for k, factor in enumerate(term.factors):
             if isinstance(factor, ir.Ref):
                 if factor.name == ir.ONES:
-                    value = torch.ones([self.sizes[dims[i]] for i in factor.indices],
-                                       dtype=torch.long)
+                    shape = [self.sizes[dims[i]] for i in factor.indices]
+                    self.budget.allow(shape, "`ones`")
+                    value = torch.ones(shape, dtype=torch.long)
                 elif factor.name in self.equations:
                     value = self.equation(factor.name)
                 else:
@@ -101,13 +110,8 @@ class Modular:
         coefficient = _modular(dimmod.evaluate(term.coefficient, self.sizes))
         if not operands:
             return torch.tensor(coefficient)
-        value, indices = operands[0]
-        for n, (other, other_indices) in enumerate(operands[1:], start=1):
-            later = {i for _, idx in operands[n + 1:] for i in idx} | set(layout)
-            keep = [i for i in dict.fromkeys(indices + other_indices) if i in later]
-            value = _einsum([indices, other_indices], keep, value, other) % PRIME
-            indices = keep
-        value = _einsum([indices], layout, value) % PRIME
+        value = contract([idx for _, idx in operands], layout, [v for v, _ in operands],
+                         self.budget, reduce=lambda t: t % PRIME)
         return (value * coefficient) % PRIME
 
 
@@ -118,16 +122,9 @@ def _modular(value: sympy.Expr) -> int:
     return numerator * pow(denominator, -1, PRIME) % PRIME
 
 
-def _einsum(inputs: list[list[str]], output: list[str], *operands) -> torch.Tensor:
-    names = sorted({i for idx in inputs for i in idx} | set(output))
-    letters = {n: chr(ord("a") + k) for k, n in enumerate(names)}
-    spec = ",".join("".join(letters[i] for i in idx) for idx in inputs) + "->" + \
-        "".join(letters[i] for i in output)
-    return torch.einsum(spec, *operands)
-
-
-def modular_sides(program, check: ir.Check, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    evaluator = Modular(program, torch.Generator().manual_seed(seed))
+def modular_sides(program, check: ir.Check, seed: int, budget: Budget = UNLIMITED
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    evaluator = Modular(program, torch.Generator().manual_seed(seed), budget)
     legs = [leg.name for leg in check.legs]
     return evaluator.sum(check.lhs, legs, check), evaluator.sum(check.rhs, legs, check)
 
@@ -150,19 +147,21 @@ class Counterexample:
                 f"left = {self.lhs:.10g}, right = {self.rhs:.10g}")
 
 
-def float_sides(program, check: ir.Check, values) -> tuple[torch.Tensor, torch.Tensor]:
-    return Reference(program, values).evaluate_check(check)
+def float_sides(program, check: ir.Check, values, budget: Budget = UNLIMITED
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    return Reference(program, values, budget=budget).evaluate_check(check)
 
 
 def counterexample(program, check: ir.Check, *, boxes: bool, seeds=range(5),
-                   tolerance: float = 1e-9) -> Counterexample | None:
+                   tolerance: float = 1e-9, budget: Budget = UNLIMITED
+                   ) -> Counterexample | None:
     """An entry where the two sides differ, from random data at the program's sizes:
     small integers (exact in float64) without boxes, standard normals with them."""
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
         integers = None if boxes else 3
-        values = random_tensors(program, generator, integers=integers)
-        lhs, rhs = float_sides(program, check, values)
+        values = random_tensors(program, generator, integers=integers, budget=budget)
+        lhs, rhs = float_sides(program, check, values, budget)
         difference = (lhs - rhs).abs()
         scale = max(1.0, float(lhs.abs().max()), float(rhs.abs().max()))
         if float(difference.max()) <= tolerance * scale:

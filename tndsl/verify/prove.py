@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
 from tndsl import ir
 from tndsl.errors import Span, TnError
-from tndsl.verify import numeric, symbolic
+from tndsl.verify import canon, numeric, symbolic
+from tndsl.verify.budget import TIER_SECONDS, Budget, Stopped
 
 TRIALS = 3
 
@@ -56,29 +58,35 @@ class Result:
         return "\n".join(lines)
 
 
-def prove_all(program, dims=None) -> list[Result]:
-    """Results for every check of the program, in order."""
+def prove_all(program, dims=None, budgets: Mapping[str, Budget] | None = None
+              ) -> list[Result]:
+    """Results for every check of the program, in order. `budgets` maps a tier name
+    (see budget.TIER_SECONDS) to its Budget, for those to change."""
     small = _small(program, dims)
-    return [prove(program, check, small) for check in program.checks]
+    return [prove(program, check, small, budgets) for check in program.checks]
 
 
-def prove(program, check: ir.Check, small=None) -> Result:
+def prove(program, check: ir.Check, small=None, budgets=None) -> Result:
     start = time.perf_counter()
-    result = _prove(program, check, small if small is not None else _small(program, None))
+    budgets = {**{tier: Budget(seconds=s) for tier, s in TIER_SECONDS.items()},
+               **(budgets or {})}
+    result = _prove(program, check, small if small is not None else _small(program, None),
+                    budgets)
     return Result(result.label, result.status, result.tier, result.detail, result.residual,
                   result.counterexample, time.perf_counter() - start, check.span)
 
 
-def _small(program, dims):
+def _small(program, dims, keep_up_to: int = 12):
     try:
-        return numeric.small_program(program, dims)
+        return numeric.small_program(program, dims, keep_up_to=keep_up_to)
     except TnError as e:
         return e  # the evaluation tiers report it when they are needed
 
 
-def _prove(program, check: ir.Check, small) -> Result:
+def _prove(program, check: ir.Check, small, budgets) -> Result:
     label = check.label
-    expander = symbolic.Expander(program)
+    symbolic_budget = budgets["symbolic"].start()
+    expander = symbolic.Expander(program, deadline=symbolic_budget.deadline)
     legs = tuple(leg.name for leg in check.legs)
     dims = {leg.name: leg.dim for leg in check.index_dims}
     residual = None
@@ -94,40 +102,75 @@ def _prove(program, check: ir.Check, small) -> Result:
         symbolic_note = f"{len(residual)} monomial{'s' if len(residual) != 1 else ''} " \
                         "do not cancel"
     except symbolic.TooLarge:
-        symbolic_note = f"the expansion exceeds {symbolic.MAX_MONOMIALS:,} monomials"
+        symbolic_note = f"stopped: the expansion exceeds {symbolic.MAX_MONOMIALS:,} monomials"
+    except canon.TimeBudget:
+        symbolic_note = f"stopped: over its time budget of {symbolic_budget.seconds:g} s"
     residual_text = tuple(symbolic.render_monomial(k, c, display=expander.display)
                           for k, c in sorted(residual.items(), key=repr)) if residual else ()
     boxes = _has_boxes(program, check)
     if isinstance(small, TnError):
         return Result(label, "unknown", "", f"symbolic: {symbolic_note}; no small sizes to "
                       f"evaluate at: {small.message}", residual_text)
-    small_check = next(c for c in small.checks if c.label == label)
+    try:
+        return _evaluate(program, check, small, budgets, boxes, residual, symbolic_note,
+                         residual_text)
+    except Stopped as first:
+        # Over the memory budget at the usual small sizes (dims up to 12 keep theirs):
+        # try once more with every dim shrunk, before giving up.
+        smaller = _small(program, None, keep_up_to=2) if "entries" in first.reason else None
+        if smaller is not None and not isinstance(smaller, TnError) \
+                and smaller.sizes != small.sizes:
+            try:
+                return _evaluate(program, check, smaller, budgets, boxes, residual,
+                                 symbolic_note, residual_text)
+            except Stopped as second:
+                first = second
+        tier = "randomized exact" if not boxes else "numeric"
+        return Result(label, "unknown", "", f"symbolic: {symbolic_note}; {first.tier or tier}: "
+                      f"stopped: {first.reason}", residual_text)
 
+
+def _evaluate(program, check, small, budgets, boxes, residual, symbolic_note,
+              residual_text) -> Result:
+    """The randomized exact tier, then the numeric one, at `small` sizes."""
+    label = check.label
+    small_check = next(c for c in small.checks if c.label == label)
     if not boxes:
+        budget = budgets["randomized exact"].start()
         try:
             for seed in range(TRIALS):
-                left, right = numeric.modular_sides(small, small_check, seed)
+                left, right = numeric.modular_sides(small, small_check, seed, budget)
                 if not torch.equal(left, right):
-                    example = numeric.counterexample(small, small_check, boxes=False)
+                    example = numeric.counterexample(small, small_check, boxes=False,
+                                                     budget=budgets["numeric"].start())
                     return Result(label, "refuted", "randomized exact",
                                   f"the sides differ modulo {numeric.PRIME:,} at small sizes; "
                                   f"symbolic: {symbolic_note}", residual_text, example)
         except ValueError as e:  # an irrational coefficient at these sizes
             modular_note = f"cannot run exactly ({e})"
+        except Stopped as e:
+            e.tier = "randomized exact"
+            raise
         else:
             if residual is None:
                 degree = _degree(program, check)
                 bound = (degree / numeric.PRIME) ** TRIALS
                 return Result(label, "proven", "randomized exact",
                               f"equal modulo {numeric.PRIME:,} at {TRIALS} random points at "
-                              f"small sizes; degree ≤ {degree}, error probability ≤ {bound:.0e}")
+                              f"small sizes; degree ≤ {degree}, error probability ≤ {bound:.0e}"
+                              f"; symbolic: {symbolic_note}")
             return Result(label, "unknown", "",
                           f"symbolic: {symbolic_note}; yet the sides agree exactly at the small "
                           f"sizes {_sizes(small)}, which may be special", residual_text)
     else:
         modular_note = "has boxes, so it is not a polynomial identity"
 
-    example = numeric.counterexample(small, small_check, boxes=True)
+    try:
+        example = numeric.counterexample(small, small_check, boxes=True,
+                                         budget=budgets["numeric"].start())
+    except Stopped as e:
+        e.tier = "numeric"
+        raise
     if example is not None:
         return Result(label, "refuted", "numeric",
                       f"float64 evaluation differs; symbolic: {symbolic_note}", residual_text,

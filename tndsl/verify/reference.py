@@ -1,9 +1,10 @@
 """The reference evaluator: deliberately plain, and independent of the compiler.
 
-It shares only the IR with the code it checks. Each product term is one
-`torch.einsum` over all of its operands at once (no planning, no pairwise order), a
-one-hot input is a real one-hot tensor, `ones` is a real tensor of ones, and boxes are
-their textbook formulas. It evaluates one example (no batch dims), in float64 by
+It shares only the IR with the code it checks. Each product term is one einsum over all
+of its operands, contracted along opt_einsum's path (`budget.contract`, not the
+compiler's planner) with every tensor sized against a `Budget` before it is allocated;
+a one-hot input is a real one-hot tensor, `ones` is a real tensor of ones, and boxes
+are their textbook formulas. It evaluates one example (no batch dims), in float64 by
 default, and is differentiable, so its gradients check the compiled model's too.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Mapping
 import torch
 
 from tndsl import dims as dimmod, ir
+from tndsl.verify.budget import UNLIMITED, Budget, contract
+from tndsl.verify import fixed_values
 
 EPS = 1e-5
 
@@ -37,15 +40,18 @@ class Reference:
     one-hot input as integer ids without its one-hot leg). Sizes must all be known."""
 
     def __init__(self, program, tensors: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, budget: Budget = UNLIMITED):
         self.program = program
+        self.budget = budget
         self.sizes = program.sizes
         self.dtype = dtype
         self.declared = {t.name: t for t in program.network.tensors}
         self.equations = {eq.name: eq for eq in program.network.equations}
         self.values: dict[str, torch.Tensor] = {}
         for name, tensor in self.declared.items():
-            if name in tensors:
+            if tensor.kind == "fixed":  # its values are its definition, never given
+                self.values[name] = fixed_values.dense(tensor, self.sizes, dtype)
+            elif name in tensors:
                 self.values[name] = self._declared_value(tensor, tensors[name])
 
     def _declared_value(self, tensor: ir.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -54,6 +60,7 @@ class Reference:
         # Put the one-hot leg back where it was declared.
         position = [leg.name for leg in tensor.legs].index(tensor.onehot)
         size = self.sizes[tensor.legs[position].dim]
+        self.budget.allow([*value.shape, size], f"one-hot `{tensor.name}`")
         onehot = (value.unsqueeze(-1) == torch.arange(size)).to(self.dtype)
         return onehot.movedim(-1, position)
 
@@ -84,8 +91,9 @@ class Reference:
             if isinstance(factor, ir.Ref):
                 indices = list(factor.indices)
                 if factor.name == ir.ONES:
-                    value = torch.ones([self._size(i, owner) for i in indices],
-                                       dtype=self.dtype)
+                    shape = [self._size(i, owner) for i in indices]
+                    self.budget.allow(shape, "`ones`")
+                    value = torch.ones(shape, dtype=self.dtype)
                 else:
                     value = self[factor.name] if factor.name in self.equations \
                         else self.values[factor.name]
@@ -97,12 +105,7 @@ class Reference:
         coefficient = float(dimmod.evaluate(term.coefficient, self.sizes))
         if not operands:
             return torch.tensor(coefficient, dtype=self.dtype)
-        letters = {name: chr(ord("a") + k) if k < 26 else chr(ord("A") + k - 26)
-                   for k, name in enumerate(sorted({i for s in subscripts for i in s}
-                                                   | set(layout)))}
-        spec = ",".join("".join(letters[i] for i in s) for s in subscripts) + "->" + \
-            "".join(letters[i] for i in layout)
-        return coefficient * torch.einsum(spec, *operands)
+        return coefficient * contract(subscripts, layout, operands, self.budget)
 
     def composite(self, factor, legs: list[str], owner) -> torch.Tensor:
         if isinstance(factor, ir.Sum):
@@ -126,23 +129,26 @@ class Reference:
             return torch.where(total > 0, weights / torch.where(total > 0, total, 1),
                                torch.zeros_like(value))
         n = math.prod(value.shape[a] for a in axes)
+        eps = EPS if factor.eps is None else factor.eps
         if factor.function == "layernorm":
             mean = value.sum(dim=axes, keepdim=True) / n
             variance = ((value - mean) ** 2).sum(dim=axes, keepdim=True) / n
-            return (value - mean) / torch.sqrt(variance + EPS)
+            return (value - mean) / torch.sqrt(variance + eps)
         if factor.function == "rmsnorm":
-            return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + EPS)
+            return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + eps)
         raise NotImplementedError(f"reference has no box {factor.function!r}")
 
     def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
         shape = [self._size(i, owner) for i in legs]
+        self.budget.allow([len(shape), *shape], "a mask")
         grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
         position = dict(zip(legs, grids))
         keep = torch.ones(shape, dtype=torch.bool)
         compare = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
                    "==": torch.eq, "!=": torch.ne}
         for cond in mask.conditions:
-            keep &= compare[cond.op](position[cond.left], position[cond.right])
+            offset = int(dimmod.evaluate(cond.offset, self.sizes))
+            keep &= compare[cond.op](position[cond.left], position[cond.right] + offset)
         return keep
 
     def _size(self, index: str, owner) -> int:

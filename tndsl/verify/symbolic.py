@@ -8,16 +8,18 @@ index is a dummy joining the slots it occurs in — two slots (a wire), or three
 
 The canonical form of a monomial is invariant under renaming dummies and reordering
 factors, and respects free-leg names and slot order (a transposed tensor is another
-monomial). It is computed by colour refinement (Weisfeiler–Lehman) of the factors,
-then, within classes of factors refinement cannot tell apart, by trying every order
-and keeping the smallest serialisation — exact, because refinement colours are
-invariant, so only orders within classes are candidates. (sympy's `canon_bp` solves the
-same problem for tensors with a metric; here indices have no up/down position and
+monomial). It is the serialisation under a complete canonical labelling of the
+monomial's graph (a vertex per factor, coloured by its name, and per index, edges
+labelled by slot), found by individualisation–refinement with automorphism pruning
+(`canon.py`): exact, with no cap on tie-breaks, so rings of identical tensors, regular
+tournaments and copy-dot stars canonicalise in milliseconds. (sympy's `canon_bp` solves
+the same problem for tensors with a metric; here indices have no up/down position and
 copy dots are hyperedges, which this formulation handles directly.)
 
-A box or mask is opaque: a factor named by its function, its legs' slots and the
-canonical form of its argument, so `softmax[s](A)` on both sides cancels, and nothing
-is assumed about what the function does.
+A box or mask is opaque: a factor named `box:N`, where N is hash-consed from the
+canonical form of its argument up to renaming its slots (one graph for the whole
+argument polynomial, computed once per box), so `softmax[s](A)` on both sides cancels,
+nested boxes cost once each, and nothing is assumed about what the function does.
 """
 from __future__ import annotations
 
@@ -28,10 +30,9 @@ from typing import Mapping
 import sympy
 
 from tndsl import dims as dimmod, ir
+from tndsl.verify import canon
 
 MAX_MONOMIALS = 20_000      # beyond this, the symbolic tier gives up (unknown)
-MAX_ORDERINGS = 5_040       # tie-break orders tried per monomial (7!)
-MAX_BOX_SLOTS = 5           # a box's slot orders tried: 5! = 120
 
 
 class TooLarge(Exception):
@@ -48,21 +49,23 @@ class Expander:
     """Expands expressions of a checked program. Fresh dummies are `~0`, `~1`, ...
     (a `~` cannot appear in a `.tn` index name)."""
 
-    def __init__(self, program):
+    def __init__(self, program, deadline: float | None = None):
         self.program = program
+        self.deadline = deadline  # perf_counter seconds; past it, canon.TimeBudget
         self.equations = {eq.name: eq for eq in program.network.equations}
         self.tensors = {t.name: t for t in program.network.tensors}
         self.counter = itertools.count()
         self.has_boxes = False
         self.opaque: dict[tuple, tuple[str, tuple[int, ...]]] = {}
-        self.display: dict[str, str] = {}  # opaque name -> how to show it, slots #0, #1
-        self.box_depth = 0
+        self.box_names: dict[tuple, str] = {}   # a box's identity -> its name, box:N
+        self.display = BoxTexts()
 
     def side(self, expr: ir.Sum, legs: tuple[str, ...], index_dims: Mapping[str, str]
              ) -> Polynomial:
         """One side of a check with free legs `legs`."""
         free = set(legs)
-        return _collect(self.expand(expr, {i: i for i in legs}, index_dims, free), free)
+        return _collect(self.expand(expr, {i: i for i in legs}, index_dims, free), free,
+                        self.deadline)
 
     # ---- expansion ---------------------------------------------------------------------
     def expand(self, expr: ir.Sum, subst: dict[str, str], dims: Mapping[str, str],
@@ -84,6 +87,8 @@ class Expander:
         products: list[tuple[sympy.Expr, tuple]] = [(term.coefficient, ())]
         for k, factor in enumerate(term.factors):
             options = self._factor(factor, ir.outside_of(term, k, keep), subst, dims)
+            if len(products) * len(options) > MAX_MONOMIALS:
+                raise TooLarge  # before building them: the product may not fit in memory
             products = [(c1 * c2, f1 + f2) for c1, f1 in products for c2, f2 in options]
             if len(products) > MAX_MONOMIALS:
                 raise TooLarge
@@ -113,62 +118,216 @@ class Expander:
         return [(one, (self._opaque(factor, legs, subst, dims),))]
 
     def _opaque(self, factor, legs: list[str], subst, dims) -> tuple:
-        """A box or mask over `legs` as one factor, its slots in the order that makes its
-        name smallest, so that the same box written with other index names matches."""
-        key = (id(factor), tuple(legs))
-        if key not in self.opaque:  # the same box recurs in many monomials
-            self.opaque[key] = self._opaque_name(factor, legs, dims)
-        name, order = self.opaque[key]
+        """A box or mask over `legs` as one factor, named by the canonical form of its
+        argument and its slots in canonical order, so that the same box written with
+        other index names matches."""
+        name, order = self._box(factor, legs, dims)
         return (name, tuple(subst[legs[j]] for j in order))
 
     def _named_opaque(self, eq: ir.Equation, box, indices: tuple, dims) -> tuple:
         """The box an equation consists of, remembering to display it by the equation's
-        name (its canonical name, which decides equality, is its full argument)."""
+        name (its identity, which decides equality, is its argument's canonical form)."""
         self.has_boxes = True
         legs = list(eq.indices)
-        key = (id(box), tuple(legs))
-        if key not in self.opaque:
-            self.opaque[key] = self._opaque_name(box, legs, dims)
-        name, order = self.opaque[key]
+        name, order = self._box(box, legs, dims)
         slot = {legs[j]: n for n, j in enumerate(order)}
-        self.display[name] = f"{eq.name}[{', '.join(f'#{slot[i]}' for i in eq.indices)}]"
+        self.display.named[name] = f"{eq.name}[{', '.join(f'#{slot[i]}' for i in eq.indices)}]"
         subst = dict(zip(eq.indices, indices))
         return (name, tuple(subst[legs[j]] for j in order))
 
-    def _opaque_name(self, factor, legs: list[str], dims) -> tuple[str, tuple[int, ...]]:
-        best = None
-        # Every order of up to MAX_BOX_SLOTS slots; beyond, only the written one (sound,
-        # but the same box written with other index names may not match).
-        orders = (itertools.permutations(range(len(legs))) if len(legs) <= MAX_BOX_SLOTS
-                  else [tuple(range(len(legs)))])
-        # Dummies inside a box are named by its nesting depth (j1, then jj1 inside a box
-        # inside it): the name stays canonical and reads back as `.tn` with each box's
-        # contractions kept inside it.
-        self.box_depth += 1
-        try:
-            for order in orders:
-                slots = {legs[j]: f"#{n}" for n, j in enumerate(order)}
-                poly = _collect(self.expand(factor.argument, dict(slots), dims, set(legs)),
-                                set(slots.values()))
-                argument = render_polynomial(poly, dummy="j" * self.box_depth)
-                if isinstance(factor, ir.Mask):
-                    conds = " and ".join(f"{slots[c.left]} {c.op} {slots[c.right]}"
-                                         for c in factor.conditions)
-                    name = f"({argument} where {conds})"
+    def _box(self, factor, legs: list[str], dims) -> tuple[str, tuple[int, ...]]:
+        """The name and canonical slot order of a box over `legs`, computed once per box
+        of the program (the same box recurs in many monomials) and hash-consed: boxes
+        whose arguments have the same canonical form share a name."""
+        key = (id(factor), tuple(legs))
+        if key not in self.opaque:
+            if isinstance(factor, ir.Mask):
+                # An affine condition's offset (`p < s + Window`) travels with its op.
+                kind = ("where", tuple((legs.index(c.left), (c.op, str(c.offset)),
+                                        legs.index(c.right)) for c in factor.conditions))
+                roles = ["slot"] * len(legs)
+            else:
+                axes = {leg: p for p, leg in enumerate(factor.legs)}
+                kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
+                        factor.eps)
+                roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
+            # When the function alone tells the slots apart (softmax[s](... where s <= p)
+            # over h, p, s), expand with them already in canonical order.
+            invariant = _slot_invariants(roles, kind)
+            legs, kind, roles, back = _presort(legs, kind, roles, invariant)
+            written = {leg: f"#{j}" for j, leg in enumerate(legs)}
+            poly = _collect(self.expand(factor.argument, dict(written), dims, set(legs)),
+                            set(written.values()), self.deadline)
+            identity, order = _box_identity(poly, roles, kind, self.deadline)
+            order = tuple(back[j] for j in order)
+            name = self.box_names.setdefault(identity, f"box:{len(self.box_names)}")
+            if name not in self.display.boxes:
+                self.display.boxes[name] = (factor, kind, poly, order)
+            self.opaque[key] = (name, order)
+        return self.opaque[key]
+
+
+class BoxTexts(Mapping):
+    """How to show each box of an expansion as `.tn` text, computed only when shown:
+    an equation that is a single box by its name (`pattern[#0, #1, #2]`), any other box
+    in full, with its slots #0, #1, ... in canonical order and its own dummies named by
+    nesting depth (j1, then jj1 inside a box inside it)."""
+
+    def __init__(self, depth: int = 1, named=None, boxes=None):
+        self.depth = depth
+        self.named: dict[str, str] = {} if named is None else named
+        self.boxes: dict[str, tuple] = {} if boxes is None else boxes
+
+    def __getitem__(self, name: str) -> str:
+        if name in self.named:
+            return self.named[name]
+        factor, kind, poly, order = self.boxes[name]
+        slot = {f"#{j}": f"#{n}" for n, j in enumerate(order)}
+        renamed: Polynomial = {}
+        for monomial, coefficient in poly.items():
+            factors = tuple((f, tuple(slot.get(i, i) for i in indices))
+                            for f, indices in monomial)
+            renamed[canonical(factors, set(slot.values()))] = coefficient
+        inner = BoxTexts(self.depth + 1, self.named, self.boxes)
+        argument = render_polynomial(renamed, dummy="j" * self.depth, display=inner)
+        if kind[0] == "where":
+            conds = " and ".join(
+                ir.Condition(slot[f'#{l}'], op, slot[f'#{r}'], sympy.sympify(offset)).text()
+                for l, (op, offset), r in kind[1])
+            return f"({argument} where {conds})"
+        if kind[1]:
+            eps = f"; eps={kind[2]!r}" if kind[2] is not None else ""
+            return f"{kind[0]}[{', '.join(slot[f'#{j}'] for j in kind[1])}{eps}]({argument})"
+        return f"{kind[0]}({argument})"
+
+    def __iter__(self):
+        return iter({**self.boxes, **self.named})
+
+    def __len__(self) -> int:
+        return len({**self.boxes, **self.named})
+
+
+def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
+                  ) -> tuple[tuple, tuple[int, ...]]:
+    """The canonical form of a box's argument up to renaming its slots, and the slots'
+    canonical order. The argument is one graph: a vertex per slot (coloured by its role
+    in the function, e.g. the softmax axis), per monomial (coloured by its coefficient),
+    per factor (joined to its monomial) and per dummy; a mask's conditions are vertices
+    joined to their two slots."""
+    k = len(roles)
+    # Usually each slot is told apart by an invariant (its role, its conditions, where it
+    # occurs): then sorting by it is the canonical slot order and the argument, its slots
+    # renamed, is the identity. Only slots that share an invariant need the graph search.
+    if len(set(_slot_invariants(roles, kind))) == k and \
+            sorted(_slot_invariants(roles, kind)) == _slot_invariants(roles, kind):
+        # presorted: the written order is canonical and the argument already canonical
+        order = tuple(range(k))
+        body = tuple(sorted((key, str(coefficient)) for key, coefficient in poly.items()))
+        return (_box_head(kind, {j: j for j in order}), "sorted", body), order
+    occurs: list[list] = [[] for _ in roles]
+    for monomial, coefficient in poly.items():
+        for name, indices in monomial:
+            for s, index in enumerate(indices):
+                if index.startswith("#"):
+                    occurs[int(index[1:])].append((str(coefficient), name, len(indices), s))
+    invariant = [(*_slot_invariants(roles, kind)[j], tuple(sorted(occurs[j])))
+                 for j in range(k)]
+    if len(set(invariant)) == k:
+        order = tuple(sorted(range(k), key=invariant.__getitem__))
+        slot_of = {j: n for n, j in enumerate(order)}
+        rename = {f"#{j}": f"#{n}" for j, n in slot_of.items()}
+        free = set(rename.values())
+        body = tuple(sorted(
+            (canonical(tuple((name, tuple(rename.get(i, i) for i in indices))
+                             for name, indices in monomial), free, deadline), str(coefficient))
+            for monomial, coefficient in poly.items()))
+        return (_box_head(kind, slot_of), "sorted", body), order
+    colours: list = [(0, role) for role in roles]
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in roles]
+
+    def vertex(colour) -> int:
+        colours.append(colour)
+        adjacency.append([])
+        return len(colours) - 1
+
+    def edge(u: int, v: int, label: int) -> None:
+        adjacency[u].append((v, label))
+        adjacency[v].append((u, label))
+
+    if kind[0] == "where":
+        for left, op, right in kind[1]:
+            c = vertex((1, op))
+            edge(c, left, -2)
+            edge(c, right, -3)
+    for monomial, coefficient in poly.items():
+        # An invariant of the monomial in its colours (which factors, the coefficient)
+        # splits most of the graph before refinement has to.
+        content = (str(coefficient), tuple(sorted((name, len(indices))
+                                                  for name, indices in monomial)))
+        m = vertex((2, content))
+        dummies: dict[str, int] = {}
+        for name, indices in monomial:
+            f = vertex((3, name, len(indices), content))
+            edge(f, m, -1)
+            for s, index in enumerate(indices):
+                if index.startswith("#"):
+                    edge(f, int(index[1:]), s)
                 else:
-                    name = f"{_kind(factor, slots)}({argument})"
-                if best is None or name < best[0]:
-                    best = (name, order)
-        finally:
-            self.box_depth -= 1
-        return best
+                    if index not in dummies:
+                        dummies[index] = vertex((4, ""))
+                    edge(f, dummies[index], s)
+    edges = [(u, v, label) for u in range(len(colours)) for v, label in adjacency[u] if u <= v]
+
+    def certificate(lab: list[int]) -> tuple:
+        rank = [0] * len(lab)
+        for r, v in enumerate(lab):
+            rank[v] = r
+        return (tuple(colours[v] for v in lab),
+                tuple(sorted((min(rank[u], rank[v]), max(rank[u], rank[v]), label)
+                             for u, v, label in edges)))
+
+    cert, lab = canon.canonical_labelling(colours, adjacency, certificate, deadline=deadline)
+    order = tuple(v for v in lab if v < k)
+    slot_of = {j: n for n, j in enumerate(order)}
+    return (_box_head(kind, slot_of), "graph", cert), order
 
 
-def _collect(monomials, free: set[str]) -> Polynomial:
+def _slot_invariants(roles: list[str], kind: tuple) -> list[tuple]:
+    """What the function says about each slot: its role and the conditions it is in."""
+    conditions = kind[1] if kind[0] == "where" else ()
+    return [(roles[j], tuple(sorted((op, side) for left, op, right in conditions
+                                    for side, slot in (("left", left), ("right", right))
+                                    if slot == j)))
+            for j in range(len(roles))]
+
+
+def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tuple]):
+    """Legs, kind and roles with the slots reordered by their invariants when these tell
+    every slot apart (else unchanged), and the map back to the written positions."""
+    k = len(legs)
+    if len(set(invariant)) < k:
+        return legs, kind, roles, list(range(k))
+    back = sorted(range(k), key=invariant.__getitem__)
+    new = {j: n for n, j in enumerate(back)}
+    if kind[0] == "where":
+        kind = ("where", tuple((new[l], op, new[r]) for l, op, r in kind[1]))
+    else:
+        kind = (kind[0], tuple(new[j] for j in kind[1]), *kind[2:])
+    return [legs[j] for j in back], kind, [roles[j] for j in back], back
+
+
+def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
+    """The function with its axes (or a mask's conditions) in canonical slot numbers."""
+    if kind[0] == "where":
+        return ("where", tuple(sorted((slot_of[l], op, slot_of[r]) for l, op, r in kind[1])))
+    return (kind[0], tuple(slot_of[j] for j in kind[1]), *kind[2:])
+
+
+def _collect(monomials, free: set[str], deadline: float | None = None) -> Polynomial:
     poly: Polynomial = {}
     for coefficient, factors in monomials:
         coefficient, factors = _drop_ones(coefficient, factors, free)
-        key = canonical(factors, free)
+        key = canonical(factors, free, deadline)
         poly[key] = poly.get(key, 0) + coefficient
     expanded = {k: sympy.expand(c) for k, c in poly.items()}
     return {k: c for k, c in expanded.items() if c != 0}
@@ -209,58 +368,59 @@ def _single_box(eq: ir.Equation):
     return factor
 
 
-def _kind(factor, slots: Mapping[str, str]) -> str:
-    if factor.legs:
-        return f"{factor.function}[{', '.join(slots[l] for l in factor.legs)}]"
-    return factor.function
-
-
 # ---- canonical form ---------------------------------------------------------------------
 
-def canonical(factors: tuple, free: set[str]) -> tuple:
-    """The canonical serialisation of a monomial (see the module docstring)."""
-    n = len(factors)
-    if n == 0:
+def canonical(factors: tuple, free: set[str], deadline: float | None = None) -> tuple:
+    """The canonical serialisation of a monomial (see the module docstring): factors in
+    the order of a canonical labelling, dummies renamed ~0, ~1, ... by first use."""
+    if not factors:
         return ()
-    occurrences: dict[str, list[tuple[int, int]]] = {}
+    # Identical factors (x[i] * x[i] * ..., a star of one copy dot) are one vertex with
+    # a multiplicity: any permutation of them is a symmetry the search need not find.
+    count: dict[tuple, int] = {}
+    for factor in factors:
+        count[factor] = count.get(factor, 0) + 1
+    if len(count) < len(factors):
+        unique = tuple(count)
+        order = _canonical_order(unique, free, deadline, [count[f] for f in unique])
+        return _serialise(unique, [f for f in order for _ in range(count[unique[f]])],
+                          free)
+    return _serialise(factors, _canonical_order(factors, free, deadline), free)
+
+
+def _canonical_order(factors: tuple, free: set[str], deadline, multiplicity=None) -> list[int]:
+    """Positions of `factors` in canonical order."""
+    index_vertex: dict[str, int] = {}
+    for _, indices in factors:
+        for index in indices:
+            if index not in index_vertex:
+                index_vertex[index] = len(factors) + len(index_vertex)
+    n_factors = len(factors)
+    colours: list = [(0, name, len(indices), multiplicity[f] if multiplicity else 1)
+                     for f, (name, indices) in enumerate(factors)]
+    if len(set(colours)) == n_factors:  # names alone order the factors
+        return sorted(range(n_factors), key=colours.__getitem__)
+    colours += [(1, i) if i in free else (2, "") for i in index_vertex]
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in colours]
     for f, (_, indices) in enumerate(factors):
         for s, index in enumerate(indices):
-            occurrences.setdefault(index, []).append((f, s))
-    colours = [repr((name, tuple(i if i in free else len(occurrences[i]) for i in indices)))
-               for name, indices in factors]
-    for _ in range(n):
-        refined = []
-        for f, (name, indices) in enumerate(factors):
-            neighbours = []
-            for s, index in enumerate(indices):
-                if index in free:
-                    continue
-                neighbours.append((s, tuple(sorted((colours[g], t)
-                                                   for g, t in occurrences[index]
-                                                   if (g, t) != (f, s)))))
-            refined.append(repr((colours[f], tuple(neighbours))))
-        # Relabel to short ranks so colours stay small.
-        ranks = {c: str(r) for r, c in enumerate(sorted(set(refined)))}
-        refined = [ranks[c] for c in refined]
-        stable = len(set(refined)) == len(set(colours))
-        colours = refined
-        if stable:
-            break
-    groups: dict[str, list[int]] = {}
-    for f in range(n):
-        groups.setdefault(colours[f], []).append(f)
-    ordered = [groups[c] for c in sorted(groups, key=lambda c: int(c))]
-    best = None
-    tried = 0
-    for choice in itertools.product(*(itertools.permutations(g) for g in ordered)):
-        order = [f for group in choice for f in group]
-        serial = _serialise(factors, order, free)
-        if best is None or serial < best:
-            best = serial
-        tried += 1
-        if tried >= MAX_ORDERINGS:
-            break  # sound but possibly incomplete: equal monomials might not match
-    return best
+            v = index_vertex[index]
+            adjacency[f].append((v, s))
+            adjacency[v].append((f, s))
+    vertex_index = {v: i for i, v in index_vertex.items()}
+
+    def certificate(lab: list[int]) -> tuple:
+        # Dummies by their position in the labelling (not by first use), so that equal
+        # certificates mean the two labellings differ by an automorphism.
+        rank: dict[str, int] = {}
+        for v in lab:
+            if v >= n_factors and vertex_index[v] not in free:
+                rank[vertex_index[v]] = len(rank)
+        return tuple((colours[f], tuple(i if i in free else rank[i] for i in factors[f][1]))
+                     for f in lab if f < n_factors)
+
+    _, lab = canon.canonical_labelling(colours, adjacency, certificate, deadline=deadline)
+    return [v for v in lab if v < n_factors]
 
 
 def _serialise(factors, order, free) -> tuple:
@@ -299,7 +459,7 @@ def render_monomial(key: tuple, coefficient=sympy.Integer(1), *, dummy: str = "i
         shown = ", ".join(index(i) for i in indices)
         if name.startswith("ones:"):
             parts.append(f"ones[{shown}]")
-        elif "(" in name:  # an opaque box or mask: put its legs into its slots
+        elif name.startswith("box:"):  # an opaque box or mask: put its legs into its slots
             name = (display or {}).get(name, name)
             # Dummies inside the box are local to it in its canonical name; written out,
             # they must differ from every other index, or `.tn` would join two boxes
@@ -327,7 +487,9 @@ def render_monomial(key: tuple, coefficient=sympy.Integer(1), *, dummy: str = "i
     return f"{text} * {body}"
 
 
-def render_polynomial(poly: Polynomial, *, dummy: str = "i") -> str:
-    terms = [render_monomial(k, c, dummy=dummy) for k, c in sorted(poly.items(), key=repr)]
+def render_polynomial(poly: Polynomial, *, dummy: str = "i",
+                      display: Mapping[str, str] | None = None) -> str:
+    terms = [render_monomial(k, c, dummy=dummy, display=display)
+             for k, c in sorted(poly.items(), key=repr)]
     text = " + ".join(terms) if terms else "0"
     return text.replace("+ -", "- ")

@@ -1,0 +1,202 @@
+"""tndsl.distributed on 2 gloo processes on CPU: tensor-parallel GPT-2 against Hugging
+Face, the communication it does against the plan's prediction, an FSDP2 training step
+against one process, and a sliced contraction against an unsliced einsum.
+
+The processes are started once for the module (tests/distributed_workers.py); each test
+reads what the ranks saved and compares it with an oracle computed here.
+"""
+import pytest
+import torch
+import transformers  # the GPT-2 oracle
+
+import tndsl
+from tndsl.hooks import run_with_cache
+from tndsl.passes.shard import shard_plan
+from tndsl.weights import load_hf_gpt2, load_state
+from distributed_workers import CACHED, GPT2_DIMS, attn_only, gpt2_program, launch, \
+    next_token_loss, structured_model
+from tndsl import distributed as tdist
+
+WORLD = 2
+RING = """\
+dim Bond = 6
+dim Phys = 5
+param A[a: Bond, x: Phys, b: Bond]
+param B[b: Bond, y: Phys, c: Bond]
+param C[c: Bond, x: Phys, d: Bond]
+param D[d: Bond, y: Phys, e: Bond]
+param E[e: Bond, z: Phys, f: Bond]
+param F[f: Bond, z: Phys, a: Bond]
+total[] = A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]
+"""
+SLICE_BUDGET = 2000  # bytes: the unsliced ring needs 900 float64 entries at once
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=GPT2_DIMS["Layers"], n_embd=GPT2_DIMS["Model"], n_head=GPT2_DIMS["Heads"],
+        vocab_size=GPT2_DIMS["Vocab"], n_positions=GPT2_DIMS["Context"], bos_token_id=0,
+        eos_token_id=0, attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # HF starts biases at 0 and norms at 1; make every weight count
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    hf.save_pretrained(folder / "gpt2")
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, GPT2_DIMS["Vocab"], (4, GPT2_DIMS["Context"]), generator=generator)
+    ring = tndsl.parse(RING, "ring.tn")
+    tensors = {t.name: torch.randn(*[ring.sizes[l.dim] for l in t.legs], generator=generator,
+                                   dtype=torch.float64) for t in ring.params}
+    job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
+           "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
+           "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
+                         "tensor_parallel_attn_only", "tensor_parallel_vocab"]}
+    launch(WORLD, job)
+
+    def result(rank, scenario):
+        return torch.load(folder / "out" / f"rank{rank}" / f"{scenario}.pt", weights_only=True)
+
+    return {"hf": hf.double(), "job": job, "result": result}
+
+
+def single_process_gpt2(run):
+    module = gpt2_program().module()
+    load_state(module, load_hf_gpt2(run["job"]["checkpoint"]))
+    return module.double()
+
+
+def test_tensor_parallel_gpt2_equals_hugging_face_on_both_ranks(run):
+    tokens = run["job"]["tokens"]
+    with torch.no_grad():
+        expected = run["hf"](tokens).logits
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel")
+        assert result["logits"].dtype == torch.float64
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        # Really sharded: each rank holds half of the heads of W_Q[h, m, e].
+        assert result["w_q_placement"] == "(Shard(dim=0),)"
+        assert result["w_q_local_shape"] == (GPT2_DIMS["Heads"] // WORLD, GPT2_DIMS["Model"],
+                                             GPT2_DIMS["Model"] // GPT2_DIMS["Heads"])
+
+
+def predicted(plan, batch):
+    """The plan's collectives as (kind, bytes) for a batch of inputs."""
+    return [(c.kind, int(plan.value(plan.payload(c))) * (batch if c.per_input else 1))
+            for c in plan.collectives]
+
+
+def test_tensor_parallel_communication_is_what_the_plan_predicts(run):
+    plan = shard_plan(gpt2_program(), ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
+    expected = predicted(plan, run["job"]["tokens"].shape[0])
+    assert len(expected) == 2 * GPT2_DIMS["Layers"]  # one per attention, one per MLP
+    assert {kind for kind, _ in expected} == {"all-reduce"}
+    for rank in range(WORLD):
+        assert run["result"](rank, "tensor_parallel")["comm"] == expected
+
+
+def test_sharding_vocab_too_equals_hugging_face_and_the_plan(run):
+    tokens = run["job"]["tokens"]
+    with torch.no_grad():
+        expected = run["hf"](tokens).logits
+    plan = shard_plan(gpt2_program(), ("Heads", "Hidden", "Vocab"), WORLD, bytes_per_entry=8)
+    # the embedding table gathered for the lookup, 4 all-reduces, the logits gathered
+    assert [c.kind for c in plan.collectives] == ["all-gather"] + ["all-reduce"] * 4 + [
+        "all-gather"]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_vocab")
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        assert result["comm"] == predicted(plan, tokens.shape[0])
+
+
+def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
+    # attn_only_2l sums heads inside each block (`head_out[h, p, m] * ones[h]`); left to
+    # itself DTensor would carry the partial sum through the residual stream into the
+    # logits and all-reduce [p, Vocab] there (and gather params on the way).
+    program, module, tokens = attn_only()
+    with torch.no_grad():
+        expected = module(tokens)
+    plan = shard_plan(program, ("Heads",), WORLD, outputs=["logits"], bytes_per_entry=8)
+    assert [c.equation for c in plan.collectives] == ["blocks.0.attn.out", "blocks.1.attn.out"]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_attn_only")
+        assert (result["logits"] - expected).abs().max() < 1e-12
+        assert result["comm"] == predicted(plan, tokens.shape[0])
+
+
+def test_tensor_parallel_cache_gathers_and_gradients_equal_one_process(run):
+    tokens = run["job"]["tokens"]
+    module = single_process_gpt2(run)
+    _, cache = run_with_cache(module, tokens, names=[CACHED])
+    loss = module(tokens).square().mean()
+    loss.backward()
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel")
+        # pattern[batch, h, p, s]: sharded by head
+        assert result["cache_placement"] == "(Shard(dim=1),)"
+        assert (result["cache"] - cache[CACHED]).abs().max() < 1e-12
+        assert abs(result["loss"] - loss.detach()) < 1e-12
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+
+
+def test_fsdp2_training_step_equals_one_process(run):
+    job = run["job"]
+    module = single_process_gpt2(run)
+    loss = next_token_loss(module, job["tokens"])
+    loss.backward()
+    with torch.no_grad():
+        after = {name: p - job["lr"] * p.grad for name, p in module.named_parameters()}
+    total = sum(p.numel() for p in module.parameters())
+    for rank in range(WORLD):
+        result = run["result"](rank, "fsdp_step")
+        assert abs(result["loss"] - loss.detach()) < 1e-10
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+            assert (result["after"][name] - after[name]).abs().max() < 1e-10, name
+        assert result["local_numel"] < total  # each rank holds only its shard
+    # The flat compiled module reads every param in its own forward: one unit, the root.
+    assert run["result"](0, "fsdp_step")["units"] == ("",)
+
+
+def test_sliced_contraction_equals_the_unsliced_value_within_the_budget(run):
+    tensors = run["job"]["tensors"]
+    expected = torch.einsum("axb,byc,cxd,dye,ezf,fza->", *(tensors[n] for n in "ABCDEF"))
+    for rank in range(WORLD):
+        result = run["result"](rank, "sliced")
+        assert result["nslices"] >= WORLD
+        assert result["slice_bytes"] <= SLICE_BUDGET < result["unsliced_bytes"]
+        assert abs(result["value"] - expected) < 1e-10 * expected.abs()
+
+
+def test_fsdp2_wraps_each_called_block_then_the_root(run):
+    module = structured_model()
+    loss = next_token_loss(module, run["job"]["tokens"] % 16)
+    loss.backward()
+    for rank in range(WORLD):
+        result = run["result"](rank, "fsdp_blocks")
+        assert result["units"] == ("blocks.0", "blocks.1", "blocks.2", "")
+        assert abs(result["loss"] - loss.detach()) < 1e-10
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+
+
+def test_block_units_come_from_the_program_and_skip_param_containers():
+    program = gpt2_program()
+    flat = program.module()
+    assert tdist._block_paths(flat, program) == ["blocks.0", "blocks.1", "ln_final"]
+    # In the flat module these are containers the root's forward reads: not units.
+    assert not any(tdist._is_called_submodule(flat, p) for p in ("blocks.0", "ln_final"))
+    assert not tdist._is_called_submodule(flat, "no.such.path")
+    structured = structured_model()
+    assert tdist._block_paths(structured, None) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert tdist._is_called_submodule(structured, "blocks.1")
+
+
+def test_misuse_of_parallelize_is_a_clear_error(run):
+    found = run["result"](0, "mistakes")
+    assert "parallelize needs the program the model was compiled from" in found["no program"]
+    assert "the plan is for 4 ranks, the mesh has 2" in found["plan for 4"]
+    assert "applies layernorm[m] over the sharded leg m: Model" in found["layernorm"]

@@ -1,0 +1,118 @@
+"""Fixed tensors in generated code: applied in their cheap forms, never materialised.
+
+A product term that holds a fixed tensor (`tndsl.fixed`) is rewritten before it is
+contracted: the fixed tensor and the one operand it is contracted with become a single
+operand computed directly —
+- a rotary map `R[p, e, f] * x[.., p, .., f, ..]` is `x` rotated in its cos/sin form
+  along `f` at the positions along `p` (`_rotary`), with `f` renamed `e`; contracted on
+  `e` instead, it is the inverse rotation. No Context × Head × Head tensor exists;
+- a grouping `G[h, g] * k[.., g, ..]` is `k.repeat_interleave(heads per group)` along
+  `g`, renamed `h` (grouped-query attention); contracted on `h`, a sum over each group.
+Anything else with a fixed tensor is a located error that says how to write it.
+"""
+from __future__ import annotations
+
+from tndsl import fixed, ir
+from tndsl.errors import TnError
+
+HELPERS = {
+    "_rotary": '''
+def _rotary(x, position, axis, rotated, base, inverse):
+    """x turned by the rotary map along `axis`, at the positions along `position` (both
+    negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
+    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose."""
+    x = x.movedim((position, axis), (-2, -1))
+    cos, sin = _rotary_table(x.size(-2), rotated, base, x.dtype, x.device)
+    if inverse:
+        sin = -sin
+    half = rotated // 2
+    x1, x2, rest = x[..., :half], x[..., half:rotated], x[..., rotated:]
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    return out.movedim((-2, -1), (position, axis))
+
+
+_ROTARY_TABLES = {}
+
+
+def _rotary_table(n, rotated, base, dtype, device):
+    """cos and sin of the rotary angles for positions 0..n-1, computed once in float64 on
+    the CPU (so every device and dtype gets correctly rounded values) and cached."""
+    key = (n, rotated, base, dtype, str(device))
+    if key not in _ROTARY_TABLES:
+        if len(_ROTARY_TABLES) > 64:
+            _ROTARY_TABLES.clear()
+        frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
+        angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
+        _ROTARY_TABLES[key] = (angles.cos().to(device=device, dtype=dtype),
+                               angles.sin().to(device=device, dtype=dtype))
+    return _ROTARY_TABLES[key]
+''',
+}
+
+
+def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hint: str
+          ) -> list:
+    """The term's operands with `ref` (a fixed tensor) applied to the operand it meets."""
+    function = tensor.fixed.function
+    if function == "rotary":
+        position, out, into = ref.indices
+        for contracted, result, inverse in ((into, out, False), (out, into, True)):
+            x = _partner(operands, contracted, result, layout, must_have=position)
+            if x is not None:
+                generator.helpers.add("_rotary")
+                n = len(x.indices)
+                var = generator._temp(hint, x.var)
+                code = (f"_rotary({var}, {x.indices.index(position) - n}, "
+                        f"{x.indices.index(contracted) - n}, "
+                        f"{fixed.rotated(tensor, generator.sizes)}, "
+                        f"{tensor.fixed.args[0]!r}, {inverse})")
+                return _replace(operands, x, code, contracted, result)
+        raise TnError(
+            f"the compiler applies the rotary map `{ref.name}` to one factor that has the "
+            f"position leg `{position}` and is the only one to share `{into}` (or `{out}`) "
+            "with it", ref.span,
+            hint=f"name that product in its own equation, e.g. `q[p, h, {out}] = "
+                 f"{ref.name}[p, {out}, {into}] * q_pre[p, h, {into}]`")
+    if function == "grouping":
+        head, group = ref.indices
+        size = fixed.group_size(tensor, generator.sizes)
+        groups = generator.sizes[tensor.legs[1].dim]
+        x = _partner(operands, group, head, layout)
+        if x is not None:
+            axis = x.indices.index(group) - len(x.indices)
+            code = f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
+            return _replace(operands, x, code, group, head)
+        x = _partner(operands, head, group, layout)
+        if x is not None:
+            axis = x.indices.index(head) - len(x.indices)
+            code = (f"{generator._temp(hint, x.var)}.unflatten({axis}, ({groups}, {size}))"
+                    f".sum({axis})")
+            return _replace(operands, x, code, head, group)
+        raise TnError(
+            f"the compiler applies the grouping `{ref.name}` to one factor that is the only "
+            f"one to share `{group}` (or `{head}`) with it", ref.span,
+            hint=f"e.g. `scores[h, p, s] = q[p, h, e] * {ref.name}[h, g] * k[s, g, e]`")
+    raise TnError(f"the compiler has no form for fixed tensor `{function}`", ref.span)
+
+
+def _partner(operands, contracted: str, result: str, layout, must_have: str | None = None):
+    """The one operand that `contracted` joins to the fixed tensor, if the rewrite is exact:
+    it has `contracted` once and not `result`, and nothing else (nor the output) has
+    `contracted`."""
+    if contracted in layout:
+        return None
+    having = [op for op in operands if contracted in op.indices]
+    if len(having) != 1:
+        return None
+    x = having[0]
+    if x.indices.count(contracted) != 1 or result in x.indices:
+        return None
+    if must_have is not None and x.indices.count(must_have) != 1:
+        return None
+    return x
+
+
+def _replace(operands, x, code: str, old: str, new: str) -> list:
+    indices = [new if i == old else i for i in x.indices]
+    rewritten = type(x)(code, indices, x.batched, x.size)
+    return [rewritten if op is x else op for op in operands]

@@ -1,0 +1,106 @@
+"""Declarative per-family tables: Hugging Face config keys → dims and consts, and
+checkpoint tensor names → `.tn` param paths with the layout change between them.
+
+A row `(tn_path, hf_name, layout)` is written once; `{l}` in both names runs over the
+layers; the family's prefix (`model.`) is put before each HF name unless it starts
+with `/` (a name outside the decoder, such as `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.families.loading`) turn an HF tensor into the
+param's shape, read from the compiled program, so the table never states a size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    example: str                         # the .tn file in examples/
+    prefix: str                          # of the decoder's names in the checkpoint
+    dims: dict[str, tuple[str, ...]]     # dim → config keys, the first present wins
+    consts: dict[str, tuple[str, ...]]   # const → config keys (rope_parameters.* too)
+    top: tuple[tuple[str, str, str], ...]
+    layer: tuple[tuple[str, str, str], ...]
+    # Names that may be in a checkpoint and are not parameters (buffers, tied copies).
+    ignored: tuple[str, ...] = ()
+    # tn path → HF name to read when the first is absent (tied embeddings).
+    tied: dict[str, str] = field(default_factory=dict)
+
+
+_LLAMA_DIMS = {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
+               "Heads": ("num_attention_heads",),
+               "KVHeads": ("num_key_value_heads", "num_attention_heads"),
+               "Head": ("head_dim",), "Hidden": ("intermediate_size",),
+               "Layers": ("num_hidden_layers",)}
+_LLAMA_CONSTS = {"Theta": ("rope_parameters.rope_theta", "rope_theta"),
+                 "Eps": ("rms_norm_eps",)}
+_LLAMA_LAYER = (
+    ("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+    ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+    ("blocks.{l}.attn.W_Q", "layers.{l}.self_attn.q_proj.weight", "heads_in"),
+    ("blocks.{l}.attn.W_K", "layers.{l}.self_attn.k_proj.weight", "heads_in"),
+    ("blocks.{l}.attn.W_V", "layers.{l}.self_attn.v_proj.weight", "heads_in"),
+    ("blocks.{l}.attn.W_O", "layers.{l}.self_attn.o_proj.weight", "heads_out"),
+    ("blocks.{l}.mlp.W_gate", "layers.{l}.mlp.gate_proj.weight", "transpose"),
+    ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.up_proj.weight", "transpose"),
+    ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.down_proj.weight", "transpose"),
+)
+_LLAMA_TOP = (
+    ("embed.W_E", "embed_tokens.weight", "same"),
+    ("ln_final.w", "norm.weight", "same"),
+    ("unembed.W_U", "/lm_head.weight", "transpose"),
+)
+_ROTARY_BUFFERS = ("*.rotary_emb.inv_freq",)
+
+LLAMA = Family(
+    "llama", ("llama", "mistral"), "llama.tn", "model.",
+    {**_LLAMA_DIMS, "Window": ("sliding_window", "max_position_embeddings")},
+    _LLAMA_CONSTS, _LLAMA_TOP, _LLAMA_LAYER, _ROTARY_BUFFERS,
+    tied={"unembed.W_U": "model.embed_tokens.weight"})
+
+QWEN2 = Family(
+    "qwen2", ("qwen2",), "qwen2.tn", "model.", _LLAMA_DIMS, _LLAMA_CONSTS, _LLAMA_TOP,
+    _LLAMA_LAYER + (
+        ("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
+        ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
+        ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
+    ), _ROTARY_BUFFERS, tied={"unembed.W_U": "model.embed_tokens.weight"})
+
+GEMMA = Family(
+    "gemma", ("gemma",), "gemma.tn", "model.", _LLAMA_DIMS, _LLAMA_CONSTS,
+    tuple(row for row in _LLAMA_TOP if row[0] != "unembed.W_U"), _LLAMA_LAYER,
+    _ROTARY_BUFFERS + ("lm_head.weight",))
+
+PYTHIA = Family(
+    "pythia", ("gpt_neox",), "pythia.tn", "gpt_neox.",
+    {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
+     "Heads": ("num_attention_heads",), "Hidden": ("intermediate_size",),
+     "Layers": ("num_hidden_layers",)},
+    {"Theta": ("rope_parameters.rope_theta", "rope_theta", "rotary_emb_base"),
+     "RotaryFraction": ("rope_parameters.partial_rotary_factor", "partial_rotary_factor",
+                        "rotary_pct"),
+     "Eps": ("layer_norm_eps",)},
+    (("embed.W_E", "embed_in.weight", "same"),
+     ("ln_final.w", "final_layer_norm.weight", "same"),
+     ("ln_final.b", "final_layer_norm.bias", "same"),
+     ("unembed.W_U", "/embed_out.weight", "transpose")),
+    (("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "layers.{l}.input_layernorm.bias", "same"),
+     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "layers.{l}.post_attention_layernorm.bias", "same"),
+     # One fused projection, per head [q | k | v] (rows h * 3 * Head + j * Head + e).
+     ("blocks.{l}.attn.W_Q", "layers.{l}.attention.query_key_value.weight", "neox_q"),
+     ("blocks.{l}.attn.W_K", "layers.{l}.attention.query_key_value.weight", "neox_k"),
+     ("blocks.{l}.attn.W_V", "layers.{l}.attention.query_key_value.weight", "neox_v"),
+     ("blocks.{l}.attn.b_Q", "layers.{l}.attention.query_key_value.bias", "neox_q"),
+     ("blocks.{l}.attn.b_K", "layers.{l}.attention.query_key_value.bias", "neox_k"),
+     ("blocks.{l}.attn.b_V", "layers.{l}.attention.query_key_value.bias", "neox_v"),
+     ("blocks.{l}.attn.W_O", "layers.{l}.attention.dense.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "layers.{l}.attention.dense.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.dense_h_to_4h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "layers.{l}.mlp.dense_h_to_4h.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.dense_4h_to_h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "layers.{l}.mlp.dense_4h_to_h.bias", "same")),
+    _ROTARY_BUFFERS + ("*.attention.bias", "*.attention.masked_bias"))
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA)

@@ -1,0 +1,85 @@
+"""The registry of fixed tensors: built-in tensors whose values are a function of their
+legs' positions, declared with `fixed NAME[legs] = FUNCTION(args)`.
+
+A fixed tensor is an ordinary tensor to the checker, the verifier (an arbitrary tensor
+of its shape, so what is proven holds for its actual values too) and figures (a node).
+Only the back ends that run a model need its values: the reference evaluator builds
+the dense tensor (`tndsl.verify.fixed_values`), and the code generator applies it in a
+cheap form (`tndsl.codegen.fixed`: cos/sin for a rotary map, `repeat_interleave` for a
+grouping) and never materialises it.
+
+Only names, leg shapes and argument rules live here, as in `tndsl.boxes`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from tndsl import ir
+from tndsl.errors import LegError, SizeError, Span, UnknownNameError, did_you_mean
+
+
+@dataclass(frozen=True)
+class FixedKind:
+    name: str
+    legs: str           # what the legs are, in order, for messages and docs
+    arguments: str      # what the arguments are
+    summary: str
+
+
+_KINDS = [
+    FixedKind("rotary", "[position, out, in] (out and in of one dim, the head)",
+              "(base) or (base, fraction): the rotary base θ; the fraction of the head "
+              "that rotates (default 1; GPT-NeoX's rotary_pct)",
+              "rotary position embedding: out = R[p] in, rotating the pairs (i, i + d/2) "
+              "of the first d = int(fraction · head) entries (rounded down to even) by the "
+              "angle p θ^(-2i/d), as Llama and GPT-NeoX do; the rest pass through"),
+    FixedKind("grouping", "[head, group] (head's size a multiple of group's)", "none",
+              "1 where head // (heads / groups) == group: query heads sharing a key/value "
+              "head (grouped-query attention)"),
+]
+
+FIXED: dict[str, FixedKind] = {kind.name: kind for kind in _KINDS}
+
+
+def validate(function: str, legs: tuple[ir.Leg, ...], args: tuple[float, ...],
+             sizes: Mapping[str, int | None], span: Span | None,
+             function_span: Span | None = None) -> None:
+    """Raise a located error if the legs or arguments do not fit the function."""
+    if function not in FIXED:
+        hint = did_you_mean(function, FIXED)
+        raise UnknownNameError(f"unknown fixed tensor `{function}`", function_span or span,
+                               hint=(hint + " " if hint else "") + "valid: " + ", ".join(FIXED))
+    kind = FIXED[function]
+    if function == "rotary":
+        if len(legs) != 3 or legs[1].dim != legs[2].dim:
+            raise LegError(f"`rotary` has legs {kind.legs}", span)
+        if len(args) not in (1, 2):
+            raise SizeError(f"`rotary` takes {kind.arguments}; got {len(args)} arguments", span)
+        if args[0] <= 0:
+            raise SizeError(f"the rotary base must be positive, not {args[0]:g}", span)
+        if len(args) == 2 and not 0 < args[1] <= 1:
+            raise SizeError(f"the rotated fraction is in (0, 1], not {args[1]:g}", span)
+    elif function == "grouping":
+        if len(legs) != 2:
+            raise LegError(f"`grouping` has legs {kind.legs}", span)
+        if args:
+            raise SizeError("`grouping` takes no arguments", span)
+        heads, groups = sizes.get(legs[0].dim), sizes.get(legs[1].dim)
+        if heads is not None and groups is not None and heads % groups:
+            raise SizeError(f"{heads} heads ({legs[0].dim}) cannot be shared equally by "
+                            f"{groups} groups ({legs[1].dim})", span)
+
+
+def rotated(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
+    """How many leading entries of a rotary map's head dim rotate: int(fraction · head)
+    rounded down to even, as pairs rotate (exact for checkpoints, where it is even)."""
+    args = tensor.fixed.args
+    head = sizes[tensor.legs[1].dim]
+    count = int(head * args[1]) if len(args) > 1 else head
+    return count - count % 2
+
+
+def group_size(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
+    """Query heads per group of a grouping tensor."""
+    return sizes[tensor.legs[0].dim] // sizes[tensor.legs[1].dim]

@@ -1,0 +1,506 @@
+"""Circuits by path: an equation expanded into a sum over paths through the residual stream.
+
+Elhage et al. read a transformer as a sum of paths: the logits are the direct path (the
+embedding straight to the unembedding) plus one term per attention layer plus the
+"virtual heads" that pass through two layers, and a layer-1 attention score splits into
+no-, K-, Q- and K&Q-composition by which path each side reads. `expand_paths` derives
+that expansion from the checked IR, so nobody writes the terms by hand:
+
+- a definition is inlined only where it depends on the output of a chosen block
+  instance (`through`; default: every instance whose output is added to a residual
+  sum), so the embedding — which depends on none — stays whole;
+- an equation with a box (softmax, layer norm, an element-wise function) is a given
+  tensor, never inlined: attention patterns are fixed and paths run through the OV
+  circuits (the QK/OV split of Elhage et al.);
+- where a block sums over heads (a dim that a softmax in the block carries besides the
+  legs it normalises over), that head leg is kept open, so one term holds the path of
+  every head (and of every pair of heads, for virtual heads);
+- each factor of the top-level equation that reads the residual stream is a "read";
+  a term has one path per read (the query side and the key side of a score).
+
+`PathExpansion.source` is the original `.tn` text followed by one named equation per
+path and a `check` that the equation equals their sum, which `tndsl verify` proves.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import sympy
+
+from tndsl import ir, printer
+from tndsl.errors import TnError, UnknownNameError, did_you_mean
+
+DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class HeadLeg:
+    """An open leg of a path term: the heads of `instance` the path passes through."""
+
+    index: str
+    dim: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read of the residual stream by the expanded equation: its side (the output
+    legs the reading factor carries, `p` for a query, `s` for a key) and the block
+    instances the read passes through, earliest first (empty: the direct path)."""
+
+    side: str
+    path: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return "->".join(self.path) if self.path else DIRECT
+
+
+@dataclass(frozen=True)
+class PathTerm:
+    """One named equation of the expansion: `name[legs + head legs]`."""
+
+    name: str
+    reads: tuple[Read, ...]
+    legs: tuple[str, ...]            # the expanded equation's legs, then the head legs
+    heads: tuple[HeadLeg, ...]
+    equation: str                    # its `.tn` text
+
+    @property
+    def label(self) -> str:
+        """`direct`, `blocks.0.attn->blocks.1.attn`; with several reads
+        `p: direct, s: blocks.0.attn`."""
+        if len(self.reads) <= 1:
+            return self.reads[0].label if self.reads else DIRECT
+        return ", ".join(f"{r.side}: {r.label}" for r in self.reads)
+
+    def passes(self, side: str, instance: str) -> bool:
+        """Whether the read on `side` passes through `instance`."""
+        return any(r.side == side and instance in r.path for r in self.reads)
+
+
+@dataclass(frozen=True)
+class PathExpansion:
+    name: str                        # the expanded equation
+    indices: tuple[str, ...]         # its legs
+    through: tuple[str, ...]         # the block instances paths may pass
+    terms: tuple[PathTerm, ...]
+    check: str                       # the label of the generated check
+    section: str                     # the generated `.tn` text
+    original: str                    # the file it extends
+    dims: tuple[tuple[str, int], ...] = ()   # sizes given to the program, re-applied
+
+    @property
+    def source(self) -> str:
+        """The original `.tn` text with the paths and their check appended."""
+        return self.original.rstrip("\n") + "\n\n" + self.section
+
+    def term(self, label: str) -> PathTerm:
+        for term in self.terms:
+            if term.label == label or term.name == label:
+                return term
+        raise UnknownNameError(f"no path `{label}` in the expansion of `{self.name}`",
+                               hint=did_you_mean(label, [t.label for t in self.terms])
+                               or "paths: " + ", ".join(t.label for t in self.terms))
+
+    def program(self):
+        """The checked program of `source`, at the sizes of the program expanded."""
+        from tndsl.program import parse
+        return parse(self.source, f"<paths of {self.name}>", dict(self.dims))
+
+    def figure(self):
+        """The terms side by side: a figure of their sum, each term drawn as its network."""
+        from tndsl.program import parse
+        total = f"{self.check}_figure"
+        text = self.source + f"\n{total}[{', '.join(self.indices)}] = {self._sum_text()}\n"
+        return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(total, depth=1)
+
+    def _sum_text(self) -> str:
+        parts = []
+        for term in self.terms:
+            ones = "".join(f" * ones[{h.index}]" for h in term.heads)
+            parts.append(f"{term.name}[{', '.join(term.legs)}]{ones}")
+        return " + ".join(parts)
+
+
+# ---- the expansion -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Mono:
+    """A product of leaf tensors (internal index names are unique across the expansion)."""
+
+    coefficient: sympy.Expr
+    factors: tuple[tuple[str, tuple[str, ...]], ...]
+    heads: tuple[HeadLeg, ...] = ()
+
+    def times(self, other: "_Mono") -> "_Mono":
+        return _Mono(self.coefficient * other.coefficient, self.factors + other.factors,
+                     self.heads + other.heads)
+
+
+_ONE = _Mono(sympy.Integer(1), ())
+
+
+def default_through(network: ir.Network) -> tuple[str, ...]:
+    """Instances whose output is added to a residual sum: a lone term of a sum of several."""
+    outputs = {inst.output: inst.path for inst in network.instances}
+    found = set()
+    for eq in network.equations:
+        if len(eq.rhs.terms) < 2:
+            continue
+        for term in eq.rhs.terms:
+            if len(term.factors) == 1 and isinstance(term.factors[0], ir.Ref) \
+                    and term.factors[0].name in outputs:
+                found.add(outputs[term.factors[0].name])
+    return tuple(inst.path for inst in network.instances if inst.path in found)
+
+
+def _opaque(eq: ir.Equation) -> bool:
+    """Has a box or a mask: a given tensor for path expansion."""
+    def walk(node) -> bool:
+        if isinstance(node, (ir.Box, ir.Mask)):
+            return True
+        if isinstance(node, ir.Sum):
+            return any(walk(t) for t in node.terms)
+        if isinstance(node, ir.Term):
+            return any(walk(f) for f in node.factors)
+        return False
+    return walk(eq.rhs)
+
+
+def _softmax_batch_dims(eq: ir.Equation) -> set[str]:
+    """Dims of a softmax equation's legs other than those it normalises over."""
+    boxes = []
+
+    def walk(node) -> None:
+        if isinstance(node, ir.Box):
+            if node.function == "softmax":
+                boxes.append(node)
+            walk(node.argument)
+        elif isinstance(node, ir.Mask):
+            walk(node.argument)
+        elif isinstance(node, ir.Sum):
+            for t in node.terms:
+                walk(t)
+        elif isinstance(node, ir.Term):
+            for f in node.factors:
+                walk(f)
+    walk(eq.rhs)
+    dims = {leg.name: leg.dim for leg in eq.index_dims or ()}
+    found = set()
+    for box in boxes:
+        normalised = {dims[i] for i in box.legs if i in dims}
+        found |= {leg.dim for leg in eq.legs or ()} - normalised
+    return found
+
+
+class _Expander:
+    def __init__(self, program, through: tuple[str, ...]):
+        network = program.network
+        self.network = network
+        self.equations = {eq.name: eq for eq in network.equations}
+        self.tensors = {t.name: t for t in network.tensors}
+        self.outputs = {inst.output: inst.path for inst in network.instances
+                        if inst.path in through}
+        self.head_dims: dict[str, set[str]] = {}
+        for path in through:
+            dims = set()
+            for eq in network.equations:
+                if eq.instance == path or eq.instance.startswith(path + "."):
+                    dims |= _softmax_batch_dims(eq)
+            self.head_dims[path] = dims
+        self.inputs = {f"{inst.path}.{b.input}" for inst in network.instances
+                       if inst.path in through for b in inst.bindings}
+        self.dims: dict[str, str] = {}      # every index name in use → its dim
+        self.counter = itertools.count()
+        # A loop rebinds names (`resid`, `resid@1`, ...): text appended to the file sees
+        # only the last version, by the plain name; earlier versions are inlined.
+        latest: dict[str, tuple[int, str]] = {}
+        for eq in network.equations:
+            base, _, version = eq.name.partition("@")
+            number = int(version) if version else 0
+            if number >= latest.get(base, (-1, ""))[0]:
+                latest[base] = (number, eq.name)
+        self.spelling = {full: base for base, (_, full) in latest.items()}
+        self.hidden = {eq.name for eq in network.equations} - set(self.spelling)
+        self._depends: dict[str, bool] = {}
+
+    def depends(self, name: str) -> bool:
+        """Whether `name` is (or is a linear function of) a chosen instance's output."""
+        if name in self._depends:
+            return self._depends[name]
+        result = False
+        if name in self.outputs:
+            result = True
+        elif name in self.equations and not _opaque(self.equations[name]):
+            self._depends[name] = False  # the network is acyclic; guards recursion anyway
+            result = any(self.depends(r.name) for r in ir.refs(self.equations[name].rhs))
+        self._depends[name] = result
+        return result
+
+    def inside(self, name: str) -> bool:
+        """An equation of a chosen instance: inlined so its path shows its weights."""
+        eq = self.equations.get(name)
+        return eq is not None and any(eq.instance == p or eq.instance.startswith(p + ".")
+                                      for p in self.head_dims)
+
+    def expandable(self, name: str) -> bool:
+        if name in self.outputs or name in self.hidden:
+            return True
+        eq = self.equations.get(name)
+        return eq is not None and not _opaque(eq) and (self.depends(name) or self.inside(name))
+
+    def read_point(self, name: str) -> bool:
+        """Where the residual stream is read: a chosen instance's input, or anything that
+        depends on a chosen instance's output."""
+        return name in self.inputs or self.depends(name)
+
+    def fresh(self, index: str, dim: str) -> str:
+        name = f"{index}#{next(self.counter)}"
+        self.dims[name] = dim
+        return name
+
+    def ref(self, name: str, indices: tuple[str, ...]) -> list[tuple[_Mono, list]]:
+        """An expandable reference inlined: (monomial, reads), where reads lists the path
+        of each read of the stream inside it (exactly one at a read point)."""
+        eq = self.equations[name]
+        instance = self.outputs.get(name)
+        if _opaque(eq) and name not in self.outputs:
+            raise TnError(f"`{name}` is rebound later in its loop and has a box, so text after "
+                          "the loop can neither name nor inline it", eq.span)
+        if _opaque(eq):  # a chosen instance returning a box: the path starts there
+            return [(_Mono(sympy.Integer(1), ((name, indices),)), [(instance,)])]
+        mapping = dict(zip(eq.indices, indices))
+        for leg in eq.index_dims:
+            if leg.name not in mapping:
+                mapping[leg.name] = self.fresh(leg.name, leg.dim)
+        collapse = instance is not None or self.read_point(name)
+        result = []
+        for mono, reads in self.sum(eq.rhs, mapping):
+            if collapse:
+                if len(reads) > 1:
+                    raise TnError(f"`{name}` reads the residual stream {len(reads)} times in "
+                                  "one product; paths through a block that is multilinear "
+                                  "in its input are not supported", eq.span)
+                path = reads[0] if reads else ()
+                if instance is not None:
+                    mono = self._open_heads(mono, set(indices), instance)
+                    path = path + (instance,)
+                reads = [path]
+            result.append((mono, reads))
+        return result
+
+    def _open_heads(self, mono: _Mono, outer: set[str], instance: str) -> _Mono:
+        opened = {h.index for h in mono.heads}
+        new = []
+        for _, indices in mono.factors:
+            for index in indices:
+                if index in outer or index in opened or index in {h.index for h in new}:
+                    continue
+                if self.dims[index] in self.head_dims[instance]:
+                    new.append(HeadLeg(index, self.dims[index], instance))
+        return _Mono(mono.coefficient, mono.factors, mono.heads + tuple(new))
+
+    def sum(self, node: ir.Sum, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
+        out = []
+        for term in node.terms:
+            out.extend(self.term(term, mapping))
+        return out
+
+    def term(self, term: ir.Term, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
+        options = [[(_Mono(sympy.sympify(term.coefficient), ()), [])]]
+        for factor in term.factors:
+            options.append(self.factor(factor, mapping))
+        result = []
+        for choice in itertools.product(*options):
+            mono, reads = _ONE, []
+            for m, r in choice:
+                mono = mono.times(m)
+                reads = reads + r
+            result.append((mono, reads))
+        return result
+
+    def factor(self, factor, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
+        if isinstance(factor, ir.Sum):
+            return self.sum(factor, mapping)
+        if not isinstance(factor, ir.Ref):  # boxes live only in opaque equations
+            raise TnError("internal: a box in an expanded equation")
+        indices = tuple(mapping[i] for i in factor.indices)
+        if self.expandable(factor.name):
+            return self.ref(factor.name, indices)
+        return [(_Mono(sympy.Integer(1), ((factor.name, indices),)), [])]
+
+    def top(self, eq: ir.Equation) -> list[tuple[_Mono, tuple[Read, ...]]]:
+        """The expanded equation's monomials, each with its reads labelled by side: the
+        output legs the reading factor carries (`p`, `s`), or `r1, r2...` where those do
+        not tell the reads apart."""
+        mapping = {leg.name: leg.name for leg in eq.index_dims}
+        for leg in eq.index_dims:
+            self.dims[leg.name] = leg.dim
+        result = []
+        for term in eq.rhs.terms:
+            options = [[(_Mono(sympy.sympify(term.coefficient), ()), [])]]
+            labels = [""]
+            for factor in term.factors:
+                options.append(self.factor(factor, mapping))
+                labels.append("".join(i for i in factor.indices if i in eq.indices)
+                              if isinstance(factor, ir.Ref) else "")
+            for choice in itertools.product(*options):
+                mono, reads, sides = _ONE, [], []
+                for (m, r), label in zip(choice, labels):
+                    mono = mono.times(m)
+                    reads += r
+                    sides += [label] * len(r)
+                if len(set(sides)) != len(sides) or not all(sides):
+                    sides = [f"r{k + 1}" for k in range(len(reads))]
+                result.append((mono, tuple(Read(side, tuple(path))
+                                           for side, path in zip(sides, reads))))
+        return result
+
+
+def _identifier(read_path: tuple[str, ...]) -> str:
+    return "__".join(p.replace(".", "_") for p in read_path) if read_path else DIRECT
+
+
+def _simplify(mono: _Mono) -> _Mono:
+    """Drop `ones[i]` where another factor carries i (multiplying by 1 at every i)."""
+    kept = []
+    for k, (name, indices) in enumerate(mono.factors):
+        if name == ir.ONES:
+            others = {i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
+                      for i in idx}
+            if set(indices) <= others:
+                continue
+        kept.append((name, indices))
+    return _Mono(mono.coefficient, tuple(kept), mono.heads)
+
+
+def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
+                 prefix: str | None = None) -> PathExpansion:
+    """The path expansion of equation `name` (see the module docstring). `through`
+    chooses the block instances (default: `default_through`); `prefix` names the terms
+    (`prefix.direct`, ...; default: the equation's last path segment)."""
+    network = program.network
+    equations = {eq.name: eq for eq in network.equations}
+    if name not in equations:
+        known = [eq.name for eq in network.equations]
+        raise UnknownNameError(f"no equation `{name}` to expand",
+                               hint=did_you_mean(name, known) or "equations: " +
+                               ", ".join(eq.name for eq in program.outputs))
+    instances = [inst.path for inst in network.instances]
+    if through is None:
+        through = default_through(network)
+    else:
+        through = tuple(through)
+        for path in through:
+            if path not in instances:
+                raise UnknownNameError(f"no block instance `{path}`",
+                                       hint=did_you_mean(path, instances) or
+                                       "instances: " + (", ".join(instances) or "none"))
+    expander = _Expander(program, tuple(through))
+    eq = equations[{base: full for full, base in expander.spelling.items()}.get(name, name)]
+    if _opaque(eq):
+        raise TnError(f"`{name}` applies a box (a nonlinearity, softmax or mask); paths split "
+                      "linear networks: expand the equation inside the box instead", eq.span)
+    monos = expander.top(eq)
+
+    prefix = prefix or name.rsplit(".", 1)[-1]
+    groups: dict[tuple, list[_Mono]] = {}
+    for mono, reads in monos:
+        mono = _simplify(mono)
+        key = (reads, tuple((h.dim, h.instance) for h in mono.heads))
+        groups.setdefault(key, []).append(mono)
+    per_label: dict[tuple, int] = {}
+    terms = []
+    taken = {t.name for t in network.tensors} | set(equations)
+    for (reads, _), members in groups.items():
+        if len(reads) <= 1:
+            ident = _identifier(reads[0].path) if reads else DIRECT
+        else:
+            ident = ".".join(f"{r.side}_{_identifier(r.path)}" for r in reads)
+        count = per_label[reads] = per_label.get(reads, 0) + 1
+        term_name = f"{prefix}.{ident}" + (f"_{count}" if count > 1 else "")
+        if term_name in taken:
+            raise TnError(f"`{term_name}` is already a name in this file",
+                          hint="choose another prefix for the path terms (--prefix)")
+        taken.add(term_name)
+        terms.append(_emit(term_name, reads, eq, members, expander.spelling))
+
+    label = name.replace(".", "_") + "_paths"
+    sides = " + ".join(
+        f"{t.name}[{', '.join(t.legs)}]" + "".join(f" * ones[{h.index}]" for h in t.heads)
+        for t in terms) or "0"
+    check = f"check {label}: {name}[{', '.join(eq.indices)}] == {sides}"
+    header = [f"# ---- paths of {name} through {', '.join(through) or 'no block'} "
+              f"(generated by `tndsl paths`) ----",
+              "# Attention patterns and the embedding are given tensors; a head leg is kept open",
+              "# where a block sums over heads."]
+    body = []
+    for term in terms:
+        body.append(f"# {term.label}" + "".join(
+            f"; {h.index}: heads of {h.instance}" for h in term.heads))
+        body.append(term.equation)
+    section = "\n".join(header) + "\n" + "\n".join(body) + "\n" + check + "\n"
+    original = network.source.text if network.source is not None else ""
+    # sizes of the dims not derived from others: given again, they reproduce the program
+    dims = tuple((d.name, int(program.sizes[d.name])) for d in network.dims
+                 if program.sizes.get(d.name) is not None
+                 and (d.size is None or not d.size.free_symbols))
+    return PathExpansion(name, eq.indices, tuple(through), tuple(terms), label, section,
+                         original, dims)
+
+
+def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
+          spelling: dict[str, str]) -> PathTerm:
+    """One path equation, with readable index names: the equation's own legs, head legs
+    `h1, h2...` (by their original name), summed indices by their original names."""
+    outputs = tuple(eq.indices)
+    used = set(outputs)
+    head_names: dict[str, str] = {}
+    heads = []
+    for h in members[0].heads:
+        base = h.index.split("#")[0]
+        k = 1
+        while f"{base}{k}" in used:
+            k += 1
+        head_names[h.index] = f"{base}{k}"
+        used.add(f"{base}{k}")
+        heads.append(HeadLeg(f"{base}{k}", h.dim, h.instance))
+    ir_terms = []
+    for mono in members:
+        rename = dict(zip((h.index for h in mono.heads), (h.index for h in heads)))
+        local = set(used)
+        factors = []
+        for tensor, indices in mono.factors:
+            new = []
+            for index in indices:
+                if index in outputs:
+                    new.append(index)
+                    continue
+                if index not in rename:
+                    base = index.split("#")[0]
+                    candidate, k = base, 2
+                    while candidate in local:
+                        candidate, k = f"{base}{k}", k + 1
+                    rename[index] = candidate
+                    local.add(candidate)
+                new.append(rename[index])
+            factors.append(ir.Ref(spelling.get(tensor, tensor), tuple(new)))
+        ir_terms.append(ir.Term(mono.coefficient, tuple(factors)))
+    legs = outputs + tuple(h.index for h in heads)
+    text = f"{term_name}[{', '.join(legs)}] = {printer.expression(ir.Sum(tuple(ir_terms)))}"
+    return PathTerm(term_name, reads, legs, tuple(heads), text)
+
+
+def parse_through(text: str | None) -> tuple[str, ...] | None:
+    """`--through a,b` as a tuple (None when not given)."""
+    if text is None:
+        return None
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+__all__ = ["DIRECT", "HeadLeg", "PathExpansion", "PathTerm", "Read", "default_through",
+           "expand_paths", "parse_through"]
+

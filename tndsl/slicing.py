@@ -1,0 +1,200 @@
+"""Sliced contraction: one network too big for one process's memory, spread over ranks.
+
+Slicing (cotengra's) fixes some contracted indices to each of their values in turn:
+every slice is the same network, smaller, and the result is the sum over slices. The
+largest intermediate of a slice must fit the memory budget; the slices are dealt out
+to the ranks round-robin, each rank sums its own, and one all-reduce adds the ranks'
+sums. Only contracted indices are sliced, so every rank's partial sum has the whole
+output's shape.
+
+    plan = plan_slices(program, "norm", memory_budget=2**20)
+    value = contract_sliced(plan, {"W_E": w_e, "W_Q": w_q, ...})   # in every rank
+
+`plan_slices` is pure (the contraction tree and the sliced indices, found by cotengra);
+`contract_sliced` runs it with torch and, when a process group is up, torch.distributed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+from tndsl import ir
+from tndsl.errors import ResourceError, TnError, UnknownNameError, did_you_mean
+
+BYTES_PER_ENTRY = 8  # float64: sliced contractions are for exact-enough sums
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    equation: str
+    operands: tuple[tuple[str, tuple[str, ...]], ...]   # (tensor, its indices)
+    output: tuple[str, ...]
+    sizes: Mapping[str, int]                            # index -> size
+    path: tuple[tuple[int, int], ...]                   # pairwise contraction order
+    sliced: tuple[str, ...]                             # sliced indices, in slice order
+    nslices: int
+    largest: int                   # entries of the largest tensor a slice creates
+    unsliced_largest: int          # the same without slicing
+    memory_budget: int
+    bytes_per_entry: int = BYTES_PER_ENTRY
+
+    @property
+    def slice_bytes(self) -> int:
+        """Working memory of one slice: its largest intermediate and the running sum."""
+        return (self.largest + _entries(self.output, self.sizes)) * self.bytes_per_entry
+
+    def slices_of(self, rank: int, world: int) -> range:
+        return range(rank, self.nslices, world)
+
+    def tree(self):
+        """The cotengra contraction tree with the plan's indices sliced, rebuilt from the
+        path and the sliced indices alone (so every rank slices identically)."""
+        import cotengra
+        tree = cotengra.ContractionTree.from_path(
+            [idx for _, idx in self.operands], self.output, dict(self.sizes),
+            path=[tuple(p) for p in self.path])
+        for index in self.sliced:
+            tree.remove_ind_(index)
+        return tree
+
+    def to_json(self) -> str:
+        return json.dumps({"path": [list(p) for p in self.path], "sliced": list(self.sliced)})
+
+    def with_json(self, text: str) -> "SlicePlan":
+        """This plan with the path and sliced indices of another process's plan."""
+        data = json.loads(text)
+        path = tuple(tuple(p) for p in data["path"])
+        sliced = tuple(data["sliced"])
+        nslices = 1
+        for index in sliced:
+            nslices *= self.sizes[index]
+        return SlicePlan(self.equation, self.operands, self.output, self.sizes, path, sliced,
+                         nslices, self.largest, self.unsliced_largest, self.memory_budget,
+                         self.bytes_per_entry)
+
+
+def plan_slices(program, name: str, memory_budget: int, *,
+                bytes_per_entry: int = BYTES_PER_ENTRY, seed: int = 0) -> SlicePlan:
+    """Plan equation `name` (one product of params and inputs, no boxes) so that no slice
+    needs more than `memory_budget` bytes. Raises ResourceError when even slicing every
+    contracted index cannot (the output itself is too large)."""
+    import cotengra
+
+    equations = {eq.name: eq for eq in program.equations}
+    if name not in equations:
+        raise UnknownNameError(f"no equation `{name}`", hint=did_you_mean(name, equations))
+    eq = equations[name]
+    if len(eq.rhs.terms) != 1:
+        raise TnError(f"`{name}` is a sum of {len(eq.rhs.terms)} terms; a sliced contraction "
+                      "takes one product", eq.rhs.span or eq.span,
+                      hint="name each term with its own equation and slice each")
+    tensors = {t.name for t in program.network.tensors}
+    operands = []
+    for factor in eq.rhs.terms[0].factors:
+        if not isinstance(factor, ir.Ref) or (factor.name not in tensors
+                                              and factor.name != ir.ONES):
+            raise TnError(f"`{name}` contracts something other than params and inputs; a "
+                          "sliced contraction takes one network of tensors",
+                          getattr(factor, "span", None) or eq.span,
+                          hint="write the network out over params and inputs")
+        if factor.name != ir.ONES:
+            operands.append((factor.name, tuple(factor.indices)))
+    if not operands:
+        raise TnError(f"`{name}` contracts no tensors", eq.span)
+    dims = {leg.name: leg.dim for leg in eq.index_dims}
+    sizes = {}
+    for index, dim in dims.items():
+        if program.sizes.get(dim) is None:
+            raise TnError(f"dim `{dim}` has no size; a contraction needs one", eq.span,
+                          hint=f"give it with dims={{'{dim}': ...}}")
+        sizes[index] = program.sizes[dim]
+    output = tuple(eq.indices)
+    budget_entries = memory_budget // bytes_per_entry - _entries(output, sizes)
+    if budget_entries < 1:
+        entries = _entries(output, sizes)
+        raise ResourceError(
+            f"`{name}` has {entries:,} output entries ({entries * bytes_per_entry:,} bytes); "
+            f"the running sum alone leaves nothing of the memory budget of "
+            f"{memory_budget:,} bytes for a slice",
+            eq.span, hint="raise the budget or slice an output leg by hand")
+    inputs = [idx for _, idx in operands]
+    optimizer = cotengra.HyperOptimizer(
+        methods=["greedy"], max_repeats=16, optlib="random", progbar=False, parallel=False,
+        on_trial_error="ignore",
+        slicing_opts={"target_size": budget_entries, "allow_outer": False, "seed": seed})
+    try:
+        sliced_tree = optimizer.search(inputs, output, sizes)
+    except KeyError:  # no trial found a tree: slicing ran out of contracted indices
+        raise ResourceError(
+            f"`{name}` does not fit the memory budget of {memory_budget:,} bytes even with "
+            "every contracted index sliced", eq.span, hint="raise the memory budget") from None
+    whole = cotengra.ContractionTree.from_path(inputs, output, sizes,
+                                               path=sliced_tree.get_path())
+    plan = SlicePlan(name, tuple(operands), output, sizes,
+                     tuple(tuple(p) for p in sliced_tree.get_path()),
+                     tuple(sliced_tree.sliced_inds), int(sliced_tree.nslices),
+                     int(sliced_tree.max_size()), int(whole.max_size()), memory_budget,
+                     bytes_per_entry)
+    if plan.slice_bytes > memory_budget:
+        raise ResourceError(
+            f"`{name}` needs {plan.slice_bytes:,} bytes per slice even sliced over "
+            f"{', '.join(plan.sliced) or 'nothing'}, over the budget of {memory_budget:,}",
+            eq.span, hint="raise the memory budget")
+    return plan
+
+
+def contract_sliced(plan: SlicePlan, tensors: Mapping[str, "torch.Tensor"], *, group=None):
+    """The value of the planned equation. With a torch.distributed process group up,
+    rank 0's plan is used by every rank (cotengra's search may differ between processes),
+    each rank contracts its share of the slices, and one all-reduce sums them; every rank
+    returns the whole value. Without one, all slices run here."""
+    import torch
+    import torch.distributed as dist
+
+    missing = [n for n, _ in plan.operands if n not in tensors]
+    if missing:
+        raise UnknownNameError(f"no tensor given for {', '.join(f'`{m}`' for m in missing)}",
+                               hint="pass every param and input the equation uses")
+    arrays = []
+    for name, indices in plan.operands:
+        want = tuple(plan.sizes[i] for i in indices)
+        if tuple(tensors[name].shape) != want:
+            raise TnError(f"`{name}` has shape {tuple(tensors[name].shape)}, the plan needs {want}")
+        arrays.append(tensors[name])
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(group), dist.get_world_size(group)) if distributed else (0, 1)
+    if distributed and world > 1:
+        # NCCL communicates CUDA tensors only; gloo takes CPU ones
+        device = arrays[0].device if dist.get_backend(group) == "nccl" else "cpu"
+        plan = plan.with_json(_broadcast_text(plan.to_json(), group, device))
+    tree = plan.tree()
+    shape = tuple(plan.sizes[i] for i in plan.output)
+    total = torch.zeros(shape, dtype=arrays[0].dtype, device=arrays[0].device)
+    for k in plan.slices_of(rank, world):
+        total += tree.contract_slice(arrays, k, backend="torch")
+    if distributed and world > 1:
+        dist.all_reduce(total, group=group)
+    return total
+
+
+def _broadcast_text(text: str, group, device) -> str:
+    """Rank 0's text on every rank (two small broadcasts of bytes; nothing unpickled)."""
+    import torch
+    import torch.distributed as dist
+
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    length = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    source = dist.get_global_rank(group, 0) if group is not None else 0
+    dist.broadcast(length, source, group=group)
+    buffer = data if dist.get_rank(group) == 0 else torch.empty(
+        int(length), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, source, group=group)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
+def _entries(indices, sizes) -> int:
+    total = 1
+    for i in indices:
+        total *= sizes[i]
+    return total
