@@ -278,7 +278,7 @@ def _paths(args: argparse.Namespace) -> int:
             expansion.figure().save(args.render)
             print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     return 0
 
