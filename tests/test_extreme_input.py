@@ -201,3 +201,47 @@ def test_the_count_includes_block_bodies_per_call_and_dim_bounds():
 def test_an_empty_loop_of_a_trillion_iterations_is_still_refused():
     error = _error("for l in 0..1000000000000 { }\n", ResourceError)
     assert "1,000,000,000,000 iterations" in error.message
+
+
+# ---- figures --------------------------------------------------------------------------
+
+def test_expanding_a_deep_residual_stream_is_refused_at_once():
+    # Inlining distributes sums: each layer doubles the terms (before: millions of DOT
+    # lines at three layers, minutes at twelve).
+    from conftest import ROOT
+    from tndsl.render.dot import MAX_DRAWN_TERMS
+    program = tndsl.load(ROOT / "examples" / "gpt2_small.tn")
+    start = time.perf_counter()
+    with pytest.raises(ResourceError) as info:
+        program.render(expand=True)
+    assert time.perf_counter() - start < 10
+    assert f"more than {MAX_DRAWN_TERMS:,} terms" in info.value.message
+    assert info.value.span.source.line_text(info.value.span.line).startswith("logits[p, v] =")
+    assert "--depth" in info.value.hint
+    program.render(depth=1)  # a shallower figure of the same equation still draws
+
+
+# ---- verification (depends on issue 12's bounded verifier tiers, merged from main) -----
+
+def test_a_product_of_13_two_term_sums_is_verified_in_bounded_memory(tmp_path):
+    # `check sq: s*s == s*s` with s a product of 13 two-term sums exhausted 6 GB in
+    # `verify` within 33 s (2^26 monomials). The symbolic tier must stop at its bound
+    # and a bounded tier answer, under an address-space limit of 4 GiB.
+    import subprocess
+    import sys
+    from conftest import ROOT
+    lines = ["dim N = 2"] + [f"param P{k}[a: N, b: N]\nparam Q{k}[a: N, b: N]" for k in range(13)]
+    lines.append("t0[a, b] = P0[a, b] + Q0[a, b]")
+    lines += [f"t{k}[a, c] = t{k - 1}[a, b] * (P{k}[b, c] + Q{k}[b, c])" for k in range(1, 13)]
+    lines += ["s[a, b] = t12[a, b]", "check sq: s[a, b] * s[b, c] == s[a, b] * s[b, c]"]
+    path = tmp_path / "sums13.tn"
+    path.write_text("\n".join(lines) + "\n")
+    probe = ("import resource, sys\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
+             "from tndsl.cli import main\n"
+             f"sys.exit(main(['verify', {str(path)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 check: 1 proven" in result.stdout

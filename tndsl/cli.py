@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from tndsl.errors import TnError
+from tndsl.errors import TnError, TnErrors
 from tndsl.program import load
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
@@ -26,6 +26,15 @@ def _dim_assignment(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"size of {name.strip()} must be an integer, "
                                          f"got {value!r}") from None
     return name.strip(), size
+
+
+def _report(error: TnError, path: str) -> None:
+    """Print an error on stderr. One without a place in the file (it concerns the whole
+    file, or a command-line argument such as NAME or --dim) is prefixed with the file,
+    so every error line starts with where it comes from."""
+    for e in (error.errors if isinstance(error, TnErrors) else [error]):
+        text = e.render()
+        print(text if e.span is not None else f"{path}: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,7 +151,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             program = load(path, dims)
         except TnError as e:
-            print(e.render(), file=sys.stderr)
+            _report(e, path)
             failed = True
             continue
         for warning in program.warnings:
@@ -160,7 +169,7 @@ def _compile(args: argparse.Namespace) -> int:
         program = load(args.file, dict(args.dim))
         generated = program.compile(args.outputs, optimizer=args.optimizer)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
@@ -180,7 +189,7 @@ def _verify(args: argparse.Namespace) -> int:
         report = (program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
                   if args.compiled else None)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     for result in results:
         print(result.render())
@@ -205,7 +214,7 @@ def _render(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(figure.source)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     return 0
 
@@ -280,7 +289,7 @@ def _paths(args: argparse.Namespace) -> int:
             expansion.figure().save(args.render)
             print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     return 0
 
@@ -296,7 +305,7 @@ def _cost(args: argparse.Namespace) -> int:
         else:
             report = costs(program, args.name)
     except TnError as e:
-        print(e.render(), file=sys.stderr)
+        _report(e, args.file)
         return 1
     print(report.to_json() if args.json else report.render())
     return 0

@@ -9,9 +9,11 @@ inputs met by a param are lookups (no FLOPs) and `ones` is free, as in compiled 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
+import opt_einsum
 import sympy
 
 from tndsl import dims as dimmod, ir, printer
@@ -173,13 +175,16 @@ class _Coster:
 
     def _term_cost(self, eq, where, operands, target) -> TermCost:
         names = sorted({i for _, idx in operands for i in idx} | set(target))
-        alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-        letters = dict(zip(names, alphabet))
+        # opt_einsum's symbols go past the 52 ASCII letters (a chain of 53 indices is
+        # legal here: nothing is run, so torch.einsum's limit does not apply).
+        letters = {name: opt_einsum.get_symbol(k) for k, name in enumerate(names)}
         index_of = {c: i for i, c in letters.items()}
         specs = ["".join(letters[i] for i in idx) for _, idx in operands]
         output = "".join(letters[i] for i in target)
         sizes = {letters[i]: self._size(i) for i in names}
-        plan = plan_term(specs, output, sizes, memory_budget=2**62)
+        # Costs are reported, never refused: nothing is allocated (no memory budget).
+        plan = plan_term(specs, output, sizes, memory_budget=math.inf,
+                         where=f"a term of `{eq.name}`", span=eq.span)
         current = [(label, spec) for (label, _), spec in zip(_labels(operands), specs)]
         order, flops, largest = [], sympy.Integer(0), sympy.Integer(0)
         largest_value = -1
@@ -244,4 +249,7 @@ def _show(expr: sympy.Expr) -> str:
 
 
 def _jsonable(value: sympy.Expr):
-    return int(value) if value.is_Integer else str(value)
+    # Exact integers while Python can write them (4,300 digits); text past that.
+    if value.is_Integer and int(value).bit_length() < 14_000:
+        return int(value)
+    return printer.format_count(value)

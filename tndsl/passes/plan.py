@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import opt_einsum
 
 from tndsl.errors import ResourceError, Span, TnError, did_you_mean
+from tndsl.printer import format_count
 
 # Largest tensor (in bytes, at 4 bytes an entry) a compiled model may create; larger
 # intermediates are refused at compile time. Override per call (memory_budget=...).
@@ -191,13 +192,21 @@ def check_entries(entries: int, budget: int, where: str, span: Span | None) -> N
     if need > budget:
         raise ResourceError(
             f"{where or 'a contraction'} needs a tensor of {_bytes(need)} "
-            f"({entries:,} entries), over the memory budget of {_bytes(budget)}",
+            f"({format_count(entries)} entries), over the memory budget of {_bytes(budget)}",
             span, hint="reorder the term, use smaller dims, or raise memory_budget")
 
 
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+
+
 def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
+    """`4.0 GiB`: binary units up to YiB, beyond them a count of YiB (exact integer
+    arithmetic, so a 1,000-digit size neither overflows a float nor prints as 0)."""
+    if n < 1024:
+        return f"{n} B"
+    k = min((n.bit_length() - 1) // 10, len(_UNITS) - 1)
+    if k + 1 < len(_UNITS) and round(n / 1024 ** k, 1) >= 1024:
+        k += 1  # 1023.96 KiB would print as 1024.0 KiB
+    if n < 1024 ** (k + 1):
+        return f"{n / 1024 ** k:.1f} {_UNITS[k]}"
+    return f"{format_count(n // 1024 ** k)} {_UNITS[k]}"

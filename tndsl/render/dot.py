@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from tndsl import ir
-from tndsl.errors import TnError
+from tndsl.errors import ResourceError, TnError
 from tndsl.text import dot_text, tex_math_name
 
 PARAM_STYLE = 'shape=box, style="rounded,filled", fillcolor="#dce8f5", color="#1f4e79", ' \
@@ -69,6 +69,7 @@ class _Expander:
         self.outputs = {inst.output: inst for inst in program.network.instances}
         self.dims: dict[str, str] = {}
         self.used: set[str] = set()
+        self.visited = 0
 
     def fresh(self, index: str, dim: str) -> str:
         name = index
@@ -89,13 +90,21 @@ class _Expander:
             products = [_Term(term.coefficient)]
             for k, factor in enumerate(term.factors):
                 options = self._factor(factor, ir.outside_of(term, k, keep), local, dims, depth)
+                _check_drawable(len(products) * len(options),
+                                sum(len(a.factors) for a in products) * len(options)
+                                + sum(len(b.factors) for b in options) * len(products))
                 products = [_Term(a.coefficient * b.coefficient, a.factors + b.factors)
                             for a in products for b in options]
             out.extend(products)
+            _check_drawable(len(out), 0)
         return out
 
     def _factor(self, factor, outside, subst, dims, depth) -> list[_Term]:
         one = sympy.Integer(1)
+        # Every factor visited, so that boxes nested in boxes (each holding a whole
+        # expansion, as layer norms of a residual stream do) are bounded too.
+        self.visited += 1
+        _check_drawable(0, self.visited)
         if isinstance(factor, ir.Ref):
             indices = tuple(subst[i] for i in factor.indices)
             if factor.name == ir.ONES:
@@ -129,6 +138,22 @@ class _Expander:
         terms = self.terms(argument, inner_subst, dims, set(legs), depth)
         return [_Term(one, [_Box(label_html, label_tex, terms,
                                  tuple(subst[i] for i in legs))])]
+
+
+# Inlining distributes sums, so `--expand` on a deep residual stream doubles the terms
+# per layer (GPT-2 small: 2^12 terms and millions of DOT lines); no figure that size is
+# readable. Checked before each distribution, so the refusal costs nothing.
+MAX_DRAWN_TERMS = 512
+MAX_DRAWN_TENSORS = 10_000
+
+
+class _TooLarge(Exception):
+    """The figure would exceed MAX_DRAWN_TERMS or MAX_DRAWN_TENSORS."""
+
+
+def _check_drawable(terms: int, tensors: int) -> None:
+    if terms > MAX_DRAWN_TERMS or tensors > MAX_DRAWN_TENSORS:
+        raise _TooLarge
 
 
 def _alias(eq: ir.Equation):
@@ -260,7 +285,15 @@ def to_dot(program, name: str | None = None, *, depth: int | None = 0,
         expander.used.add(index)
     dims = {leg.name: leg.dim for leg in eq.index_dims}
     expander.dims.update({i: dims[i] for i in eq.indices})
-    terms = expander.terms(eq.rhs, {i: i for i in eq.indices}, dims, set(eq.indices), depth)
+    try:
+        terms = expander.terms(eq.rhs, {i: i for i in eq.indices}, dims, set(eq.indices),
+                               depth)
+    except _TooLarge:
+        raise ResourceError(f"the figure of `{name}` would draw more than "
+                            f"{MAX_DRAWN_TERMS:,} terms or {MAX_DRAWN_TENSORS:,} tensors at "
+                            f"this depth", eq.span,
+                            hint="draw fewer levels of definitions: --depth N "
+                                 "(default 0) instead of --expand") from None
     source = program.network.source
     origin = source.name.rsplit("/", 1)[-1] if source is not None else "<string>"
     return _Writer(expander.dims, indices).write(eq, terms, origin)
