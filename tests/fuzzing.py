@@ -80,9 +80,10 @@ def valid_programs(draw):
     contractions, diagonals, copy legs, `ones` (broadcast and summing out), coefficients
     anywhere in a product (numbers, dims, `sqrt`, scalar arithmetic), division, unary
     minus and differences; `check`s of an equation against its own right-hand side; a
-    block with two inputs, one without inputs, calls with a rename and an instance
-    path, loops with number and dim bounds that rebind an accumulator, and paths with
-    number and loop-variable segments."""
+    block of three inputs (an expression and a call among the arguments), one without
+    inputs, one returning a scalar, calls with a rename and an instance path, loops with
+    number and dim bounds that rebind an accumulator, and paths with number and
+    loop-variable segments."""
     return _ProgramWriter(draw).program()
 
 
