@@ -42,7 +42,9 @@ def relative_equation(eq: ir.Equation, path: str) -> ir.Equation:
 def attribute(base: str, segment: str, is_list: bool) -> str:
     if is_list and segment.isdigit():
         return f"{base}[{segment}]"
-    if segment.isascii() and segment.isidentifier() and not keyword.iskeyword(segment):
+    # `self.__x` would be name-mangled inside a class body: underscores go via getattr.
+    if segment.isascii() and segment.isidentifier() and not keyword.iskeyword(segment) \
+            and not segment.startswith("_"):
         return f"{base}.{segment}"
     return f"getattr({base}, {segment!r})"
 
@@ -243,8 +245,8 @@ class ClassBuilder:
 
     def _attach(self, path: str, code: str) -> None:
         if "." not in path:
-            self.init_lines.append(f"self.{path} = {code}" if path.isidentifier() and not
-                                   keyword.iskeyword(path) else
+            plain = attribute("self", path, False) == f"self.{path}"
+            self.init_lines.append(f"self.{path} = {code}" if plain else
                                    f"self.add_module({path!r}, {code})")
         else:
             self.file.helpers.add("_attach")
