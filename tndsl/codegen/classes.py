@@ -151,7 +151,7 @@ class ClassBuilder:
                 arguments.append(var)
                 lower.read_dims(var, file.equations[binding.tensor].legs)
                 hook = self._hook(name, "")
-                lower.emit(f"{var} = {hook}({var})")
+                lower.emit(f"if {hook}.hooked: {var} = {hook}({var})")
                 lower.values[name] = Value(var, batched)
         self._bind_params(items)
         for group, reason in sorted(unrolled.items()):
@@ -401,7 +401,7 @@ class ClassBuilder:
         lower.indent += 1
         lower.emit(f"{var} = {block}({', '.join(args)})")
         for target in targets[1:]:
-            lower.emit(f"{var} = {target}({var})")
+            lower.emit(f"if {target}.hooked: {var} = {target}({var})")
         lower.indent -= 1
         batched = first.batched or any(lower.values[f].batched for f in loop.fixed if f)
         lower.values[loop.last] = Value(var, batched)

@@ -51,7 +51,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     if condition:
         lower.indent -= 1
     if hooks.get(fused.out.name):
-        lower.emit(f"{var} = {hooks[fused.out.name]}({var})")
+        lower.emit(f"if {hooks[fused.out.name]}.hooked: {var} = {hooks[fused.out.name]}({var})")
     batched = any(lower.values[n].batched for n in fused.reads)
     lower.values[fused.out.name] = Value(var, batched)
 
@@ -83,5 +83,5 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     if hook:
         lower.indent -= 1
     if hooks.get(fused.out.name):
-        lower.emit(f"{var} = {hooks[fused.out.name]}({var})")
+        lower.emit(f"if {hooks[fused.out.name]}.hooked: {var} = {hooks[fused.out.name]}({var})")
     lower.values[fused.out.name] = Value(var, lower.values[fused.argument].batched)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 HELPERS = {
     "HookPoint": '''
+from torch.nn.modules.module import _global_forward_hooks as _GLOBAL_FORWARD_HOOKS
+from torch.nn.modules.module import _global_forward_pre_hooks as _GLOBAL_FORWARD_PRE_HOOKS
+
+
 class HookPoint(nn.Identity):
     """A named intermediate (its `.tn` name, relative to the enclosing generated class).
     Register forward hooks on it with plain PyTorch to read or replace the value."""
@@ -17,8 +21,11 @@ class HookPoint(nn.Identity):
 
     @property
     def hooked(self):
-        """A hook is attached: fused paths that skip this value must not be taken."""
-        return bool(self._forward_hooks or self._forward_pre_hooks)
+        """A forward hook is attached (here or globally): the generated code calls the
+        hook point only then (a module call costs as much as a small matmul), and fused
+        paths that skip this value are not taken."""
+        return bool(self._forward_hooks or self._forward_pre_hooks or _GLOBAL_FORWARD_HOOKS
+                    or _GLOBAL_FORWARD_PRE_HOOKS)
 
     def extra_repr(self):
         return repr(self.tn_name)
@@ -62,6 +69,9 @@ def _attach(module, path, child):
 def _check_input(value, name, shape, ids, at_most=()):
     """Trailing dims must match the declared legs (None: any size; a position listed in
     `at_most` may be shorter, as a sequence is); ids must be integers."""
+    if type(value) is torch.Tensor and value.shape[value.dim() - len(shape):] == shape and \
+            not (ids and value.dtype.is_floating_point) and len(shape) <= value.dim():
+        return  # the common case, checked cheaply
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")
     if ids and (value.dtype.is_floating_point or value.dtype.is_complex):

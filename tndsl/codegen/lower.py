@@ -112,7 +112,7 @@ class Lowering:
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
         self.emit(f"{var} = {expr}")
         if hook is not None:
-            self.emit(f"{var} = {hook}({var})")
+            self.emit(f"if {hook}.hooked: {var} = {hook}({var})")
         self.values[eq.name] = Value(var, batched)
 
     def _sum(self, expr: ir.Sum, layout: Sequence[str], hint: str, span
@@ -273,20 +273,27 @@ class Lowering:
             if any(self.is_runtime(self._dim_of(names[c])) for c in k + nn_):
                 continue  # reshapes need the sizes at compile time
             sizes = {c: self._plan_size(name) for name, c in letters.items()}
-            want = "".join(k + nn_)
-            weight = w
-            if ws != want:
-                perm = tuple(ws.index(c) for c in want)
-                weight = f"{w}.permute{perm}"
-            if len(k) > 1 or len(nn_) > 1 or ws != want:
-                kp = _product(sizes[c] for c in k)
-                np_ = _product(sizes[c] for c in nn_)
-                # Nothing left on the weight's side: a vector, so `@` drops the dim.
-                weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
+            kp = _product(sizes[c] for c in k)
+            np_ = _product(sizes[c] for c in nn_)
             left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
-            code = f"{left} @ {weight}"
+            if nn_ and ws == "".join(nn_ + k):
+                # Stored as (out, in), which is F.linear's layout: no permute, and a
+                # reshape only to merge legs (a view of the contiguous param).
+                weight_t = w if len(k) == 1 and len(nn_) == 1 else f"{w}.reshape({np_}, {kp})"
+                code = f"F.linear({left}, {weight_t})"
+            else:
+                want = "".join(k + nn_)
+                weight = w
+                if ws != want:
+                    perm = tuple(ws.index(c) for c in want)
+                    weight = f"{w}.permute{perm}"
+                if len(k) > 1 or len(nn_) > 1 or ws != want:
+                    # Nothing left on the weight's side: a vector, so `@` drops the dim.
+                    weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
+                code = f"{left} @ {weight}"
+                weight_t = f"{weight}.t()"
             if last and nn_:
-                self.linear = (left, weight, tuple(names[c] for c in nn_),
+                self.linear = (left, weight_t, tuple(names[c] for c in nn_),
                                tuple(sizes[c] for c in nn_))
             if len(nn_) > 1:
                 code = f"({code}).unflatten(-1, {tuple(sizes[c] for c in nn_)})"
@@ -420,7 +427,7 @@ def _product(values) -> int:
 
 
 def _fuse_bias(parts, linears, biases) -> list[str] | None:
-    """`x @ W + b * ones[...]` → `F.linear(x, W.t(), b)`: one addmm, no separate pass
+    """`x @ W + b * ones[...]` → `F.linear(x, W.t(), b)` (the weight is kept (out, in)): one addmm, no separate pass
     over the result to add the bias."""
     for i, linear in enumerate(linears):
         if linear is None:
@@ -433,7 +440,7 @@ def _fuse_bias(parts, linears, biases) -> list[str] | None:
             if legs != out_legs:
                 continue
             flat_bias = var if len(legs) == 1 else f"{var}.reshape(-1)"
-            code = f"F.linear({left}, {weight}.t(), {flat_bias})"
+            code = f"F.linear({left}, {weight}, {flat_bias})"
             if len(out_legs) > 1:
                 code = f"{code}.unflatten(-1, {out_sizes})"
             rest = [p for k, p in enumerate(parts) if k not in (i, j)]
