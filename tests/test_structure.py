@@ -238,3 +238,18 @@ def test_torch_compile_takes_the_whole_forward_as_one_graph(gpt2):
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert torch.allclose(compiled(tokens), model(tokens), atol=1e-12, rtol=0)
+
+
+def test_a_global_module_forward_hook_reaches_the_hook_points(gpt2):
+    program, values, tokens = gpt2
+    model = _loaded(program, values)
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(module.tn_name)
+        if hasattr(module, "tn_name") else None)
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        handle.remove()
+    assert "pattern" in seen and "resid@3" in seen  # the explicit attention path ran

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 HELPERS = {
     "HookPoint": '''
-from torch.nn.modules.module import _global_forward_hooks as _GLOBAL_FORWARD_HOOKS
-from torch.nn.modules.module import _global_forward_pre_hooks as _GLOBAL_FORWARD_PRE_HOOKS
-
-
 class HookPoint(nn.Identity):
     """A named intermediate (its `.tn` name, relative to the enclosing generated class).
     Register forward hooks on it with plain PyTorch to read or replace the value."""
@@ -24,8 +20,9 @@ class HookPoint(nn.Identity):
         """A forward hook is attached (here or globally): the generated code calls the
         hook point only then (a module call costs as much as a small matmul), and fused
         paths that skip this value are not taken."""
-        return bool(self._forward_hooks or self._forward_pre_hooks or _GLOBAL_FORWARD_HOOKS
-                    or _GLOBAL_FORWARD_PRE_HOOKS)
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or nn.modules.module._global_forward_hooks
+                    or nn.modules.module._global_forward_pre_hooks)
 
     def extra_repr(self):
         return repr(self.tn_name)
