@@ -213,6 +213,18 @@ def matvec(args) -> tuple[float, float]:
     return times["compiled"] / calls, times["W @ x"] / calls
 
 
+def profile(args) -> None:
+    """torch.profiler's top operators for the compiled model and HF sdpa at 4 x 128."""
+    models = build(args.layers, 128, args.device)
+    tokens = torch.randint(0, 50257, (4, 128), device=args.device)
+    for name in ("tndsl compiled", "HF sdpa"):
+        _no_grad(models[name], tokens)
+        with torch.profiler.profile() as prof:
+            _no_grad(models[name], tokens)
+        print(f"--- {name}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -223,11 +235,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--matvec", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.layers)
+        return
+    if args.profile:
+        profile(args)
         return
     print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
