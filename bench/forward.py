@@ -1,22 +1,35 @@
-"""GPT-2-small-shaped forward pass: the compiled .tn model against HF transformers'
-GPT2LMHeadModel and a hand-written torch forward, all with the same weights, in one run;
-then a Llama-shaped row (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
+"""GPT-2-small-shaped forward pass and training step: the compiled .tn model against
+Hugging Face's GPT2LMHeadModel (sdpa and eager attention) and a hand-written SDPA model,
+all with the same weights, interleaved in one run; with --llama, a Llama-shaped row
+(GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
-    python bench/forward.py [--batch 4] [--context 128] [--layers 12] [--repeat 5]
+    python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
+                            [--compile] [--memory] [--matvec]
 
-Prints compile time and median forward times with their ratios to the compiled model
-(a ratio above 1 means the baseline is slower). Needs `transformers` (the test extra).
+Rows: forward under no_grad at each batch x context, and one training step (forward,
+loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
+model is faster). --compile: torch.compile first-call and steady-state times of the
+compiled model and the hand-written one. --memory: peak memory above the weights of one
+1 x 1024 forward (each contender in a fresh process, from its peak resident size).
+--matvec: per-call time of a compiled 64 x 64 matrix-vector product against `W @ x`.
+Needs `transformers` (the test extra).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import tndsl
 from tndsl.weights import load_hf_gpt2, load_state
@@ -24,31 +37,50 @@ from tndsl.weights import load_hf_gpt2, load_state
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
 
 
-def hand_written(w, tokens, layers, heads):
-    """GPT-2 as one would write it in torch, reading the same TransformerLens-layout weights."""
-    def layer_norm(x, prefix):
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], w[prefix + ".w"], w[prefix + ".b"],
-                                              eps=1e-5)
+class HandWritten(nn.Module):
+    """GPT-2 as one would write it in torch (fused QKV, F.layer_norm, SDPA), reading the
+    same TransformerLens-layout weights."""
 
-    n = tokens.shape[-1]
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    resid = w["embed.W_E"][tokens] + w["pos_embed.W_pos"][:n]
-    for l in range(layers):
-        b = f"blocks.{l}."
-        x = layer_norm(resid, b + "ln1")
-        model = x.shape[-1]
-        qkv = [x @ w[b + f"attn.W_{k}"].permute(1, 0, 2).reshape(model, model)
-               + w[b + f"attn.b_{k}"].reshape(model) for k in "QKV"]
-        q, k, v = (t.view(*t.shape[:-1], heads, model // heads).transpose(-2, -3) for t in qkv)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(model // heads)
-        pattern = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-        z = (pattern @ v).transpose(-2, -3).reshape(*x.shape[:-1], model)
-        resid = resid + z @ w[b + "attn.W_O"].reshape(model, model) + w[b + "attn.b_O"]
-        x = layer_norm(resid, b + "ln2")
-        hidden = torch.nn.functional.gelu(x @ w[b + "mlp.W_in"] + w[b + "mlp.b_in"],
-                                          approximate="tanh")
-        resid = resid + hidden @ w[b + "mlp.W_out"] + w[b + "mlp.b_out"]
-    return layer_norm(resid, "ln_final") @ w["unembed.W_U"] + w["unembed.b_U"]
+    def __init__(self, w, layers, heads):
+        super().__init__()
+        self.layers, self.heads = layers, heads
+        model = w["embed.W_E"].shape[1]
+        self.params = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(v.clone())
+                                        for k, v in w.items()})
+        for l in range(layers):  # fused QKV weight, as a (3 * model, model) linear
+            b = f"blocks__{l}__attn__"
+            qkv = torch.cat([w[f"blocks.{l}.attn.W_{k}"].permute(0, 2, 1).reshape(model, model)
+                             for k in "QKV"])
+            self.params[b + "W_QKV"] = nn.Parameter(qkv)
+            self.params[b + "b_QKV"] = nn.Parameter(torch.cat(
+                [w[f"blocks.{l}.attn.b_{k}"].reshape(model) for k in "QKV"]))
+            self.params[b + "W_O_t"] = nn.Parameter(
+                w[f"blocks.{l}.attn.W_O"].reshape(model, model).t().contiguous())
+            self.params[f"blocks__{l}__mlp__W_in_t"] = nn.Parameter(
+                w[f"blocks.{l}.mlp.W_in"].t().contiguous())
+            self.params[f"blocks__{l}__mlp__W_out_t"] = nn.Parameter(
+                w[f"blocks.{l}.mlp.W_out"].t().contiguous())
+        self.params["unembed__W_U_t"] = nn.Parameter(w["unembed.W_U"].t().contiguous())
+
+    def forward(self, tokens):
+        p = self.params
+        n = tokens.shape[-1]
+        resid = p["embed__W_E"][tokens] + p["pos_embed__W_pos"][:n]
+        model = resid.shape[-1]
+        for l in range(self.layers):
+            b = f"blocks__{l}__"
+            x = F.layer_norm(resid, (model,), p[b + "ln1__w"], p[b + "ln1__b"], 1e-5)
+            qkv = F.linear(x, p[b + "attn__W_QKV"], p[b + "attn__b_QKV"])
+            q, k, v = qkv.unflatten(-1, (3, self.heads, model // self.heads)).unbind(-3)
+            z = F.scaled_dot_product_attention(q.transpose(-2, -3), k.transpose(-2, -3),
+                                               v.transpose(-2, -3), is_causal=True)
+            z = z.transpose(-2, -3).flatten(-2)
+            resid = resid + F.linear(z, p[b + "attn__W_O_t"], p[b + "attn__b_O"])
+            x = F.layer_norm(resid, (model,), p[b + "ln2__w"], p[b + "ln2__b"], 1e-5)
+            h = F.gelu(F.linear(x, p[b + "mlp__W_in_t"], p[b + "mlp__b_in"]), approximate="tanh")
+            resid = resid + F.linear(h, p[b + "mlp__W_out_t"], p[b + "mlp__b_out"])
+        x = F.layer_norm(resid, (model,), p["ln_final__w"], p["ln_final__b"], 1e-5)
+        return F.linear(x, p["unembed__W_U_t"], p["unembed__b_U"])
 
 
 def median_times(fns: dict, repeat: int) -> dict[str, float]:
@@ -66,69 +98,123 @@ def median_times(fns: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def build(layers: int, context: int, device: str = "cpu", **options):
     import transformers
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=args.layers, n_positions=args.context,
-                                     attn_implementation="eager")
-    hf = transformers.GPT2LMHeadModel(config).eval()
+    models = {}
+    for attention in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=layers, n_positions=context,
+                                         attn_implementation=attention)
+        models[f"HF {attention}"] = transformers.GPT2LMHeadModel(config).eval()
     with tempfile.TemporaryDirectory() as folder:
-        hf.save_pretrained(folder)
+        models["HF sdpa"].save_pretrained(folder)
         state = load_hf_gpt2(folder)
+    program = tndsl.load(EXAMPLE, dims={"Context": context, "Layers": layers})
+    compiled = program.module(**options)
+    load_state(compiled, state)
+    models = {"tndsl compiled": compiled.eval(), **models,
+              "hand-written SDPA": HandWritten(state, layers, 12).eval()}
+    return {k: m.to(device) for k, m in models.items()}
 
-    start = time.perf_counter()
-    program = tndsl.load(EXAMPLE, dims={"Context": args.context, "Layers": args.layers})
-    generated = program.compile()
-    compile_seconds = time.perf_counter() - start
-    module = generated.build()
-    load_state(module, state)
-    device = torch.device(args.device)
-    module, hf = module.to(device).eval(), hf.to(device)
-    weights = {k: v.to(device) for k, v in state.items()}
-    tokens = torch.randint(0, config.vocab_size, (args.batch, args.context), device=device)
 
-    def sync(fn):
+def _logits(model, tokens):
+    out = model(tokens)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def table(args) -> list[tuple]:
+    rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
+    longest = max(c for _, c in rows)
+    models = build(args.layers, longest, args.device)
+    results = []
+    for batch, context in rows:
+        tokens = torch.randint(0, 50257, (batch, context), device=args.device)
+        with torch.no_grad():
+            reference = _logits(models["HF eager"], tokens)
+            for name, model in models.items():
+                assert (_logits(model, tokens) - reference).abs().max() < 1e-3, name
+        fns = {name: (lambda m=model: _no_grad(m, tokens)) for name, model in models.items()}
+        results.append((f"forward {batch}x{context}", median_times(fns, args.repeat)))
+    batch, context = rows[0]
+    tokens = torch.randint(0, 50257, (batch, context), device=args.device)
+    for model in models.values():
+        model.train()
+    fns = {name: (lambda m=model: _step(m, tokens)) for name, model in models.items()}
+    results.append((f"training step {batch}x{context}", median_times(fns, args.repeat)))
+    return results
+
+
+def _no_grad(model, tokens):
+    with torch.no_grad():
+        _logits(model, tokens)
+
+
+def _step(model, tokens):
+    model.zero_grad(set_to_none=True)
+    logits = _logits(model, tokens)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+
+
+def compile_times(args) -> dict:
+    models = build(args.layers, 128, args.device)
+    tokens = torch.randint(0, 50257, (4, 128), device=args.device)
+    out = {}
+    for name in ("tndsl compiled", "hand-written SDPA"):
+        torch._dynamo.reset()
+        compiled = torch.compile(models[name])
+        start = time.perf_counter()
+        _no_grad(compiled, tokens)
+        first = time.perf_counter() - start
+        steady = median_times({name: lambda: _no_grad(compiled, tokens)}, args.repeat)[name]
+        out[name] = (first, steady)
+    return out
+
+
+def memory_child(name: str, layers: int) -> None:
+    models = build(layers, 1024)
+    model = models[name]
+    del models
+    tokens = torch.randint(0, 50257, (1, 1024))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _no_grad(model, tokens)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"name": name, "peak_mb": (after - before) / 1024}))
+
+
+def memory(args) -> dict:
+    """Peak resident size of one forward above what building the models needed: each in
+    a fresh process (building all four first, so the baseline peak is the same)."""
+    out = {}
+    for name in ("tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA"):
+        result = subprocess.run([sys.executable, __file__, "--memory-child", name,
+                                 "--layers", str(args.layers), "--threads", str(args.threads)],
+                                capture_output=True, text=True, check=True)
+        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+    return out
+
+
+def matvec(args) -> tuple[float, float]:
+    program = tndsl.parse("dim M = 64\ndim N = 64\ninput x[m: M]\nparam W[n: N, m: M]\n"
+                          "y[n] = W[n, m] * x[m]\n", "matvec.tn")
+    model = program.module().eval()
+    weight = model.W.detach().clone()
+    x = torch.randn(64)
+    calls = 2000
+
+    def loop(fn):
         def run():
-            with torch.inference_mode():
-                fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            with torch.no_grad():
+                for _ in range(calls):
+                    fn()
         return run
 
-    with torch.inference_mode():
-        reference = hf(tokens).logits
-        assert (module(tokens) - reference).abs().max() < 1e-3
-        assert (hand_written(weights, tokens, args.layers, 12) - reference).abs().max() < 1e-3
-
-    times = median_times({
-        "tndsl compiled": sync(lambda: module(tokens)),
-        "HF GPT2LMHeadModel": sync(lambda: hf(tokens)),
-        "hand-written torch": sync(lambda: hand_written(weights, tokens, args.layers, 12)),
-    }, args.repeat)
-    compiled = times["tndsl compiled"]
-
-    print(f"GPT-2 small shape: {args.layers} layers, model 768, batch {args.batch} x context "
-          f"{args.context}, {device.type}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"compile (load + check + plan + generate): {compile_seconds:.3f} s")
-    print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
-    for name, seconds in times.items():
-        print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
-    llama_row(args, device, sync)
+    times = median_times({"compiled": loop(lambda: model(x)),
+                          "W @ x": loop(lambda: weight @ x)}, args.repeat)
+    return times["compiled"] / calls, times["W @ x"] / calls
 
 
-def llama_row(args, device, sync) -> None:
+def llama_row(args) -> None:
     """The Llama-shaped row: 12 layers (by default), model 768, GQA with 12 query heads
     on 4 key/value heads, loaded with tndsl.from_pretrained from the HF model's own
     checkpoint; goal: at most 0.9x HF's time."""
@@ -137,25 +223,83 @@ def llama_row(args, device, sync) -> None:
     config = transformers.LlamaConfig(
         vocab_size=32000, hidden_size=768, intermediate_size=2048,
         num_hidden_layers=args.layers, num_attention_heads=12, num_key_value_heads=4,
-        max_position_embeddings=max(args.context, 512))
+        max_position_embeddings=512)
     hf = transformers.LlamaForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         module = tndsl.from_pretrained(folder, torch.float32)
+    device = torch.device(args.device)
     module, hf = module.to(device).eval(), hf.to(device)
-    tokens = torch.randint(0, config.vocab_size, (args.batch, args.context), device=device)
+    batch, context = 1, 128
+    tokens = torch.randint(0, config.vocab_size, (batch, context), device=device)
     with torch.inference_mode():
         assert (module(tokens) - hf(tokens).logits).abs().max() < 1e-3
     times = median_times({
-        "tndsl compiled": sync(lambda: module(tokens)),
-        "HF LlamaForCausalLM": sync(lambda: hf(tokens)),
+        "tndsl compiled": lambda: _no_grad(module, tokens),
+        "HF LlamaForCausalLM": lambda: _no_grad(hf, tokens),
     }, args.repeat)
     compiled = times["tndsl compiled"]
-    print(f"\nLlama shape: {args.layers} layers, model 768, GQA 12/4, batch {args.batch} x "
-          f"context {args.context}, {device.type}")
+    print(f"\nLlama shape: {args.layers} layers, model 768, GQA 12/4, batch {batch} x "
+          f"context {context}, {device.type}")
     print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
     for name, seconds in times.items():
         print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
+
+
+def profile(args) -> None:
+    """torch.profiler's top operators for the compiled model and HF sdpa at 4 x 128."""
+    models = build(args.layers, 128, args.device)
+    tokens = torch.randint(0, 50257, (4, 128), device=args.device)
+    for name in ("tndsl compiled", "HF sdpa"):
+        _no_grad(models[name], tokens)
+        with torch.profiler.profile() as prof:
+            _no_grad(models[name], tokens)
+        print(f"--- {name}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rows", default="4x128,1x512,1x1024")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--matvec", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, args.layers)
+        return
+    if args.profile:
+        profile(args)
+        return
+    print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeat}")
+    names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA"]
+    print("| row | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for row, times in table(args):
+        base = times["tndsl compiled"]
+        print(f"| {row} | " + " | ".join(f"{times[n]:.4f} s ({times[n] / base:.2f})"
+                                         for n in names) + " |")
+    if args.compile:
+        for name, (first, steady) in compile_times(args).items():
+            print(f"torch.compile {name}: first call {first:.1f} s, steady {steady:.4f} s")
+    if args.memory:
+        for name, mb in memory(args).items():
+            print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")
+    if args.matvec:
+        compiled, plain = matvec(args)
+        print(f"64x64 matvec per call: compiled {compiled * 1e6:.1f} us, W @ x "
+              f"{plain * 1e6:.1f} us, ratio {compiled / plain:.2f}")
+    if args.llama:
+        llama_row(args)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--optimizer", default="auto",
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
+    compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
+                          help="leave out an optional pass (repeatable): attention, "
+                               "layer_norm, liveness; `all` leaves out every one")
+    compile_.add_argument("--vary", action="append", metavar="DIM",
+                          help="a sized dim the inputs may have shorter, params sliced to "
+                               "it (repeatable; default: token positions)")
 
     render = commands.add_parser(
         "render", help="draw an equation's network in graphical tensor notation",
@@ -167,7 +173,10 @@ def _check(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     try:
         program = load(args.file, dict(args.dim))
-        generated = program.compile(args.outputs, optimizer=args.optimizer)
+        no_fuse = [n for n in args.no_fuse if n != "all"]
+        generated = program.compile(args.outputs, optimizer=args.optimizer,
+                                    fuse="all" not in args.no_fuse, no_fuse=no_fuse,
+                                    vary=args.vary)
     except TnError as e:
         _report(e, args.file)
         return 1

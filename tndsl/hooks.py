@@ -1,17 +1,21 @@
 """Reading and changing a compiled model's named intermediates during a forward pass.
 
-Every equation of a compiled model is a hook point named by its `.tn` path
-(`blocks.1.attn.pattern`, `resid1`, `blocks.0.out`); `hook_names(model)` lists them.
+Every equation of a compiled model passes through a `HookPoint` submodule (an
+`nn.Identity`) next to its params: `blocks.1.attn.pattern` at module path
+`blocks.1.attn.hook_pattern`. Plain PyTorch forward hooks on those modules read and
+replace values; this module adds names and conveniences on top of them:
 
     logits, cache = run_with_cache(model, tokens, names=["blocks.0.attn.pattern"])
     with intervene(model, {"blocks.0.attn.out": scale(0.0)}):     # ablate a block
         ablated = model(tokens)
 
-Interventions are ordinary torch operations, so gradients flow through them.
+`hook_names(model)` lists the names in the order the forward pass computes them;
+`hook_points(model)` maps each to its module. Interventions are ordinary torch
+operations, so gradients flow through them.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -22,43 +26,77 @@ from tndsl.errors import TnError, UnknownNameError, did_you_mean
 Hook = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
+def hook_points(model: nn.Module) -> dict[str, nn.Module]:
+    """`.tn` name -> hook-point module, in the order the forward pass computes them."""
+    if not hasattr(type(model), "HOOK_ORDER"):
+        raise TnError("not a tndsl-compiled model: it has no HOOK_ORDER")
+    points: dict[str, nn.Module] = {}
+
+    def visit(module: nn.Module, path: str, owner: str) -> None:
+        if hasattr(type(module), "HOOK_ORDER"):
+            walk(module, path)
+        else:  # a HookPoint: its name is relative to the class that owns it
+            points[f"{owner}.{module.tn_name}" if owner else module.tn_name] = module
+
+    def walk(module: nn.Module, path: str) -> None:
+        for entry in type(module).HOOK_ORDER:
+            if isinstance(entry, tuple):  # ModuleLists iterated together (a loop)
+                lists = [module.get_submodule(p) for p in entry]
+                for i, members in enumerate(zip(*lists)):
+                    for name, member in zip(entry, members):
+                        visit(member, _join(path, f"{name}.{i}"), path)
+            else:
+                visit(module.get_submodule(entry), _join(path, entry), path)
+
+    walk(model, "")
+    return points
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix else path
+
+
 def hook_names(model: nn.Module) -> tuple[str, ...]:
     """The hook points of a compiled model, in the order the forward pass computes them."""
-    names = getattr(model, "HOOK_NAMES", None)
-    if names is None:
-        raise TnError("not a tndsl-compiled model: it has no HOOK_NAMES")
-    return tuple(names)
+    return tuple(hook_points(model))
 
 
-def _check(model: nn.Module, names: Iterable[str]) -> None:
-    known = hook_names(model)
+def _lookup(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    points = hook_points(model)
     for name in names:
-        if name not in known:
+        if name not in points:
             raise UnknownNameError(f"no hook point `{name}` in this model",
-                                   hint=did_you_mean(name, known) or
+                                   hint=did_you_mean(name, points) or
                                    "compile the outputs that need it; hook_names(model) lists them")
+    return points
 
 
 @contextmanager
 def intervene(model: nn.Module, hooks: Mapping[str, Hook | Iterable[Hook]]):
     """Run the `with` body with these hooks registered; each hook gets the value and
-    returns a replacement (or None to leave it)."""
-    _check(model, hooks)
-    saved = {name: list(fns) for name, fns in model.tndsl_hooks.items()}
-    try:
+    returns a replacement (or None to leave it). They are forward hooks on the hook-point
+    modules, removed on exit."""
+    points = _lookup(model, hooks)
+    with ExitStack() as stack:
         for name, fns in hooks.items():
             fns = [fns] if callable(fns) else list(fns)
-            model.tndsl_hooks.setdefault(name, []).extend(fns)
+            for fn in fns:
+                handle = points[name].register_forward_hook(_adapt(fn))
+                stack.callback(handle.remove)
         yield model
-    finally:
-        model.tndsl_hooks.clear()
-        model.tndsl_hooks.update(saved)
+
+
+def _adapt(fn: Hook):
+    def hook(module, args, output):
+        return fn(output)
+    return hook
 
 
 def run_with_cache(model: nn.Module, *args, names: Iterable[str] | None = None,
                    detach: bool = True, **kwargs):
     """The model's output and a dict of the named intermediates (all hook points when
-    `names` is None). Reading a cache does not change the output."""
+    `names` is None). Reading a cache does not change the output (a fused attention
+    whose pattern is cached runs its explicit path, which computes the same values)."""
     names = list(hook_names(model) if names is None else names)
     cache: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,88 @@
+"""Code for the fused forms (`passes.fuse_attention`, `passes.fuse_layer_norm`).
+
+Each emits the fast call when no hook is attached to the values it skips, and the
+explicit equations otherwise: the choice is made at run time, per instance, so a
+cache or a patch of the pattern sees exactly what the unfused model computes.
+"""
+from __future__ import annotations
+
+from tndsl.codegen.lower import EPS, Lowering, Value
+from tndsl.passes.fuse_attention import FusedAttention
+from tndsl.passes.fuse_layer_norm import FusedNorm
+
+
+def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
+    """`var` (trailing legs in `roles` order) with its trailing legs in `want` order."""
+    if roles == want:
+        return var
+    n = len(roles)
+    source = tuple(roles.index(r) - n for r in want)
+    target = tuple(range(-n, 0))
+    moved = [(s, t) for s, t in zip(source, target) if s != t]
+    if len(moved) == 2 and moved[0] == moved[1][::-1]:
+        return f"{var}.transpose({moved[0][0]}, {moved[0][1]})"
+    return f"{var}.movedim({source}, {target})"
+
+
+def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> None:
+    """`hooks`: equation name -> the code of its hook point (or None)."""
+    checks = [hooks[n] for n in (fused.scores.name, fused.pattern.name) if hooks.get(n)]
+    condition = " or ".join(f"{h}.hooked" for h in checks)
+    if condition:
+        lower.emit(f"if {condition}:")
+        lower.indent += 1
+        for eq in (fused.scores, fused.pattern, fused.out):
+            eq_var = var if eq is fused.out else lower.ns(f"value:{eq.name}", eq.name)
+            lower.equation(eq, eq_var, None if eq is fused.out else hooks.get(eq.name))
+        lower.indent -= 1
+        lower.emit("else:")
+        lower.indent += 1
+    lower.index_dims = {leg.name: leg.dim for leg in fused.scores.index_dims}
+    lower.emit(f"# {fused.out.name}: scaled dot-product attention "
+               f"({'causal' if fused.causal else 'unmasked'}), pattern not materialised")
+    heads = fused.heads
+    q = _move(lower.values[fused.query].var, fused.query_roles, heads + ("p", "e"))
+    k = _move(lower.values[fused.key].var, fused.key_roles, heads + ("s", "e"))
+    v = _move(lower.values[fused.value].var, fused.value_roles, heads + ("s", "f"))
+    scale = lower._scalar_code(fused.scale)
+    call = (f"F.scaled_dot_product_attention({q}, {k}, {v}, "
+            f"is_causal={fused.causal}, scale={scale})")
+    lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
+    if condition:
+        lower.indent -= 1
+    if hooks.get(fused.out.name):
+        lower.emit(f"if {hooks[fused.out.name]}.hooked: {var} = {hooks[fused.out.name]}({var})")
+    batched = any(lower.values[n].batched for n in fused.reads)
+    lower.values[fused.out.name] = Value(var, batched)
+
+
+def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
+    hook = hooks.get(fused.normalized.name)
+    if hook:
+        lower.emit(f"if {hook}.hooked:")
+        lower.indent += 1
+        lower.equation(fused.normalized, lower.ns(f"value:{fused.normalized.name}",
+                                                 fused.normalized.name), hook)
+        lower.equation(fused.out, var, None)
+        lower.indent -= 1
+        lower.emit("else:")
+        lower.indent += 1
+    lower.index_dims = {leg.name: leg.dim for leg in fused.out.index_dims}
+    legs = fused.out.indices[len(fused.out.indices) - fused.legs:]
+    shape = "".join(f"{lower._size_code(lower._dim_of(i))}, " for i in legs).rstrip(" ")
+    x = lower.values[fused.argument].var
+    w = lower.values[fused.weight].var
+    b = lower.values[fused.bias].var if fused.bias else None
+    lower.emit(f"# {fused.out.name}: {fused.function} with its weight"
+               f"{' and bias' if b else ''} in one call")
+    eps = EPS if fused.eps is None else fused.eps
+    if fused.function == "layernorm":
+        code = f"F.layer_norm({x}, ({shape}), {w}, {b}, eps={eps!r})"
+    else:
+        code = f"F.rms_norm({x}, ({shape}), {w}, eps={eps!r})" + (f" + {b}" if b else "")
+    lower.emit(f"{var} = {code}")
+    if hook:
+        lower.indent -= 1
+    if hooks.get(fused.out.name):
+        lower.emit(f"if {hooks[fused.out.name]}.hooked: {var} = {hooks[fused.out.name]}({var})")
+    lower.values[fused.out.name] = Value(var, lower.values[fused.argument].batched)

@@ -1,0 +1,127 @@
+"""Fixed text the generated module defines above its classes, emitted only when used.
+
+None of it depends on the `.tn` file: names from the file reach the generated module
+only as identifiers (`codegen.names`) or `repr()` literals, never through here.
+"""
+from __future__ import annotations
+
+from tndsl.codegen import fixed as fixed_forms
+
+HELPERS = {
+    "HookPoint": '''
+class HookPoint(nn.Identity):
+    """A named intermediate (its `.tn` name, relative to the enclosing generated class).
+    Register forward hooks on it with plain PyTorch to read or replace the value."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.tn_name = name
+
+    @property
+    def hooked(self):
+        """A forward hook is attached (here or globally): the generated code calls the
+        hook point only then (a module call costs as much as a small matmul), and fused
+        paths that skip this value are not taken."""
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or nn.modules.module._global_forward_hooks
+                    or nn.modules.module._global_forward_pre_hooks)
+
+    def extra_repr(self):
+        return repr(self.tn_name)
+''',
+    "_param": '''
+def _param(module, path, shape, init, args):
+    """Register an nn.Parameter under a dotted path, creating containers on the way."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if part not in module._modules:
+            module.add_module(part, nn.Module())
+        module = module._modules[part]
+    tensor = torch.empty(shape)
+    with torch.no_grad():
+        if init == "normal":
+            mean, std = args if len(args) == 2 else (0.0, args[0] if args else 0.02)
+            tensor.normal_(mean, std)
+        elif init == "uniform":
+            tensor.uniform_(*args)
+        elif init == "constant":
+            tensor.fill_(args[0])
+        elif init == "zeros":
+            tensor.zero_()
+        elif init == "ones":
+            tensor.fill_(1.0)
+        else:
+            raise ValueError(f"unknown initialiser {init!r}")
+    module.register_parameter(leaf, nn.Parameter(tensor))
+''',
+    "_attach": '''
+def _attach(module, path, child):
+    """Register a submodule under a dotted path, creating containers on the way."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if part not in module._modules:
+            module.add_module(part, nn.Module())
+        module = module._modules[part]
+    module.add_module(leaf, child)
+''',
+    "_check_input": '''
+def _check_input(value, name, shape, ids, at_most=()):
+    """Trailing dims must match the declared legs (None: any size; a position listed in
+    `at_most` may be shorter, as a sequence is); ids must be integers."""
+    if type(value) is torch.Tensor and value.shape[value.dim() - len(shape):] == shape and \
+            not (ids and value.dtype.is_floating_point) and len(shape) <= value.dim():
+        return  # the common case, checked cheaply
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")
+    if ids and (value.dtype.is_floating_point or value.dtype.is_complex):
+        raise TypeError(f"input {name} holds token ids and must be an integer tensor, got {value.dtype}")
+    actual = tuple(value.shape[value.dim() - len(shape):]) if value.dim() >= len(shape) else None
+    if actual is None or any(want is not None and (got > want if k in at_most else got != want)
+                             for k, (want, got) in enumerate(zip(shape, actual))):
+        want = ", ".join("?" if s is None else f"<={s}" if k in at_most else str(s)
+                         for k, s in enumerate(shape))
+        raise ValueError(f"input {name} must have shape (..., {want}), got {tuple(value.shape)}")
+''',
+    "_positions": '''
+def _positions(t, axis):
+    """Index positions along `axis` (negative), shaped to broadcast over the later dims."""
+    n = t.size(axis)
+    return torch.arange(n, device=t.device).view((n,) + (1,) * (-axis - 1))
+''',
+    "_masked_softmax": '''
+def _masked_softmax(t, keep, legs):
+    """Softmax over the last `legs` dims where `keep` holds; masked entries, and rows with
+    nothing kept, are exactly 0."""
+    t = t.masked_fill(~keep, float("-inf"))
+    return _softmax(t, legs).masked_fill(~keep, 0.0)
+''',
+    "_softmax": '''
+def _softmax(t, legs):
+    if legs == 1:
+        return torch.softmax(t, dim=-1)
+    flat = t.reshape(t.shape[:t.dim() - legs] + (-1,))
+    return torch.softmax(flat, dim=-1).reshape(t.shape)
+''',
+    "_rmsnorm": '''
+def _rmsnorm(t, legs, eps):
+    dims = tuple(range(-legs, 0))
+    return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
+''',
+    **fixed_forms.HELPERS,
+}
+HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
+# Emitted first: the classes below use it at construction.
+FIRST = ("HookPoint",)
+
+
+def helper_source(names) -> list[str]:
+    """The helpers' text, dependencies included, in a fixed order."""
+    names = set(names)
+    for name in list(names):
+        names.update(HELPER_DEPENDENCIES.get(name, ()))
+    order = [n for n in FIRST if n in names] + sorted(n for n in names if n not in FIRST)
+    lines = []
+    for name in order:
+        lines.append(HELPERS[name].strip("\n"))
+        lines.append("")
+    return lines

@@ -1,0 +1,52 @@
+"""The optional rewrites of code generation, by name: what `fuse=` and `--no-fuse` take.
+
+Each is a pure function of a scope's planned items (equations in computation order,
+plus calls of child modules, which the passes leave alone); see docs/compiling.md.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from tndsl.errors import TnError, did_you_mean
+
+PASSES = {
+    "attention": "softmax attention -> F.scaled_dot_product_attention (explicit path "
+                 "kept for when a hook reads the scores or pattern)",
+    "layer_norm": "layernorm/rmsnorm times a weight plus a bias -> F.layer_norm / F.rms_norm",
+    "liveness": "drop each intermediate after its last use (`del`)",
+}
+
+
+def resolve(fuse: Iterable[str] | bool | None = True, no_fuse: Iterable[str] = ()
+            ) -> frozenset[str]:
+    """The passes to run: `fuse` is True (all), False/None (none) or names; `no_fuse`
+    names passes to leave out. Unknown names are errors listing the valid ones."""
+    if fuse is True:
+        chosen = set(PASSES)
+    elif not fuse:
+        chosen = set()
+    else:
+        chosen = set(_known(fuse))
+    return frozenset(chosen - set(_known(no_fuse)))
+
+
+def _known(names: Iterable[str]) -> list[str]:
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in PASSES:
+            hint = did_you_mean(name, PASSES) or ""
+            raise TnError(f"unknown fusion pass `{name}`",
+                          hint=(hint + " " if hint else "") + "valid: " + ", ".join(PASSES))
+    return names
+
+
+def uses(items) -> dict[str, int]:
+    """How many times each name is read by the items."""
+    from tndsl import ir
+    counts: dict[str, int] = {}
+    for item in items:
+        reads = [r.name for r in ir.refs(item.rhs)] if isinstance(item, ir.Equation) \
+            else list(getattr(item, "reads", ()))
+        for name in reads:
+            counts[name] = counts.get(name, 0) + 1
+    return counts

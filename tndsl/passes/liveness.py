@@ -1,0 +1,56 @@
+"""Liveness: drop every intermediate right after its last use.
+
+Python keeps a local alive until the function returns, so a forward pass written as a
+straight line holds every intermediate at once; with `del` after the last use, peak
+memory follows the live set. A pure function of the planned code (a function body's
+lines): a hook or cache that keeps a value holds its own reference, so deleting the
+local never loses a value anyone asked for.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Iterable, Sequence
+
+
+def insert_deletes(lines: Sequence[str], candidates: Iterable[str]) -> list[str]:
+    """`lines`: a function body at indentation 0. `candidates`: the locals that may be
+    dropped (intermediates, not params or sizes). Returns the body with `del` lines."""
+    tree = ast.parse("\n".join(lines))
+    inserts: dict[int, tuple[str, list[str]]] = {}  # after line -> (indent, names)
+    _block(tree.body, set(candidates), lines, inserts)
+    result = []
+    for number, line in enumerate(lines, start=1):
+        result.append(line)
+        if number in inserts:
+            indent, names = inserts[number]
+            result.append(f"{indent}del {', '.join(names)}")
+    return result
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _block(body: list[ast.stmt], candidates: set[str], lines, inserts) -> None:
+    used = [_names(stmt) for stmt in body]
+    last: dict[str, int] = {}
+    for k, names in enumerate(used):
+        for name in names & candidates:
+            last[name] = k
+    for name, k in sorted(last.items()):
+        stmt = body[k]
+        if isinstance(stmt, ast.Return):
+            continue
+        if isinstance(stmt, ast.If) and sum(name in u for u in used) == 1 and \
+                name not in _names(stmt.test):
+            continue  # only inside this `if`: dropped within its branch below
+        indent = lines[stmt.lineno - 1][:stmt.col_offset]
+        inserts.setdefault(stmt.end_lineno, (indent, []))[1].append(name)
+    for k, stmt in enumerate(body):
+        if isinstance(stmt, ast.If):
+            # Names used nowhere else are local to the branches.
+            others = set().union(*(u for j, u in enumerate(used) if j != k)) | _names(stmt.test)
+            local = (used[k] & candidates) - others
+            for branch in (stmt.body, stmt.orelse):
+                if branch:
+                    _block(branch, local, lines, inserts)
