@@ -190,9 +190,10 @@ def test_dtype_conversion_and_no_forced_device():
 
 def test_several_outputs_come_back_as_a_dict():
     module = tndsl.load(ROOT / "examples" / "orthodox.tn").module(["dot", "trace"])
-    values = {n: torch.randn(s) for n, s in
+    # float64: a float32 dot product near 0 differs from `u @ w` by more than rtol.
+    values = {n: torch.randn(s, dtype=torch.float64) for n, s in
               [("A", (4, 3)), ("B", (3, 5)), ("C", (5, 4)), ("u", (4,)), ("w", (4,))]}
-    result = module(**values)
+    result = module.double()(**values)
     assert set(result) == {"dot", "trace"}
     assert torch.allclose(result["dot"], values["u"] @ values["w"])
     assert torch.allclose(result["trace"], torch.trace(values["A"] @ values["B"] @ values["C"]))

@@ -108,10 +108,16 @@ def test_compiling_and_importing_a_hostile_file_name_runs_nothing(name, tmp_path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     defined = {k: v for k, v in vars(module).items() if not k.startswith("__")}
-    classes = [k for k, v in defined.items() if isinstance(v, type)]
-    assert len(classes) == 1
-    assert set(defined) - set(classes) == {"F", "math", "nn", "torch", "_check_input",
-                                           "_param", "_run_hooks"}
+    # Exactly what the same program defines under a plain file name, but the root
+    # class's name (made from the file name).
+    (tmp_path / "plain.tn").write_text(PROGRAM, encoding="utf-8")
+    plain_source = tndsl.load("plain.tn").compile().source
+    plain: dict = {}
+    exec(compile(plain_source, "plain", "exec"), plain)
+    plain = {k for k in plain if not k.startswith("__")}
+    root = [k for k, v in defined.items() if isinstance(v, type) and k not in plain]
+    assert len(root) == 1 and set(defined) - set(root) == plain - {"Plain"}
+    (tmp_path / "plain.tn").unlink()
     tndsl.load(name).module()
     assert main(["verify", "--compiled", name]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "model.py"])

@@ -22,6 +22,7 @@ from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
 from tndsl.passes.liveness import insert_deletes
+from tndsl.text import python_docstring
 
 RESERVED_ATTRS = NN_MODULE_ATTRS | GENERATED_ATTRS
 
