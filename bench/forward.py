@@ -171,20 +171,33 @@ def compile_times(args) -> dict:
     return out
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def memory_child(name: str, layers: int) -> None:
+    """Peak resident memory of one 1 x 1024 forward above the resident size before it
+    (the weights): the peak is reset just before (Linux: /proc/self/clear_refs)."""
+    import gc
     models = build(layers, 1024)
-    model = models[name]
+    model = models.pop(name)
     del models
+    gc.collect()
     tokens = torch.randint(0, 50257, (1, 1024))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident size (VmHWM)
+    before = _status_kb("VmRSS")
     _no_grad(model, tokens)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"name": name, "peak_mb": (after - before) / 1024}))
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"name": name, "peak_mb": (peak - before) / 1024}))
 
 
 def memory(args) -> dict:
-    """Peak resident size of one forward above what building the models needed: each in
-    a fresh process (building all four first, so the baseline peak is the same)."""
+    """Each contender in a fresh process."""
     out = {}
     for name in ("tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA"):
         result = subprocess.run([sys.executable, __file__, "--memory-child", name,

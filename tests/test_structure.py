@@ -253,3 +253,17 @@ def test_a_global_module_forward_hook_reaches_the_hook_points(gpt2):
     finally:
         handle.remove()
     assert "pattern" in seen and "resid@3" in seen  # the explicit attention path ran
+
+
+def test_cli_no_fuse_and_vary():
+    def compile_(*extra):
+        return subprocess.run([sys.executable, "-m", "tndsl", "compile", "examples/gpt2_small.tn",
+                               "--dim", "Layers=1", *extra], cwd=ROOT, capture_output=True,
+                              text=True)
+    plain = compile_("--no-fuse", "attention", "--vary", "Context")
+    assert plain.returncode == 0, plain.stderr
+    assert "scaled_dot_product_attention" not in plain.stdout and "W_pos[:Context]" in plain.stdout
+    nothing = compile_("--no-fuse", "all")
+    assert "del " not in nothing.stdout and ", w, b, eps" not in nothing.stdout
+    wrong = compile_("--no-fuse", "atention")
+    assert wrong.returncode == 1 and "valid: attention, layer_norm, liveness" in wrong.stderr

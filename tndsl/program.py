@@ -106,7 +106,9 @@ class Program:
     # ---- back ends (imported on use: checking never loads torch) ---------------------
     def compile(self, outputs: Sequence[str] | None = None, **options):
         """Generated PyTorch source (`.source`) for `outputs` (default: the final
-        equation). Options: optimizer, memory_budget, name."""
+        equation). Options: optimizer, memory_budget, name; fuse / no_fuse (the
+        optional passes, `tndsl.passes.fusion.PASSES`); vary (dims the inputs may have
+        shorter, default the token positions). Does not import torch."""
         from tndsl.codegen.torch import generate
         return generate(self, outputs, **options)
 

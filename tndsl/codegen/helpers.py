@@ -69,7 +69,8 @@ def _check_input(value, name, shape, ids, at_most=()):
     """Trailing dims must match the declared legs (None: any size; a position listed in
     `at_most` may be shorter, as a sequence is); ids must be integers."""
     if type(value) is torch.Tensor and value.shape[value.dim() - len(shape):] == shape and \
-            not (ids and value.dtype.is_floating_point) and len(shape) <= value.dim():
+            not (ids and (value.dtype.is_floating_point or value.dtype.is_complex)) and \
+            len(shape) <= value.dim():
         return  # the common case, checked cheaply
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")

@@ -153,9 +153,8 @@ def _match(pattern: ir.Equation, equations, counts, keep, values) -> FusedAttent
     # Names in `out` -> roles, through the pattern's legs (which are the scores' legs).
     out_roles = {n: roles[scores.indices[k]] for k, n in enumerate(pref.indices)}
     extra = [i for i in vref.indices if i not in out_roles]
-    if len(extra) != 1 or out_roles.get(next((i for i in vref.indices if i in out_roles
-                                              and out_roles[i] == "s"), None)) != "s":
-        return None
+    if len(extra) != 1:
+        return None  # v has exactly one leg the pattern lacks: its feature
     out_roles[extra[0]] = "f"
     value_roles = tuple(out_roles[i] for i in vref.indices)
     if sorted(value_roles) != sorted(["s", "f", *(f"h{k}" for k in range(len(heads)))]):

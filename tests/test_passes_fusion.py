@@ -1,0 +1,83 @@
+"""The fusion and liveness passes as pure functions: what they match and what they refuse."""
+import pytest
+
+import tndsl
+from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
+from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
+from tndsl.passes.fusion import resolve
+from tndsl.passes.liveness import insert_deletes
+
+HEAD = """
+dim P = 4
+dim H = 2
+dim E = 3
+input q[p: P, h: H, e: E]
+input k[p: P, h: H, e: E]
+input v[p: P, h: H, e: E]
+scores[h, p, s] = q[p, h, e] * k[s, h, e] / sqrt(E)
+pattern[h, p, s] = softmax[s](scores[h, p, s] {mask})
+z[p, h, e] = pattern[h, p, s] * v[s, h, e]
+"""
+
+
+def _items(text, extra=""):
+    program = tndsl.parse(text + extra)
+    return tuple(program.equations)
+
+
+def test_attention_is_matched_with_its_roles_scale_and_mask():
+    items = _items(HEAD.format(mask="where s <= p"))
+    (fused,) = fuse_attention(items, frozenset(), frozenset({"q", "k", "v"}))
+    assert isinstance(fused, FusedAttention) and fused.causal
+    assert fused.query_roles == ("p", "h0", "e") and fused.key_roles == ("s", "h0", "e")
+    assert fused.value_roles == ("s", "h0", "f") and fused.out_roles == ("p", "h0", "f")
+    assert str(fused.scale) == "1/sqrt(E)"
+    (unmasked,) = fuse_attention(_items(HEAD.format(mask="")), frozenset(),
+                                 frozenset({"q", "k", "v"}))
+    assert not unmasked.causal
+
+
+@pytest.mark.parametrize("mask, extra, keep", [
+    ("where s < p", "", ()),                       # strict: not SDPA's causal mask
+    ("where s <= p", "", ("pattern",)),            # the pattern is an output
+    ("where s <= p", "y[h, p, s] = scores[h, p, s]\n", ()),  # scores read elsewhere
+])
+def test_attention_is_left_alone_when_it_cannot_be_fused(mask, extra, keep):
+    items = _items(HEAD.format(mask=mask), extra)
+    assert fuse_attention(items, frozenset(keep), frozenset({"q", "k", "v"})) == items
+
+
+NORM = """
+dim P = 4
+dim M = 6
+input x[p: P, m: M]
+param w[m: M]
+param b[m: M]
+n[p, m] = layernorm[m](x[p, m])
+y[p, m] = n[p, m] * w[m] + b[m] * ones[p]
+"""
+
+
+def test_layer_norm_affine_is_matched_and_refused_when_the_weight_is_not_a_param():
+    items = _items(NORM)
+    (fused,) = fuse_layer_norm(items, frozenset(), frozenset({"x"}), frozenset({"w", "b"}))
+    assert isinstance(fused, FusedNorm)
+    assert (fused.argument, fused.weight, fused.bias, fused.legs) == ("x", "w", "b", 1)
+    assert fuse_layer_norm(items, frozenset(), frozenset({"x"}), frozenset({"b"})) == items
+    assert fuse_layer_norm(items, frozenset({"n"}), frozenset({"x"}),
+                           frozenset({"w", "b"})) == items
+
+
+def test_liveness_deletes_after_the_last_use_and_inside_branches():
+    body = ["a = x + 1", "if h:", "    s = a * 2", "    z = s + 1", "else:", "    z = a",
+            "b = z * 2", "return b"]
+    assert insert_deletes(body, {"a", "s", "z", "b"}) == [
+        "a = x + 1", "if h:", "    s = a * 2", "    z = s + 1", "    del s", "else:",
+        "    z = a", "del a", "b = z * 2", "del z", "return b"]
+
+
+def test_pass_names_resolve():
+    assert resolve(True) == {"attention", "layer_norm", "liveness"}
+    assert resolve(False) == set()
+    assert resolve(["attention"], ["attention"]) == set()
+    assert resolve(True, ["liveness"]) == {"attention", "layer_norm"}
