@@ -102,6 +102,8 @@ INITS = ("", " init normal()", " init normal(0.02)", " init normal(-1, 0.5)",
          " init uniform(-1, 1.5)", " init uniform(-2.5, 3)", " init constant(-2)",
          " init zeros", " init ones")
 MAX_NESTING = 2  # composites (brackets, boxes, masks) inside composites
+# Factors that wrap a sum, with how many legs each may have.
+COMPOSITES = {"bracket": (0, 2), "box": (0, 2), "legbox": (1, 2), "mask": (2, 3)}
 
 
 class _ProgramWriter:
@@ -145,10 +147,9 @@ class _ProgramWriter:
         slots = []  # (kind, dims of its legs)
         for _ in range(self.draw(st.integers(1, 3 if depth == 0 else 2))):
             if depth < MAX_NESTING and self.chance(30 if depth == 0 else 15):
-                kind = self.pick(("bracket", "box", "legbox", "mask"))
-                count = {"bracket": (0, 2), "box": (0, 2), "legbox": (1, 2), "mask": (2, 3)}[kind]
+                kind = self.pick(tuple(COMPOSITES))
                 slots.append((kind, tuple(self.pick(LEG_DIMS[:4]) for _ in
-                                          range(self.draw(st.integers(*count))))))
+                                          range(self.draw(st.integers(*COMPOSITES[kind]))))))
             else:
                 name = self.pick(sorted(self.tensors))
                 slots.append((name, self.tensors[name]))
@@ -159,8 +160,7 @@ class _ProgramWriter:
             names: list[str] = []
             for dim in legs:
                 names.append(self.index_for(dim, free, uses, dims_of, names,
-                                            composite=kind in ("bracket", "box", "legbox",
-                                                               "mask")))
+                                            composite=kind in COMPOSITES))
                 uses[names[-1]] = uses.get(names[-1], 0) + 1
             assigned.append((kind, names))
         for kind, names in assigned:
@@ -210,7 +210,7 @@ class _ProgramWriter:
         return index
 
     def factor(self, kind: str, names: list[str], dims_of, depth: int) -> str:
-        if kind not in ("bracket", "box", "legbox", "mask"):
+        if kind not in COMPOSITES:  # a tensor or an earlier equation
             return f"{kind}[{', '.join(names)}]"
         inner = self.sum([(i, dims_of[i]) for i in names], depth + 1)
         if kind == "bracket":
