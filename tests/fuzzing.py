@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import signal
 from collections import Counter
 from contextlib import contextmanager
@@ -384,7 +385,8 @@ def expansion_failures(text: str, program=None) -> tuple[list[str], int]:
     """Each box-free equation proven equal to its own symbolic expansion written back
     as `.tn` (the expansion against the symbolic tier, and the residual printer), and
     no `check` of the program refuted (they state true identities). Returns the
-    failures and how many expansions hit the known printer bug (`summed_out_leg_dropped`)."""
+    failures and how many expansions hit a known printer bug (`summed_out_leg_dropped`,
+    `DUMMY_REUSED`), which are counted and skipped."""
     program = program or tndsl.parse(text, "random.tn", FUZZ_DIMS)
     failures, known = [], 0
     rebound = {eq.name.split("@")[0] for eq in program.equations if "@" in eq.name}
@@ -403,13 +405,27 @@ def expansion_failures(text: str, program=None) -> tuple[list[str], int]:
             known += 1
             continue
         expanded = render_polynomial(poly)
-        result = equivalent(program, eq.name, expanded, legs=eq.indices)
+        try:
+            result = equivalent(program, eq.name, expanded, legs=eq.indices)
+        except tndsl.TnError as e:
+            if DUMMY_REUSED.search(e.message):
+                known += 1  # the second known printer bug: see DUMMY_REUSED
+                continue
+            raise
         if result.status != "proven":
             failures.append(f"{eq.name} vs {expanded}: {result.render()}")
     for result in prove_all(program):
         if result.status == "refuted":
             failures.append(result.render())
     return failures, known
+
+
+# A second known bug of the symbolic tier's printer, found by this fuzzer: it names the
+# dummies of each monomial i1, i2, ... afresh, so two terms can use `i1` for legs of
+# different dims, which one equation does not allow (`x[i1] * x[i1] * z[k] + y[i1] *
+# y[i1] * z[k]` with x of dim N and y of dim M).
+DUMMY_REUSED = re.compile(r"^index `i\d+` is bound to a leg of dim \S+ here, but to \S+ "
+                          r"elsewhere in this equation$")
 
 
 def summed_out_leg_dropped(poly, free: set[str]) -> bool:
