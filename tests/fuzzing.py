@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import signal
 from collections import Counter
 from contextlib import contextmanager
@@ -102,6 +103,8 @@ INITS = ("", " init normal()", " init normal(0.02)", " init normal(-1, 0.5)",
          " init uniform(-1, 1.5)", " init uniform(-2.5, 3)", " init constant(-2)",
          " init zeros", " init ones")
 MAX_NESTING = 2  # composites (brackets, boxes, masks) inside composites
+# Factors that wrap a sum, with how many legs each may have.
+COMPOSITES = {"bracket": (0, 2), "box": (0, 2), "legbox": (1, 2), "mask": (2, 3)}
 
 
 class _ProgramWriter:
@@ -145,10 +148,9 @@ class _ProgramWriter:
         slots = []  # (kind, dims of its legs)
         for _ in range(self.draw(st.integers(1, 3 if depth == 0 else 2))):
             if depth < MAX_NESTING and self.chance(30 if depth == 0 else 15):
-                kind = self.pick(("bracket", "box", "legbox", "mask"))
-                count = {"bracket": (0, 2), "box": (0, 2), "legbox": (1, 2), "mask": (2, 3)}[kind]
+                kind = self.pick(tuple(COMPOSITES))
                 slots.append((kind, tuple(self.pick(LEG_DIMS[:4]) for _ in
-                                          range(self.draw(st.integers(*count))))))
+                                          range(self.draw(st.integers(*COMPOSITES[kind]))))))
             else:
                 name = self.pick(sorted(self.tensors))
                 slots.append((name, self.tensors[name]))
@@ -159,8 +161,7 @@ class _ProgramWriter:
             names: list[str] = []
             for dim in legs:
                 names.append(self.index_for(dim, free, uses, dims_of, names,
-                                            composite=kind in ("bracket", "box", "legbox",
-                                                               "mask")))
+                                            composite=kind in COMPOSITES))
                 uses[names[-1]] = uses.get(names[-1], 0) + 1
             assigned.append((kind, names))
         for kind, names in assigned:
@@ -210,7 +211,7 @@ class _ProgramWriter:
         return index
 
     def factor(self, kind: str, names: list[str], dims_of, depth: int) -> str:
-        if kind not in ("bracket", "box", "legbox", "mask"):
+        if kind not in COMPOSITES:  # a tensor or an earlier equation
             return f"{kind}[{', '.join(names)}]"
         inner = self.sum([(i, dims_of[i]) for i in names], depth + 1)
         if kind == "bracket":
@@ -384,7 +385,8 @@ def expansion_failures(text: str, program=None) -> tuple[list[str], int]:
     """Each box-free equation proven equal to its own symbolic expansion written back
     as `.tn` (the expansion against the symbolic tier, and the residual printer), and
     no `check` of the program refuted (they state true identities). Returns the
-    failures and how many expansions hit the known printer bug (`summed_out_leg_dropped`)."""
+    failures and how many expansions hit a known printer bug (`summed_out_leg_dropped`,
+    `DUMMY_REUSED`), which are counted and skipped."""
     program = program or tndsl.parse(text, "random.tn", FUZZ_DIMS)
     failures, known = [], 0
     rebound = {eq.name.split("@")[0] for eq in program.equations if "@" in eq.name}
@@ -403,13 +405,27 @@ def expansion_failures(text: str, program=None) -> tuple[list[str], int]:
             known += 1
             continue
         expanded = render_polynomial(poly)
-        result = equivalent(program, eq.name, expanded, legs=eq.indices)
+        try:
+            result = equivalent(program, eq.name, expanded, legs=eq.indices)
+        except tndsl.TnError as e:
+            if DUMMY_REUSED.search(e.message):
+                known += 1  # the second known printer bug: see DUMMY_REUSED
+                continue
+            raise
         if result.status != "proven":
             failures.append(f"{eq.name} vs {expanded}: {result.render()}")
     for result in prove_all(program):
         if result.status == "refuted":
             failures.append(result.render())
     return failures, known
+
+
+# A second known bug of the symbolic tier's printer, found by this fuzzer: it names the
+# dummies of each monomial i1, i2, ... afresh, so two terms can use `i1` for legs of
+# different dims, which one equation does not allow (`x[i1] * x[i1] * z[k] + y[i1] *
+# y[i1] * z[k]` with x of dim N and y of dim M).
+DUMMY_REUSED = re.compile(r"^index `i\d+` is bound to a leg of dim \S+ here, but to \S+ "
+                          r"elsewhere in this equation$")
 
 
 def summed_out_leg_dropped(poly, free: set[str]) -> bool:

@@ -182,7 +182,7 @@ def test_one_transposed_factor_and_two_rings_are_refuted():
 
 # ---- boxes are named structurally --------------------------------------------------------
 
-@pytest.mark.parametrize("layers", [2, 3, 4, 5])
+@pytest.mark.parametrize("layers", [2, 3, 4, 5, pytest.param(6, marks=pytest.mark.slow)])
 def test_attention_only_path_expansion_is_proven_symbolically(layers):
     from networks import attn_only
     (result,) = prove_all(tndsl.parse(attn_only(layers)))

@@ -245,3 +245,20 @@ def test_a_product_of_13_two_term_sums_is_verified_in_bounded_memory(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 check: 1 proven" in result.stdout
+
+
+def test_a_long_scalar_is_a_located_error_and_one_at_the_edge_is_fine():
+    """Consts, eps and mask offsets are evaluated recursively: a 3,000-term sum once
+    overflowed Python's stack (found by the long fuzz run); 64 levels still evaluate."""
+    def program(n):
+        return (f"dim N = 3\nconst Eps = {' + '.join(['1e-6'] * n)}\ninput x[i: N]\n"
+                "y[i] = rmsnorm[i](x[i], Eps)\n"
+                f"z[i, j] = (x[i] * x[j] where i {'+ 0 ' * (n - 1)}< j)\n")
+    ok = tndsl.parse(program(64))
+    box = ok.equation("y").rhs.terms[0].factors[0]
+    assert box.eps == pytest.approx(64e-6)
+    with pytest.raises(TnError) as error:
+        tndsl.parse(program(3000))
+    message = str(error.value)
+    assert "<string>:2:13: error: const `Eps` is nested more than 64 operations deep" in message
+    assert "a mask condition is nested more than 64" in message

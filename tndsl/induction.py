@@ -34,7 +34,7 @@ import tndsl
 from tndsl import circuits
 from tndsl.attribution import attribute
 from tndsl.errors import TnError
-from tndsl.hooks import intervene, run_with_cache
+from tndsl.hooks import intervene
 from tndsl.induction_report import markdown, plots
 from tndsl.paths import expand_paths
 from tndsl.verify import prove_all
@@ -212,9 +212,16 @@ def attention_scores(model, tokens: torch.Tensor, hooks: dict | None = None) -> 
     twice), and the loss on the repeated half; optionally under interventions."""
     context = tokens.shape[-1]
     half = context // 2
-    names = ["blocks.0.attn.pattern", "blocks.1.attn.pattern"]
-    with torch.no_grad(), intervene(model, hooks or {}):
-        logits, cache = run_with_cache(model, tokens, names=names)
+    cache: dict[str, torch.Tensor] = {}
+
+    def store(name: str):
+        def hook(value: torch.Tensor) -> None:   # None: the value is left as it is
+            cache[name] = value.detach()
+        return hook
+    # one `intervene` for the ablation and the reading, so nothing relies on nesting
+    reads = {name: store(name) for name in ("blocks.0.attn.pattern", "blocks.1.attn.pattern")}
+    with torch.no_grad(), intervene(model, {**(hooks or {}), **reads}):
+        logits = model(tokens)
     positions = torch.arange(1, context)
     stripe = torch.arange(half, context)
     scores = {}

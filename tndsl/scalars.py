@@ -16,6 +16,27 @@ from tndsl.errors import LegError, SizeError, Span, TnError, UnknownNameError, d
 from tndsl.syntax import ast
 
 
+# A scalar is a few numbers and names (`Model / Heads`, `p - s + 1`): deeper nesting is
+# refused before the recursive evaluation below could overflow Python's stack.
+MAX_SCALAR_DEPTH = 64
+
+
+def _check_depth(e: ast.Expr, what: str) -> None:
+    stack = [(e, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCALAR_DEPTH:
+            raise SizeError(f"{what} is nested more than {MAX_SCALAR_DEPTH} operations deep",
+                            e.span, hint="a scalar is a short expression of numbers, dims "
+                                         "and consts")
+        if isinstance(node, ast.Binary):
+            stack += [(node.left, depth + 1), (node.right, depth + 1)]
+        elif isinstance(node, ast.Negate):
+            stack.append((node.operand, depth + 1))
+        elif isinstance(node, ast.Call):
+            stack += [(a, depth + 1) for a in node.arguments]
+
+
 class Scalars:
     """Evaluates scalar expressions given the dims, their sizes, consts and loop values."""
 
@@ -25,6 +46,7 @@ class Scalars:
 
     def value(self, e: ast.Expr, env: Mapping[str, int], what: str) -> sympy.Expr:
         """An exact number: sizes are substituted; a dim without a size is an error."""
+        _check_depth(e, what)
         value = dimmod.evaluate(self.expr(e, env, what), self.sizes)
         if value.free_symbols:
             names = ", ".join(sorted(s.name for s in value.free_symbols))
@@ -68,6 +90,8 @@ class Scalars:
     def condition(self, c: ast.Comparison, env: Mapping[str, int]) -> ir.Condition:
         """`p - s < Window` → Condition(p, <, s, offset=Window): two position legs, each
         with coefficient ±1 on opposite sides once moved to the left."""
+        _check_depth(c.left, "a mask condition")
+        _check_depth(c.right, "a mask condition")
         left_coeffs, left_const = self._affine(c.left, env)
         right_coeffs, right_const = self._affine(c.right, env)
         coeffs = dict(left_coeffs)

@@ -113,7 +113,7 @@ def literal_problem(text: str) -> tuple[str, str] | None:
 
 
 _TOKEN_WORDS = {
-    "NAME": "a name", "INT": "a number", "FLOAT": "a number", "COMPARE": "a comparison",
+    "NAME": "a name", "INT": "a number", "FLOAT": "a number", "COMPARE": "a comparison", "EQUALS": "`==`",
     "MINUS": "`-`", "ONEHOT": "`onehot`", "$END": "end of file",
 }
 
