@@ -260,6 +260,8 @@ class _ProgramWriter:
                     decl[j] = f"l{j}: onehot {legs[j]}"
                 lines.append(f"input T{k}[{', '.join(decl)}]")
         lines += [f"param g{d}[i: {d}]" for d in LEG_DIMS[:4]]
+        if self.chance(50):
+            lines += self.fixed_tensors()
         equations = []
         for k in range(draw(st.integers(1, 3))):
             self.grounded = set()
@@ -278,6 +280,21 @@ class _ProgramWriter:
                 lines.append(f"check {label}{lhs} == {lhs}")
         lines += self.blocks()
         return "\n".join(lines) + "\n"
+
+    def fixed_tensors(self) -> list[str]:
+        """A rotary map and a head grouping (built-in fixed tensors), each applied the one
+        way the compiler has a cheap form for: to one factor with the position leg."""
+        heads = 2 * self.draw(st.integers(1, 2))       # rotated pairs need an even size
+        rotated = self.pick(("", ", 0.5")) if heads == 4 else ""
+        theta = self.pick(("10000", "100", "7.5"))
+        return [f"dim Pos = {self.draw(st.integers(1, 4))}", f"dim Hd = {heads}",
+                "dim Kv = 2", f"dim Hq = {2 * self.draw(st.integers(1, 2))}",
+                f"fixed Rot[p: Pos, e: Hd, f: Hd] = rotary({theta}{rotated})",
+                "fixed Grp[h: Hq, g: Kv] = grouping",
+                "param Tr[l0: Pos, l1: Hd]", "param Tk[l0: Kv, l1: Hd]",
+                f"R0[p, e] = {self.pick(('', '2 * ', '-'))}Rot[p, e, f] * Tr[p, f]",
+                "R1[p, f] = Rot[p, e, f] * Tr[p, e]",  # the inverse rotation
+                f"G0[h, e] = Grp[h, g] * Tk[g, e]{self.pick(('', ' + Grp[h, g] * Tk[g, e]'))}"]
 
     def free_legs(self) -> list[tuple[str, str]]:
         free = []
@@ -617,6 +634,9 @@ def ir_kinds(program) -> Counter:
             found["Tensor: one-hot input"] += 1
         if not tensor.legs:
             found["Tensor: scalar"] += 1
+        if tensor.fixed is not None:
+            found["Fixed"] += 1
+            found[f"Fixed: {tensor.fixed.function}"] += 1
         if tensor.init is not None:
             found["Init"] += 1
             found[f"Init: {tensor.init.name}"] += 1
@@ -651,6 +671,7 @@ def ir_kind_names() -> list[str]:
                      if isinstance(value, type) and dataclasses.is_dataclass(value)
                      and value.__module__ == ir.__name__)
     shapes = ["Dim: sized", "Dim: derived", "Dim: no size", "Tensor: param", "Tensor: input",
+              "Tensor: fixed", "Fixed: rotary", "Fixed: grouping",
               "Tensor: one-hot input", "Tensor: scalar", "Equation: scalar",
               "Equation: rebound in a loop", "Equation: in a block instance",
               "Check: explicit legs", "Term: coefficient ≠ 1", "Term: coefficient with a dim",
@@ -709,7 +730,7 @@ def mutant(name: str):
     - `sum`: a sum of two or more terms loses its second term;
     - `diagonal`: a repeated index inside one factor (`W[c, c]`) is read as two
       independent legs, so the factor is summed over both instead of its diagonal."""
-    from tndsl.codegen import torch as codegen
+    from tndsl.codegen import lower as codegen
     saved = {}
 
     def patch(owner, attribute, value):
@@ -720,15 +741,15 @@ def mutant(name: str):
         patch(codegen, "as_left_factor", lambda code: code)
         patch(codegen, "as_right_factor", lambda code: code)
     elif name == "sum":
-        original_sum = codegen._Generator._sum
+        original_sum = codegen.Lowering._sum
 
         def dropped(self, expr, layout, hint, span):
             if len(expr.terms) >= 2:
                 expr = ir.Sum(expr.terms[:1] + expr.terms[2:], expr.span)
             return original_sum(self, expr, layout, hint, span)
-        patch(codegen._Generator, "_sum", dropped)
+        patch(codegen.Lowering, "_sum", dropped)
     elif name == "diagonal":
-        original_operand = codegen._Generator._operand
+        original_operand = codegen.Lowering._operand
 
         def undiagonal(self, var, indices, batched):
             seen, renamed = set(), []
@@ -740,7 +761,7 @@ def mutant(name: str):
                 seen.add(index)
                 renamed.append(index)
             return original_operand(self, var, renamed, batched)
-        patch(codegen._Generator, "_operand", undiagonal)
+        patch(codegen.Lowering, "_operand", undiagonal)
     else:
         raise ValueError(f"unknown mutant {name!r}; valid: {', '.join(MUTANTS)}")
     try:

@@ -19,7 +19,7 @@ from fuzzing import (FUZZ_DIMS, MUTANTS, Coverage, bounded, compiled_mismatches,
                      expansion_failures, grammar_sentences, mutant, mutations, run_pipeline,
                      valid_programs)
 
-VALID_CASES, EXPANSION_CASES, GRAMMAR_CASES, DAMAGED_CASES = 160, 50, 400, 300
+VALID_CASES, EXPANSION_CASES, GRAMMAR_CASES, DAMAGED_CASES = 160, 50, 600, 300
 COVERAGE_LEAST = 5  # each production and IR kind at least this often in the run
 COVERAGE = Coverage()  # filled by the tests below, checked by the coverage test
 

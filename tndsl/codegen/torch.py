@@ -64,14 +64,17 @@ def generate(program, outputs: Sequence[str] | None = None, *, optimizer: str = 
                  vary).run()
 
 
-def varying_dims(program, vary: Iterable[str] | None) -> frozenset[str]:
+def varying_dims(program, vary: Iterable[str] | None, used: set[str] | None = None
+                 ) -> frozenset[str]:
     """The sized dims read from the inputs at run time. By default the dims of the
-    other legs of one-hot inputs (a token sequence's positions): an HF-style model takes
-    any sequence up to its context. A dim that sizes another dim cannot vary."""
+    other legs of the one-hot inputs the module reads (a token sequence's positions): an
+    HF-style model takes any sequence up to its context. A dim that sizes another dim
+    cannot vary."""
     sizes = program.sizes
     derived = {s.name for d in program.network.dims if d.size is not None
                for s in d.size.free_symbols}
-    inputs = [t for t in program.network.tensors if t.kind == "input"]
+    inputs = [t for t in program.network.tensors if t.kind == "input"
+              and (used is None or t.name in used)]
     on_inputs = {leg.dim for t in inputs for leg in t.legs if leg.name != t.onehot}
     if vary is None:
         chosen = {leg.dim for t in inputs if t.onehot is not None
@@ -99,9 +102,6 @@ class _File:
                         if source else "model")
         self.sizes = program.sizes
         optimizers_for(optimizer, "ab", "")  # an unknown name fails here, listing the valid ones
-        self.options = Options(self.sizes, optimizer, memory_budget,
-                               varying_dims(program, vary), passes)
-        self.helpers = self.options.helpers
         self.equations = {eq.name: eq for eq in self.network.equations}
         self.outputs = self._outputs(outputs)
         self.order = ir.dependency_order(self.network, list(self.outputs))
@@ -109,6 +109,9 @@ class _File:
         used = {r.name for eq in self.order for r in ir.refs(eq.rhs)}
         self.params = [t for t in self.network.tensors if t.kind == "param"]
         self.inputs = [t for t in self.network.tensors if t.kind == "input" and t.name in used]
+        self.options = Options(self.sizes, optimizer, memory_budget,
+                               varying_dims(program, vary, used), passes)
+        self.helpers = self.options.helpers
         self._check_param_paths()
         runtime = {d for d, s in self.sizes.items() if s is None} | set(self.options.varying)
         self.structure = analyse(self.network, self.order, self.outputs, runtime)
