@@ -157,8 +157,8 @@ def test_fsdp2_training_step_equals_one_process(run):
             assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
             assert (result["after"][name] - after[name]).abs().max() < 1e-10, name
         assert result["local_numel"] < total  # each rank holds only its shard
-    # The flat compiled module reads every param in its own forward: one unit, the root.
-    assert run["result"](0, "fsdp_step")["units"] == ("",)
+    # Each block instance the generated module calls is a unit, then the root.
+    assert run["result"](0, "fsdp_step")["units"] == ("blocks.0", "blocks.1", "ln_final", "")
 
 
 def test_sliced_contraction_equals_the_unsliced_value_within_the_budget(run):
@@ -185,11 +185,12 @@ def test_fsdp2_wraps_each_called_block_then_the_root(run):
 
 def test_block_units_come_from_the_program_and_skip_param_containers():
     program = gpt2_program()
-    flat = program.module()
-    assert tdist._block_paths(flat, program) == ["blocks.0", "blocks.1", "ln_final"]
-    # In the flat module these are containers the root's forward reads: not units.
-    assert not any(tdist._is_called_submodule(flat, p) for p in ("blocks.0", "ln_final"))
-    assert not tdist._is_called_submodule(flat, "no.such.path")
+    compiled = program.module()
+    assert tdist._block_paths(compiled, program) == ["blocks.0", "blocks.1", "ln_final"]
+    # The generated module calls each block instance as a submodule (a ModuleList entry,
+    # or an attribute): each is an FSDP unit.
+    assert all(tdist._is_called_submodule(compiled, p) for p in ("blocks.0", "ln_final"))
+    assert not tdist._is_called_submodule(compiled, "no.such.path")
     structured = structured_model()
     assert tdist._block_paths(structured, None) == ["blocks.0", "blocks.1", "blocks.2"]
     assert tdist._is_called_submodule(structured, "blocks.1")

@@ -229,7 +229,9 @@ def _block_paths(model: nn.Module, program) -> list[str]:
                  if not any(p.startswith(other + ".") for other in instances)]
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList):
-            paths.extend(f"{name}.{k}" if name else str(k) for k in range(len(module)))
+            # Entries that hold params (blocks); not lists of hook points.
+            paths.extend(f"{name}.{k}" if name else str(k) for k, entry in enumerate(module)
+                         if next(entry.parameters(), None) is not None)
     return list(dict.fromkeys(paths))
 
 
