@@ -474,11 +474,3 @@ def _direct_mask(argument: ir.Sum) -> ir.Mask | None:
     if term.coefficient == 1 and len(term.factors) == 1 and isinstance(term.factors[0], ir.Mask):
         return term.factors[0]
     return None
-
-
-def _legs_doc(tensor: ir.Tensor) -> str:
-    if tensor.onehot is None:
-        return "[" + ", ".join(f"{l.name}: {l.dim}" for l in tensor.legs) + "]"
-    rest = [l for l in tensor.legs if l.name != tensor.onehot]
-    dim = next(l.dim for l in tensor.legs if l.name == tensor.onehot)
-    return "[" + ", ".join(f"{l.name}: {l.dim}" for l in rest) + f"] ids in {dim}"
