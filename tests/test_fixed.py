@@ -163,3 +163,27 @@ def test_rotary_where_the_compiler_has_no_cheap_form_is_a_located_error():
     with pytest.raises(TnError) as info:
         program.compile(["rr"])
     assert "own equation" in info.value.hint and info.value.span.line == 10
+
+
+def test_a_fixed_tensor_declared_in_a_block_compiles_in_each_instance():
+    """Block classes name their own fixed tensors relative to the block."""
+    program = tndsl.parse(
+        "dim Context = 5\ndim Head = 4\ninput x[p: Context, e: Head]\n"
+        "block Rot(a[p: Context, e: Head]) -> [p: Context, e: Head] {\n"
+        "    fixed R[p: Context, e: Head, f: Head] = rotary(300)\n"
+        "    return R[p, e, f] * a[p, f]\n}\n"
+        "y[p, e] = x[p, e]\nfor i in 0..2 {\n    y[p, e] = Rot(y) as blocks.{i}\n}\n")
+    module = program.module().double()
+    assert "nn.ModuleList" in module.tndsl_source and "_rotary(" in module.tndsl_source
+    x = torch.randn(5, 4, dtype=torch.float64)
+    final = program.network.equations[-1].name
+    assert (module(x) - Reference(program, {"x": x})[final]).abs().max() < 1e-10
+
+
+def test_a_fixed_tensor_whose_compiled_form_needs_an_unsized_dim_is_a_located_error():
+    program = tndsl.parse("dim Heads\ndim KV = 2\ndim Head = 3\n"
+                          "fixed G[h: Heads, g: KV] = grouping\nparam k[g: KV, e: Head]\n"
+                          "y[h, e] = G[h, g] * k[g, e]\n")
+    with pytest.raises(SizeError, match="needs the size of `Heads`") as error:
+        program.module()
+    assert error.value.span is not None and error.value.span.line == 4

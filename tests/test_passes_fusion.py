@@ -41,6 +41,8 @@ def test_attention_is_matched_with_its_roles_scale_and_mask():
     ("where s < p", "", ()),                       # strict: not SDPA's causal mask
     ("where s <= p", "", ("pattern",)),            # the pattern is an output
     ("where s <= p", "y[h, p, s] = scores[h, p, s]\n", ()),  # scores read elsewhere
+    ("where s <= p + 1", "", ()),                  # an offset: not the causal mask
+    ("where p - s < 2", "", ()),                   # a window alone
 ])
 def test_attention_is_left_alone_when_it_cannot_be_fused(mask, extra, keep):
     items = _items(HEAD.format(mask=mask), extra)

@@ -18,7 +18,7 @@ communicates.
 `fully_shard` applies FSDP2 (`torch.distributed.fsdp.fully_shard`) to each block
 instance that is its own called submodule, then to the root.
 
-`sliced_contract` (tndsl.distributed_slicing) contracts one network too large for one
+`contract_sliced` (tndsl.slicing) contracts one network too large for one
 process, its slices spread over the ranks.
 
 Launch with `torchrun --nproc_per_node N script.py` (docs/distributed.md).

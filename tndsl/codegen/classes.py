@@ -22,7 +22,7 @@ from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
 from tndsl.passes.liveness import insert_deletes
-from tndsl.text import python_docstring
+from tndsl.text import python_comment, python_docstring
 
 RESERVED_ATTRS = NN_MODULE_ATTRS | GENERATED_ATTRS
 
@@ -156,10 +156,11 @@ class ClassBuilder:
                 lower.values[name] = Value(var, batched)
         for tensor in file.network.tensors:
             if tensor.kind == "fixed":  # applied where used (codegen.fixed), never stored
-                lower.values[tensor.name] = Value("", False, fixed=tensor)
+                # Declared in this block: its equations name it relative to the block.
+                lower.values[relative(tensor.name, self.path)] = Value("", False, fixed=tensor)
         self._bind_params(items)
         for group, reason in sorted(unrolled.items()):
-            self.comments.append(f"# `{group}` is unrolled: {reason}.")
+            self.comments.append(f"# `{python_comment(group)}` is unrolled: {python_comment(reason)}.")
         for k, item in enumerate(items):
             self._later = items[k + 1:]
             self._item(item)
@@ -353,7 +354,7 @@ class ClassBuilder:
                 args.append(lower.values[ref].var)
                 continue
             lower.index_dims = {leg.name: leg.dim for leg in eq.index_dims}
-            lower.emit(f"# {printer.equation_line(eq)}")
+            lower.emit(f"# {python_comment(printer.equation_line(eq))}")
             expr, _ = lower._sum(eq.rhs, eq.indices, eq.name, eq.span)
             args.append(lower._temp(eq.name, expr))
         return args
@@ -393,7 +394,7 @@ class ClassBuilder:
         targets = [block] + [self.ns(f"loop-hook:{a}", f"hook_{sanitize(stem_j)}")
                              for a, (stem_j, _) in zip(hook_lists, loop.versions)]
         iterables = [groups] + [f"self.{a}" for a in hook_lists]
-        lower.emit(f"# {loop.group}: one {name} each, in order")
+        lower.emit(f"# {python_comment(loop.group)}: one {name} each, in order")
         if var != first.var:
             lower.emit(f"{var} = {first.var}")
         if len(iterables) == 1:

@@ -13,7 +13,7 @@ Anything else with a fixed tensor is a located error that says how to write it.
 from __future__ import annotations
 
 from tndsl import fixed, ir
-from tndsl.errors import TnError
+from tndsl.errors import SizeError, TnError
 
 HELPERS = {
     "_rotary": '''
@@ -54,6 +54,13 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
           ) -> list:
     """The term's operands with `ref` (a fixed tensor) applied to the operand it meets."""
     function = tensor.fixed.function
+    # A rotary map's position leg may be read at run time; every other size is built in.
+    needed = tensor.legs[1:] if function == "rotary" else tensor.legs
+    unsized = [leg.dim for leg in needed if generator.sizes.get(leg.dim) is None]
+    if unsized:  # the cheap forms are built from these sizes at compile time
+        raise SizeError(f"the compiled form of `{ref.name}` needs the size of "
+                        f"`{unsized[0]}`", tensor.span or ref.span,
+                        hint=f"give it one when loading: dims={{'{unsized[0]}': ...}}")
     if function == "rotary":
         position, out, into = ref.indices
         for contracted, result, inverse in ((into, out, False), (out, into, True)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from tndsl.codegen.lower import EPS, Lowering, Value
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
+from tndsl.text import python_comment
 
 
 def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
@@ -38,7 +39,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
         lower.emit("else:")
         lower.indent += 1
     lower.index_dims = {leg.name: leg.dim for leg in fused.scores.index_dims}
-    lower.emit(f"# {fused.out.name}: scaled dot-product attention "
+    lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention "
                f"({'causal' if fused.causal else 'unmasked'}), pattern not materialised")
     heads = fused.heads
     q = _move(lower.values[fused.query].var, fused.query_roles, heads + ("p", "e"))
@@ -73,7 +74,7 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     x = lower.values[fused.argument].var
     w = lower.values[fused.weight].var
     b = lower.values[fused.bias].var if fused.bias else None
-    lower.emit(f"# {fused.out.name}: {fused.function} with its weight"
+    lower.emit(f"# {python_comment(fused.out.name)}: {fused.function} with its weight"
                f"{' and bias' if b else ''} in one call")
     eps = EPS if fused.eps is None else fused.eps
     if fused.function == "layernorm":

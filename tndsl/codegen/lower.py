@@ -149,7 +149,7 @@ class Lowering:
               ) -> tuple[str, set[str], bool]:
         coefficient = term.coefficient
         operands: list[_Operand] = []
-        onehots: list[tuple[ir.Ref, _Value]] = []
+        onehots: list[tuple[ir.Ref, Value]] = []
         fixeds: list[tuple[ir.Ref, ir.Tensor]] = []
         ones: set[str] = set()
         for k, factor in enumerate(term.factors):
@@ -203,7 +203,7 @@ class Lowering:
             size *= self._plan_size(index)
         return _Operand(var, indices, batched, size)
 
-    def _onehot(self, ref: ir.Ref, value: _Value, operands: list[_Operand],
+    def _onehot(self, ref: ir.Ref, value: Value, operands: list[_Operand],
                 layout: tuple[str, ...], hint: str) -> list[_Operand]:
         leg = ref.indices[value.onehot]
         rest = [i for k, i in enumerate(ref.indices) if k != value.onehot]
@@ -375,9 +375,8 @@ class Lowering:
         for cond in conditions:
             left = f"_positions({var}, {layout.index(cond.left) - len(layout)})"
             right = f"_positions({var}, {layout.index(cond.right) - len(layout)})"
-            if cond.offset != 0:
-                offset = dimmod.evaluate(cond.offset, self.sizes)
-                right = f"({right} + {int(offset) if offset.is_Integer else self._scalar_code(offset)})"
+            if cond.offset != 0:  # a varying dim in it is read at run time
+                right = f"({right} + {self._scalar_code(cond.offset)})"
             parts.append(f"({left} {cond.op} {right})")
         return " & ".join(parts)
 
