@@ -12,11 +12,10 @@ import math
 
 import pytest
 import torch
+import transformers  # a test dependency (pyproject's `test` extra): the oracle
 
 import tndsl
 from tndsl.weights import WeightsError, load_hf
-
-transformers = pytest.importorskip("transformers")
 
 TOKENS = 10  # shorter than every config's context (and longer than Mistral's window)
 
