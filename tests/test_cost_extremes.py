@@ -8,7 +8,7 @@ import tndsl
 from tndsl.cli import main
 from tndsl.errors import ResourceError
 from tndsl.passes.cost import costs
-from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, _bytes
+from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, format_bytes
 
 N = 2**40
 MATMUL = (f"dim N = {N}\nparam A[a: N, b: N]\nparam B[b: N, c: N]\n"
@@ -21,13 +21,13 @@ MATMUL = (f"dim N = {N}\nparam A[a: N, b: N]\nparam B[b: N, c: N]\n"
     (2**80 - 1, "1.0 YiB"), (2**80, "1.0 YiB"), (5 * 2**90, "5,120 YiB"),
 ])
 def test_byte_sizes_print_in_the_right_unit(n, text):
-    assert _bytes(n) == text
+    assert format_bytes(n) == text
 
 
 def test_byte_sizes_of_a_thousand_digits_neither_overflow_nor_print_as_zero():
     n = 7 * 10**1000
     digits = str(n // 2**80)  # YiB, by exact division: the oracle
-    assert _bytes(n) == f"≈{digits[0]}.{digits[1:3]}e+{len(digits) - 1} YiB"
+    assert format_bytes(n) == f"≈{digits[0]}.{digits[1:3]}e+{len(digits) - 1} YiB"
 
 
 def test_cost_reports_what_compile_refuses(tmp_path, capsys):

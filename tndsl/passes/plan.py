@@ -191,15 +191,15 @@ def check_entries(entries: int, budget: int, where: str, span: Span | None) -> N
     need = entries * BYTES_PER_ENTRY
     if need > budget:
         raise ResourceError(
-            f"{where or 'a contraction'} needs a tensor of {_bytes(need)} "
-            f"({format_count(entries)} entries), over the memory budget of {_bytes(budget)}",
+            f"{where or 'a contraction'} needs a tensor of {format_bytes(need)} "
+            f"({format_count(entries)} entries), over the memory budget of {format_bytes(budget)}",
             span, hint="reorder the term, use smaller dims, or raise memory_budget")
 
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     """`4.0 GiB`: binary units up to YiB, beyond them a count of YiB (exact integer
     arithmetic, so a 1,000-digit size neither overflows a float nor prints as 0)."""
     if n < 1024:

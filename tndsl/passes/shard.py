@@ -33,6 +33,7 @@ import sympy
 
 from tndsl import dims as dimmod, ir, printer
 from tndsl.errors import ErrorSink, Span, TnError, UnknownNameError, did_you_mean
+from tndsl.passes.plan import format_bytes
 
 
 class ShardError(TnError):
@@ -400,14 +401,11 @@ def _show(expr: sympy.Expr) -> str:
 
 
 def _bytes(value: sympy.Expr) -> str:
+    """A byte count in binary units (`passes.plan.format_bytes`), or `?` while symbolic;
+    a ring's per-rank share, fractional, rounds up."""
     if not value.is_Number:
         return "?"
-    n = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
+    return format_bytes(int(sympy.ceiling(value)))
 
 
 def _jsonable(value: sympy.Expr):
