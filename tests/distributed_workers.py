@@ -149,6 +149,17 @@ def tensor_parallel_attn_only(rank, world, mesh, job):
     return {"logits": logits, "comm": log.records}
 
 
+def tensor_parallel_llama(rank, world, mesh, job):
+    # Grouped-query attention: sharding Heads shards KVHeads with it (through `group`).
+    model = tndsl.from_pretrained(job["llama"], torch.float64)
+    model = tdist.parallelize(model, mesh, ("Heads", "Hidden"), program=model.tndsl_program)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(job["llama_tokens"])
+    local = {name: (str(p.placements), tuple(p.to_local().shape))
+             for name, p in model.named_parameters()}
+    return {"logits": logits, "comm": log.records, "local": local}
+
+
 class Block(torch.nn.Module):
     """A block with its own forward, as a structured compiled module has them."""
 
@@ -214,4 +225,5 @@ def mistakes(rank, world, mesh, job):
 SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced": sliced,
              "fsdp_blocks": fsdp_blocks, "mistakes": mistakes,
              "tensor_parallel_attn_only": tensor_parallel_attn_only,
-             "tensor_parallel_vocab": tensor_parallel_vocab}
+             "tensor_parallel_vocab": tensor_parallel_vocab,
+             "tensor_parallel_llama": tensor_parallel_llama}

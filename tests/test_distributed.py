@@ -16,6 +16,13 @@ from tndsl.weights import load_hf_gpt2, load_state
 from distributed_workers import CACHED, GPT2_DIMS, attn_only, gpt2_program, launch, \
     next_token_loss, structured_model
 from tndsl import distributed as tdist
+from tndsl.dims import evaluate
+from test_families import _float64_oracle, _randomize
+
+# Grouped-query attention: 4 query heads over 2 KV heads, one KV head per rank.
+LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+             rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 WORLD = 2
 RING = """\
@@ -50,16 +57,24 @@ def run(tmp_path_factory):
     ring = tndsl.parse(RING, "ring.tn")
     tensors = {t.name: torch.randn(*[ring.sizes[l.dim] for l in t.legs], generator=generator,
                                    dtype=torch.float64) for t in ring.params}
+    llama_config = transformers.LlamaConfig(**LLAMA)
+    llama_config._attn_implementation = "sdpa"  # eager's softmax is float32 (test_families)
+    llama = _randomize(transformers.LlamaForCausalLM(llama_config), 4)
+    llama.save_pretrained(folder / "llama")
+    llama_tokens = torch.randint(0, LLAMA["vocab_size"], (2, 10), generator=generator)
     job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
            "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
+           "llama": str(folder / "llama"), "llama_tokens": llama_tokens,
            "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
-                         "tensor_parallel_attn_only", "tensor_parallel_vocab"]}
+                         "tensor_parallel_attn_only", "tensor_parallel_vocab",
+                         "tensor_parallel_llama"]}
     launch(WORLD, job)
 
     def result(rank, scenario):
         return torch.load(folder / "out" / f"rank{rank}" / f"{scenario}.pt", weights_only=True)
 
-    return {"hf": hf.double(), "job": job, "result": result}
+    return {"hf": hf.double(), "job": job, "result": result,
+            "llama": _float64_oracle(llama.eval().to(torch.float64))}
 
 
 def single_process_gpt2(run):
@@ -109,6 +124,31 @@ def test_sharding_vocab_too_equals_hugging_face_and_the_plan(run):
         result = run["result"](rank, "tensor_parallel_vocab")
         assert (result["logits"] - expected).abs().max() < 1e-10
         assert result["comm"] == predicted(plan, tokens.shape[0])
+
+
+def test_tensor_parallel_llama_shards_kv_heads_with_their_query_heads(run):
+    tokens = run["job"]["llama_tokens"]
+    with torch.no_grad():
+        expected = run["llama"](tokens).logits
+    assert expected.dtype == torch.float64 and expected.abs().max() > 1
+    program = tndsl.from_pretrained(run["job"]["llama"]).tndsl_program
+    plan = shard_plan(program, ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
+    sizes = {**plan.sizes, "Context": tokens.shape[-1]}
+    head = LLAMA["hidden_size"] // LLAMA["num_attention_heads"]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_llama")
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        # Each rank holds its 2 query heads and the one KV head they read.
+        local = result["local"]
+        assert local["blocks.1.attn.W_Q"] == ("(Shard(dim=0),)", (2, LLAMA["hidden_size"], head))
+        assert local["blocks.1.attn.W_K"] == ("(Shard(dim=0),)", (1, LLAMA["hidden_size"], head))
+        assert local["blocks.1.attn.W_V"] == ("(Shard(dim=0),)", (1, LLAMA["hidden_size"], head))
+        # The plan's all-reduces, one per attention and one per MLP, and nothing else
+        # (no gather of q, k or the pattern where the grouping repeats KV heads).
+        assert result["comm"] == [
+            ("all-reduce", int(evaluate(plan.payload(c), sizes)) * tokens.shape[0])
+            for c in plan.collectives]
+        assert len(result["comm"]) == 2 * LLAMA["num_hidden_layers"]
 
 
 def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
