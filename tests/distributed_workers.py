@@ -9,6 +9,7 @@ it to the test.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -83,7 +84,44 @@ def tensor_parallel(rank, world, mesh, job):
     return {"logits": logits, "comm": log.records, "cache": tdist.gather(cache)[CACHED],
             "cache_placement": str(cache[CACHED].placements),
             "w_q_local_shape": tuple(w_q.to_local().shape),
-            "w_q_placement": str(w_q.placements), "loss": loss.detach(), "grads": grads}
+            "w_q_placement": str(w_q.placements), "loss": loss.detach(), "grads": grads,
+            "local": local_params(model)}
+
+
+def local_params(model):
+    """param path -> (its placements, the shape of this rank's slice)"""
+    return {name: (str(p.placements), tuple(p.to_local().shape))
+            for name, p in model.named_parameters()}
+
+
+def compiled_class(path, name):
+    """A class from a file `tndsl compile` wrote, imported as any Python file."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def compiled_parallelize(rank, world, mesh, job):
+    # The file of `tndsl compile --shard Heads,Hidden`: its own parallelize method.
+    model = compiled_class(job["compiled"], "Gpt2Small")()
+    load_state(model, load_hf_gpt2(job["checkpoint"]))
+    model = model.double().parallelize(mesh)
+    tokens = job["tokens"]
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(tokens)
+    loss = model(tokens).square().mean()
+    loss.backward()
+    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    # A mesh the split dims do not divide is refused at run time.
+    small = compiled_class(job["compiled_odd"], "AttnOnly2l")()
+    try:
+        small.parallelize(mesh)
+        refused = "no error"
+    except ValueError as e:
+        refused = str(e)
+    return {"logits": logits, "comm": log.records, "local": local_params(model),
+            "loss": loss.detach(), "grads": grads, "refused": refused}
 
 
 def tensor_parallel_vocab(rank, world, mesh, job):
@@ -155,9 +193,7 @@ def tensor_parallel_llama(rank, world, mesh, job):
     model = tdist.parallelize(model, mesh, ("Heads", "Hidden"), program=model.tndsl_program)
     with torch.no_grad(), tdist.CommunicationLog() as log:
         logits = model(job["llama_tokens"])
-    local = {name: (str(p.placements), tuple(p.to_local().shape))
-             for name, p in model.named_parameters()}
-    return {"logits": logits, "comm": log.records, "local": local}
+    return {"logits": logits, "comm": log.records, "local": local_params(model)}
 
 
 class Block(torch.nn.Module):
@@ -226,4 +262,5 @@ SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced
              "fsdp_blocks": fsdp_blocks, "mistakes": mistakes,
              "tensor_parallel_attn_only": tensor_parallel_attn_only,
              "tensor_parallel_vocab": tensor_parallel_vocab,
-             "tensor_parallel_llama": tensor_parallel_llama}
+             "tensor_parallel_llama": tensor_parallel_llama,
+             "compiled_parallelize": compiled_parallelize}

@@ -5,6 +5,9 @@ against one process, and a sliced contraction against an unsliced einsum.
 The processes are started once for the module (tests/distributed_workers.py); each test
 reads what the ranks saved and compares it with an oracle computed here.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers  # the GPT-2 oracle
@@ -13,8 +16,8 @@ import tndsl
 from tndsl.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
 from tndsl.weights import load_hf_gpt2, load_state
-from distributed_workers import CACHED, GPT2_DIMS, attn_only, gpt2_program, launch, \
-    next_token_loss, structured_model
+from distributed_workers import ATTN_ONLY_DIMS, CACHED, GPT2_DIMS, ROOT, attn_only, \
+    gpt2_program, launch, next_token_loss, structured_model
 from tndsl import distributed as tdist
 from tndsl.dims import evaluate
 from test_families import _float64_oracle, _randomize
@@ -62,12 +65,24 @@ def run(tmp_path_factory):
     llama = _randomize(transformers.LlamaForCausalLM(llama_config), 4)
     llama.save_pretrained(folder / "llama")
     llama_tokens = torch.randint(0, LLAMA["vocab_size"], (2, 10), generator=generator)
+    compiled = folder / "gpt2_tp.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "tndsl", "compile", str(ROOT / "examples" / "gpt2_small.tn"),
+         *[f"--dim={k}={v}" for k, v in GPT2_DIMS.items()], "--shard", "Heads,Hidden",
+         "-o", str(compiled)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # planned for 1 rank: 3 heads are fine there, not on the 2-rank mesh
+    compiled_odd = folder / "attn_only_odd.py"
+    compiled_odd.write_text(tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
+                                       dims={**ATTN_ONLY_DIMS, "Heads": 3, "Model": 15})
+                            .compile(shard="Heads", ranks=1).source)
     job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
+           "compiled": str(compiled), "compiled_odd": str(compiled_odd),
            "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
            "llama": str(folder / "llama"), "llama_tokens": llama_tokens,
            "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
                          "tensor_parallel_attn_only", "tensor_parallel_vocab",
-                         "tensor_parallel_llama"]}
+                         "tensor_parallel_llama", "compiled_parallelize"]}
     launch(WORLD, job)
 
     def result(rank, scenario):
@@ -95,6 +110,31 @@ def test_tensor_parallel_gpt2_equals_hugging_face_on_both_ranks(run):
         assert result["w_q_placement"] == "(Shard(dim=0),)"
         assert result["w_q_local_shape"] == (GPT2_DIMS["Heads"] // WORLD, GPT2_DIMS["Model"],
                                              GPT2_DIMS["Model"] // GPT2_DIMS["Heads"])
+
+
+def test_compiled_parallelize_method_equals_hugging_face_and_the_library_plan(run):
+    tokens = run["job"]["tokens"]
+    with torch.no_grad():
+        expected = run["hf"](tokens).logits
+    plan = shard_plan(gpt2_program(), ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
+    module = single_process_gpt2(run)
+    loss = module(tokens).square().mean()
+    loss.backward()
+    for rank in range(WORLD):
+        result = run["result"](rank, "compiled_parallelize")
+        assert result["logits"].dtype == torch.float64
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        # the same param -> placement table (and local slices) as tndsl.distributed's
+        library = run["result"](rank, "tensor_parallel")["local"]
+        assert result["local"] == library
+        assert result["local"]["blocks.1.mlp.W_in"] == (
+            "(Shard(dim=1),)", (GPT2_DIMS["Model"], 2 * GPT2_DIMS["Model"]))
+        assert result["local"]["embed.W_E"][0] == "(Replicate(),)"
+        assert result["comm"] == predicted(plan, tokens.shape[0])
+        assert abs(result["loss"] - loss.detach()) < 1e-12
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+        assert result["refused"] == "dim Heads = 3 is not divisible by the mesh size 2"
 
 
 def predicted(plan, batch):

@@ -134,7 +134,7 @@ class ShardPlan:
         lines.append(f"sharded params ({len(self.params)}; {len(self.replicated)} replicated):")
         width = max((len(p.name) for p in self.params), default=0)
         for p in self.params:
-            roles = _roles(p.uses)
+            roles = describe_uses(p.uses)
             lines.append(f"  {p.name:<{width}}  Shard({p.axis}) along {p.leg.name}: "
                          f"{p.leg.dim}  {roles}")
         lines.append("")
@@ -470,7 +470,8 @@ class _Walker:
         return inner
 
 
-def _roles(uses) -> str:
+def describe_uses(uses) -> str:
+    """`column-parallel in a, b; row-parallel in c`: a sharded param's roles."""
     if not uses:
         return "(unused by the outputs)"
     groups: dict[str, list[str]] = {}
