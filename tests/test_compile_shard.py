@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import tndsl
-from tndsl.codegen.shard import pins
 from tndsl.passes.shard import shard_plan
 from conftest import ROOT
 
@@ -46,7 +45,7 @@ def test_the_method_holds_the_plans_tables():
     found = tables(source)
     assert found["sharded"] == {p.name: p.axis for p in plan.params}
     assert len(found["sharded"]) == 20 and found["sharded"]["blocks.1.mlp.W_in"] == 1
-    assert found["pins"] == pins(plan)
+    assert found["pins"] == plan.pins()
     # q[p, h, e] keeps its heads split (leg 1 of 3); the attention output is reduced
     assert found["pins"]["blocks.0.attn.q"] == (3, 1)
     assert found["pins"]["blocks.0.attn.out"] == (2, None)
@@ -125,3 +124,12 @@ def test_a_top_level_name_that_would_hide_the_method_is_a_located_error():
         program.compile(shard="N")
     text = info.value.render()
     assert "param `parallelize.w` takes the name `parallelize`" in text and "p.tn:3:1" in text
+
+
+def test_the_llama_method_matches_golden(golden):
+    # The method alone (the rest of the file has its own goldens in test_compile.py).
+    name = "examples/llama.tn"  # as the CLI shows it, wherever the checkout is
+    program = tndsl.parse((ROOT / name).read_text(), name, {**LLAMA_DIMS, "Layers": 1})
+    source = program.compile(shard="Heads,Hidden").source
+    method = source[source.index("    def parallelize(self, mesh):"):]
+    golden(ROOT / "tests" / "golden" / "code" / "llama_parallelize.py.txt", method)

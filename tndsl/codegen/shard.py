@@ -51,28 +51,6 @@ def _check_free(program) -> None:
                           hint="rename it, or compile without --shard")
 
 
-def pins(plan: ShardPlan) -> dict[str, tuple[int, int | None]]:
-    """Equation -> (its number of legs, the position of its sharded leg, or None: whole
-    on every rank), for every equation whose value the plan places: sharded values, and
-    partial sums the plan all-reduces where they become the equation's value. The same
-    choice as `tndsl.distributed.ShardLegs`."""
-    reduced = {c.equation for c in plan.collectives if c.kind == "all-reduce" and not c.where}
-    table: dict[str, tuple[int, int | None]] = {}
-    for name, leg in plan.placements.items():
-        if leg is None and name not in reduced:
-            continue
-        legs = plan.legs[name]
-        table[name] = (len(legs), None if leg is None else [l.name for l in legs].index(leg.name))
-    return table
-
-
-def split_dims(plan: ShardPlan) -> dict[str, int]:
-    """The dims split over the mesh (asked for, and tied to them by a grouping), with
-    their sizes: the method checks each divides the mesh size."""
-    names = list(plan.dims) + [a.dim for a in plan.aligned]
-    return {name: plan.sizes[name] for name in names if plan.sizes.get(name) is not None}
-
-
 def _method(plan: ShardPlan) -> list[str]:
     shown = ",".join(plan.dims)
     reductions = {c.equation: c.contracted for c in plan.collectives
@@ -105,14 +83,19 @@ def _method(plan: ShardPlan) -> list[str]:
         "    # equation -> (its legs, the position of its sharded leg; None: whole on every rank)",
         "    pins = {",
     ]
-    for name, (legs, axis) in pins(plan).items():
+    for name, (legs, axis) in plan.pins().items():
         note = (f"  # {python_comment(f'all-reduce, sums over {reductions[name]}')}"
                 if name in reductions else "")
         lines.append(f"        {python_string(name)}: ({int(legs)}, "
                      f"{'None' if axis is None else int(axis)}),{note}")
-    lines += ["    }", "    split = {"]
-    for name, size in split_dims(plan).items():
-        lines.append(f"        {python_string(name)}: {int(size)},")
+    lines += ["    }", "    # the dims split over the mesh, with their sizes", "    split = {"]
+    tied = {a.dim: a for a in plan.aligned}
+    for name, size in plan.split.items():
+        if size is None:  # no param has a leg of it: nothing to split, nothing to check
+            continue
+        note = (f"  # {python_comment(f'with {tied[name].partner}, through the grouping {tied[name].through}')}"
+                if name in tied else "")
+        lines.append(f"        {python_string(name)}: {int(size)},{note}")
     lines += ["    }"]
     lines += _RUNTIME.splitlines()
     return ["    " + line if line else "" for line in lines]

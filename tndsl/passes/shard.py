@@ -104,6 +104,30 @@ class ShardPlan:
     def param(self, name: str) -> ShardedParam | None:
         return next((p for p in self.params if p.name == name), None)
 
+    def pins(self) -> dict[str, tuple[int, int | None]]:
+        """Equation -> (its number of legs, the position of its sharded leg, or None:
+        whole on every rank), for the values whose placement is pinned where they are
+        computed: sharded values (kept slices), and partial sums the plan all-reduces
+        where they become the equation's value (else DTensor would carry them on lazily
+        through linear ops, possibly into a larger tensor such as the logits). What
+        `tndsl.distributed` and the method of `tndsl compile --shard` both apply."""
+        reduced = {c.equation for c in self.collectives
+                   if c.kind == "all-reduce" and not c.where}
+        table: dict[str, tuple[int, int | None]] = {}
+        for name, leg in self.placements.items():
+            if leg is None and name not in reduced:
+                continue
+            legs = [l.name for l in self.legs[name]]
+            table[name] = (len(legs), None if leg is None else legs.index(leg.name))
+        return table
+
+    @property
+    def split(self) -> dict[str, int | None]:
+        """The dims split over the mesh — asked for, then those tied to them by a
+        grouping — with their sizes."""
+        return {name: self.sizes.get(name)
+                for name in list(self.dims) + [a.dim for a in self.aligned]}
+
     def payload(self, collective: Collective) -> sympy.Expr:
         """Bytes of the communicated value (the whole tensor, as every rank ends up with it)."""
         return collective.entries * self.bytes_per_entry
