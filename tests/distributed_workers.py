@@ -23,7 +23,7 @@ from tndsl import distributed as tdist
 from tndsl.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
 from tndsl.slicing import contract_sliced, plan_slices
-from tndsl.weights import load_hf_gpt2, load_state
+from tndsl.weights import load_hf, load_hf_gpt2, load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2_DIMS = {"Context": 16, "Vocab": 64, "Model": 32, "Heads": 4, "Layers": 2}
@@ -193,7 +193,20 @@ def tensor_parallel_llama(rank, world, mesh, job):
     model = tdist.parallelize(model, mesh, ("Heads", "Hidden"), program=model.tndsl_program)
     with torch.no_grad(), tdist.CommunicationLog() as log:
         logits = model(job["llama_tokens"])
-    return {"logits": logits, "comm": log.records, "local": local_params(model)}
+    result = {"logits": logits, "comm": log.records, "local": local_params(model)}
+    # The same through the method `tndsl compile --shard` writes into the file.
+    program, state = load_hf(job["llama"])
+    path = Path(job["out"]) / f"rank{rank}" / "llama_tp.py"
+    generated = program.compile(shard=("Heads", "Hidden"))
+    path.write_text(generated.source)
+    compiled = compiled_class(path, generated.class_name)()
+    load_state(compiled, state)
+    compiled = compiled.double().parallelize(mesh)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        result["compiled_logits"] = compiled(job["llama_tokens"])
+    result["compiled_comm"] = log.records
+    result["compiled_local"] = local_params(compiled)
+    return result
 
 
 class Block(torch.nn.Module):

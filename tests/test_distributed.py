@@ -189,6 +189,10 @@ def test_tensor_parallel_llama_shards_kv_heads_with_their_query_heads(run):
             ("all-reduce", int(evaluate(plan.payload(c), sizes)) * tokens.shape[0])
             for c in plan.collectives]
         assert len(result["comm"]) == 2 * LLAMA["num_hidden_layers"]
+        # and the method `tndsl compile --shard` writes does the same
+        assert (result["compiled_logits"] - expected).abs().max() < 1e-10
+        assert result["compiled_local"] == local
+        assert result["compiled_comm"] == result["comm"]
 
 
 def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):
