@@ -90,8 +90,9 @@ def test_the_file_is_deterministic_and_standalone(tmp_path):
     assert all(line.split()[1].split(".")[0] in ("math", "torch") for line in imports), imports
     # torch.distributed.tensor is imported inside the method only: single-process use
     # (build, forward, hooks) never loads it.
+    model = str(tmp_path / "model0.py")
     check = ("import importlib.util, sys, torch\n"
-             f"spec = importlib.util.spec_from_file_location('m', {str(tmp_path / 'model0.py')!r})\n"
+             f"spec = importlib.util.spec_from_file_location('m', {model!r})\n"
              "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
              "model = m.Gpt2Small()\n"
              "model(torch.randint(0, 64, (2, 5)))\n"

@@ -43,11 +43,11 @@ def _check_free(program) -> None:
         if tensor.kind == "param" and tensor.name.split(".")[0] == METHOD:
             raise TnError(f"param `{tensor.name}` takes the name `{METHOD}`, the method "
                           "`--shard` adds to the model", tensor.span,
-                          hint=f"rename that segment, or compile without --shard")
+                          hint="rename that segment, or compile without --shard")
     for instance in network.instances:
         if instance.path.split(".")[0] == METHOD:
             raise TnError(f"instance `{instance.path}` takes the name `{METHOD}`, the method "
-                          "`--shard` adds to the model", getattr(instance, "span", None),
+                          "`--shard` adds to the model", instance.span,
                           hint="rename it, or compile without --shard")
 
 
@@ -93,8 +93,10 @@ def _method(plan: ShardPlan) -> list[str]:
     for name, size in plan.split.items():
         if size is None:  # no param has a leg of it: nothing to split, nothing to check
             continue
-        note = (f"  # {python_comment(f'with {tied[name].partner}, through the grouping {tied[name].through}')}"
-                if name in tied else "")
+        note = ""
+        if name in tied:
+            why = f"with {tied[name].partner}, through the grouping {tied[name].through}"
+            note = f"  # {python_comment(why)}"
         lines.append(f"        {python_string(name)}: {int(size)},{note}")
     lines += ["    }"]
     lines += _RUNTIME.splitlines()
