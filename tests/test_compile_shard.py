@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import tndsl
+from tndsl.cli import main
 from tndsl.passes.shard import shard_plan
 from conftest import ROOT
 
@@ -102,19 +103,24 @@ def test_the_file_is_deterministic_and_standalone(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
-def test_a_dim_that_cannot_be_sharded_is_the_same_located_error_as_cost():
+def test_a_dim_that_cannot_be_sharded_is_the_same_located_error_as_cost(capsys):
+    def run(*args):  # the CLI in this process: exit code, stdout, stderr
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
     for dims in ("Model", "Heds", "Heads --ranks 5"):
         args = dims.split()
-        compiled = cli("compile", GPT2, "--dim", "Layers=1", "--shard", *args)
-        planned = cli("cost", GPT2, "--dim", "Layers=1", "--shard", *args)
-        assert compiled.returncode == planned.returncode == 1
-        assert compiled.stdout == "" and "Traceback" not in compiled.stderr
-        assert compiled.stderr == planned.stderr
-    assert "gpt2_small.tn:22:24: error:" in cli("compile", GPT2, "--shard", "Model").stderr
-    grouped = cli("compile", LLAMA, "--shard", "Heads", "--ranks", "4", "--dim", "Heads=8",
-                  "--dim", "KVHeads=2")
-    assert grouped.returncode == 1
-    assert "llama.tn:28:1: error: the grouping `group` cannot be split evenly" in grouped.stderr
+        compiled = run("compile", GPT2, "--dim", "Layers=1", "--shard", *args)
+        planned = run("cost", GPT2, "--dim", "Layers=1", "--shard", *args)
+        assert compiled[0] == planned[0] == 1
+        assert compiled[1] == "" and "Traceback" not in compiled[2]
+        assert compiled[2] == planned[2]
+    assert "gpt2_small.tn:22:24: error:" in run("compile", GPT2, "--shard", "Model")[2]
+    code, _, err = run("compile", LLAMA, "--shard", "Heads", "--ranks", "4", "--dim", "Heads=8",
+                       "--dim", "KVHeads=2")
+    assert code == 1
+    assert "llama.tn:28:1: error: the grouping `group` cannot be split evenly" in err
 
 
 def test_a_top_level_name_that_would_hide_the_method_is_a_located_error():
