@@ -140,3 +140,31 @@ def test_the_llama_method_matches_golden(golden):
     source = program.compile(shard="Heads,Hidden").source
     method = source[source.index("    def parallelize(self, mesh):"):]
     golden(ROOT / "tests" / "golden" / "code" / "llama_parallelize.py.txt", method)
+
+
+def test_names_reach_the_method_only_as_literals_and_comments():
+    # The grammar admits only identifiers, but the emitter must not rely on it: names
+    # from a plan go through python_string and python_comment. Hostile names here
+    # must come back as the dict keys they are, with nothing else executable.
+    import dataclasses
+    import textwrap
+    from tndsl.codegen.shard import _method
+    program = tndsl.load(LLAMA, dims={**LLAMA_DIMS, "Layers": 1})
+    plan = shard_plan(program, ("Heads",), 2)
+    hostile = "W'] = 0\nimport os  # \u2028\r\\"
+    leg = dataclasses.replace(plan.params[0].leg, name="h\nimport sys", dim="Heads\u2029x")
+    first = dataclasses.replace(plan.params[0], name=hostile, leg=leg,
+                                uses=(("eq\nimport pty", "column"),))
+    placements = {("p\n'" if k == "blocks.0.attn.q" else k): v
+                  for k, v in plan.placements.items()}
+    legs = {("p\n'" if k == "blocks.0.attn.q" else k): v for k, v in plan.legs.items()}
+    plan = dataclasses.replace(plan, params=(first,) + plan.params[1:],
+                               placements=placements, legs=legs)
+    source = "\n".join(_method(plan))
+    tree = ast.parse(textwrap.dedent(source))
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert [node.module for node in imports] == [
+        "torch.distributed.tensor", "torch.distributed.tensor.experimental",
+        "torch.distributed.tensor.parallel"]
+    found = tables(textwrap.dedent(source))
+    assert hostile in found["sharded"] and "p\n'" in found["pins"]
