@@ -110,7 +110,12 @@ class ShardPlan:
         computed: sharded values (kept slices), and partial sums the plan all-reduces
         where they become the equation's value (else DTensor would carry them on lazily
         through linear ops, possibly into a larger tensor such as the logits). What
-        `tndsl.distributed` and the method of `tndsl compile --shard` both apply."""
+        `tndsl.distributed` and the method of `tndsl compile --shard` both apply.
+
+        A pin is a hook, so the generated code materialises attention's scores and
+        pattern instead of calling SDPA: needed on CPU, where DTensor has no sharding
+        strategy for `_scaled_dot_product_flash_attention_for_cpu` (tried: without the
+        pins on sharded values every sharded forward fails there)."""
         reduced = {c.equation for c in self.collectives
                    if c.kind == "all-reduce" and not c.where}
         table: dict[str, tuple[int, int | None]] = {}
