@@ -133,7 +133,10 @@ class ClassBuilder:
             values |= {relative(b.tensor, self.path) for b in self.instance.bindings}
         values = frozenset(values)
         if "attention" in file.options.passes:
-            items = fuse_attention(items, keep, values)
+            groupings = frozenset(relative(t.name, self.path) for t in file.network.tensors
+                                  if t.kind == "fixed" and t.fixed.function == "grouping")
+            items = fuse_attention(items, keep, values, groupings, file.options.sizes,
+                                   file.options.varying)
         if "layer_norm" in file.options.passes:
             items = fuse_layer_norm(items, keep, values, param_names)
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)

@@ -7,7 +7,8 @@ operand computed directly —
   along `f` at the positions along `p` (`_rotary`), with `f` renamed `e`; contracted on
   `e` instead, it is the inverse rotation. No Context × Head × Head tensor exists;
 - a grouping `G[h, g] * k[.., g, ..]` is `k.repeat_interleave(heads per group)` along
-  `g`, renamed `h` (grouped-query attention); contracted on `h`, a sum over each group.
+  `g`, renamed `h` (grouped-query attention); contracted on `h`, a sum over each group;
+  with one head per group it is the identity, and only the leg is renamed.
 Anything else with a fixed tensor is a located error that says how to write it.
 """
 from __future__ import annotations
@@ -36,16 +37,22 @@ _ROTARY_TABLES = {}
 
 def _rotary_table(n, rotated, base, dtype, device):
     """cos and sin of the rotary angles for positions 0..n-1, computed once in float64 on
-    the CPU (so every device and dtype gets correctly rounded values) and cached."""
+    the CPU (so every device and dtype gets correctly rounded values) and cached: made
+    outside inference mode, whose tensors could not be used by a later training step."""
     key = (n, rotated, base, dtype, str(device))
     if key not in _ROTARY_TABLES:
         if len(_ROTARY_TABLES) > 64:
             _ROTARY_TABLES.clear()
-        frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
-        angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
-        _ROTARY_TABLES[key] = (angles.cos().to(device=device, dtype=dtype),
-                               angles.sin().to(device=device, dtype=dtype))
+        with torch.inference_mode(False):
+            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, dtype, device)
     return _ROTARY_TABLES[key]
+
+
+def _rotary_angles(n, rotated, base, dtype, device):
+    frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
+    return (angles.cos().to(device=device, dtype=dtype),
+            angles.sin().to(device=device, dtype=dtype))
 ''',
 }
 
@@ -87,13 +94,15 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
         x = _partner(operands, group, head, layout)
         if x is not None:
             axis = x.indices.index(group) - len(x.indices)
-            code = f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
+            code = x.var if size == 1 else \
+                f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
             return _replace(operands, x, code, group, head)
         x = _partner(operands, head, group, layout)
         if x is not None:
             axis = x.indices.index(head) - len(x.indices)
-            code = (f"{generator._temp(hint, x.var)}.unflatten({axis}, ({groups}, {size}))"
-                    f".sum({axis})")
+            code = x.var if size == 1 else \
+                (f"{generator._temp(hint, x.var)}.unflatten({axis}, ({groups}, {size}))"
+                 f".sum({axis})")
             return _replace(operands, x, code, head, group)
         raise TnError(
             f"the compiler applies the grouping `{ref.name}` to one factor that is the only "
