@@ -228,3 +228,69 @@ def test_torch_compile_takes_a_grouped_windowed_llama_as_one_graph():
         for length in (7, 3):  # the masked path, then the plain causal one
             tokens = _tokens(length)
             assert (compiled(tokens) - fused(tokens)).abs().max().item() < 1e-12
+
+
+# ---- norms -------------------------------------------------------------------------------
+
+NORMS = """
+dim P = 4
+dim M = 6
+input x[p: P, m: M]
+param w[m: M]
+param b[m: M]
+"""
+
+
+@pytest.mark.parametrize("body, function, bias, plus_one", [
+    ("y[p, m] = rmsnorm[m](x[p, m], 1e-6) * w[m]", "rmsnorm", None, False),       # Llama
+    ("y[p, m] = layernorm[m](x[p, m]) * w[m] + b[m] * ones[p]", "layernorm", "b", False),
+    ("n[p, m] = rmsnorm[m](x[p, m])\ny[p, m] = n[p, m] + n[p, m] * w[m]", "rmsnorm", None,
+     True),                                                                         # Gemma
+])
+def test_norm_forms_of_the_families_are_fused(body, function, bias, plus_one):
+    from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
+    items = tuple(tndsl.parse(NORMS + body).equations)
+    (fused,) = fuse_layer_norm(items, frozenset(), frozenset({"x"}), frozenset({"w", "b"}))
+    assert isinstance(fused, FusedNorm) and fused.out.name == "y"
+    assert (fused.function, fused.argument, fused.weight, fused.bias, fused.plus_one) == \
+        (function, "x", "w", bias, plus_one)
+    assert (fused.normalized is None) == ("\n" not in body)
+
+
+@pytest.mark.parametrize("body", [
+    "y[p, m] = rmsnorm[m](x[p, m]) * w[m] + rmsnorm[m](x[p, m])",   # two boxes
+    "y[p, m] = rmsnorm[m](x[p, m]) * x[p, m]",                      # not a param weight
+    "y[p, m] = rmsnorm[m](x[p, m]) * w[m] + rmsnorm[m](x[p, m]) * b[m]",
+    "y[p, m] = 2 * rmsnorm[m](x[p, m]) * w[m]",                     # a coefficient
+    "n[p, m] = rmsnorm[m](x[p, m])\ny[p, m] = n[p, m] + n[p, m] * w[m] + n[p, m]",
+])
+def test_norm_forms_that_are_not_a_weighted_norm_are_left_alone(body):
+    from tndsl.passes.fuse_layer_norm import fuse_layer_norm
+    items = tuple(tndsl.parse(NORMS + body).equations)
+    assert fuse_layer_norm(items, frozenset(), frozenset({"x"}),
+                           frozenset({"w", "b"})) == items
+
+
+@pytest.mark.parametrize("example, call", [
+    ("llama.tn", "F.rms_norm(x, (24,), w, eps=1e-05)"),
+    ("pythia.tn", "F.layer_norm(x, (24,), w, b, eps=1e-05)"),
+    ("gemma.tn", "F.rms_norm(x, (24,), (1 + w), eps=1e-06)"),
+])
+def test_family_norms_compile_to_one_call_and_equal_the_unfused_norms(example, call):
+    dims = {"Vocab": 11, "Model": 24, "Heads": 3, "Hidden": 10, "Layers": 1}
+    if example != "pythia.tn":  # Pythia's head is Model / Heads: 8, 2 of them rotating
+        dims.update(Heads=6, KVHeads=2, Head=4)
+    program = tndsl.load(ROOT / "examples" / example, dims=dims)
+    assert call in program.compile().source
+    fused = _random(program.module())
+    unfused = _random(program.module(fuse=False))
+    tokens = _tokens(5)
+    with torch.no_grad():
+        expected = unfused(tokens)
+        assert (fused(tokens) - expected).abs().max().item() < 1e-10
+        if example == "gemma.tn":  # a hook on the normalised value takes the explicit path
+            _, cache = run_with_cache(fused, tokens, names=["blocks.0.ln1.normalized"])
+            _, cache_unfused = run_with_cache(unfused, tokens,
+                                              names=["blocks.0.ln1.normalized"])
+            assert torch.equal(cache["blocks.0.ln1.normalized"],
+                               cache_unfused["blocks.0.ln1.normalized"])

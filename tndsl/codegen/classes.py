@@ -342,7 +342,7 @@ class ClassBuilder:
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.attention(lower, item, var, self.hooks)
         elif isinstance(item, FusedNorm):
-            for eq in (item.normalized, item.out):
+            for eq in item.equations:
                 self._hook(eq.name)
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.norm(lower, item, var, self.hooks)
@@ -460,7 +460,7 @@ def _equations(item) -> list[ir.Equation]:
     if isinstance(item, FusedAttention):
         return [item.scores, item.pattern, item.out]
     if isinstance(item, FusedNorm):
-        return [item.normalized, item.out]
+        return list(item.equations)
     return []
 
 

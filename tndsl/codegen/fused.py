@@ -118,7 +118,7 @@ def _grouped(lower: Lowering, fused: FusedAttention) -> bool:
 
 
 def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
-    hook = hooks.get(fused.normalized.name)
+    hook = hooks.get(fused.normalized.name) if fused.normalized is not None else None
     if hook:
         lower.emit(f"if {hook}.hooked:")
         lower.indent += 1
@@ -134,8 +134,10 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     x = lower.values[fused.argument].var
     w = lower.values[fused.weight].var
     b = lower.values[fused.bias].var if fused.bias else None
+    if fused.plus_one:
+        w = f"(1 + {w})"
     lower.emit(f"# {python_comment(fused.out.name)}: {fused.function} with its weight"
-               f"{' and bias' if b else ''} in one call")
+               f"{' (1 + w)' if fused.plus_one else ''}{' and bias' if b else ''} in one call")
     eps = EPS if fused.eps is None else fused.eps
     if fused.function == "layernorm":
         code = f"F.layer_norm({x}, ({shape}), {w}, {b}, eps={eps!r})"
