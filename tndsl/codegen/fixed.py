@@ -21,38 +21,44 @@ HELPERS = {
 def _rotary(x, position, axis, rotated, base, inverse):
     """x turned by the rotary map along `axis`, at the positions along `position` (both
     negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
-    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose."""
+    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose.
+    As `x * cos + rotate_half(x) * (-sin, sin)`: four kernels, with the same roundings
+    as `x1 cos - x2 sin, x2 cos + x1 sin`."""
     x = x.movedim((position, axis), (-2, -1))
-    cos, sin = _rotary_table(x.size(-2), rotated, base, x.dtype, x.device)
-    if inverse:
-        sin = -sin
+    cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device)
     half = rotated // 2
-    x1, x2, rest = x[..., :half], x[..., half:rotated], x[..., rotated:]
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    turned = x[..., :rotated] if rotated < x.size(-1) else x
+    out = turned * cos + torch.cat((turned[..., half:], turned[..., :half]), dim=-1) * sin
+    if rotated < x.size(-1):
+        out = torch.cat((out, x[..., rotated:]), dim=-1)
     return out.movedim((-2, -1), (position, axis))
 
 
 _ROTARY_TABLES = {}
 
 
-def _rotary_table(n, rotated, base, dtype, device):
-    """cos and sin of the rotary angles for positions 0..n-1, computed once in float64 on
-    the CPU (so every device and dtype gets correctly rounded values) and cached: made
-    outside inference mode, whose tensors could not be used by a later training step."""
-    key = (n, rotated, base, dtype, str(device))
+def _rotary_table(n, rotated, base, inverse, dtype, device):
+    """cos and signed sin (-sin, sin; the inverse: sin, -sin) of the rotary angles for
+    positions 0..n-1, each `rotated` wide, computed once in float64 on the CPU (so every
+    device and dtype gets correctly rounded values) and cached: made outside inference
+    mode, whose tensors could not be used by a later training step."""
+    key = (n, rotated, base, inverse, dtype, str(device))
     if key not in _ROTARY_TABLES:
         if len(_ROTARY_TABLES) > 64:
             _ROTARY_TABLES.clear()
         with torch.inference_mode(False):
-            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, dtype, device)
+            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, inverse, dtype, device)
     return _ROTARY_TABLES[key]
 
 
-def _rotary_angles(n, rotated, base, dtype, device):
+def _rotary_angles(n, rotated, base, inverse, dtype, device):
     frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
     angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
-    return (angles.cos().to(device=device, dtype=dtype),
-            angles.sin().to(device=device, dtype=dtype))
+    cos, sin = angles.cos(), angles.sin()
+    if inverse:
+        sin = -sin
+    return (torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype),
+            torch.cat((-sin, sin), dim=-1).to(device=device, dtype=dtype))
 ''',
 }
 
