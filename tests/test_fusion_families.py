@@ -149,7 +149,7 @@ def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing():
 def test_a_window_shorter_than_the_context_calls_the_windowed_helper():
     source = tndsl.load(LLAMA, dims={**SMALL, "Window": 3}).compile().source
     assert "_windowed_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
-        "v.transpose(-2, -3), 3, True, 0.5)" in source
+        "v.transpose(-2, -3), 3, True, 0.5, True)" in source
 
 
 # ---- numbers -----------------------------------------------------------------------------
@@ -170,6 +170,25 @@ def test_fused_equals_unfused_on_llama_and_mistral_shapes(dims, lengths):
             actual = fused(tokens)
         assert expected.abs().max() > 1
         assert (actual - expected).abs().max().item() < 1e-10, length
+
+
+def test_a_windowed_attention_without_head_or_batch_legs_fuses_and_equals_unfused():
+    program = tndsl.parse("""
+dim P = 6
+dim E = 3
+dim W = 2
+input x[p: P, e: E]
+param Wq[e: E, f: E]
+q[p, f] = x[p, e] * Wq[e, f]
+scores[p, s] = q[p, e] * q[s, e]
+pattern[p, s] = softmax[s](scores[p, s] where s <= p and p - s < W)
+z[p, e] = pattern[p, s] * q[s, e]
+""")
+    assert "_windowed_attention(q, q, q, 2, True, 1.0, False)" in program.compile().source
+    fused, unfused = _random(program.module()), _random(program.module(fuse=False))
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (fused(x) - unfused(x)).abs().max().item() < 1e-12
 
 
 def test_the_window_mask_matches_an_independent_sliding_window_attention():

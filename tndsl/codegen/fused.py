@@ -13,15 +13,15 @@ from tndsl.text import python_comment
 
 HELPERS = {
     "_windowed_attention": '''
-def _windowed_attention(q, k, v, window, causal, scale):
+def _windowed_attention(q, k, v, window, causal, scale, grouped):
     """Scaled dot-product attention keeping key s for query p where p - s < window (and
     s <= p if causal); queries and keys have one length. A sequence no longer than the
     window needs no mask, so the plain kernel runs; a longer one gets a boolean mask,
-    cached per length. Key/value heads fewer than the query's (grouped-query attention)
+    cached per length. `grouped`: fewer key/value heads (dim -3) than query heads; they
     go in as they are on the CPU, whose kernel takes them with a mask; other devices'
     would fall back to the math kernel, so there they are repeated per query head."""
     n = q.size(-2)
-    groups = q.size(-3) // k.size(-3)
+    groups = q.size(-3) // k.size(-3) if grouped else 1
     if n <= window:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
                                               enable_gqa=groups > 1)
@@ -97,7 +97,8 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
                 f"scale={scale}{', enable_gqa=True' if grouped else ''})")
     else:
         lower.helpers.add("_windowed_attention")
-        call = f"_windowed_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, {scale})"
+        call = (f"_windowed_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
+                f"{scale}, {grouped})")
     lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
     if condition:
         lower.indent -= 1
