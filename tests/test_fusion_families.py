@@ -313,3 +313,18 @@ def test_family_norms_compile_to_one_call_and_equal_the_unfused_norms(example, c
                                               names=["blocks.0.ln1.normalized"])
             assert torch.equal(cache["blocks.0.ln1.normalized"],
                                cache_unfused["blocks.0.ln1.normalized"])
+
+
+@pytest.mark.parametrize("window, mask, varying, dropped", [
+    (7, "s <= p and p - s < W", frozenset(), True),            # W above the fixed length
+    (6, "s <= p and p - s < P", frozenset({"P"}), True),       # W is the length itself
+    (6, "s <= p and p - s < P - 1", frozenset({"P"}), False),  # one less: not always
+    (6, "s <= p and p - s < W + 1", frozenset({"P"}), True),
+])
+def test_which_window_clauses_always_hold(window, mask, varying, dropped):
+    _, result = _fuse(window=window, mask=mask, varying=varying)
+    if dropped:
+        (fused,) = result
+        assert fused.window is None and fused.causal
+    else:  # P - 1 is read at run time when P varies: the explicit path stays
+        assert not any(isinstance(item, FusedAttention) for item in result)

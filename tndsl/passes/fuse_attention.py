@@ -143,9 +143,13 @@ def _window(conditions, to_scores, p: str, s: str, dims, sizes, varying):
         length = dimmod.symbol(dims[p])
         bound = sizes.get(dims[p])
         # p - s is at most length - 1: the clause always holds if W - length >= 0 for
-        # every allowed length; W - length = c - length is least at the bound.
-        c = dimmod.evaluate(width - length, fixed) + length
-        if c == length or (not c.free_symbols and bound is not None and c >= bound):
+        # every allowed length: a constant slack, or c - length (c a constant), which is
+        # least at the length's bound.
+        others = {d: n for d, n in fixed.items() if d != dims[p]}
+        slack = dimmod.evaluate(width - length, others)
+        c = slack + length
+        if (not slack.free_symbols and slack >= 0) or \
+                (not c.free_symbols and bound is not None and c >= bound):
             continue  # always true: dropped
         width = dimmod.evaluate(width, fixed)
         if width.free_symbols or not width.is_integer or width < 1:
