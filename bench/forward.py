@@ -13,6 +13,8 @@ compiled model and the hand-written one. --memory: peak memory above the weights
 1 x 1024 forward (each contender in a fresh process, from its peak resident size).
 --matvec: per-call time of a compiled 64 x 64 matrix-vector product against `W @ x`, a
 hand-written nn.Module and an empty module call.
+--profile: torch.profiler's top operators instead of the table (with --llama, of the
+Llama-shaped pair).
 Needs `transformers` (the test extra).
 """
 from __future__ import annotations
@@ -246,10 +248,10 @@ def matvec(args) -> dict[str, float]:
     return {name: t / calls for name, t in times.items()}
 
 
-def llama_row(args) -> None:
-    """The Llama-shaped row: 12 layers (by default), model 768, GQA with 12 query heads
+def build_llama(args):
+    """The Llama-shaped pair: 12 layers (by default), model 768, GQA with 12 query heads
     on 4 key/value heads, loaded with tndsl.from_pretrained from the HF model's own
-    checkpoint; goal: at most 0.9x HF's time."""
+    checkpoint; and tokens, batch 1 x context 128."""
     import transformers
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
@@ -262,30 +264,39 @@ def llama_row(args) -> None:
         module = tndsl.from_pretrained(folder, torch.float32)
     device = torch.device(args.device)
     module, hf = module.to(device).eval(), hf.to(device)
-    batch, context = 1, 128
-    tokens = torch.randint(0, config.vocab_size, (batch, context), device=device)
+    tokens = torch.randint(0, config.vocab_size, (1, 128), device=device)
     with torch.inference_mode():
         assert (module(tokens) - hf(tokens).logits).abs().max() < 1e-3
-    times = median_times({
-        "tndsl compiled": lambda: _no_grad(module, tokens),
-        "HF LlamaForCausalLM": lambda: _no_grad(hf, tokens),
-    }, args.repeat)
+    return {"tndsl compiled": module, "HF LlamaForCausalLM": hf}, tokens
+
+
+def llama_row(args) -> None:
+    """The Llama-shaped row; goal: at most 0.9x HF's time."""
+    models, tokens = build_llama(args)
+    times = median_times({name: (lambda m=model: _no_grad(m, tokens))
+                          for name, model in models.items()}, args.repeat)
     compiled = times["tndsl compiled"]
+    batch, context = tokens.shape
     print(f"\nLlama shape: {args.layers} layers, model 768, GQA 12/4, batch {batch} x "
-          f"context {context}, {device.type}")
+          f"context {context}, {tokens.device.type}")
     print(f"{'forward':<28}{'median s':>10}{'ratio to compiled':>20}")
     for name, seconds in times.items():
         print(f"{name:<28}{seconds:>10.4f}{seconds / compiled:>20.2f}")
 
 
 def profile(args) -> None:
-    """torch.profiler's top operators for the compiled model and HF sdpa at 4 x 128."""
-    models = build(args.layers, 128, args.device)
-    tokens = torch.randint(0, 50257, (4, 128), device=args.device)
-    for name in ("tndsl compiled", "HF sdpa"):
-        _no_grad(models[name], tokens)
+    """torch.profiler's top operators for the compiled model and HF sdpa at 4 x 128 (with
+    --llama: the Llama-shaped pair at 1 x 128)."""
+    if args.llama:
+        models, tokens = build_llama(args)
+    else:
+        models = build(args.layers, 128, args.device)
+        models = {name: models[name] for name in ("tndsl compiled", "HF sdpa")}
+        tokens = torch.randint(0, 50257, (4, 128), device=args.device)
+    for name, model in models.items():
+        _no_grad(model, tokens)
         with torch.profiler.profile() as prof:
-            _no_grad(models[name], tokens)
+            _no_grad(model, tokens)
         print(f"--- {name}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 

@@ -221,7 +221,8 @@ def test_cli_verify_compiled_reports_and_passes():
 
 
 @pytest.mark.parametrize("example, dims", [("attention_head", None), ("mlp", None),
-                                           ("gpt2_small", {"Layers": 1})])
+                                           ("gpt2_small", {"Layers": 1}),
+                                           ("llama", {"Layers": 1})])
 def test_generated_code_matches_golden(example, dims, golden):
     name = f"examples/{example}.tn"  # as the CLI shows it, wherever the checkout is
     source = tndsl.parse((ROOT / name).read_text(), name, dims).compile().source

@@ -134,7 +134,10 @@ class ClassBuilder:
             values |= {relative(b.tensor, self.path) for b in self.instance.bindings}
         values = frozenset(values)
         if "attention" in file.options.passes:
-            items = fuse_attention(items, keep, values)
+            groupings = frozenset(relative(t.name, self.path) for t in file.network.tensors
+                                  if t.kind == "fixed" and t.fixed.function == "grouping")
+            items = fuse_attention(items, keep, values, groupings, file.options.sizes,
+                                   file.options.varying)
         if "layer_norm" in file.options.passes:
             items = fuse_layer_norm(items, keep, values, param_names)
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)
@@ -348,7 +351,7 @@ class ClassBuilder:
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.attention(lower, item, var, self.hooks)
         elif isinstance(item, FusedNorm):
-            for eq in (item.normalized, item.out):
+            for eq in item.equations:
                 self._hook(eq.name)
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.norm(lower, item, var, self.hooks)
@@ -466,7 +469,7 @@ def _equations(item) -> list[ir.Equation]:
     if isinstance(item, FusedAttention):
         return [item.scores, item.pattern, item.out]
     if isinstance(item, FusedNorm):
-        return [item.normalized, item.out]
+        return list(item.equations)
     return []
 
 

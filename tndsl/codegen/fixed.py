@@ -7,7 +7,8 @@ operand computed directly —
   along `f` at the positions along `p` (`_rotary`), with `f` renamed `e`; contracted on
   `e` instead, it is the inverse rotation. No Context × Head × Head tensor exists;
 - a grouping `G[h, g] * k[.., g, ..]` is `k.repeat_interleave(heads per group)` along
-  `g`, renamed `h` (grouped-query attention); contracted on `h`, a sum over each group.
+  `g`, renamed `h` (grouped-query attention); contracted on `h`, a sum over each group;
+  with one head per group it is the identity, and only the leg is renamed.
 Anything else with a fixed tensor is a located error that says how to write it.
 """
 from __future__ import annotations
@@ -20,32 +21,44 @@ HELPERS = {
 def _rotary(x, position, axis, rotated, base, inverse):
     """x turned by the rotary map along `axis`, at the positions along `position` (both
     negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
-    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose."""
+    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose.
+    As `x * cos + rotate_half(x) * (-sin, sin)`: four kernels, with the same roundings
+    as `x1 cos - x2 sin, x2 cos + x1 sin`."""
     x = x.movedim((position, axis), (-2, -1))
-    cos, sin = _rotary_table(x.size(-2), rotated, base, x.dtype, x.device)
-    if inverse:
-        sin = -sin
+    cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device)
     half = rotated // 2
-    x1, x2, rest = x[..., :half], x[..., half:rotated], x[..., rotated:]
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    turned = x[..., :rotated] if rotated < x.size(-1) else x
+    out = turned * cos + torch.cat((turned[..., half:], turned[..., :half]), dim=-1) * sin
+    if rotated < x.size(-1):
+        out = torch.cat((out, x[..., rotated:]), dim=-1)
     return out.movedim((-2, -1), (position, axis))
 
 
 _ROTARY_TABLES = {}
 
 
-def _rotary_table(n, rotated, base, dtype, device):
-    """cos and sin of the rotary angles for positions 0..n-1, computed once in float64 on
-    the CPU (so every device and dtype gets correctly rounded values) and cached."""
-    key = (n, rotated, base, dtype, str(device))
+def _rotary_table(n, rotated, base, inverse, dtype, device):
+    """cos and signed sin (-sin, sin; the inverse: sin, -sin) of the rotary angles for
+    positions 0..n-1, each `rotated` wide, computed once in float64 on the CPU (so every
+    device and dtype gets correctly rounded values) and cached: made outside inference
+    mode, whose tensors could not be used by a later training step."""
+    key = (n, rotated, base, inverse, dtype, str(device))
     if key not in _ROTARY_TABLES:
         if len(_ROTARY_TABLES) > 64:
             _ROTARY_TABLES.clear()
-        frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
-        angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
-        _ROTARY_TABLES[key] = (angles.cos().to(device=device, dtype=dtype),
-                               angles.sin().to(device=device, dtype=dtype))
+        with torch.inference_mode(False):
+            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, inverse, dtype, device)
     return _ROTARY_TABLES[key]
+
+
+def _rotary_angles(n, rotated, base, inverse, dtype, device):
+    frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
+    cos, sin = angles.cos(), angles.sin()
+    if inverse:
+        sin = -sin
+    return (torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype),
+            torch.cat((-sin, sin), dim=-1).to(device=device, dtype=dtype))
 ''',
 }
 
@@ -87,13 +100,15 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
         x = _partner(operands, group, head, layout)
         if x is not None:
             axis = x.indices.index(group) - len(x.indices)
-            code = f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
+            code = x.var if size == 1 else \
+                f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
             return _replace(operands, x, code, group, head)
         x = _partner(operands, head, group, layout)
         if x is not None:
             axis = x.indices.index(head) - len(x.indices)
-            code = (f"{generator._temp(hint, x.var)}.unflatten({axis}, ({groups}, {size}))"
-                    f".sum({axis})")
+            code = x.var if size == 1 else \
+                (f"{generator._temp(hint, x.var)}.unflatten({axis}, ({groups}, {size}))"
+                 f".sum({axis})")
             return _replace(operands, x, code, head, group)
         raise TnError(
             f"the compiler applies the grouping `{ref.name}` to one factor that is the only "

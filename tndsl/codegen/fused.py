@@ -11,6 +11,48 @@ from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
 from tndsl.text import python_comment
 
+HELPERS = {
+    "_windowed_attention": '''
+def _windowed_attention(q, k, v, window, causal, scale, grouped):
+    """Scaled dot-product attention keeping key s for query p where p - s < window (and
+    s <= p if causal); queries and keys have one length. A sequence no longer than the
+    window needs no mask, so the plain kernel runs; a longer one gets a boolean mask,
+    cached per length. `grouped`: fewer key/value heads (dim -3) than query heads; they
+    go in as they are on the CPU, whose kernel takes them with a mask; other devices'
+    would fall back to the math kernel, so there they are repeated per query head."""
+    n = q.size(-2)
+    groups = q.size(-3) // k.size(-3) if grouped else 1
+    if n <= window:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                              enable_gqa=groups > 1)
+    if groups > 1 and q.device.type != "cpu":
+        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+        groups = 1
+    keep = _window_mask(n, window, causal, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale,
+                                          enable_gqa=groups > 1)
+
+
+_WINDOW_MASKS = {}
+
+
+def _window_mask(n, window, causal, device):
+    """Where p - s < window (and s <= p if causal), for positions 0..n-1: built once per
+    length and device, outside inference mode (whose tensors a later training step could
+    not use)."""
+    key = (n, window, causal, str(device))
+    if key not in _WINDOW_MASKS:
+        if len(_WINDOW_MASKS) > 64:
+            _WINDOW_MASKS.clear()
+        with torch.inference_mode(False):
+            position = torch.arange(n, device=device)
+            offset = position[:, None] - position[None, :]
+            keep = offset < window
+            _WINDOW_MASKS[key] = keep & (offset >= 0) if causal else keep
+    return _WINDOW_MASKS[key]
+''',
+}
+
 
 def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
     """`var` (trailing legs in `roles` order) with its trailing legs in `want` order."""
@@ -39,15 +81,24 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
         lower.emit("else:")
         lower.indent += 1
     lower.index_dims = {leg.name: leg.dim for leg in fused.scores.index_dims}
-    lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention "
-               f"({'causal' if fused.causal else 'unmasked'}), pattern not materialised")
     heads = fused.heads
     q = _move(lower.values[fused.query].var, fused.query_roles, heads + ("p", "e"))
     k = _move(lower.values[fused.key].var, fused.key_roles, heads + ("s", "e"))
     v = _move(lower.values[fused.value].var, fused.value_roles, heads + ("s", "f"))
     scale = lower._scalar_code(fused.scale)
-    call = (f"F.scaled_dot_product_attention({q}, {k}, {v}, "
-            f"is_causal={fused.causal}, scale={scale})")
+    mask = "causal" if fused.causal else "unmasked"
+    if fused.window is not None:
+        mask += f", keys less than {fused.window} back"
+    grouped = _grouped(lower, fused)
+    lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention ({mask}"
+               f"{'; grouped key/value heads' if grouped else ''}), pattern not materialised")
+    if fused.window is None:
+        call = (f"F.scaled_dot_product_attention({q}, {k}, {v}, is_causal={fused.causal}, "
+                f"scale={scale}{', enable_gqa=True' if grouped else ''})")
+    else:
+        lower.helpers.add("_windowed_attention")
+        call = (f"_windowed_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
+                f"{scale}, {grouped})")
     lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
     if condition:
         lower.indent -= 1
@@ -57,8 +108,18 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.values[fused.out.name] = Value(var, batched)
 
 
+def _grouped(lower: Lowering, fused: FusedAttention) -> bool:
+    """Whether the key and value really have fewer heads than the query: a grouping of
+    one query head per key/value head is the identity and needs nothing."""
+    if fused.grouping is None:
+        return False
+    legs = lower.values[fused.grouping].fixed.legs
+    heads, groups = (lower.sizes.get(leg.dim) for leg in legs)
+    return heads is None or groups is None or heads != groups
+
+
 def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
-    hook = hooks.get(fused.normalized.name)
+    hook = hooks.get(fused.normalized.name) if fused.normalized is not None else None
     if hook:
         lower.emit(f"if {hook}.hooked:")
         lower.indent += 1
@@ -74,8 +135,10 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     x = lower.values[fused.argument].var
     w = lower.values[fused.weight].var
     b = lower.values[fused.bias].var if fused.bias else None
+    if fused.plus_one:
+        w = f"(1 + {w})"
     lower.emit(f"# {python_comment(fused.out.name)}: {fused.function} with its weight"
-               f"{' and bias' if b else ''} in one call")
+               f"{' (1 + w)' if fused.plus_one else ''}{' and bias' if b else ''} in one call")
     eps = EPS if fused.eps is None else fused.eps
     if fused.function == "layernorm":
         code = f"F.layer_norm({x}, ({shape}), {w}, {b}, eps={eps!r})"

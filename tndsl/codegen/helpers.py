@@ -5,7 +5,7 @@ only as identifiers (`codegen.names`) or `repr()` literals, never through here.
 """
 from __future__ import annotations
 
-from tndsl.codegen import fixed as fixed_forms
+from tndsl.codegen import fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
@@ -112,6 +112,7 @@ def _rmsnorm(t, legs, eps):
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
     **fixed_forms.HELPERS,
+    **fused_forms.HELPERS,
 }
 HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
 # Emitted first: the classes below use it at construction.

@@ -12,7 +12,8 @@ from tndsl.errors import TnError, did_you_mean
 PASSES = {
     "attention": "softmax attention -> F.scaled_dot_product_attention (explicit path "
                  "kept for when a hook reads the scores or pattern)",
-    "layer_norm": "layernorm/rmsnorm times a weight plus a bias -> F.layer_norm / F.rms_norm",
+    "layer_norm": "layernorm/rmsnorm times a weight (or 1 + w) plus a bias -> F.layer_norm / "
+                  "F.rms_norm",
     "liveness": "drop each intermediate after its last use (`del`)",
 }
 
