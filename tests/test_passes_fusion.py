@@ -79,7 +79,7 @@ def test_liveness_deletes_after_the_last_use_and_inside_branches():
 
 
 def test_pass_names_resolve():
-    assert resolve(True) == {"attention", "layer_norm", "liveness"}
+    assert resolve(True) == {"attention", "layer_norm", "liveness", "projections"}
     assert resolve(False) == set()
     assert resolve(["attention"], ["attention"]) == set()
-    assert resolve(True, ["liveness"]) == {"attention", "layer_norm"}
+    assert resolve(True, ["liveness"]) == {"attention", "layer_norm", "projections"}

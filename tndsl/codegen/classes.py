@@ -14,13 +14,14 @@ import re
 from dataclasses import dataclass, field
 
 from tndsl import inits, ir, printer
-from tndsl.codegen import fused as fused_code
+from tndsl.codegen import fused as fused_code, projections as projection_code
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
 from tndsl.codegen.names import Namespace, NN_MODULE_ATTRS, GENERATED_ATTRS, sanitize
 from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
+from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.passes.liveness import insert_deletes
 from tndsl.text import python_comment, python_docstring
 
@@ -95,6 +96,7 @@ class ClassBuilder:
         self.init_lines: list[str] = []
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
+        self.methods: list[str] = []          # further methods of the class, unindented
 
     # ---- what this class computes ------------------------------------------------------
     def _items(self) -> tuple:
@@ -136,6 +138,14 @@ class ClassBuilder:
             items = fuse_attention(items, keep, values)
         if "layer_norm" in file.options.passes:
             items = fuse_layer_norm(items, keep, values, param_names)
+        if "projections" in file.options.passes:
+            # The shared activation may also be a float input (the root's own).
+            sources = values | {t.name for t in file.inputs if t.onehot is None}
+            runtime = frozenset(d for d, s in file.sizes.items() if s is None) | \
+                file.options.varying
+            items = fuse_projections(items, keep, sources, param_names, runtime)
+            if any(isinstance(item, FusedProjections) for item in items):
+                self.methods += projection_code.APPLY_METHOD
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)
         self._plan_modules(params, items)
         # Arguments (a block) or inputs (the root), then params, then the items.
@@ -343,6 +353,11 @@ class ClassBuilder:
                 self._hook(eq.name)
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.norm(lower, item, var, self.hooks)
+        elif isinstance(item, FusedProjections):
+            for name in item.names:
+                self._hook(name)
+            variables = [self.ns(f"value:{n}", n) for n in item.names]
+            projection_code.projections(lower, item, variables, self.hooks, item.name)
         else:  # pragma: no cover - the passes make only these
             raise TypeError(item)
 
@@ -434,6 +449,8 @@ class ClassBuilder:
         lines += ["", f"    def forward({', '.join(['self', *arguments])}):"]
         lines += ["        " + line for line in self.comments]
         lines += ["        " + line if line else "" for line in body]
+        if self.methods:
+            lines += [""] + ["    " + line for line in self.methods]
         return "\n".join(lines) + "\n"
 
 
@@ -458,6 +475,8 @@ def _equations(item) -> list[ir.Equation]:
         return [item.scores, item.pattern, item.out]
     if isinstance(item, FusedNorm):
         return [item.normalized, item.out]
+    if isinstance(item, FusedProjections):
+        return list(item.equations)
     return []
 
 

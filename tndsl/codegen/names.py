@@ -47,7 +47,7 @@ NN_MODULE_ATTRS = frozenset({
     'set_extra_state', 'set_submodule', 'share_memory', 'state_dict', 'to', 'to_empty',
     'train', 'training', 'type', 'xpu', 'zero_grad'
 })
-GENERATED_ATTRS = frozenset({"HOOK_ORDER", "tndsl_source", "tn_name", "hooked"})
+GENERATED_ATTRS = frozenset({"HOOK_ORDER", "tndsl_source", "tn_name", "hooked", "_tndsl_packed"})
 
 
 class Namespace:

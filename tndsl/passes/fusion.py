@@ -14,6 +14,8 @@ PASSES = {
                  "kept for when a hook reads the scores or pattern)",
     "layer_norm": "layernorm/rmsnorm times a weight plus a bias -> F.layer_norm / F.rms_norm",
     "liveness": "drop each intermediate after its last use (`del`)",
+    "projections": "projections of one activation by several params (Q/K/V, gate/in) -> "
+                   "one GEMM with the packed weight, split into views",
 }
 
 

@@ -1,0 +1,124 @@
+"""Code for `passes.fuse_projections`: one GEMM for projections sharing an activation.
+
+    packed = _packed(self, 'q', (W_Q, W_K, W_V, b_Q, b_K, b_V), lambda: (
+        torch.cat([W_Q.permute(0, 2, 1), W_K.permute(0, 2, 1), W_V.permute(0, 2, 1)]).reshape(2304, 768),
+        torch.cat([b_Q.reshape(-1), b_K.reshape(-1), b_V.reshape(-1)])))
+    if packed is None:    # sharded params: one GEMM each, as the shard plan places them
+        q = ...; k = ...; v = ...
+    else:
+        q, k, v = F.linear(x, *packed).split((768, 768, 768), -1)
+        q = q.unflatten(-1, (12, 64))  ...
+
+The parts are views of the one result (no copies); a part whose equation has a box
+around the product gets the box (`F.silu(gate)`). The weight is packed in F.linear's
+(out, in) layout by one `torch.cat` (each param permuted inside it, never reshaped on
+its own), and `_packed` keeps it on the module across calls where no autograd graph
+needs it (see the helper's docstring). Hook points follow, in the equations' order.
+"""
+from __future__ import annotations
+
+from tndsl.codegen.lower import ELEMENTWISE, Lowering, Value
+from tndsl.passes.fuse_projections import FusedProjections, Projection
+from tndsl.text import python_comment
+
+# A generated class holding fused projections drops its packed weights when `.to()`,
+# `.double()`, `.half()` ... convert its params (which keeps their version counters).
+APPLY_METHOD = [
+    "def _apply(self, *args, **kwargs):",
+    "    # .to(), .double(), .half(): packed weights are rebuilt from the converted params",
+    "    self.__dict__.pop('_tndsl_packed', None)",
+    "    return super()._apply(*args, **kwargs)",
+]
+
+
+def _sizes(lower: Lowering, projection: Projection, legs) -> tuple[int, ...]:
+    dims = {leg.name: leg.dim for leg in projection.equation.index_dims}
+    return tuple(int(lower.sizes[dims[i]]) for i in legs)
+
+
+def _product(values) -> int:
+    total = 1
+    for v in values:
+        total *= v
+    return total
+
+
+def _permuted(var: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
+    if have == want:
+        return var
+    return f"{var}.permute{tuple(have.index(i) for i in want)}"
+
+
+def pack_code(lower: Lowering, fused: FusedProjections) -> tuple[str, str | None]:
+    """The expressions building the packed weight and bias (None: no biases) from the
+    params' locals."""
+    var = {name: lower.values[name].var for name in fused.params}
+    shapes = [_sizes(lower, p, p.outs + p.contracted) for p in fused.parts]
+    k = _product(shapes[0][len(fused.parts[0].outs):])
+    n = sum(_product(s[:len(p.outs)]) for s, p in zip(shapes, fused.parts))
+    weights = [_permuted(var[p.weight], p.weight_indices, p.outs + p.contracted)
+               for p in fused.parts]
+    if len({s[1:] for s in shapes}) == 1 and len({len(p.outs) for p in fused.parts}) == 1:
+        # Alike after their first leg: concatenate as they are, one copy, then a view.
+        weight = f"torch.cat([{', '.join(weights)}])"
+        if len(shapes[0]) > 2:
+            weight += f".reshape({n}, {k})"
+    else:
+        weight = "torch.cat([" + ", ".join(
+            w if len(s) == 2 else f"{w}.reshape({_product(s[:len(p.outs)])}, {k})"
+            for w, s, p in zip(weights, shapes, fused.parts)) + "])"
+    if not fused.parts[0].bias:
+        return weight, None
+    biases = []
+    for p in fused.parts:
+        b = _permuted(var[p.bias], p.bias_indices, p.outs)
+        biases.append(b if len(p.outs) == 1 else f"{b}.reshape(-1)")
+    return weight, f"torch.cat([{', '.join(biases)}])"
+
+
+def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
+                hooks: dict, key: str) -> None:
+    """`variables`: one per part; `hooks`: equation name -> code of its hook point;
+    `key`: the name the packed weight is kept under on the module."""
+    lower.helpers.add("_packed")
+    x = lower.values[fused.argument].var
+    params = ", ".join(lower.values[name].var for name in fused.params)
+    names = ", ".join(python_comment(n) for n in fused.names)
+    packed = lower.ns.fresh("packed")
+    lower.temporaries.add(packed)
+    lower.emit(f"# {names}: one GEMM reading {python_comment(fused.argument)}, the weights "
+               "packed into one (kept across calls where no graph needs them)")
+    weight, bias = pack_code(lower, fused)
+    lower.emit(f"{packed} = _packed(self, {key!r}, ({params}), lambda: (")
+    if bias:
+        lower.emit(f"    {weight},")
+        lower.emit(f"    {bias}))")
+    else:
+        lower.emit(f"    {weight},))")
+    lower.emit(f"if {packed} is None:  # sharded params: one GEMM each, as the plan places them")
+    lower.indent += 1
+    for projection, var in zip(fused.parts, variables):
+        lower.equation(projection.equation, var, None)
+    lower.indent -= 1
+    lower.emit("else:")
+    lower.indent += 1
+    contracted = len(fused.parts[0].contracted)
+    left = x if contracted == 1 else f"{x}.flatten(-{contracted})"
+    widths = tuple(_product(_sizes(lower, p, p.outs)) for p in fused.parts)
+    targets = ", ".join(variables)
+    lower.emit(f"{targets} = F.linear({left}, *{packed}).split({widths}, -1)")
+    for projection, var in zip(fused.parts, variables):
+        value = var
+        if len(projection.outs) > 1:
+            value = f"{value}.unflatten(-1, {_sizes(lower, projection, projection.outs)})"
+        if projection.box:
+            value = ELEMENTWISE[projection.box].format(value)
+        if value != var:
+            lower.emit(f"{var} = {value}")
+    lower.indent -= 1
+    batched = lower.values[fused.argument].batched
+    for projection, var in zip(fused.parts, variables):
+        hook = hooks.get(projection.name)
+        if hook:
+            lower.emit(f"if {hook}.hooked: {var} = {hook}({var})")
+        lower.values[projection.name] = Value(var, batched)
