@@ -71,7 +71,7 @@ def _items(text):
 
 def test_projections_of_one_activation_group_by_bias_and_keep_boxes():
     items = _items(QKV)
-    fused = fuse_projections(items, frozenset(), frozenset({"x", "y"}), PARAMS, frozenset())
+    fused = fuse_projections(items, frozenset({"x", "y"}), PARAMS, frozenset())
     assert all(isinstance(f, FusedProjections) for f in fused) and len(fused) == 2
     biased, plain = fused
     assert biased.names == ("q", "k") and biased.argument == "x"
@@ -93,8 +93,23 @@ def test_projections_of_one_activation_group_by_bias_and_keep_boxes():
 def test_a_projection_that_does_not_fit_is_left_alone(extra, runtime):
     text = QKV.split("q[p, h, e]")[0] + "q[p, h, e] = x[p, m] * W_Q[h, m, e]\n" + extra
     items = _items(text)
-    assert fuse_projections(items, frozenset(), frozenset({"x", "y"}), PARAMS,
-                            frozenset(runtime)) == items
+    assert fuse_projections(items, frozenset({"x", "y"}), PARAMS, frozenset(runtime)) == items
+
+
+def test_projections_in_mixed_layouts_compute_what_the_reference_does():
+    # `v` stores its weight [m, h, e] and `g` is 2-D with a box: packed by a reshape of
+    # each part; `k`'s bias is stored [e, h]: permuted into place. x is a float input.
+    program = tndsl.parse(QKV)
+    outputs = ["q", "k", "v", "g"]
+    generated = program.compile(outputs)
+    assert generated.source.count("= _packed(self") == 2
+    values = random_tensors(program, torch.Generator().manual_seed(4))
+    model = _loaded(program, values, outputs=outputs)
+    with torch.no_grad():
+        result = model(*[values[n] for n in generated.inputs])
+    reference = Reference(program, values)
+    for name in outputs:
+        assert torch.allclose(result[name], reference[name], atol=1e-10, rtol=0), name
 
 
 # ---- generated code ------------------------------------------------------------------------
@@ -282,3 +297,20 @@ def test_at_inference_attention_copies_neither_weights_nor_q_k_v_z():
         ("aten::copy_", (32, 192)), ("aten::copy_", (32, 64))}, fused
     unfused = copies(program.module(no_fuse=["projections"]))
     assert sum(n for key, _, n in unfused if key == "aten::clone") == 3  # W_Q, W_K, W_V each call
+
+
+def test_under_torch_compile_the_pack_is_traced_not_cached(gpt2):
+    program, values, tokens = gpt2
+    model = _loaded(program, values, fuse=["projections"])
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        result = compiled(tokens)
+        assert not _packed_entries(model)   # no Python-side cache consulted while compiling
+        model.blocks[0].attn.W_V.add_(1.0)  # and the compiled graph reads the params as they are
+        changed = compiled(tokens)
+    assert torch.allclose(result, _reference_before(program, values, tokens), atol=1e-10, rtol=0)
+    assert torch.allclose(changed, _reference(program, model, tokens), atol=1e-10, rtol=0)
+
+
+def _reference_before(program, values, tokens):
+    return torch.stack([Reference(program, {**values, "tokens": t})["logits"] for t in tokens])

@@ -143,7 +143,7 @@ class ClassBuilder:
             sources = values | {t.name for t in file.inputs if t.onehot is None}
             runtime = frozenset(d for d, s in file.sizes.items() if s is None) | \
                 file.options.varying
-            items = fuse_projections(items, keep, sources, param_names, runtime)
+            items = fuse_projections(items, sources, param_names, runtime)
             if any(isinstance(item, FusedProjections) for item in items):
                 self.methods += projection_code.APPLY_METHOD
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)

@@ -70,14 +70,12 @@ class FusedProjections:
         return (self.argument,) + self.params
 
 
-def fuse_projections(items: tuple, keep: frozenset[str], values: frozenset[str],
-                     params: frozenset[str], runtime: frozenset[str]) -> tuple:
+def fuse_projections(items: tuple, values: frozenset[str], params: frozenset[str],
+                     runtime: frozenset[str]) -> tuple:
     """`values`: names that may be the shared activation (computed values and float
     inputs); `params`: the params; `runtime`: dims whose size is known only at run time
     (a projection's weight legs must have fixed sizes: the packed weight is a matrix).
-    `keep` is accepted for symmetry with the other passes: an output that is a
-    projection is still materialised under its name."""
-    del keep
+    Outputs need no care: every projection is still materialised under its name."""
     groups: dict[tuple, list[Projection]] = {}
     for item in items:
         if not isinstance(item, ir.Equation):
