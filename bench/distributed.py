@@ -3,17 +3,24 @@
     python bench/distributed.py [--layers 4] [--model 256] [--context 128] [--batch 4]
                                 [--repeat 5] [--device cpu|cuda]
 
-Each rank runs with one thread (2 ranks = the 2 cores; 1 rank = the baseline). Per rank
-and mode: median forward (TP) or training-step (FSDP2) time, the params each rank holds,
-its peak memory (CUDA: max allocated; CPU: peak resident set of the process, which
-includes the ~0.3 GB of torch itself), and the bytes of all-reduces measured against the
-plan's prediction (`ShardPlan.total_payload` × batch). On CUDA with one GPU only the
-single-rank baseline runs. Prints a table with the 2-rank / 1-rank ratios.
+Each rank runs with one thread (2 ranks = the 2 cores; 1 rank = the baseline). Modes:
+tensor-parallel forward of GPT-2 (`tndsl.distributed.parallelize`), the same through
+the `parallelize(mesh)` method `tndsl compile --shard` writes into the file, a Llama
+with grouped-query attention (8 query heads over 2 KV heads, sharded together), an
+FSDP2 training step, and a sliced contraction. Per rank and mode: median forward (TP)
+or training-step (FSDP2) time, the params each rank holds, its peak memory while it
+runs them and the growth over the memory in use when they began, i.e. the working
+memory on top of the built model (CUDA: max allocated; CPU: peak resident set, reset
+through /proc/self/clear_refs, which includes the ~0.3 GB of torch itself), and the bytes of
+collectives measured against the plan's prediction (`ShardPlan.total_payload` × batch).
+On CUDA with one GPU only the single-rank baseline runs. Prints a table with the
+2-rank / 1-rank ratios.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import resource
 import socket
@@ -30,12 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tndsl  # noqa: E402
+from tndsl import dims as dimmod  # noqa: E402
 from tndsl import distributed as tdist  # noqa: E402
 from tndsl.passes.shard import shard_plan  # noqa: E402
 from tndsl.slicing import contract_sliced, plan_slices  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE = EXAMPLES / "gpt2_small.tn"
 RING = """\
 dim Bond = 64
 dim Phys = 8
@@ -73,26 +82,55 @@ def worker(rank: int, world: int, port: int, options: dict, out: str) -> None:
             torch.cuda.synchronize()
 
     def peak_and_reset():
-        if cuda:
+        if cuda:  # growth over what was allocated when the mode began
             peak = torch.cuda.max_memory_allocated()
+            grown = peak - _RSS_AT_RESET[0]
             torch.cuda.reset_peak_memory_stats()
-            return peak
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            _RSS_AT_RESET[0] = torch.cuda.memory_allocated()
+            return peak, grown
+        return _peak_rss_and_reset()
 
-    # tensor parallel forward
+    def tensor_parallel(what, model, program, tokens, sizes=None):
+        peak_and_reset()  # the model is built: what follows is the forwards' working memory
+        with torch.no_grad():
+            with tdist.CommunicationLog() as log:
+                model(tokens)
+            seconds = median_seconds(lambda: (model(tokens), sync()), options["repeat"])
+        plan = shard_plan(program, ("Heads", "Hidden"), world)
+        payload = dimmod.evaluate(plan.total_payload, {**plan.sizes, **(sizes or {})})
+        rows[what] = {
+            "seconds": seconds, "params": _local_bytes(model), "peak": peak_and_reset(),
+            "measured": log.total_bytes,
+            # a 1-rank mesh has no partial sums: DTensor (rightly) communicates nothing
+            "predicted": int(payload) * tokens.shape[0] * (world > 1)}
+
     torch.manual_seed(0)
     model = tdist.parallelize(program.module().to(device), mesh, ("Heads", "Hidden"),
                               program=program)
-    with torch.no_grad():
-        with tdist.CommunicationLog() as log:
-            model(tokens)
-        seconds = median_seconds(lambda: (model(tokens), sync()), options["repeat"])
-    plan = shard_plan(program, ("Heads", "Hidden"), world)
-    rows["tensor parallel forward"] = {
-        "seconds": seconds, "params": _local_bytes(model), "peak": peak_and_reset(),
-        "measured": log.total_bytes,
-        # a 1-rank mesh has no partial sums: DTensor (rightly) communicates nothing
-        "predicted": int(plan.value(plan.total_payload)) * options["batch"] * (world > 1)}
+    tensor_parallel("tensor parallel forward", model, program, tokens)
+    del model
+
+    # the same plan through the method `tndsl compile --shard` writes into the file
+    compiled = Path(out) / f"gpt2_tp_rank{rank}.py"
+    compiled.write_text(program.compile(shard=("Heads", "Hidden"), ranks=world).source)
+    spec = importlib.util.spec_from_file_location(compiled.stem, compiled)
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    torch.manual_seed(0)
+    model = generated.Gpt2Small().to(device).parallelize(mesh)
+    tensor_parallel("tensor parallel forward, compiled --shard", model, program, tokens)
+    del model
+
+    # grouped-query attention: KV heads sharded with their query heads
+    llama = tndsl.load(EXAMPLES / "llama.tn", dims={
+        "Layers": options["layers"], "Model": options["model"], "Heads": 8, "KVHeads": 2,
+        "Head": options["model"] // 8, "Hidden": options["model"] * 8 // 3 // 2 * 2,
+        "Vocab": dims["Vocab"]})
+    torch.manual_seed(0)
+    model = tdist.parallelize(llama.module().to(device), mesh, ("Heads", "Hidden"),
+                              program=llama)
+    tensor_parallel("tensor parallel forward, Llama GQA 8/2 heads", model, llama, tokens,
+                    {"Context": dims["Context"]})
     del model
 
     # FSDP2 training step (data parallel: each rank its share of the batch)
@@ -110,6 +148,7 @@ def worker(rank: int, world: int, port: int, options: dict, out: str) -> None:
         optimiser.zero_grad()
         sync()
 
+    peak_and_reset()
     step()
     rows["FSDP2 training step"] = {"seconds": median_seconds(step, options["repeat"]),
                                    "params": _local_bytes(model), "peak": peak_and_reset()}
@@ -121,6 +160,7 @@ def worker(rank: int, world: int, port: int, options: dict, out: str) -> None:
     tensors = {t.name: torch.randn(*[ring.sizes[l.dim] for l in t.legs], generator=generator,
                                    dtype=torch.float64).to(device) for t in ring.params}
     slices = plan_slices(ring, "total", memory_budget=SLICE_BUDGET)
+    peak_and_reset()
     rows[f"sliced contraction ({slices.nslices} slices)"] = {
         "seconds": median_seconds(lambda: (contract_sliced(slices, tensors), sync()),
                                   options["repeat"]),
@@ -130,6 +170,26 @@ def worker(rank: int, world: int, port: int, options: dict, out: str) -> None:
     torch.save(rows, Path(out) / f"world{world}_rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+
+
+_RSS_AT_RESET = [0]  # resident (CUDA: allocated) bytes when the current mode began
+
+
+def _peak_rss_and_reset() -> tuple[int, int]:
+    """(peak resident set of this process since the last call, its growth over the
+    resident set then). Linux: VmHWM, reset to the current VmRSS by writing 5 to
+    /proc/self/clear_refs; elsewhere the lifetime peak (ru_maxrss) and no growth."""
+    try:
+        with open("/proc/self/status") as status:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status
+                      if line.startswith(("VmHWM:", "VmRSS:"))}
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except (OSError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 0
+    peak, grown = fields["VmHWM"], fields["VmHWM"] - _RSS_AT_RESET[0]
+    _RSS_AT_RESET[0] = fields["VmRSS"]
+    return peak, grown
 
 
 def _local_bytes(model) -> int:
@@ -163,9 +223,10 @@ def main() -> None:
                           for r in range(world)]
     print(f"GPT-2 shape: {options['layers']} layers, model {options['model']}, 8 heads, "
           f"context {options['context']}, batch {options['batch']}, vocab 2048; "
-          f"{options['device']}, 1 thread per rank")
-    print("| what | ranks | rank | median s | ratio to 1 rank | params held | peak memory "
-          "| all-reduce bytes measured / predicted |")
+          f"{options['device']}, 1 thread per rank; Llama: 8 query heads over 2 KV heads, "
+          f"hidden {options['model'] * 8 // 3 // 2 * 2}")
+    print("| what | ranks | rank | median s | ratio to 1 rank | params held "
+          "| peak memory (+ growth in the mode) | collective bytes measured / predicted |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for what in results[worlds[0]][0]:
         base = results[1][0][what]["seconds"]
@@ -179,7 +240,7 @@ def main() -> None:
                         else "")
                 print(f"| {what} | {world} | {rank} | {row['seconds']:.4f} | "
                       f"{row['seconds'] / base:.2f} | {_mb(row['params'])} | "
-                      f"{_mb(row['peak'])} | {comm} |")
+                      f"{_mb(row['peak'][0])} (+{_mb(row['peak'][1])}) | {comm} |")
 
 
 def _mb(n: int) -> str:

@@ -9,6 +9,7 @@ it to the test.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,7 @@ from tndsl import distributed as tdist
 from tndsl.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
 from tndsl.slicing import contract_sliced, plan_slices
-from tndsl.weights import load_hf_gpt2, load_state
+from tndsl.weights import load_hf, load_hf_gpt2, load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2_DIMS = {"Context": 16, "Vocab": 64, "Model": 32, "Heads": 4, "Layers": 2}
@@ -83,7 +84,44 @@ def tensor_parallel(rank, world, mesh, job):
     return {"logits": logits, "comm": log.records, "cache": tdist.gather(cache)[CACHED],
             "cache_placement": str(cache[CACHED].placements),
             "w_q_local_shape": tuple(w_q.to_local().shape),
-            "w_q_placement": str(w_q.placements), "loss": loss.detach(), "grads": grads}
+            "w_q_placement": str(w_q.placements), "loss": loss.detach(), "grads": grads,
+            "local": local_params(model)}
+
+
+def local_params(model):
+    """param path -> (its placements, the shape of this rank's slice)"""
+    return {name: (str(p.placements), tuple(p.to_local().shape))
+            for name, p in model.named_parameters()}
+
+
+def compiled_class(path, name):
+    """A class from a file `tndsl compile` wrote, imported as any Python file."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def compiled_parallelize(rank, world, mesh, job):
+    # The file of `tndsl compile --shard Heads,Hidden`: its own parallelize method.
+    model = compiled_class(job["compiled"], "Gpt2Small")()
+    load_state(model, load_hf_gpt2(job["checkpoint"]))
+    model = model.double().parallelize(mesh)
+    tokens = job["tokens"]
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(tokens)
+    loss = model(tokens).square().mean()
+    loss.backward()
+    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    # A mesh the split dims do not divide is refused at run time.
+    small = compiled_class(job["compiled_odd"], "AttnOnly2l")()
+    try:
+        small.parallelize(mesh)
+        refused = "no error"
+    except ValueError as e:
+        refused = str(e)
+    return {"logits": logits, "comm": log.records, "local": local_params(model),
+            "loss": loss.detach(), "grads": grads, "refused": refused}
 
 
 def tensor_parallel_vocab(rank, world, mesh, job):
@@ -147,6 +185,28 @@ def tensor_parallel_attn_only(rank, world, mesh, job):
     with torch.no_grad(), tdist.CommunicationLog() as log:
         logits = model(tokens)
     return {"logits": logits, "comm": log.records}
+
+
+def tensor_parallel_llama(rank, world, mesh, job):
+    # Grouped-query attention: sharding Heads shards KVHeads with it (through `group`).
+    model = tndsl.from_pretrained(job["llama"], torch.float64)
+    model = tdist.parallelize(model, mesh, ("Heads", "Hidden"), program=model.tndsl_program)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        logits = model(job["llama_tokens"])
+    result = {"logits": logits, "comm": log.records, "local": local_params(model)}
+    # The same through the method `tndsl compile --shard` writes into the file.
+    program, state = load_hf(job["llama"])
+    path = Path(job["out"]) / f"rank{rank}" / "llama_tp.py"
+    generated = program.compile(shard=("Heads", "Hidden"))
+    path.write_text(generated.source)
+    compiled = compiled_class(path, generated.class_name)()
+    load_state(compiled, state)
+    compiled = compiled.double().parallelize(mesh)
+    with torch.no_grad(), tdist.CommunicationLog() as log:
+        result["compiled_logits"] = compiled(job["llama_tokens"])
+    result["compiled_comm"] = log.records
+    result["compiled_local"] = local_params(compiled)
+    return result
 
 
 class Block(torch.nn.Module):
@@ -214,4 +274,6 @@ def mistakes(rank, world, mesh, job):
 SCENARIOS = {"tensor_parallel": tensor_parallel, "fsdp_step": fsdp_step, "sliced": sliced,
              "fsdp_blocks": fsdp_blocks, "mistakes": mistakes,
              "tensor_parallel_attn_only": tensor_parallel_attn_only,
-             "tensor_parallel_vocab": tensor_parallel_vocab}
+             "tensor_parallel_vocab": tensor_parallel_vocab,
+             "tensor_parallel_llama": tensor_parallel_llama,
+             "compiled_parallelize": compiled_parallelize}

@@ -1,15 +1,18 @@
 """`verify --compiled` compares with a tolerance relative to each output's scale
 (issue 16): rounding alone must not fail a large-valued model, a real error must still
 fail a small-valued one, and the report says which tolerance it used."""
+import math
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import tndsl
 from tndsl.verify import compiled
 from tndsl.verify.compiled import TOLERANCE, ComparisonReport, compare_compiled
+from tndsl.verify.reference import _ELEMENTWISE
 from conftest import ROOT
 
 LARGE = """dim N = 5
@@ -83,3 +86,20 @@ def test_a_real_mismatch_of_small_values_still_fails(monkeypatch):
     report = compare_compiled(program)
     assert report.scales["y"] < 1 and not report.ok
     assert report.worst == pytest.approx(1e-8, rel=0.01)
+
+
+def test_the_reference_boxes_stay_finite_far_out():
+    # The reference evaluator writes its boxes as textbook formulas; tanh's (e^x - e^-x)
+    # / (e^x + e^-x) is inf/inf = nan beyond |x| ~ 710, which made `verify --compiled`
+    # unable to compare large activations. Checked against math.tanh etc. in float64.
+    x = torch.tensor([-1000.0, -750.0, -20.0, -1e-3, 0.0, 1e-3, 0.5, 20.0, 750.0, 1000.0],
+                     dtype=torch.float64)
+    def sigmoid(v):  # the stable split, so the oracle does not overflow either
+        return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+    expected = {"tanh": math.tanh, "sigmoid": sigmoid, "silu": lambda v: v * sigmoid(v)}
+    for name, oracle in expected.items():
+        got = _ELEMENTWISE[name](x)
+        want = torch.tensor([oracle(v) for v in x.tolist()], dtype=torch.float64)
+        assert torch.isfinite(got).all(), name
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-300), name

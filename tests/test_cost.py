@@ -82,3 +82,21 @@ def test_unknown_name_is_an_error_with_a_suggestion():
     result = subprocess.run([sys.executable, "-m", "tndsl", "cost", "examples/attention_head.tn",
                              "scorez"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "scores" in result.stderr
+
+
+def test_fixed_tensors_cost_their_compiled_forms_not_a_dense_contraction():
+    # Counted by hand from codegen/fixed.py's forms: the rotary map turns each rotated
+    # entry with two products and a sum; the grouping repeats k and v (no FLOPs), so the
+    # scores cost what dense multi-head attention's do.
+    report = costs(tndsl.load(ROOT / "examples" / "llama.tn"), "blocks.0.attn")
+    terms = {t.equation: t for t in report.terms}
+    heads, kv, head = (dimmod.symbol(d) for d in ("Heads", "KVHeads", "Head"))
+    assert terms["blocks.0.attn.q"].flops == 3 * Context * head * heads
+    assert terms["blocks.0.attn.k"].flops == 3 * Context * head * kv
+    assert terms["blocks.0.attn.scores"].flops == 2 * Context ** 2 * head * heads
+    assert terms["blocks.0.attn.z"].flops == 2 * Context ** 2 * head * heads
+    assert terms["blocks.0.attn.scores"].order[0].startswith("repeat(blocks.0.attn.k)")
+    # Partial rotary (GPT-NeoX turns a quarter of each head): a quarter of the work.
+    pythia = {t.equation: t for t in costs(tndsl.load(ROOT / "examples" / "pythia.tn"),
+                                           "blocks.0.attn").terms}
+    assert pythia["blocks.0.attn.q"].flops == sympy.Rational(3, 4) * Context * head * heads

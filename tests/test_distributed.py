@@ -5,6 +5,9 @@ against one process, and a sliced contraction against an unsliced einsum.
 The processes are started once for the module (tests/distributed_workers.py); each test
 reads what the ranks saved and compares it with an oracle computed here.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers  # the GPT-2 oracle
@@ -13,9 +16,16 @@ import tndsl
 from tndsl.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
 from tndsl.weights import load_hf_gpt2, load_state
-from distributed_workers import CACHED, GPT2_DIMS, attn_only, gpt2_program, launch, \
-    next_token_loss, structured_model
+from distributed_workers import ATTN_ONLY_DIMS, CACHED, GPT2_DIMS, ROOT, attn_only, \
+    gpt2_program, launch, next_token_loss, structured_model
 from tndsl import distributed as tdist
+from tndsl.dims import evaluate
+from test_families import _float64_oracle, _randomize
+
+# Grouped-query attention: 4 query heads over 2 KV heads, one KV head per rank.
+LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+             rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 WORLD = 2
 RING = """\
@@ -50,16 +60,36 @@ def run(tmp_path_factory):
     ring = tndsl.parse(RING, "ring.tn")
     tensors = {t.name: torch.randn(*[ring.sizes[l.dim] for l in t.legs], generator=generator,
                                    dtype=torch.float64) for t in ring.params}
+    llama_config = transformers.LlamaConfig(**LLAMA)
+    llama_config._attn_implementation = "sdpa"  # eager's softmax is float32 (test_families)
+    llama = _randomize(transformers.LlamaForCausalLM(llama_config), 4)
+    llama.save_pretrained(folder / "llama")
+    llama_tokens = torch.randint(0, LLAMA["vocab_size"], (2, 10), generator=generator)
+    compiled = folder / "gpt2_tp.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "tndsl", "compile", str(ROOT / "examples" / "gpt2_small.tn"),
+         *[f"--dim={k}={v}" for k, v in GPT2_DIMS.items()], "--shard", "Heads,Hidden",
+         "-o", str(compiled)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # planned for 1 rank: 3 heads are fine there, not on the 2-rank mesh
+    compiled_odd = folder / "attn_only_odd.py"
+    compiled_odd.write_text(tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
+                                       dims={**ATTN_ONLY_DIMS, "Heads": 3, "Model": 15})
+                            .compile(shard="Heads", ranks=1).source)
     job = {"out": str(folder / "out"), "checkpoint": str(folder / "gpt2"), "tokens": tokens,
+           "compiled": str(compiled), "compiled_odd": str(compiled_odd),
            "lr": 0.5, "network": RING, "tensors": tensors, "budget": SLICE_BUDGET,
+           "llama": str(folder / "llama"), "llama_tokens": llama_tokens,
            "scenarios": ["tensor_parallel", "fsdp_step", "sliced", "fsdp_blocks", "mistakes",
-                         "tensor_parallel_attn_only", "tensor_parallel_vocab"]}
+                         "tensor_parallel_attn_only", "tensor_parallel_vocab",
+                         "tensor_parallel_llama", "compiled_parallelize"]}
     launch(WORLD, job)
 
     def result(rank, scenario):
         return torch.load(folder / "out" / f"rank{rank}" / f"{scenario}.pt", weights_only=True)
 
-    return {"hf": hf.double(), "job": job, "result": result}
+    return {"hf": hf.double(), "job": job, "result": result,
+            "llama": _float64_oracle(llama.eval().to(torch.float64))}
 
 
 def single_process_gpt2(run):
@@ -80,6 +110,31 @@ def test_tensor_parallel_gpt2_equals_hugging_face_on_both_ranks(run):
         assert result["w_q_placement"] == "(Shard(dim=0),)"
         assert result["w_q_local_shape"] == (GPT2_DIMS["Heads"] // WORLD, GPT2_DIMS["Model"],
                                              GPT2_DIMS["Model"] // GPT2_DIMS["Heads"])
+
+
+def test_compiled_parallelize_method_equals_hugging_face_and_the_library_plan(run):
+    tokens = run["job"]["tokens"]
+    with torch.no_grad():
+        expected = run["hf"](tokens).logits
+    plan = shard_plan(gpt2_program(), ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
+    module = single_process_gpt2(run)
+    loss = module(tokens).square().mean()
+    loss.backward()
+    for rank in range(WORLD):
+        result = run["result"](rank, "compiled_parallelize")
+        assert result["logits"].dtype == torch.float64
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        # the same param -> placement table (and local slices) as tndsl.distributed's
+        library = run["result"](rank, "tensor_parallel")["local"]
+        assert result["local"] == library
+        assert result["local"]["blocks.1.mlp.W_in"] == (
+            "(Shard(dim=1),)", (GPT2_DIMS["Model"], 2 * GPT2_DIMS["Model"]))
+        assert result["local"]["embed.W_E"][0] == "(Replicate(),)"
+        assert result["comm"] == predicted(plan, tokens.shape[0])
+        assert abs(result["loss"] - loss.detach()) < 1e-12
+        for name, param in module.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-10, name
+        assert result["refused"] == "dim Heads = 3 is not divisible by the mesh size 2"
 
 
 def predicted(plan, batch):
@@ -109,6 +164,35 @@ def test_sharding_vocab_too_equals_hugging_face_and_the_plan(run):
         result = run["result"](rank, "tensor_parallel_vocab")
         assert (result["logits"] - expected).abs().max() < 1e-10
         assert result["comm"] == predicted(plan, tokens.shape[0])
+
+
+def test_tensor_parallel_llama_shards_kv_heads_with_their_query_heads(run):
+    tokens = run["job"]["llama_tokens"]
+    with torch.no_grad():
+        expected = run["llama"](tokens).logits
+    assert expected.dtype == torch.float64 and expected.abs().max() > 1
+    program = tndsl.from_pretrained(run["job"]["llama"]).tndsl_program
+    plan = shard_plan(program, ("Heads", "Hidden"), WORLD, bytes_per_entry=8)
+    sizes = {**plan.sizes, "Context": tokens.shape[-1]}
+    head = LLAMA["hidden_size"] // LLAMA["num_attention_heads"]
+    for rank in range(WORLD):
+        result = run["result"](rank, "tensor_parallel_llama")
+        assert (result["logits"] - expected).abs().max() < 1e-10
+        # Each rank holds its 2 query heads and the one KV head they read.
+        local = result["local"]
+        assert local["blocks.1.attn.W_Q"] == ("(Shard(dim=0),)", (2, LLAMA["hidden_size"], head))
+        assert local["blocks.1.attn.W_K"] == ("(Shard(dim=0),)", (1, LLAMA["hidden_size"], head))
+        assert local["blocks.1.attn.W_V"] == ("(Shard(dim=0),)", (1, LLAMA["hidden_size"], head))
+        # The plan's all-reduces, one per attention and one per MLP, and nothing else
+        # (no gather of q, k or the pattern where the grouping repeats KV heads).
+        assert result["comm"] == [
+            ("all-reduce", int(evaluate(plan.payload(c), sizes)) * tokens.shape[0])
+            for c in plan.collectives]
+        assert len(result["comm"]) == 2 * LLAMA["num_hidden_layers"]
+        # and the method `tndsl compile --shard` writes does the same
+        assert (result["compiled_logits"] - expected).abs().max() < 1e-10
+        assert result["compiled_local"] == local
+        assert result["compiled_comm"] == result["comm"]
 
 
 def test_partial_sums_are_reduced_where_the_plan_says_not_at_the_logits(run):

@@ -196,3 +196,83 @@ def test_every_dim_of_every_example_gives_a_plan_or_a_located_error(example):
             for c in plan.collectives:
                 assert plan.payload(c).free_symbols <= {dimmod.symbol(d.name)
                                                         for d in program.network.dims}
+
+
+LLAMA = ROOT / "examples" / "llama.tn"
+LLAMA_DIMS = {"Layers": 1, "Heads": 8, "KVHeads": 2, "Model": 64, "Head": 8, "Hidden": 96,
+              "Vocab": 50}
+
+
+def test_sharding_heads_shards_the_kv_heads_they_read_through_the_grouping():
+    program = tndsl.load(LLAMA, dims=LLAMA_DIMS)
+    plan = shard_plan(program, ("Heads", "Hidden"), 2)
+    assert [(a.dim, a.partner, a.through) for a in plan.aligned] == [
+        ("KVHeads", "Heads", "group")]
+    # W_K[g, m, e] and W_V[g, m, e] split along their KV heads, column-parallel.
+    roles = {p.name.removeprefix("blocks.0."): (p.axis, p.leg.dim, [r for _, r in p.uses])
+             for p in plan.params}
+    assert roles == {"attn.W_Q": (0, "Heads", ["column"]), "attn.W_K": (0, "KVHeads", ["column"]),
+                     "attn.W_V": (0, "KVHeads", ["column"]), "attn.W_O": (0, "Heads", ["row"]),
+                     "mlp.W_gate": (1, "Hidden", ["column"]),
+                     "mlp.W_in": (1, "Hidden", ["column"]), "mlp.W_out": (0, "Hidden", ["row"])}
+    # scores = q[p, h, e] * group[h, g] * k[s, g, e] meets h and g without a gather:
+    # the values stay split by query head, and the only collectives are Megatron's two.
+    placements = {name.removeprefix("blocks.0.attn."): leg and (leg.name, leg.dim)
+                  for name, leg in plan.placements.items() if name.startswith("blocks.0.attn.")}
+    assert placements == {"x": None, "q_pre": ("h", "Heads"), "q": ("h", "Heads"),
+                          "k_pre": ("g", "KVHeads"), "k": ("g", "KVHeads"),
+                          "v": ("g", "KVHeads"), "scores": ("h", "Heads"),
+                          "pattern": ("h", "Heads"), "z": ("h", "Heads"), "out": None}
+    assert [(c.kind, c.equation, c.contracted) for c in plan.collectives] == [
+        ("all-reduce", "blocks.0.attn.out", "Heads"), ("all-reduce", "blocks.0.mlp.out", "Hidden")]
+    # Either dim of the grouping gives the same split; naming both too.
+    for dims in (["KVHeads"], ["Heads", "KVHeads"]):
+        other = shard_plan(program, dims, 2)
+        assert {(p.name, p.axis) for p in other.params} == {
+            (p.name, p.axis) for p in plan.params if "mlp" not in p.name}
+    assert "and KVHeads with Heads, through the grouping `group`" in plan.render()
+    assert json.loads(plan.to_json())["aligned"] == [
+        {"dim": "KVHeads", "with": "Heads", "through": "group"}]
+
+
+def test_a_grouping_that_cannot_be_split_evenly_is_an_error_at_the_grouping():
+    program = tndsl.load(LLAMA, dims=LLAMA_DIMS)  # 8 query heads over 2 KV heads
+    error = _error(program, ["Heads"], ranks=4)  # 8 % 4 == 0, but 2 KV heads over 4 ranks
+    assert isinstance(error, ShardError)
+    text = error.render()
+    assert "the grouping `group` cannot be split evenly over 4 ranks" in text
+    assert "KVHeads = 2 is not divisible by 4" in text
+    assert "llama.tn:28:1" in text and "^^^^" in text
+    # A mesh of one rank per KV head is fine.
+    assert shard_plan(program, ["Heads"], 2).param("blocks.0.attn.W_K").axis == 0
+
+
+def test_grouped_factors_without_the_grouping_tensor_still_need_a_gather():
+    program = tndsl.parse("dim H = 4\ndim G = 2\ndim E = 3\n"
+                          "fixed group[h: H, g: G] = grouping\n"
+                          "param Q[h: H, e: E]\nparam K[g: G, e: E]\n"
+                          "y[h, g] = Q[h, e] * K[g, e]\n"
+                          "z[h] = Q[h, e] * group[h, g] * K[g, e]\n"
+                          "w[g] = group[h, g] * Q[h, e] * K[g, e]\n", "g.tn")
+    # y meets h and g without the grouping tying them: a gather, so an error.
+    with pytest.raises(TnError) as info:
+        shard_plan(program, ["H"], 2, outputs=["y"])
+    assert "`y` multiplies factors sharded along different legs (g: G, h: H)" in str(info.value)
+    # Through the grouping, z keeps h and w keeps g, with no communication but the
+    # gathers of the sharded outputs.
+    plan = shard_plan(program, ["H"], 2, outputs=["z", "w"])
+    assert [(c.kind, c.equation, c.where) for c in plan.collectives] == [
+        ("all-gather", "z", "output"), ("all-gather", "w", "output")]
+    assert plan.placements["z"].name == "h" and plan.placements["w"].name == "g"
+
+
+def test_cost_shard_heads_on_llama_prints_the_plan_and_its_communication():
+    result = subprocess.run([sys.executable, "-m", "tndsl", "cost", str(LLAMA), "--dim",
+                             "Layers=1", "--dim", "Context=128", "--shard", "Heads"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "and KVHeads with Heads, through the grouping `group`" in result.stdout
+    assert "blocks.0.attn.W_K  Shard(0) along g: KVHeads  column-parallel in " \
+           "blocks.0.attn.k_pre" in result.stdout
+    # one all-reduce of [Context, Model] float32 entries: 4 * 128 * 4096 bytes
+    assert "total payload  4*Context*Model = 2.0 MiB" in result.stdout

@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--vary", action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
+    compile_.add_argument("--shard", metavar="DIM,...",
+                          help="add a parallelize(mesh) method applying the tensor-parallel "
+                               "plan for sharding these dims (tndsl cost --shard prints it)")
+    compile_.add_argument("--ranks", type=int, default=2, metavar="N",
+                          help="mesh size --shard's plan is checked for (default 2)")
 
     render = commands.add_parser(
         "render", help="draw an equation's network in graphical tensor notation",
@@ -176,7 +181,7 @@ def _compile(args: argparse.Namespace) -> int:
         no_fuse = [n for n in args.no_fuse if n != "all"]
         generated = program.compile(args.outputs, optimizer=args.optimizer,
                                     fuse="all" not in args.no_fuse, no_fuse=no_fuse,
-                                    vary=args.vary)
+                                    vary=args.vary, shard=args.shard, ranks=args.ranks)
     except TnError as e:
         _report(e, args.file)
         return 1

@@ -90,18 +90,11 @@ class ShardLegs(ParallelStyle):
         return module
 
     def _pin_equations(self, module: nn.Module, mesh) -> None:
-        """Give each computed equation's value the plan's placement as it is computed:
-        a partial sum is all-reduced where the plan reduces it (DTensor alone would carry
-        it on lazily, through linear ops, possibly into a larger tensor such as the
-        logits), and a sliced value stays sliced along the plan's leg."""
-        reduced = {c.equation for c in self.plan.collectives
-                   if c.kind == "all-reduce" and not c.where}
-        for name, leg in self.plan.placements.items():
-            if leg is None and name not in reduced:
-                continue
-            legs = self.plan.legs[name]
-            axis = None if leg is None else [l.name for l in legs].index(leg.name)
-            _add_hook(module, name, _Pin(mesh, len(legs), axis))
+        """Give each computed equation's value the plan's placement as it is computed
+        (`ShardPlan.pins`): a partial sum is all-reduced where the plan reduces it, and a
+        sliced value stays sliced along the plan's leg."""
+        for name, (legs, axis) in self.plan.pins().items():
+            _add_hook(module, name, _Pin(mesh, legs, axis))
 
 
 class _Pin:

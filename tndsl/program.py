@@ -108,7 +108,9 @@ class Program:
         """Generated PyTorch source (`.source`) for `outputs` (default: the final
         equation). Options: optimizer, memory_budget, name; fuse / no_fuse (the
         optional passes, `tndsl.passes.fusion.PASSES`); vary (dims the inputs may have
-        shorter, default the token positions). Does not import torch."""
+        shorter, default the token positions); shard, ranks (dims to shard: the root
+        class gets a `parallelize(mesh)` method, docs/distributed.md). Does not import
+        torch."""
         from tndsl.codegen.torch import generate
         return generate(self, outputs, **options)
 

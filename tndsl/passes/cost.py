@@ -4,7 +4,11 @@ Each product term is planned as the compiler plans it (`plan.plan_term`, at the 
 sizes; unsized dims at PLANNING_SIZE), then every pairwise step is costed symbolically
 the way opt_einsum counts: the product of the sizes of all indices involved, doubled
 when something is summed. The naive cost contracts the operands left to right. One-hot
-inputs met by a param are lookups (no FLOPs) and `ones` is free, as in compiled code.
+inputs met by a param are lookups (no FLOPs) and `ones` is free, as in compiled code,
+and a fixed tensor costs what its compiled form does (`codegen/fixed.py`): a rotary map
+applied to the one factor it meets is 3 FLOPs per rotated entry (two products and a
+sum, in its cos/sin form), a grouping is a copy (no FLOPs), or a sum over each group
+when contracted on its head leg.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Mapping
 import opt_einsum
 import sympy
 
-from tndsl import dims as dimmod, ir, printer
+from tndsl import dims as dimmod, fixed, ir, printer
 from tndsl.passes.plan import plan_term
 
 PLANNING_SIZE = 128
@@ -152,9 +156,46 @@ class _Coster:
                           legs, eq, inner, out)
                 operands.append((_composite_name(factor), legs))
             operands = self._lookups(operands, layout)
+            operands, applied = self._fixed(operands, layout)
             target = [i for i in layout if any(i in idx for _, idx in operands)]
-            if len(operands) >= 2:
-                out.append(self._term_cost(eq, where, operands, target))
+            if len(operands) >= 2 or applied:
+                out.append(self._term_cost(eq, where, operands, target, applied))
+
+    def _fixed(self, operands, layout) -> tuple[list, list[tuple[str, sympy.Expr]]]:
+        """Each fixed tensor applied to the one operand it meets, as the compiler does it:
+        the operands left, and a (step, FLOPs) for each application."""
+        applied = []
+        for name, indices in list(operands):
+            tensor = self.tensors.get(name)
+            if tensor is None or tensor.kind != "fixed":
+                continue
+            rest = [op for op in operands if op[0] != name or op[1] != indices]
+            function = tensor.fixed.function
+            if function == "rotary":
+                position, result, into = indices
+                ways = ((into, result, "rotary"), (result, into, "rotary⁻¹"))
+            elif function == "grouping":
+                head, group = indices
+                ways = ((group, head, "repeat"), (head, group, "group sum"))
+            else:
+                continue
+            for contracted, renamed, form in ways:
+                x = _partner(rest, contracted, renamed, layout)
+                if x is None:
+                    continue
+                new = (f"{form}({x[0]})", [renamed if i == contracted else i for i in x[1]])
+                size = self._product(x[1])
+                if function == "rotary":
+                    flops = 3 * size * fixed.rotated(tensor, self.sizes) \
+                        / self.sizes[tensor.legs[1].dim] if self.sizes.get(
+                            tensor.legs[1].dim) else 3 * size
+                else:
+                    flops = sympy.Integer(0) if form == "repeat" else size
+                applied.append((f"{new[0]}[{', '.join(new[1])}] = {name}[{', '.join(indices)}]"
+                                f" * {x[0]}[{', '.join(x[1])}]", sympy.expand(flops)))
+                operands = [new if op is x else op for op in rest]
+                break
+        return operands, applied
 
     def _lookups(self, operands, layout):
         """A one-hot input and the one param its leg meets become a lookup."""
@@ -173,7 +214,15 @@ class _Coster:
             operands.append(gathered)
         return operands
 
-    def _term_cost(self, eq, where, operands, target) -> TermCost:
+    def _term_cost(self, eq, where, operands, target, applied=()) -> TermCost:
+        if len(operands) == 1:  # a fixed tensor applied, nothing left to contract
+            step, flops = applied[-1]
+            largest = self._product(target)
+            return TermCost(eq.name, where, tuple(s for s, _ in applied),
+                            sympy.expand(sum((f for _, f in applied), sympy.Integer(0))),
+                            largest, sympy.expand(sum((f for _, f in applied),
+                                                      sympy.Integer(0))),
+                            eq.instance, "fixed form")
         names = sorted({i for _, idx in operands for i in idx} | set(target))
         # opt_einsum's symbols go past the 52 ASCII letters (a chain of 53 indices is
         # legal here: nothing is run, so torch.einsum's limit does not apply).
@@ -203,8 +252,11 @@ class _Coster:
             order.append(f"{label}[{', '.join(index_of[c] for c in result)}] = "
                          f"{a[0]} * {b[0]}")
             current.append((f"t{n}", result))
-        return TermCost(eq.name, where, tuple(order), sympy.expand(flops), largest,
-                        self._naive(operands, target), eq.instance, plan.planner)
+        before = sum((f for _, f in applied), sympy.Integer(0))
+        return TermCost(eq.name, where, tuple(s for s, _ in applied) + tuple(order),
+                        sympy.expand(flops + before), largest,
+                        sympy.expand(self._naive(operands, target) + before), eq.instance,
+                        plan.planner)
 
     def _naive(self, operands, target) -> sympy.Expr:
         total = sympy.Integer(0)
@@ -223,6 +275,17 @@ class _Coster:
     def _size(self, index: str) -> int:
         size = self.sizes.get(self.dims[index])
         return size if size is not None else PLANNING_SIZE
+
+
+def _partner(operands, contracted: str, result: str, layout):
+    """The one operand a fixed tensor is applied to (the rule of `codegen/fixed.py`): the
+    only one with `contracted`, once, without `result`, and `contracted` not kept."""
+    if contracted in layout:
+        return None
+    having = [op for op in operands if contracted in op[1]]
+    if len(having) != 1 or having[0][1].count(contracted) != 1 or result in having[0][1]:
+        return None
+    return having[0]
 
 
 def _labels(operands):

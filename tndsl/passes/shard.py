@@ -14,6 +14,12 @@ follows from the equations, the way Megatron-LM lays out a transformer by hand:
   one rank, and a term meeting two differently sharded indices would need a gather:
   both are errors naming the equation.
 
+A grouping fixed tensor (`group[h: Heads, g: KVHeads] = grouping`, grouped-query
+attention) ties its two dims: sharding either shards both in contiguous blocks, so each
+rank holds its query heads and exactly the KV heads they read, and a product through
+`group` meets h and g without a gather (an error at the grouping if the KV heads do not
+split evenly over the mesh).
+
 A partial sum is reduced where it becomes an equation's value, before a box, or before
 it meets a sharded factor. A one-hot lookup (`W_E[tokens]` in compiled code) into a
 table sharded along the looked-up leg gathers the table, and a sharded output is
@@ -70,6 +76,18 @@ class Collective:
 
 
 @dataclass(frozen=True)
+class Alignment:
+    """A dim sharded because a grouping fixed tensor ties it to a sharded dim: with
+    `group[h: Heads, g: KVHeads]` and `Heads` sharded, each rank holds the contiguous
+    block of KV heads its contiguous block of query heads reads, so `KVHeads` is split
+    too, and a product through `group` pairs local heads with local KV heads only."""
+
+    dim: str        # the dim sharded along with ...
+    partner: str    # ... this one
+    through: str    # the grouping tensor that ties them
+
+
+@dataclass(frozen=True)
 class ShardPlan:
     dims: tuple[str, ...]
     ranks: int
@@ -81,9 +99,39 @@ class ShardPlan:
     sizes: Mapping[str, int | None]
     legs: Mapping[str, tuple[ir.Leg, ...]]      # equation -> its legs
     bytes_per_entry: int = 4
+    aligned: tuple[Alignment, ...] = ()         # dims sharded along with `dims`
 
     def param(self, name: str) -> ShardedParam | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def pins(self) -> dict[str, tuple[int, int | None]]:
+        """Equation -> (its number of legs, the position of its sharded leg, or None:
+        whole on every rank), for the values whose placement is pinned where they are
+        computed: sharded values (kept slices), and partial sums the plan all-reduces
+        where they become the equation's value (else DTensor would carry them on lazily
+        through linear ops, possibly into a larger tensor such as the logits). What
+        `tndsl.distributed` and the method of `tndsl compile --shard` both apply.
+
+        A pin is a hook, so the generated code materialises attention's scores and
+        pattern instead of calling SDPA: needed on CPU, where DTensor has no sharding
+        strategy for `_scaled_dot_product_flash_attention_for_cpu` (tried: without the
+        pins on sharded values every sharded forward fails there)."""
+        reduced = {c.equation for c in self.collectives
+                   if c.kind == "all-reduce" and not c.where}
+        table: dict[str, tuple[int, int | None]] = {}
+        for name, leg in self.placements.items():
+            if leg is None and name not in reduced:
+                continue
+            legs = [l.name for l in self.legs[name]]
+            table[name] = (len(legs), None if leg is None else legs.index(leg.name))
+        return table
+
+    @property
+    def split(self) -> dict[str, int | None]:
+        """The dims split over the mesh — asked for, then those tied to them by a
+        grouping — with their sizes."""
+        return {name: self.sizes.get(name)
+                for name in list(self.dims) + [a.dim for a in self.aligned]}
 
     def payload(self, collective: Collective) -> sympy.Expr:
         """Bytes of the communicated value (the whole tensor, as every rank ends up with it)."""
@@ -109,11 +157,13 @@ class ShardPlan:
 
     def render(self) -> str:
         lines = [f"shard {', '.join(self.dims)} over {self.ranks} ranks"]
+        for a in self.aligned:
+            lines.append(f"  and {a.dim} with {a.partner}, through the grouping `{a.through}`")
         lines.append("")
         lines.append(f"sharded params ({len(self.params)}; {len(self.replicated)} replicated):")
         width = max((len(p.name) for p in self.params), default=0)
         for p in self.params:
-            roles = _roles(p.uses)
+            roles = describe_uses(p.uses)
             lines.append(f"  {p.name:<{width}}  Shard({p.axis}) along {p.leg.name}: "
                          f"{p.leg.dim}  {roles}")
         lines.append("")
@@ -137,6 +187,8 @@ class ShardPlan:
     def to_json(self) -> str:
         return json.dumps({
             "dims": list(self.dims), "ranks": self.ranks,
+            "aligned": [{"dim": a.dim, "with": a.partner, "through": a.through}
+                        for a in self.aligned],
             "bytes_per_entry": self.bytes_per_entry,
             "params": [{"name": p.name, "axis": p.axis, "leg": p.leg.name, "dim": p.leg.dim,
                         "uses": [{"equation": e, "role": r} for e, r in p.uses]}
@@ -184,7 +236,11 @@ def shard_plan(program, dims: Sequence[str] | str, ranks: int = 2, *,
                                   hint=f"shard over a divisor of {size}, or another dim"))
     errors.raise_if_any()
 
-    sharded = set(dims)
+    aligned = _aligned(program, dims, ranks, errors)
+    errors.raise_if_any()
+    sharded = set(dims) | {a.dim for a in aligned}
+    groupings = {t.name for t in program.network.tensors if t.kind == "fixed"
+                 and t.fixed.function == "grouping" and {l.dim for l in t.legs} <= sharded}
     params: dict[str, tuple[int, ir.Leg]] = {}
     replicated: list[str] = []
     for tensor in program.params:
@@ -210,7 +266,7 @@ def shard_plan(program, dims: Sequence[str] | str, ranks: int = 2, *,
                                         hint=did_you_mean(name, names)))
     errors.raise_if_any()
     order = ir.dependency_order(network, wanted)
-    walker = _Walker(params, {t.name: t for t in network.tensors}, errors)
+    walker = _Walker(params, {t.name: t for t in network.tensors}, errors, groupings)
     for eq in order:
         walker.equation(eq)
     errors.raise_if_any()
@@ -227,7 +283,40 @@ def shard_plan(program, dims: Sequence[str] | str, ranks: int = 2, *,
         tuple(ShardedParam(name, axis, leg, tuple(uses.get(name, ())))
               for name, (axis, leg) in params.items()),
         tuple(replicated), dict(walker.placements), tuple(collectives), out_names,
-        dict(program.sizes), dict(walker.legs_of), bytes_per_entry)
+        dict(program.sizes), dict(walker.legs_of), bytes_per_entry, tuple(aligned))
+
+
+def _aligned(program, dims: Sequence[str], ranks: int, errors: ErrorSink) -> list[Alignment]:
+    """The dims a grouping fixed tensor `G[h: A, g: B]` (A = B · queries per group, query
+    head h reading group h // (A / B)) ties to a sharded dim: sharding either shards both,
+    in contiguous blocks, so that rank r's query heads read exactly rank r's groups. That
+    needs B divisible by the mesh size (then A is too); else the grouping cannot be split
+    evenly, an error at its declaration."""
+    sharded = list(dims)
+    aligned: list[Alignment] = []
+    groupings = [t for t in program.network.tensors
+                 if t.kind == "fixed" and t.fixed.function == "grouping"]
+    changed = True
+    while changed:  # a chain of groupings ties dims transitively
+        changed = False
+        for tensor in groupings:
+            heads, groups = (leg.dim for leg in tensor.legs)
+            if (heads in sharded) == (groups in sharded):
+                continue
+            partner, dim = (heads, groups) if heads in sharded else (groups, heads)
+            sizes = program.sizes
+            if sizes.get(groups) is not None and sizes[groups] % ranks:
+                errors.add(ShardError(
+                    f"the grouping `{tensor.name}` cannot be split evenly over {ranks} ranks: "
+                    f"sharding {partner} shards {dim} with it (rank r's block of {heads} "
+                    f"reads rank r's block of {groups}), and {groups} = {sizes[groups]} is "
+                    f"not divisible by {ranks}", tensor.span,
+                    hint=f"shard over a divisor of {sizes[groups]}, or do not shard {partner}"))
+                return aligned
+            sharded.append(dim)
+            aligned.append(Alignment(dim, partner, tensor.name))
+            changed = True
+    return aligned
 
 
 # A placement while walking an expression: None (whole on every rank), ("shard", index)
@@ -237,10 +326,12 @@ PARTIAL = ("partial", "")
 
 class _Walker:
     def __init__(self, params: Mapping[str, tuple[int, ir.Leg]],
-                 tensors: Mapping[str, ir.Tensor], errors: ErrorSink):
+                 tensors: Mapping[str, ir.Tensor], errors: ErrorSink,
+                 groupings: Iterable[str] = ()):
         self.params = params
         self.tensors = tensors
         self.errors = errors
+        self.groupings = frozenset(groupings)  # grouping tensors whose two dims are sharded
         self.placements: dict[str, ir.Leg | None] = {}
         self.collectives: list[Collective] = []
         self.uses: dict[str, list[tuple[str, str]]] = {}
@@ -299,7 +390,8 @@ class _Walker:
             if placements[-1] == PARTIAL:
                 partial_legs.append(legs)
         shards = {p[1] for p in placements if p is not None and p != PARTIAL}
-        if len(shards) > 1:
+        split = self._split_indices(term, shards)
+        if len(split) > 1:
             self._error(f"`{self.eq.name}` multiplies factors sharded along different legs ("
                         + ", ".join(f"{i}: {self.dims[i]}" for i in sorted(shards))
                         + "); contracting them would need a gather", term.span,
@@ -311,20 +403,42 @@ class _Walker:
                 self._reduce("before a product", self._legs(legs))
             partial = 0
         if shards:
-            index = next(iter(shards))
-            role = "column" if index in layout else "row"
+            indices = next(iter(split))
+            kept = [i for i in layout if i in indices]
+            if len(kept) > 1:
+                self._error(f"`{self.eq.name}` keeps two legs split together through a "
+                            "grouping (" + ", ".join(f"{i}: {self.dims[i]}" for i in kept)
+                            + "); its value would be sharded along both", term.span,
+                            "a 1-D mesh splits one leg of a value; sum over one of them")
+                return None
+            role = "column" if kept else "row"
             for factor in term.factors:
                 if isinstance(factor, ir.Ref) and factor.name in self.params:
                     axis, _ = self.params[factor.name]
-                    if factor.indices[axis] == index:
+                    if factor.indices[axis] in indices:
                         use = (self.eq.name, role)
                         if use not in self.uses.setdefault(factor.name, []):
                             self.uses[factor.name].append(use)
-            if role == "column":
-                return ("shard", index)
-            self.contracted = self.dims[index]
+            if kept:
+                return ("shard", kept[0])
+            self.contracted = self.dims[min(shards)]
             return PARTIAL
         return PARTIAL if partial == 1 else None
+
+    def _split_indices(self, term: ir.Term, shards: set[str]) -> set[frozenset[str]]:
+        """The sharded indices of a product, as sets split together: a grouping factor
+        `group[h, g]` whose dims are both sharded ties h to g (rank r's query heads read
+        rank r's KV heads only), so factors sharded along h and g meet without a gather,
+        and a term sharded along g alone is sharded along h where h is kept."""
+        classes = {i: {i} for i in shards}
+        for factor in term.factors:
+            if isinstance(factor, ir.Ref) and factor.name in self.groupings:
+                joined = set(factor.indices)
+                for i in factor.indices:
+                    joined |= classes.get(i, set())
+                for i in joined:
+                    classes[i] = joined
+        return {frozenset(classes[i]) for i in shards}
 
     def _lookups(self, term: ir.Term, layout: list[str]) -> set[int]:
         """Positions of params that compiled code indexes with a one-hot input's ids
@@ -385,7 +499,8 @@ class _Walker:
         return inner
 
 
-def _roles(uses) -> str:
+def describe_uses(uses) -> str:
+    """`column-parallel in a, b; row-parallel in c`: a sharded param's roles."""
     if not uses:
         return "(unused by the outputs)"
     groups: dict[str, list[str]] = {}

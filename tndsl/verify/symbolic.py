@@ -445,13 +445,27 @@ def render_monomial(key: tuple, coefficient=sympy.Integer(1), *, dummy: str = "i
                     display: Mapping[str, str] | None = None) -> str:
     """`.tn` text for a canonical monomial: dummies become i1, i2, ..., a box is shown
     by its equation's name where `display` has one, else in full."""
+    return _render_monomial(key, coefficient, dummy, display, 1)[0]
+
+
+def _render_monomial(key: tuple, coefficient, dummy: str, display, first: int
+                     ) -> tuple[str, int]:
+    """The text, and how many dummy names it used (numbered from `first`)."""
     names: dict[str, str] = {}
 
     def index(i: str) -> str:
         if i.startswith("~"):
-            names.setdefault(i, f"{dummy}{len(names) + 1}")
+            names.setdefault(i, f"{dummy}{len(names) + first}")
             return names[i]
         return i
+
+    # The normal form drops `ones` on a leg another factor has, so a dummy may occur
+    # once; written out, a leg that occurs once is open, so it gets its `ones` back.
+    uses: dict[str, int] = {}
+    for _, indices in key:
+        for i in indices:
+            if i.startswith("~"):
+                uses[i] = uses.get(i, 0) + 1
 
     parts = []
     for name, indices in key:
@@ -475,20 +489,27 @@ def render_monomial(key: tuple, coefficient=sympy.Integer(1), *, dummy: str = "i
             parts.append(re.sub(r"#(\d+)", lambda m: index(indices[int(m.group(1))]), name))
         else:
             parts.append(f"{name}[{shown}]")
+    parts += [f"ones[{index(i)}]" for i, n in uses.items() if n == 1]
     body = " * ".join(parts) if parts else "1"
     if coefficient == 1:
-        return body
+        return body, len(names)
     if coefficient == -1:
-        return "-" + body
+        return "-" + body, len(names)
     text = sympy.sstr(coefficient)
     if isinstance(coefficient, sympy.Add):
         text = f"({text})"
-    return f"{text} * {body}"
+    return f"{text} * {body}", len(names)
 
 
 def render_polynomial(poly: Polynomial, *, dummy: str = "i",
                       display: Mapping[str, str] | None = None) -> str:
-    terms = [render_monomial(k, c, dummy=dummy, display=display)
-             for k, c in sorted(poly.items(), key=repr)]
+    """`.tn` text for a sum of monomials. Dummy names run on from one monomial to the
+    next: in `.tn` an index name stands for one dim throughout an equation, and two
+    monomials' dummies may be legs of different dims."""
+    terms, used = [], 0
+    for key, coefficient in sorted(poly.items(), key=repr):
+        text, n = _render_monomial(key, coefficient, dummy, display, used + 1)
+        terms.append(text)
+        used += n
     text = " + ".join(terms) if terms else "0"
     return text.replace("+ -", "- ")
