@@ -114,11 +114,15 @@ def test_projections_in_mixed_layouts_compute_what_the_reference_does():
 
 # ---- generated code ------------------------------------------------------------------------
 
-def test_gpt2_attention_packs_its_weights_once_and_splits_views():
+def test_gpt2_attention_packs_its_weights_once_and_slices_views():
     source = tndsl.load(GPT2, dims={"Layers": 1}).compile().source
     attention = source.split("class Attention(")[1].split("\nclass ")[0]
     fused_branch = attention.split("        else:\n")[1].split("        del ")[0]
-    assert "q, k, v = F.linear(x, *packed_1).split((768, 768, 768), -1)" in fused_branch
+    assert fused_branch.split("\n")[:4] == [
+        "            projected_1 = F.linear(x, *packed_1)",
+        "            q = projected_1[..., :768].unflatten(-1, (12, 64))",
+        "            k = projected_1[..., 768:1536].unflatten(-1, (12, 64))",
+        "            v = projected_1[..., 1536:].unflatten(-1, (12, 64))"]
     assert "permute" not in fused_branch and "reshape" not in fused_branch
     pack = attention.split("_packed(self, 'q', (W_Q, W_K, W_V, b_Q, b_K, b_V), lambda: (")[1]
     assert pack.split(")))")[0].count("torch.cat") == 2   # one copy for the weights, one for the biases
@@ -129,9 +133,9 @@ def test_gpt2_attention_packs_its_weights_once_and_splits_views():
 
 def test_gated_mlp_projections_share_one_gemm_and_the_gate_keeps_its_box():
     source = tndsl.load(LLAMA, dims=LLAMA_SMALL).compile().source
-    assert "gate, pre = F.linear(x, *packed_1).split((24, 24), -1)" in source
-    assert "gate = F.silu(gate)" in source
-    assert "q_pre, k_pre, v = F.linear(x, *packed_1).split((512, 256, 256), -1)" in source
+    assert "gate = F.silu(projected_1[..., :24])" in source
+    assert "pre = projected_1[..., 24:]" in source
+    assert "v = projected_1[..., 768:].unflatten(-1, (2, 128))" in source
 
 
 # ---- values: fused = unfused = the reference ----------------------------------------------
@@ -314,3 +318,42 @@ def test_under_torch_compile_the_pack_is_traced_not_cached(gpt2):
 
 def _reference_before(program, values, tokens):
     return torch.stack([Reference(program, {**values, "tokens": t})["logits"] for t in tokens])
+
+
+class _Marked(torch.Tensor):
+    """A tensor subclass standing in for DTensor shards: `_packed` must step aside."""
+
+
+def test_params_of_a_tensor_subclass_run_the_projections_one_by_one(gpt2):
+    program, values, tokens = gpt2
+    model = _loaded(program, values, fuse=["projections"])
+    for module in list(model.modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            module.register_parameter(name, torch.nn.Parameter(param.detach().as_subclass(_Marked)))
+    with torch.no_grad():
+        result = model(tokens).as_subclass(torch.Tensor)
+    assert not _packed_entries(model)
+    assert torch.allclose(result, _reference(program, model, tokens), atol=1e-10, rtol=0)
+
+
+def test_a_hook_may_change_q_in_place_under_grad(gpt2):
+    # TransformerLens-style hooks assign into the value (`q[..., head, :] = 0`); q is a
+    # view of the one GEMM's result, which autograd must allow and differentiate.
+    program, values, tokens = gpt2
+    grads = []
+    for options in ({"fuse": ["projections"]}, {"fuse": False}):
+        model = _loaded(program, values, **options)
+
+        def ablate(module, args, output):
+            output[..., 1, :] = 0.0
+            return output
+
+        handle = model.get_submodule("blocks.0.attn.hook_q").register_forward_hook(ablate)
+        try:
+            model(tokens).square().sum().backward()
+        finally:
+            handle.remove()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-10, rtol=0), name
+    assert grads[0]["blocks.0.attn.W_Q"][1].abs().max() == 0  # the ablated head learns nothing

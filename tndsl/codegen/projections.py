@@ -6,10 +6,10 @@
     if packed is None:    # sharded params: one GEMM each, as the shard plan places them
         q = ...; k = ...; v = ...
     else:
-        q, k, v = F.linear(x, *packed).split((768, 768, 768), -1)
-        q = q.unflatten(-1, (12, 64))  ...
+        projected = F.linear(x, *packed)
+        q = projected[..., :768].unflatten(-1, (12, 64))  ...
 
-The parts are views of the one result (no copies); a part whose equation has a box
+The parts are views (slices) of the one result (no copies); a part whose equation has a box
 around the product gets the box (`F.silu(gate)`). The weight is packed in F.linear's
 (out, in) layout by one `torch.cat` (each param permuted inside it, never reshaped on
 its own), and `_packed` keeps it on the module across calls where no autograd graph
@@ -104,17 +104,22 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     lower.indent += 1
     contracted = len(fused.parts[0].contracted)
     left = x if contracted == 1 else f"{x}.flatten(-{contracted})"
-    widths = tuple(_product(_sizes(lower, p, p.outs)) for p in fused.parts)
-    targets = ", ".join(variables)
-    lower.emit(f"{targets} = F.linear({left}, *{packed}).split({widths}, -1)")
-    for projection, var in zip(fused.parts, variables):
-        value = var
+    projected = lower.ns.fresh("projected")
+    lower.temporaries.add(projected)
+    lower.emit(f"{projected} = F.linear({left}, *{packed})")
+    start = 0
+    for k, (projection, var) in enumerate(zip(fused.parts, variables)):
+        # Slices, not .split: a view of a multi-output op may not be changed in place
+        # under grad, and hooks do that (`value[..., head, :] = 0`).
+        width = _product(_sizes(lower, projection, projection.outs))
+        end = "" if k == len(fused.parts) - 1 else str(start + width)
+        value = f"{projected}[..., {start or ''}:{end}]"
+        start += width
         if len(projection.outs) > 1:
             value = f"{value}.unflatten(-1, {_sizes(lower, projection, projection.outs)})"
         if projection.box:
             value = ELEMENTWISE[projection.box].format(value)
-        if value != var:
-            lower.emit(f"{var} = {value}")
+        lower.emit(f"{var} = {value}")
     lower.indent -= 1
     batched = lower.values[fused.argument].batched
     for projection, var in zip(fused.parts, variables):
