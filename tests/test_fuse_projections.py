@@ -357,3 +357,16 @@ def test_a_hook_may_change_q_in_place_under_grad(gpt2):
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-10, rtol=0), name
     assert grads[0]["blocks.0.attn.W_Q"][1].abs().max() == 0  # the ablated head learns nothing
+
+
+def test_under_torch_compile_gradients_flow_through_the_pack(gpt2):
+    # The one place the pack is built under grad: the traced graph (cat, then F.linear).
+    program, values, tokens = gpt2
+    grads = []
+    for options, wrap in (({"fuse": ["projections"]}, True), ({"fuse": False}, False)):
+        model = _loaded(program, values, **options)
+        run = torch.compile(model, fullgraph=True, backend="eager") if wrap else model
+        run(tokens).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-10, rtol=0), name

@@ -1,19 +1,21 @@
 """Code for `passes.fuse_projections`: one GEMM for projections sharing an activation.
 
     packed = _packed(self, 'q', (W_Q, W_K, W_V, b_Q, b_K, b_V), lambda: (
-        torch.cat([W_Q.permute(0, 2, 1), W_K.permute(0, 2, 1), W_V.permute(0, 2, 1)]).reshape(2304, 768),
+        torch.cat([W_Q.permute(1, 0, 2), W_K.permute(1, 0, 2), W_V.permute(1, 0, 2)], 1).reshape(768, 2304).t(),
         torch.cat([b_Q.reshape(-1), b_K.reshape(-1), b_V.reshape(-1)])))
-    if packed is None:    # sharded params: one GEMM each, as the shard plan places them
+    if packed is None:    # under grad, or sharded params: one GEMM each
         q = ...; k = ...; v = ...
     else:
         projected = F.linear(x, *packed)
         q = projected[..., :768].unflatten(-1, (12, 64))  ...
 
 The parts are views (slices) of the one result (no copies); a part whose equation has a box
-around the product gets the box (`F.silu(gate)`). The weight is packed in F.linear's
-(out, in) layout by one `torch.cat` (each param permuted inside it, never reshaped on
-its own), and `_packed` keeps it on the module across calls where no autograd graph
-needs it (see the helper's docstring). Hook points follow, in the equations' order.
+around the product gets the box (`F.silu(gate)`). The weight is packed (in, out) by one
+`torch.cat` (each param permuted inside it, never reshaped on its own) and passed to
+F.linear transposed, and `_packed` keeps it on the module across calls where no autograd graph
+needs it (see the helper's docstring). Under grad the original equations run: packing
+per call (one more copy of the weights, and its backward) cost more than the one GEMM
+saved (measured on CPU, docs/performance.md). Hook points follow, in the equations' order.
 """
 from __future__ import annotations
 
@@ -51,22 +53,28 @@ def _permuted(var: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
 
 def pack_code(lower: Lowering, fused: FusedProjections) -> tuple[str, str | None]:
     """The expressions building the packed weight and bias (None: no biases) from the
-    params' locals."""
+    params' locals. The weight is built (in, out) and handed to F.linear transposed (a
+    view): each param is then copied with its output legs innermost, as it is stored
+    for `x @ W` (GPT-2's `W_Q[h, m, e]` in runs of `e`), where an (out, in) copy would
+    transpose every head's (m, e) block, several times slower."""
     var = {name: lower.values[name].var for name in fused.params}
-    shapes = [_sizes(lower, p, p.outs + p.contracted) for p in fused.parts]
-    k = _product(shapes[0][len(fused.parts[0].outs):])
-    n = sum(_product(s[:len(p.outs)]) for s, p in zip(shapes, fused.parts))
-    weights = [_permuted(var[p.weight], p.weight_indices, p.outs + p.contracted)
+    contracted = len(fused.parts[0].contracted)
+    shapes = [_sizes(lower, p, p.contracted + p.outs) for p in fused.parts]
+    k = _product(shapes[0][:contracted])
+    n = sum(_product(s[contracted:]) for s in shapes)
+    weights = [_permuted(var[p.weight], p.weight_indices, p.contracted + p.outs)
                for p in fused.parts]
-    if len({s[1:] for s in shapes}) == 1 and len({len(p.outs) for p in fused.parts}) == 1:
-        # Alike after their first leg: concatenate as they are, one copy, then a view.
-        weight = f"torch.cat([{', '.join(weights)}])"
+    if len({s[contracted + 1:] for s in shapes}) == 1 and \
+            len({len(p.outs) for p in fused.parts}) == 1:
+        # Alike after their first output leg: concatenate along it, one copy, then a view.
+        weight = f"torch.cat([{', '.join(weights)}], {contracted})"
         if len(shapes[0]) > 2:
-            weight += f".reshape({n}, {k})"
+            weight += f".reshape({k}, {n})"
     else:
         weight = "torch.cat([" + ", ".join(
-            w if len(s) == 2 else f"{w}.reshape({_product(s[:len(p.outs)])}, {k})"
-            for w, s, p in zip(weights, shapes, fused.parts)) + "])"
+            w if len(s) == 2 else f"{w}.reshape({k}, {_product(s[contracted:])})"
+            for w, s in zip(weights, shapes)) + "], 1)"
+    weight += ".t()"
     if not fused.parts[0].bias:
         return weight, None
     biases = []
@@ -95,7 +103,7 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
         lower.emit(f"    {bias}))")
     else:
         lower.emit(f"    {weight},))")
-    lower.emit(f"if {packed} is None:  # sharded params: one GEMM each, as the plan places them")
+    lower.emit(f"if {packed} is None:  # under grad, or sharded params: one GEMM each")
     lower.indent += 1
     for projection, var in zip(fused.parts, variables):
         lower.equation(projection.equation, var, None)
