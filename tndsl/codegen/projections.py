@@ -10,7 +10,7 @@
         q = projected[..., :768].unflatten(-1, (12, 64))  ...
 
 The parts are views (slices) of the one result (no copies); a part whose equation has a box
-around the product gets the box (`F.silu(gate)`). The weight is packed (in, out) by one
+around the product gets the box (`F.silu(projected[..., :n])`). The weight is packed (in, out) by one
 `torch.cat` (each param permuted inside it, never reshaped on its own) and passed to
 F.linear transposed, and `_packed` keeps it on the module across calls where no autograd graph
 needs it (see the helper's docstring). Under grad the original equations run: packing
