@@ -128,3 +128,102 @@ def test_three_layers_with_the_embedding_inlined():
     w = {k: v.detach() for k, v in model.named_parameters()}
     direct = w["embed.W_E"][tokens] @ w["unembed.W_U"]
     assert torch.allclose(result.values["direct"], direct, atol=1e-12, rtol=0)
+
+
+# ---- fixed tensors (rotary maps, groupings) in the paths ------------------------------------
+
+# Llama-shaped and attention-only: rotary positions on q and k, grouped-query attention
+# (4 query heads on 2 key/value heads), so the paths hold both fixed tensors.
+LLAMA_ATTN = """
+dim Context = 6
+dim Vocab = 10
+dim Model = 16
+dim Heads = 4
+dim KVHeads = 2
+dim Head = 4
+const Theta = 100
+input tokens[p: Context, v: onehot Vocab]
+param embed.W_E[v: Vocab, m: Model]
+param unembed.W_U[m: Model, v: Vocab]
+fixed rotary[p: Context, e: Head, f: Head] = rotary(Theta)
+fixed group[h: Heads, g: KVHeads] = grouping
+block Attention(x[p: Context, m: Model]) -> [p: Context, m: Model] {
+    param W_Q[h: Heads, m: Model, e: Head]
+    param W_K[g: KVHeads, m: Model, e: Head]
+    param W_V[g: KVHeads, m: Model, e: Head]
+    param W_O[h: Heads, e: Head, m: Model]
+    q_pre[p, h, f] = x[p, m] * W_Q[h, m, f]
+    k_pre[p, g, f] = x[p, m] * W_K[g, m, f]
+    q[p, h, e] = rotary[p, e, f] * q_pre[p, h, f]
+    k[p, g, e] = rotary[p, e, f] * k_pre[p, g, f]
+    v[p, g, e] = x[p, m] * W_V[g, m, e]
+    scores[h, p, s] = q[p, h, e] * group[h, g] * k[s, g, e] / sqrt(Head)
+    pattern[h, p, s] = softmax[s](scores[h, p, s] where s <= p)
+    z[p, h, e] = pattern[h, p, s] * group[h, g] * v[s, g, e]
+    return z[p, h, e] * W_O[h, e, m]
+}
+resid0[p, m] = tokens[p, v] * embed.W_E[v, m]
+resid1[p, m] = resid0[p, m] + Attention(resid0) as blocks.0.attn
+resid2[p, m] = resid1[p, m] + Attention(resid1) as blocks.1.attn
+logits[p, v] = resid2[p, m] * unembed.W_U[m, v]
+"""
+
+
+def _rope(x, theta):
+    """Rotate-half RoPE as Hugging Face writes it, positions on dim -3: [..., p, heads, e]."""
+    head = x.shape[-1]
+    positions = torch.arange(x.shape[-3], dtype=torch.float64)
+    inverse = 1 / theta ** (torch.arange(0, head, 2, dtype=torch.float64) / head)
+    angles = torch.cat([positions[:, None] * inverse] * 2, dim=-1)[:, None, :]
+    turned = torch.cat((-x[..., head // 2:], x[..., :head // 2]), dim=-1)
+    return x * angles.cos() + turned * angles.sin()
+
+
+@pytest.fixture(scope="module")
+def llama_attn():
+    program = tndsl.parse(LLAMA_ATTN, "llama_attn.tn")
+    model = program.module(["logits", "blocks.1.attn.scores"]).double()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4, generator=generator)
+    return program, model
+
+
+@pytest.mark.parametrize("length", [6, 4])  # the full Context, and a shorter sequence
+def test_paths_through_rotary_and_grouping_sum_to_the_value(llama_attn, length):
+    program, model = llama_attn
+    tokens = torch.randint(0, 10, (3, length), generator=torch.Generator().manual_seed(4))
+    scores = attribute(model, expand_paths(program, "blocks.1.attn.scores"), tokens)
+    assert len(scores.values) == 4 and scores.value.shape == (3, 4, length, length)
+    assert scores.largest_error < 1e-10
+    logits = attribute(model, expand_paths(program, "logits"), tokens)
+    assert len(logits.values) == 4 and logits.largest_error < 1e-10
+    # The direct QK path, by hand: RoPE on both sides, each query head reading its
+    # group's key head (repeat_interleave, as Hugging Face's repeat_kv does).
+    w = {k: v.detach() for k, v in model.named_parameters()}
+    resid0 = w["embed.W_E"][tokens]
+    q = _rope(torch.einsum("bpm,hmf->bphf", resid0, w["blocks.1.attn.W_Q"]), 100.0)
+    k = _rope(torch.einsum("bpm,gmf->bpgf", resid0, w["blocks.1.attn.W_K"]), 100.0)
+    k = k.repeat_interleave(2, dim=-2)
+    direct = torch.einsum("bphe,bshe->bhps", q, k) / 2.0
+    torch.testing.assert_close(scores.values["ph: direct, s: direct"], direct,
+                               atol=1e-10, rtol=0)
+
+
+def test_llama_example_paths_read_its_fixed_tensors():
+    program = tndsl.load(ROOT / "examples" / "llama.tn", dims={
+        "Context": 6, "Vocab": 10, "Model": 16, "Heads": 4, "KVHeads": 2, "Head": 4,
+        "Hidden": 8, "Layers": 2, "Window": 6})
+    model = program.module(["logits", "blocks.1.attn.scores", "blocks.1.attn.z"]).double()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4, generator=generator)
+    tokens = torch.randint(0, 10, (2, 5), generator=generator)
+    for name in ("blocks.1.attn.scores", "blocks.1.attn.z"):
+        expansion = expand_paths(program, name)
+        held = {r.name for t in expansion.terms
+                for r in tndsl.ir.refs(expansion.program().equation(t.name).rhs)}
+        assert {"rotary", "group"} <= held if name.endswith("scores") else "group" in held
+        assert attribute(model, expansion, tokens).largest_error < 1e-10

@@ -168,3 +168,41 @@ def test_the_report_is_written(report):
     for name in ("attention_patterns.png", "k_composition.png", "loss.png", "qk_expansion.png",
                  "ablation.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_the_reads_of_the_patterns_compose_with_a_callers_hook_on_them():
+    # attention_scores reads both layers' patterns through hooks; a caller's hook on the
+    # same name (here a uniform causal pattern for layer 1) used to be replaced by the read.
+    import tndsl
+    from tndsl.hooks import intervene, replace
+    from tndsl.induction import attention_scores
+    program = tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
+                         dims={"Context": 8, "Vocab": 10, "Model": 16, "Heads": 2})
+    model = program.module(["logits"]).double()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4, generator=generator)
+    tokens = torch.randint(0, 10, (3, 4), generator=generator).repeat(1, 2)
+    uniform = torch.ones(8, 8, dtype=torch.float64).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    calls = []
+
+    def flatten(value):
+        calls.append(value.shape)
+        return torch.broadcast_to(uniform, value.shape)
+
+    scores = attention_scores(model, tokens, {"blocks.1.attn.pattern": [flatten]})
+    assert calls == [(3, 2, 8, 8)]  # the caller's hook ran, once
+    # The read saw the pattern the model used: the uniform one, 1/(p+1) per key.
+    previous = [float((1 / torch.arange(2, 9, dtype=torch.float64)).mean())] * 2
+    assert scores["heads"]["layer1"]["previous_token"] == pytest.approx(previous, abs=1e-12)
+    # ... and the loss is the loss under that hook alone (plain intervene, plain torch).
+    with torch.no_grad(), intervene(model, {"blocks.1.attn.pattern": replace(uniform)}):
+        logits = model(tokens)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:-1].reshape(-1, 10),
+                                                 tokens[:, 5:].reshape(-1))
+    assert scores["repeated_loss"] == pytest.approx(float(expected), abs=1e-12)
+    # A single callable works too.
+    single = attention_scores(model, tokens, {"blocks.1.attn.pattern": flatten})
+    assert single == scores and len(calls) == 2

@@ -179,3 +179,29 @@ def test_cli_errors_are_located_not_tracebacks():
     assert "attn_only_2l.tn:22:5: error:" in result.stderr
     result = run("paths", "examples/attn_only_2l.tn", "logits", "--through", "blocks.9.attn")
     assert result.returncode == 1 and "did you mean" in result.stderr
+
+
+@pytest.mark.parametrize("prefix", ["a\nlogits[p, v] = resid0[p, m]\n# ", "x # y", "in",
+                                    "2paths", "p[", "", "a..b", "a.\u2028b"])
+def test_a_prefix_that_is_not_a_name_is_refused_before_it_reaches_the_source(two_layers,
+                                                                            prefix):
+    # The prefix starts every term's name in the written `.tn` text: a line break in it
+    # wrote extra lines into the file (and `#` commented the rest of a line out).
+    with pytest.raises(TnError, match="is not a .tn name") as info:
+        expand_paths(two_layers, "logits", prefix=prefix)
+    assert "\n" not in info.value.message and "\u2028" not in info.value.message
+
+
+@pytest.mark.parametrize("prefix", ["paths", "l1.paths", "blocks.0.paths", "_p"])
+def test_dotted_prefixes_name_the_terms(two_layers, prefix):
+    terms = expand_paths(two_layers, "logits", prefix=prefix).terms
+    assert terms[0].name == f"{prefix}.direct"
+
+
+def test_cli_prefix_with_a_line_break_is_one_clear_error():
+    result = run("paths", "examples/attn_only_2l.tn", "logits", "--prefix",
+                 "a\nlogits[p, v] = 0\n# ")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[0] == \
+        "examples/attn_only_2l.tn: error: the prefix `a\\nlogits[p, v] = 0\\n# ` is not a .tn name"

@@ -23,6 +23,7 @@ import torch
 from tndsl import dims as dimmod, ir
 from tndsl.errors import TnError
 from tndsl.hooks import run_with_cache
+from tndsl.verify import fixed_values
 
 Region = Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,6 +130,10 @@ def attribute(model: torch.nn.Module, expansion, *args, inputs: Mapping[str, tor
             if name not in weights:
                 raise TnError(f"the model has no param `{name}`")
             return weights[name].double(), False
+        if name in tensors and tensors[name].kind == "fixed":
+            # A rotary map or a grouping: its dense value, as the reference evaluator
+            # builds it (the model applies it in a cheap form and never stores it).
+            return fixed_values.dense(tensors[name], sizes, torch.float64), False
         if name in tensors:  # an input
             given = dict(inputs or {})
             if name not in given:
@@ -170,14 +175,29 @@ def _contract(term: ir.Term, output: tuple[str, ...], dims, operand, batch_shape
             letters[index] = opt_einsum.get_symbol(batch + len(letters))
         return letters[index]
     batch_letters = "".join(opt_einsum.get_symbol(k) for k in range(batch))
-    specs, operands, shape = [], [], None
+    factors, shape = [], None
     for factor in term.factors:
         if not isinstance(factor, ir.Ref):
             raise TnError("a path term holds only tensors")  # guaranteed by tndsl.paths
         value, batched = operand(factor.name, factor.indices, dims)
         if batched:
             shape = value.shape[:batch]
-        specs.append((batch_letters if batched else "") + "".join(letter(i) for i in factor.indices))
+        factors.append(("".join(letter(i) for i in factor.indices), value, batched))
+    # A dim that varies at run time (the sequence) may be shorter in the activations than
+    # declared: weights, fixed tensors and ones cover its first positions, as the compiled
+    # model slices them.
+    run_time = {}
+    for legs, value, batched in factors:
+        if batched:
+            for c, size in zip(legs, value.shape[batch:]):
+                run_time[c] = min(run_time.get(c, size), size)
+    specs, operands = [], []
+    for legs, value, batched in factors:
+        if not batched:
+            for k, c in enumerate(legs):
+                if value.shape[k] > run_time.get(c, value.shape[k]):
+                    value = value.narrow(k, 0, run_time[c])
+        specs.append((batch_letters if batched else "") + legs)
         operands.append(value)
     lead = batch_letters if shape is not None else ""
     spec = ",".join(specs) + "->" + lead + "".join(letter(i) for i in output)

@@ -218,9 +218,13 @@ def attention_scores(model, tokens: torch.Tensor, hooks: dict | None = None) -> 
         def hook(value: torch.Tensor) -> None:   # None: the value is left as it is
             cache[name] = value.detach()
         return hook
-    # one `intervene` for the ablation and the reading, so nothing relies on nesting
-    reads = {name: store(name) for name in ("blocks.0.attn.pattern", "blocks.1.attn.pattern")}
-    with torch.no_grad(), intervene(model, {**(hooks or {}), **reads}):
+    # One `intervene` for the caller's hooks and the reading, so nothing relies on
+    # nesting. On a name both use, the caller's hooks run first and the read comes last:
+    # it records the pattern the model goes on to use, and replaces none of theirs.
+    combined = {name: [fns] if callable(fns) else list(fns) for name, fns in (hooks or {}).items()}
+    for name in ("blocks.0.attn.pattern", "blocks.1.attn.pattern"):
+        combined[name] = combined.get(name, []) + [store(name)]
+    with torch.no_grad(), intervene(model, combined):
         logits = model(tokens)
     positions = torch.arange(1, context)
     stripe = torch.arange(half, context)

@@ -24,6 +24,7 @@ path and a `check` that the equation equals their sum, which `tndsl verify` prov
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,6 +32,7 @@ import sympy
 
 from tndsl import ir, printer
 from tndsl.errors import TnError, UnknownNameError, did_you_mean
+from tndsl.text import one_line
 
 DIRECT = "direct"
 MAX_MONOMIALS = 4096  # paths double per layer: past this, ask for fewer blocks
@@ -417,7 +419,7 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                       "linear networks: expand the equation inside the box instead", eq.span)
     monos = expander.top(eq)
 
-    prefix = prefix or name.rsplit(".", 1)[-1]
+    prefix = check_prefix(prefix) if prefix is not None else name.rsplit(".", 1)[-1]
     groups: dict[tuple, list[_Mono]] = {}
     for mono, reads in monos:
         mono = _simplify(mono)
@@ -505,6 +507,22 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
     return PathTerm(term_name, reads, legs, tuple(heads), text)
 
 
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it is a `.tn` path (`paths`, `l1.paths`): it is written into the
+    expansion's source as the start of each term's name, so anything else (a line
+    break, a `#`, `[`) would change what the written file says. A TnError otherwise."""
+    from tndsl.syntax.parser import lark_parser  # the grammar's own NAME, keywords and all
+    name = re.compile(lark_parser().get_terminal("NAME").pattern.to_regexp())
+    segments = str(prefix).split(".")
+    if not (name.fullmatch(segments[0]) and
+            all(name.fullmatch(s) or (s.isascii() and s.isdigit()) for s in segments[1:])):
+        raise TnError(f"the prefix `{one_line(prefix)}` is not a .tn name",
+                      hint="it names the path terms (PREFIX.direct, ...): names of letters, "
+                           "digits and `_`, not starting with a digit, not keywords, "
+                           "joined by `.`")
+    return prefix
+
+
 def parse_through(text: str | None) -> tuple[str, ...] | None:
     """`--through a,b` as a tuple (None when not given)."""
     if text is None:
@@ -512,6 +530,6 @@ def parse_through(text: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-__all__ = ["DIRECT", "HeadLeg", "PathExpansion", "PathTerm", "Read", "default_through",
-           "expand_paths", "parse_through"]
+__all__ = ["DIRECT", "HeadLeg", "PathExpansion", "PathTerm", "Read", "check_prefix",
+           "default_through", "expand_paths", "parse_through"]
 

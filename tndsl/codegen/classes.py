@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from tndsl import inits, ir, printer
-from tndsl.codegen import fused as fused_code, projections as projection_code
+from tndsl.codegen import fused as fused_code, projections as projection_code, prologue
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
 from tndsl.codegen.names import Namespace, NN_MODULE_ATTRS, GENERATED_ATTRS, sanitize
@@ -97,6 +97,7 @@ class ClassBuilder:
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
         self.methods: list[str] = []          # further methods of the class, unindented
+        self.dict_reads: set[str] = set()  # prologue.MODULES / PARAMETERS, if read
 
     # ---- what this class computes ------------------------------------------------------
     def _items(self) -> tuple:
@@ -174,7 +175,7 @@ class ClassBuilder:
         for k, item in enumerate(items):
             self._later = items[k + 1:]
             self._item(item)
-        body = list(lower.lines) + [self._returns()]
+        body = prologue.local_bindings(self.dict_reads) + list(lower.lines) + [self._returns()]
         if "liveness" in file.options.passes:
             candidates = {v.var for v in lower.values.values()} | lower.temporaries
             candidates -= set(self._param_vars) | set(arguments)
@@ -279,7 +280,9 @@ class ClassBuilder:
         self.file.helpers.add("HookPoint")
         self._attach(path, f"HookPoint({name!r})")
         self.hook_order.append(path)
-        code = self.modules.access(path)
+        code = prologue.hook_point(path, self.modules.access(path))
+        if prologue.own(path):
+            self.dict_reads.add(prologue.MODULES)
         self.hooks[name] = code
         return code
 
@@ -296,7 +299,10 @@ class ClassBuilder:
         at_most = tuple(k for k, leg in enumerate(legs) if leg.dim in self.file.options.varying)
         ids = tensor.onehot is not None
         extra = f", at_most={at_most!r}" if at_most else ""
-        lower.emit(f"_check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
+        # The common case tested inline (a call costs more than the test): the helper
+        # runs only to accept a tensor subclass or to say what is wrong.
+        lower.emit(f"if {prologue.input_guard(arg, shape, ids, at_most)}:")
+        lower.emit(f"    _check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
         lower.read_dims(arg, legs)
         onehot = [leg.name for leg in tensor.legs].index(tensor.onehot) if ids else None
         lower.values[tensor.name] = Value(arg, True, onehot)
@@ -322,13 +328,16 @@ class ClassBuilder:
         for name in used:
             param = self.file.param_by_relative(self.path)[name]
             var = self.ns(f"value:{name}", name)
-            code = self.modules.access(name)
+            code = prologue.param_read(name, self.modules.access(name))
+            if prologue.own(name):
+                self.dict_reads.add(prologue.PARAMETERS)
             slices = [f":{self.lower.runtime_dims[leg.dim]}"
                       if leg.dim in self.file.options.varying and leg.dim in self.lower.runtime_dims
                       else ":" for leg in param.legs]
             if any(s != ":" for s in slices):
                 while slices[-1] == ":":
                     slices.pop()
+                code = f"({code})" if prologue.own(name) else code
                 code += f"[{', '.join(slices)}]"
             self.lower.emit(f"{var} = {code}")
             self._param_vars.append(var)

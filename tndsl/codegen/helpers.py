@@ -9,6 +9,8 @@ from tndsl.codegen import fixed as fixed_forms
 
 HELPERS = {
     "HookPoint": '''
+_torch_hooks = nn.modules.module  # holds the global hook dicts (one name to look up per call)
+
 class HookPoint(nn.Identity):
     """A named intermediate (its `.tn` name, relative to the enclosing generated class).
     Register forward hooks on it with plain PyTorch to read or replace the value."""
@@ -19,12 +21,16 @@ class HookPoint(nn.Identity):
 
     @property
     def hooked(self):
-        """A forward hook is attached (here or globally): the generated code calls the
-        hook point only then (a module call costs as much as a small matmul), and fused
-        paths that skip this value are not taken."""
+        """A hook that calling this module would run is attached, here or globally,
+        forward or backward: the generated code calls the hook point only then (a module
+        call costs as much as a small matmul), and fused paths that skip this value are
+        not taken."""
         return bool(self._forward_hooks or self._forward_pre_hooks
-                    or nn.modules.module._global_forward_hooks
-                    or nn.modules.module._global_forward_pre_hooks)
+                    or self._backward_hooks or self._backward_pre_hooks
+                    or _torch_hooks._global_forward_hooks
+                    or _torch_hooks._global_forward_pre_hooks
+                    or _torch_hooks._global_backward_hooks
+                    or _torch_hooks._global_backward_pre_hooks)
 
     def extra_repr(self):
         return repr(self.tn_name)
@@ -67,11 +73,8 @@ def _attach(module, path, child):
     "_check_input": '''
 def _check_input(value, name, shape, ids, at_most=()):
     """Trailing dims must match the declared legs (None: any size; a position listed in
-    `at_most` may be shorter, as a sequence is); ids must be integers."""
-    if type(value) is torch.Tensor and value.shape[value.dim() - len(shape):] == shape and \
-            not (ids and (value.dtype.is_floating_point or value.dtype.is_complex)) and \
-            len(shape) <= value.dim():
-        return  # the common case, checked cheaply
+    `at_most` may be shorter, as a sequence is); ids must be integers. The forward tests
+    the common case inline and calls this for the rest."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")
     if ids and (value.dtype.is_floating_point or value.dtype.is_complex):

@@ -24,6 +24,7 @@ import sympy
 
 from tndsl import dims as dimmod, ir, printer
 from tndsl.codegen import fixed as fixed_forms
+from tndsl.codegen.prologue import matrix_vector
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
@@ -289,11 +290,13 @@ class Lowering:
             kp = _product(sizes[c] for c in k)
             np_ = _product(sizes[c] for c in nn_)
             left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
+            # x is a vector (at least without batch dims): mv, not F.linear's matrix path.
+            vector = not m and len(k) == 1
             if nn_ and ws == "".join(nn_ + k):
                 # Stored as (out, in), which is F.linear's layout: no permute, and a
                 # reshape only to merge legs (a view of the contiguous param).
                 weight_t = w if len(k) == 1 and len(nn_) == 1 else f"{w}.reshape({np_}, {kp})"
-                code = f"F.linear({left}, {weight_t})"
+                code = matrix_vector(weight_t, left, xb) if vector else f"F.linear({left}, {weight_t})"
             else:
                 want = "".join(k + nn_)
                 weight = w
@@ -305,11 +308,12 @@ class Lowering:
                     weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
                 code = f"{left} @ {weight}"
                 weight_t = f"{weight}.t()"
-            if last and nn_:
+            # (A vector's product has no leg a broadcast bias could add: never fused.)
+            if last and nn_ and not vector:
                 self.linear = (left, weight_t, tuple(names[c] for c in nn_),
                                tuple(sizes[c] for c in nn_))
-            if len(nn_) > 1:
-                code = f"({code}).unflatten(-1, {tuple(sizes[c] for c in nn_)})"
+            if len(nn_) > 1:  # (matrix_vector's conditional comes bracketed)
+                code = f"{code if vector else f'({code})'}.unflatten(-1, {tuple(sizes[c] for c in nn_)})"
             return code
         return None
 
