@@ -4,7 +4,7 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
 (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
-                            [--compile] [--memory] [--matvec]
+                            [--compile] [--memory] [--matvec] [--no-fuse NAME]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
@@ -101,7 +101,7 @@ def median_times(fns: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build(layers: int, context: int, device: str = "cpu", **options):
+def build(layers: int, context: int, device: str = "cpu", no_fuse=(), **options):
     import transformers
     torch.manual_seed(0)
     models = {}
@@ -116,8 +116,13 @@ def build(layers: int, context: int, device: str = "cpu", **options):
     program = tndsl.load(EXAMPLE, dims={"Context": context, "Layers": layers})
     compiled = program.module(**options)
     load_state(compiled, state)
+    variants = {}
+    for name in no_fuse:  # the compiled model without one pass: what that pass is worth
+        variants[f"tndsl --no-fuse {name}"] = program.module(**options, no_fuse=[name])
+        load_state(variants[f"tndsl --no-fuse {name}"], state)
     models = {"tndsl compiled": compiled.eval(), **models,
-              "hand-written SDPA": HandWritten(state, layers, 12).eval()}
+              "hand-written SDPA": HandWritten(state, layers, 12).eval(),
+              **{k: m.eval() for k, m in variants.items()}}
     return {k: m.to(device) for k, m in models.items()}
 
 
@@ -129,7 +134,7 @@ def _logits(model, tokens):
 def table(args) -> list[tuple]:
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
     longest = max(c for _, c in rows)
-    models = build(args.layers, longest, args.device)
+    models = build(args.layers, longest, args.device, args.no_fuse)
     results = []
     for batch, context in rows:
         tokens = torch.randint(0, 50257, (batch, context), device=args.device)
@@ -286,12 +291,14 @@ def llama_row(args) -> None:
 
 def profile(args) -> None:
     """torch.profiler's top operators for the compiled model and HF sdpa at 4 x 128 (with
-    --llama: the Llama-shaped pair at 1 x 128)."""
+    --llama: the Llama-shaped pair at 1 x 128; with --no-fuse NAME, also the model
+    without that pass)."""
     if args.llama:
         models, tokens = build_llama(args)
     else:
-        models = build(args.layers, 128, args.device)
-        models = {name: models[name] for name in ("tndsl compiled", "HF sdpa")}
+        built = build(args.layers, 128, args.device, args.no_fuse)
+        names = ("tndsl compiled", "HF sdpa", *(f"tndsl --no-fuse {n}" for n in args.no_fuse))
+        models = {name: built[name] for name in names}
         tokens = torch.randint(0, 50257, (4, 128), device=args.device)
     for name, model in models.items():
         _no_grad(model, tokens)
@@ -312,6 +319,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--matvec", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
+                        help="add a contender: the compiled model without this pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -324,7 +333,8 @@ def main() -> None:
         return
     print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
-    names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA"]
+    names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
+             *(f"tndsl --no-fuse {n}" for n in args.no_fuse)]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
     for row, times in table(args):

@@ -79,7 +79,17 @@ def test_liveness_deletes_after_the_last_use_and_inside_branches():
 
 
 def test_pass_names_resolve():
-    assert resolve(True) == {"attention", "layer_norm", "liveness"}
+    assert resolve(True) == {"attention", "layer_norm", "liveness", "projections"}
     assert resolve(False) == set()
     assert resolve(["attention"], ["attention"]) == set()
-    assert resolve(True, ["liveness"]) == {"attention", "layer_norm"}
+    assert resolve(True, ["liveness"]) == {"attention", "layer_norm", "projections"}
+
+
+def test_liveness_keeps_a_branch_local_del_inside_its_branch_when_the_if_ends_there():
+    # The else branch's last line also ends the `if`: `t` is local to the branch (it
+    # does not exist when the other branch ran), `p` is dropped after the `if`.
+    body = ["p = f()", "if p is None:", "    y = 1", "else:", "    t = g(p)", "    y = t[0]",
+            "return y"]
+    assert insert_deletes(body, {"p", "t", "y"}) == [
+        "p = f()", "if p is None:", "    y = 1", "else:", "    t = g(p)", "    y = t[0]",
+        "    del t", "del p", "return y"]

@@ -147,12 +147,17 @@ def test_a_pattern_hook_on_fused_attention_gives_the_unfused_pattern_and_output(
 
 # ---- 3. fusion passes ---------------------------------------------------------------------
 
+FUSED = {"all": {}, "no-projections": {"no_fuse": ["projections"]},
+         "projections-only": {"fuse": ["projections"]}}
+
+
+@pytest.mark.parametrize("fusion", FUSED)
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_fused_equals_unfused_for_every_example(path):
+def test_fused_equals_unfused_for_every_example(path, fusion):
     program = small_program(tndsl.load(path))
     outputs = [eq.name for eq in program.outputs]
     values = random_tensors(program, torch.Generator().manual_seed(3))
-    fused = _loaded(program, values, outputs=outputs)
+    fused = _loaded(program, values, outputs=outputs, **FUSED[fusion])
     unfused = _loaded(program, values, outputs=outputs, fuse=False)
     arguments = [values[n] for n in program.compile(outputs).inputs]
     with torch.no_grad():
@@ -171,9 +176,10 @@ def test_each_pass_can_be_switched_off_and_unknown_names_list_the_valid_ones():
     assert "scaled_dot_product_attention" not in program.compile(no_fuse=["attention"]).source
     assert ", w, b, eps" not in program.compile(no_fuse=["layer_norm"]).source
     assert "del " not in program.compile(no_fuse=["liveness"]).source
+    assert "_packed(" in source and "_packed(" not in program.compile(no_fuse=["projections"]).source
     with pytest.raises(tndsl.TnError) as info:
         program.compile(no_fuse=["atention"])
-    assert "valid: attention, layer_norm, liveness" in info.value.hint
+    assert "valid: attention, layer_norm, liveness, projections" in info.value.hint
 
 
 def test_liveness_drops_each_intermediate_after_its_last_use():
@@ -272,5 +278,8 @@ def test_cli_no_fuse_and_vary():
     assert "scaled_dot_product_attention" not in plain.stdout and "W_pos[:Context]" in plain.stdout
     nothing = compile_("--no-fuse", "all")
     assert "del " not in nothing.stdout and ", w, b, eps" not in nothing.stdout
+    assert "_packed(" not in nothing.stdout
+    no_projections = compile_("--no-fuse", "projections")
+    assert "_packed(" not in no_projections.stdout and "F.scaled_dot_product" in no_projections.stdout
     wrong = compile_("--no-fuse", "atention")
-    assert wrong.returncode == 1 and "valid: attention, layer_norm, liveness" in wrong.stderr
+    assert wrong.returncode == 1 and "valid: attention, layer_norm, liveness, projections" in wrong.stderr

@@ -14,13 +14,14 @@ import re
 from dataclasses import dataclass, field
 
 from tndsl import inits, ir, printer
-from tndsl.codegen import fused as fused_code, prologue
+from tndsl.codegen import fused as fused_code, projections as projection_code, prologue
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
 from tndsl.codegen.names import Namespace, NN_MODULE_ATTRS, GENERATED_ATTRS, sanitize
 from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
+from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.passes.liveness import insert_deletes
 from tndsl.text import python_comment, python_docstring
 
@@ -95,6 +96,7 @@ class ClassBuilder:
         self.init_lines: list[str] = []
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
+        self.methods: list[str] = []          # further methods of the class, unindented
         self.dict_reads: set[str] = set()  # prologue.MODULES / PARAMETERS, if read
 
     # ---- what this class computes ------------------------------------------------------
@@ -140,6 +142,14 @@ class ClassBuilder:
                                    file.options.varying)
         if "layer_norm" in file.options.passes:
             items = fuse_layer_norm(items, keep, values, param_names)
+        if "projections" in file.options.passes:
+            # The shared activation may also be a float input (the root's own).
+            sources = values | {t.name for t in file.inputs if t.onehot is None}
+            runtime = frozenset(d for d, s in file.sizes.items() if s is None) | \
+                file.options.varying
+            items = fuse_projections(items, sources, param_names, runtime)
+            if any(isinstance(item, FusedProjections) for item in items):
+                self.methods += projection_code.APPLY_METHOD
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)
         self._plan_modules(params, items)
         # Arguments (a block) or inputs (the root), then params, then the items.
@@ -355,6 +365,11 @@ class ClassBuilder:
                 self._hook(eq.name)
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.norm(lower, item, var, self.hooks)
+        elif isinstance(item, FusedProjections):
+            for name in item.names:
+                self._hook(name)
+            variables = [self.ns(f"value:{n}", n) for n in item.names]
+            projection_code.projections(lower, item, variables, self.hooks, item.name)
         else:  # pragma: no cover - the passes make only these
             raise TypeError(item)
 
@@ -446,6 +461,8 @@ class ClassBuilder:
         lines += ["", f"    def forward({', '.join(['self', *arguments])}):"]
         lines += ["        " + line for line in self.comments]
         lines += ["        " + line if line else "" for line in body]
+        if self.methods:
+            lines += [""] + ["    " + line for line in self.methods]
         return "\n".join(lines) + "\n"
 
 
@@ -468,7 +485,7 @@ def _reads(item) -> list[str]:
 def _equations(item) -> list[ir.Equation]:
     if isinstance(item, FusedAttention):
         return [item.scores, item.pattern, item.out]
-    if isinstance(item, FusedNorm):
+    if isinstance(item, (FusedNorm, FusedProjections)):
         return list(item.equations)
     return []
 

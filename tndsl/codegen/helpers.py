@@ -111,6 +111,32 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    "_packed": '''
+def _packed(module, key, params, pack):
+    """`pack()` builds one weight (and bias) from `params` for a fused projection. Kept on
+    `module` and reused while the params are the same tensors, unchanged (version counter,
+    storage, dtype, device) and no autograd graph through them is needed; built per call
+    under torch.compile (which traces it into its graph). None, and the caller computes
+    each projection on its own, for tensor subclasses (DTensor shards: packing would
+    gather them) and under grad (packing per call costs more than it saves)."""
+    if not all(type(p) is nn.Parameter or type(p) is torch.Tensor for p in params):
+        return None
+    if torch.compiler.is_compiling():
+        return pack()
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return None
+    try:
+        stamp = (torch.is_inference_mode_enabled(),) + tuple(
+            (id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+    except RuntimeError:  # inference tensors have no version counter: nothing to trust
+        return pack()
+    cache = module.__dict__.setdefault("_tndsl_packed", {})
+    entry = cache.get(key)
+    if entry is None or entry[0] != stamp:
+        # The params are held with the stamp, so their ids cannot be reused meanwhile.
+        entry = cache[key] = (stamp, params, pack())
+    return entry[2]
+''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
 }

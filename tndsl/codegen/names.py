@@ -45,9 +45,11 @@ NN_MODULE_ATTRS = frozenset({
     'register_load_state_dict_pre_hook', 'register_module', 'register_parameter',
     'register_state_dict_post_hook', 'register_state_dict_pre_hook', 'requires_grad_',
     'set_extra_state', 'set_submodule', 'share_memory', 'state_dict', 'to', 'to_empty',
-    'train', 'training', 'type', 'xpu', 'zero_grad'
+    'train', 'training', 'type', 'xpu', 'zero_grad',
+    # Set on nn.Module by torch.compile (dynamo) once a module has been compiled.
+    '___needs_generation_tag_patch',
 })
-GENERATED_ATTRS = frozenset({"HOOK_ORDER", "tndsl_source", "tn_name", "hooked"})
+GENERATED_ATTRS = frozenset({"HOOK_ORDER", "tndsl_source", "tn_name", "hooked", "_tndsl_packed"})
 
 
 class Namespace:

@@ -15,6 +15,8 @@ PASSES = {
     "layer_norm": "layernorm/rmsnorm times a weight (or 1 + w) plus a bias -> F.layer_norm / "
                   "F.rms_norm",
     "liveness": "drop each intermediate after its last use (`del`)",
+    "projections": "projections of one activation by several params (Q/K/V, gate/in) -> "
+                   "one GEMM with the packed weight, split into views",
 }
 
 

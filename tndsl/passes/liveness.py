@@ -16,13 +16,15 @@ def insert_deletes(lines: Sequence[str], candidates: Iterable[str]) -> list[str]
     """`lines`: a function body at indentation 0. `candidates`: the locals that may be
     dropped (intermediates, not params or sizes). Returns the body with `del` lines."""
     tree = ast.parse("\n".join(lines))
-    inserts: dict[int, tuple[str, list[str]]] = {}  # after line -> (indent, names)
+    # after line -> indent -> names. A branch's last line can also end its `if`: the
+    # branch's own `del` (deeper) must come before the one after the `if`.
+    inserts: dict[int, dict[str, list[str]]] = {}
     _block(tree.body, set(candidates), lines, inserts)
     result = []
     for number, line in enumerate(lines, start=1):
         result.append(line)
-        if number in inserts:
-            indent, names = inserts[number]
+        for indent, names in sorted(inserts.get(number, {}).items(),
+                                    key=lambda item: -len(item[0])):
             result.append(f"{indent}del {', '.join(names)}")
     return result
 
@@ -45,7 +47,7 @@ def _block(body: list[ast.stmt], candidates: set[str], lines, inserts) -> None:
                 name not in _names(stmt.test):
             continue  # only inside this `if`: dropped within its branch below
         indent = lines[stmt.lineno - 1][:stmt.col_offset]
-        inserts.setdefault(stmt.end_lineno, (indent, []))[1].append(name)
+        inserts.setdefault(stmt.end_lineno, {}).setdefault(indent, []).append(name)
     for k, stmt in enumerate(body):
         if isinstance(stmt, ast.If):
             # Names used nowhere else are local to the branches.
