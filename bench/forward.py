@@ -4,7 +4,7 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
 (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
-                            [--compile] [--memory] [--matvec] [--no-fuse NAME]
+                            [--compile] [--memory] [--matvec] [--no-fuse NAME] [--fuse NAME]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tndsl
+from tndsl.passes.fusion import resolve
 from tndsl.weights import load_hf_gpt2, load_state
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
@@ -101,7 +102,7 @@ def median_times(fns: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build(layers: int, context: int, device: str = "cpu", no_fuse=(), **options):
+def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(), **options):
     import transformers
     torch.manual_seed(0)
     models = {}
@@ -120,6 +121,10 @@ def build(layers: int, context: int, device: str = "cpu", no_fuse=(), **options)
     for name in no_fuse:  # the compiled model without one pass: what that pass is worth
         variants[f"tndsl --no-fuse {name}"] = program.module(**options, no_fuse=[name])
         load_state(variants[f"tndsl --no-fuse {name}"], state)
+    for name in fuse:  # with an opt-in pass added
+        variants[f"tndsl --fuse {name}"] = program.module(
+            **options, fuse=sorted(resolve(True) | {name}))
+        load_state(variants[f"tndsl --fuse {name}"], state)
     models = {"tndsl compiled": compiled.eval(), **models,
               "hand-written SDPA": HandWritten(state, layers, 12).eval(),
               **{k: m.eval() for k, m in variants.items()}}
@@ -134,7 +139,7 @@ def _logits(model, tokens):
 def table(args) -> list[tuple]:
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
     longest = max(c for _, c in rows)
-    models = build(args.layers, longest, args.device, args.no_fuse)
+    models = build(args.layers, longest, args.device, args.no_fuse, args.fuse)
     results = []
     for batch, context in rows:
         tokens = torch.randint(0, 50257, (batch, context), device=args.device)
@@ -296,8 +301,9 @@ def profile(args) -> None:
     if args.llama:
         models, tokens = build_llama(args)
     else:
-        built = build(args.layers, 128, args.device, args.no_fuse)
-        names = ("tndsl compiled", "HF sdpa", *(f"tndsl --no-fuse {n}" for n in args.no_fuse))
+        built = build(args.layers, 128, args.device, args.no_fuse, args.fuse)
+        names = ("tndsl compiled", "HF sdpa", *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
+                 *(f"tndsl --fuse {n}" for n in args.fuse))
         models = {name: built[name] for name in names}
         tokens = torch.randint(0, 50257, (4, 128), device=args.device)
     for name, model in models.items():
@@ -321,6 +327,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model without this pass")
+    parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
+                        help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()

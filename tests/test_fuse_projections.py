@@ -101,10 +101,10 @@ def test_projections_in_mixed_layouts_compute_what_the_reference_does():
     # each part; `k`'s bias is stored [e, h]: permuted into place. x is a float input.
     program = tndsl.parse(QKV)
     outputs = ["q", "k", "v", "g"]
-    generated = program.compile(outputs)
+    generated = program.compile(outputs, fuse="all")
     assert generated.source.count("= _packed(self") == 2
     values = random_tensors(program, torch.Generator().manual_seed(4))
-    model = _loaded(program, values, outputs=outputs)
+    model = _loaded(program, values, outputs=outputs, fuse="all")
     with torch.no_grad():
         result = model(*[values[n] for n in generated.inputs])
     reference = Reference(program, values)
@@ -115,7 +115,7 @@ def test_projections_in_mixed_layouts_compute_what_the_reference_does():
 # ---- generated code ------------------------------------------------------------------------
 
 def test_gpt2_attention_packs_its_weights_once_and_slices_views():
-    source = tndsl.load(GPT2, dims={"Layers": 1}).compile().source
+    source = tndsl.load(GPT2, dims={"Layers": 1}).compile(fuse="all").source
     attention = source.split("class Attention(")[1].split("\nclass ")[0]
     fused_branch = attention.split("        else:\n")[1].split("        del ")[0]
     assert fused_branch.split("\n")[:4] == [
@@ -127,12 +127,12 @@ def test_gpt2_attention_packs_its_weights_once_and_slices_views():
     pack = attention.split("_packed(self, 'q', (W_Q, W_K, W_V, b_Q, b_K, b_V), lambda: (")[1]
     assert pack.split(")))")[0].count("torch.cat") == 2   # one copy for the weights, one for the biases
     assert "def _apply(self, *args, **kwargs):" in attention
-    off = tndsl.load(GPT2, dims={"Layers": 1}).compile(no_fuse=["projections"]).source
+    off = tndsl.load(GPT2, dims={"Layers": 1}).compile().source
     assert "_packed" not in off and "_apply" not in off
 
 
 def test_gated_mlp_projections_share_one_gemm_and_the_gate_keeps_its_box():
-    source = tndsl.load(LLAMA, dims=LLAMA_SMALL).compile().source
+    source = tndsl.load(LLAMA, dims=LLAMA_SMALL).compile(fuse="all").source
     assert "gate = F.silu(projected_1[..., :24])" in source
     assert "pre = projected_1[..., 24:]" in source
     assert "v = projected_1[..., 768:].unflatten(-1, (2, 128))" in source
@@ -296,10 +296,10 @@ def test_at_inference_attention_copies_neither_weights_nor_q_k_v_z():
                 for e in profile.key_averages(group_by_input_shape=True)
                 if e.key in ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat")]
 
-    fused = copies(program.module())
+    fused = copies(program.module(fuse="all"))
     assert {(key, tuple(shape)) for key, shape, _ in fused} <= {
         ("aten::copy_", (32, 192)), ("aten::copy_", (32, 64))}, fused
-    unfused = copies(program.module(no_fuse=["projections"]))
+    unfused = copies(program.module())
     assert sum(n for key, _, n in unfused if key == "aten::clone") == 3  # W_Q, W_K, W_V each call
 
 

@@ -147,7 +147,7 @@ def test_a_pattern_hook_on_fused_attention_gives_the_unfused_pattern_and_output(
 
 # ---- 3. fusion passes ---------------------------------------------------------------------
 
-FUSED = {"all": {}, "no-projections": {"no_fuse": ["projections"]},
+FUSED = {"defaults": {}, "all": {"fuse": "all"},
          "projections-only": {"fuse": ["projections"]}}
 
 
@@ -176,7 +176,10 @@ def test_each_pass_can_be_switched_off_and_unknown_names_list_the_valid_ones():
     assert "scaled_dot_product_attention" not in program.compile(no_fuse=["attention"]).source
     assert ", w, b, eps" not in program.compile(no_fuse=["layer_norm"]).source
     assert "del " not in program.compile(no_fuse=["liveness"]).source
-    assert "_packed(" in source and "_packed(" not in program.compile(no_fuse=["projections"]).source
+    everything = program.compile(fuse="all").source
+    assert "_packed(" not in source  # opt-in: it keeps a packed copy of the weights
+    assert "_packed(" in everything
+    assert "_packed(" not in program.compile(fuse="all", no_fuse=["projections"]).source
     with pytest.raises(tndsl.TnError) as info:
         program.compile(no_fuse=["atention"])
     assert "valid: attention, layer_norm, liveness, projections" in info.value.hint
@@ -279,7 +282,11 @@ def test_cli_no_fuse_and_vary():
     nothing = compile_("--no-fuse", "all")
     assert "del " not in nothing.stdout and ", w, b, eps" not in nothing.stdout
     assert "_packed(" not in nothing.stdout
-    no_projections = compile_("--no-fuse", "projections")
-    assert "_packed(" not in no_projections.stdout and "F.scaled_dot_product" in no_projections.stdout
+    default = compile_()
+    assert "_packed(" not in default.stdout and "F.scaled_dot_product" in default.stdout
+    projections = compile_("--fuse", "projections")
+    assert "_packed(" in projections.stdout and "F.scaled_dot_product" in projections.stdout
+    assert "_packed(" not in compile_("--fuse", "projections", "--no-fuse", "projections").stdout
+    assert "valid: attention" in compile_("--fuse", "projection").stderr
     wrong = compile_("--no-fuse", "atention")
     assert wrong.returncode == 1 and "valid: attention, layer_norm, liveness, projections" in wrong.stderr

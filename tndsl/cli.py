@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from tndsl.errors import TnError, TnErrors
+from tndsl.passes.fusion import resolve
 from tndsl.program import load
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
                           help="leave out an optional pass (repeatable): attention, "
                                "layer_norm, liveness; `all` leaves out every one")
+    compile_.add_argument("--fuse", action="append", default=[], metavar="NAME",
+                          help="add an opt-in pass to the defaults (repeatable): "
+                               "projections")
     compile_.add_argument("--vary", action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
@@ -179,8 +183,9 @@ def _compile(args: argparse.Namespace) -> int:
     try:
         program = load(args.file, dict(args.dim))
         no_fuse = [n for n in args.no_fuse if n != "all"]
+        fuse = resolve("all" not in args.no_fuse) | resolve(args.fuse)
         generated = program.compile(args.outputs, optimizer=args.optimizer,
-                                    fuse="all" not in args.no_fuse, no_fuse=no_fuse,
+                                    fuse=sorted(fuse), no_fuse=no_fuse,
                                     vary=args.vary, shard=args.shard, ranks=args.ranks)
     except TnError as e:
         _report(e, args.file)

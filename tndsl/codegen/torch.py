@@ -58,8 +58,8 @@ def generate(program, outputs: Sequence[str] | None = None, *, optimizer: str = 
              ranks: int = 2) -> Generated:
     """Generate the module for `program` computing `outputs` (default: the final equation).
 
-    `fuse` / `no_fuse`: the optional passes to run (`passes.fusion.PASSES`; all by
-    default). `vary`: sized dims that the inputs may have shorter (positional params
+    `fuse` / `no_fuse`: the optional passes to run (`passes.fusion.PASSES`; True: all
+    but the opt-in `projections`; "all": every one). `vary`: sized dims that the inputs may have shorter (positional params
     are sliced to the input's length); default: the positions of token-id inputs.
     `shard`: dims to shard; the root class gets a `parallelize(mesh)` method applying
     the tensor-parallel plan (`codegen.shard`), checked for `ranks` ranks."""

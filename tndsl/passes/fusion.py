@@ -16,15 +16,24 @@ PASSES = {
                   "F.rms_norm",
     "liveness": "drop each intermediate after its last use (`del`)",
     "projections": "projections of one activation by several params (Q/K/V, gate/in) -> "
-                   "one GEMM with the packed weight, split into views",
+                   "one GEMM with the packed weight, split into views (opt-in)",
 }
+
+# Passes a plain `fuse=True` leaves out. `projections` keeps a packed copy of the weights
+# it fuses (about the size of those weights: Q/K/V and gate/in are most of a Llama
+# layer) and measured within noise of three GEMMs on CPU, where a per-call pack costs
+# more than it saves; it is there for where one GEMM pays (see docs/compiling.md).
+OPT_IN = frozenset({"projections"})
 
 
 def resolve(fuse: Iterable[str] | bool | None = True, no_fuse: Iterable[str] = ()
             ) -> frozenset[str]:
-    """The passes to run: `fuse` is True (all), False/None (none) or names; `no_fuse`
-    names passes to leave out. Unknown names are errors listing the valid ones."""
+    """The passes to run: `fuse` is True (the defaults: all but `OPT_IN`), "all" (every
+    one), False/None (none) or names; `no_fuse` names passes to leave out. Unknown names
+    are errors listing the valid ones."""
     if fuse is True:
+        chosen = set(PASSES) - OPT_IN
+    elif fuse == "all":
         chosen = set(PASSES)
     elif not fuse:
         chosen = set()
