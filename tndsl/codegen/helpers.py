@@ -137,6 +137,27 @@ def _packed(module, key, params, pack):
         entry = cache[key] = (stamp, params, pack())
     return entry[2]
 ''',
+    "_linear": '''
+# oneDNN's linear kernel (the one Inductor uses on CPU), where this torch has it: on some
+# CPUs it is much faster than the BLAS behind F.linear (docs/performance.md). It has no
+# autograd formula, so it runs only where no graph is needed.
+_onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) \\
+    if torch.backends.mkldnn.is_available() else None
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+def _linear(x, weight, bias=None):
+    """F.linear(x, weight, bias); for plain float32 CPU tensors with no autograd graph to
+    record, through oneDNN's kernel."""
+    if (_onednn_linear is not None and x.dtype is torch.float32 and x.device.type == "cpu"
+            and type(x) is torch.Tensor and type(weight) in _PLAIN
+            and (bias is None or type(bias) in _PLAIN) and x.dim() >= 2
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad)))):
+        return _onednn_linear(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
 }

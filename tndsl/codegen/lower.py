@@ -296,7 +296,9 @@ class Lowering:
                 # Stored as (out, in), which is F.linear's layout: no permute, and a
                 # reshape only to merge legs (a view of the contiguous param).
                 weight_t = w if len(k) == 1 and len(nn_) == 1 else f"{w}.reshape({np_}, {kp})"
-                code = matrix_vector(weight_t, left, xb) if vector else f"F.linear({left}, {weight_t})"
+                if not vector:
+                    self.helpers.add("_linear")
+                code = matrix_vector(weight_t, left, xb) if vector else f"_linear({left}, {weight_t})"
             else:
                 want = "".join(k + nn_)
                 weight = w
@@ -306,8 +308,12 @@ class Lowering:
                 if len(k) > 1 or len(nn_) > 1 or ws != want:
                     # Nothing left on the weight's side: a vector, so `@` drops the dim.
                     weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
-                code = f"{left} @ {weight}"
                 weight_t = f"{weight}.t()"
+                if nn_ and not vector:
+                    self.helpers.add("_linear")
+                    code = f"_linear({left}, {weight_t})"
+                else:
+                    code = f"{left} @ {weight}"
             # (A vector's product has no leg a broadcast bias could add: never fused.)
             if last and nn_ and not vector:
                 self.linear = (left, weight_t, tuple(names[c] for c in nn_),
@@ -461,7 +467,7 @@ def _fuse_bias(parts, linears, biases) -> list[str] | None:
             if legs != out_legs:
                 continue
             flat_bias = var if len(legs) == 1 else f"{var}.reshape(-1)"
-            code = f"F.linear({left}, {weight}, {flat_bias})"
+            code = f"_linear({left}, {weight}, {flat_bias})"
             if len(out_legs) > 1:
                 code = f"{code}.unflatten(-1, {out_sizes})"
             rest = [p for k, p in enumerate(parts) if k not in (i, j)]
