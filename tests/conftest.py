@@ -29,3 +29,26 @@ def golden(request):
         assert text == expected, f"output differs from {path.relative_to(ROOT)}"
 
     return compare
+
+
+def loaded(program, values, dtype=None, **options):
+    """`program`'s compiled module (compile options in `options`) with `values` copied
+    into its params, in float64 unless `dtype` says otherwise."""
+    import torch
+    module = program.module(**options).to(dtype or torch.float64)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(values[name])
+    return module
+
+
+def small_gpt2(dims):
+    """(program, values, tokens): examples/gpt2_small.tn at `dims`, seeded random params
+    and a 2 x 8 batch of token ids below 11."""
+    import torch
+    import tndsl
+    from tndsl.verify.numeric import random_tensors
+    program = tndsl.load(ROOT / "examples" / "gpt2_small.tn", dims=dims)
+    values = random_tensors(program, torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
+    return program, values, tokens

@@ -11,7 +11,7 @@ from tndsl.hooks import intervene, replace, run_with_cache
 from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference
-from conftest import ROOT
+from conftest import ROOT, loaded, small_gpt2
 
 GPT2 = ROOT / "examples" / "gpt2_small.tn"
 LLAMA = ROOT / "examples" / "llama.tn"
@@ -20,12 +20,7 @@ LLAMA_SMALL = {"Context": 8, "Vocab": 11, "Model": 16, "Heads": 4, "KVHeads": 2,
                "Hidden": 24, "Layers": 2}
 
 
-def _loaded(program, values, dtype=torch.float64, **options):
-    module = program.module(**options).to(dtype)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            param.copy_(values[name])
-    return module
+_loaded = loaded
 
 
 def _reference(program, module, tokens):
@@ -36,10 +31,7 @@ def _reference(program, module, tokens):
 
 @pytest.fixture(scope="module")
 def gpt2():
-    program = tndsl.load(GPT2, dims=SMALL)
-    values = random_tensors(program, torch.Generator().manual_seed(0))
-    tokens = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
-    return program, values, tokens
+    return small_gpt2(SMALL)
 
 
 # ---- the pass as a pure function ---------------------------------------------------------

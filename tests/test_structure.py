@@ -15,26 +15,18 @@ from tndsl.codegen.names import NN_MODULE_ATTRS
 from tndsl.hooks import hook_names, intervene, replace, run_with_cache
 from tndsl.verify.numeric import random_tensors, small_program
 from tndsl.verify.reference import Reference
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, loaded, small_gpt2
 
 GPT2 = ROOT / "examples" / "gpt2_small.tn"
 SMALL = {"Context": 8, "Vocab": 11, "Model": 16, "Heads": 2, "Layers": 3}
 
 
-def _loaded(program, values, **options):
-    module = program.module(**options).double()
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            param.copy_(values[name])
-    return module
+_loaded = loaded
 
 
 @pytest.fixture(scope="module")
 def gpt2():
-    program = tndsl.load(GPT2, dims=SMALL)
-    values = random_tensors(program, torch.Generator().manual_seed(0))
-    tokens = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
-    return program, values, tokens
+    return small_gpt2(SMALL)
 
 
 # ---- 1. structure ------------------------------------------------------------------------
