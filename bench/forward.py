@@ -342,7 +342,8 @@ def main() -> None:
     print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
-             *(f"tndsl --no-fuse {n}" for n in args.no_fuse)]
+             *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
+             *(f"tndsl --fuse {n}" for n in args.fuse)]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
     for row, times in table(args):
