@@ -9,7 +9,11 @@ from tndsl.codegen import fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
-_torch_hooks = nn.modules.module  # holds the global hook dicts (one name to look up per call)
+# The global hook dicts, by name: torch mutates them in place and never rebinds them. A
+# global name costs torch.compile one guard where `nn.modules.module._global_...` cost a
+# chain of them at every hook point (a third of its trace time, measured).
+from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pre_hooks,
+                                     _global_forward_hooks, _global_forward_pre_hooks)
 
 class HookPoint(nn.Identity):
     """A named intermediate (its `.tn` name, relative to the enclosing generated class).
@@ -27,10 +31,8 @@ class HookPoint(nn.Identity):
         not taken."""
         return bool(self._forward_hooks or self._forward_pre_hooks
                     or self._backward_hooks or self._backward_pre_hooks
-                    or _torch_hooks._global_forward_hooks
-                    or _torch_hooks._global_forward_pre_hooks
-                    or _torch_hooks._global_backward_hooks
-                    or _torch_hooks._global_backward_pre_hooks)
+                    or _global_forward_hooks or _global_forward_pre_hooks
+                    or _global_backward_hooks or _global_backward_pre_hooks)
 
     def extra_repr(self):
         return repr(self.tn_name)
