@@ -43,19 +43,12 @@ from tndsl.passes.shard import shard_plan  # noqa: E402
 from tndsl.slicing import contract_sliced, plan_slices  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from networks import ring_of_six  # noqa: E402
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE = EXAMPLES / "gpt2_small.tn"
-RING = """\
-dim Bond = 64
-dim Phys = 8
-param A[a: Bond, x: Phys, b: Bond]
-param B[b: Bond, y: Phys, c: Bond]
-param C[c: Bond, x: Phys, d: Bond]
-param D[d: Bond, y: Phys, e: Bond]
-param E[e: Bond, z: Phys, f: Bond]
-param F[f: Bond, z: Phys, a: Bond]
-total[] = A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]
-"""
+RING = ring_of_six(bond=64, phys=8)
 SLICE_BUDGET = 1024 * 1024  # bytes per slice; far less than the unsliced ring needs
 
 

@@ -30,3 +30,15 @@ def long_loop(statements: int) -> str:
     """A `for` loop of `statements` one-line statements, each reading the last."""
     return ("dim N = 4\nparam W[i: N, j: N]\ninput x[i: N]\nacc[i] = x[i]\n"
             f"for l in 0..{statements} {{\n    acc[i] = acc[j] * W[j, i]\n}}\n")
+
+
+RING_PRODUCT = "A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]"
+
+
+def ring_of_six(bond: int, phys: int) -> str:
+    """A closed ring of six order-3 params (bond legs around, a physical leg each, shared
+    in pairs) and `total[]`, its full contraction: no bottleneck, so the largest
+    intermediate of any order grows with the bond size (slicing's test network)."""
+    params = "".join(f"param {t}[{l}: Bond, {p}: Phys, {r}: Bond]\n" for t, l, p, r in
+                     zip("ABCDEF", "abcdef", "xyxyzz", "bcdefa"))
+    return f"dim Bond = {bond}\ndim Phys = {phys}\n{params}total[] = {RING_PRODUCT}\n"

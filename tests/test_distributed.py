@@ -20,6 +20,7 @@ from distributed_workers import ATTN_ONLY_DIMS, CACHED, GPT2_DIMS, ROOT, attn_on
     gpt2_program, launch, next_token_loss, structured_model
 from tndsl import distributed as tdist
 from tndsl.dims import evaluate
+from networks import ring_of_six
 from test_families import _float64_oracle, _randomize
 
 # Grouped-query attention: 4 query heads over 2 KV heads, one KV head per rank.
@@ -28,17 +29,7 @@ LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_lay
              rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 WORLD = 2
-RING = """\
-dim Bond = 6
-dim Phys = 5
-param A[a: Bond, x: Phys, b: Bond]
-param B[b: Bond, y: Phys, c: Bond]
-param C[c: Bond, x: Phys, d: Bond]
-param D[d: Bond, y: Phys, e: Bond]
-param E[e: Bond, z: Phys, f: Bond]
-param F[f: Bond, z: Phys, a: Bond]
-total[] = A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]
-"""
+RING = ring_of_six(bond=6, phys=5)
 SLICE_BUDGET = 2000  # bytes: the unsliced ring needs 900 float64 entries at once
 
 

@@ -125,7 +125,9 @@ def test_compiling_and_importing_a_hostile_file_name_runs_nothing(name, tmp_path
 
 # ---- figures: DOT, SVG, TikZ ---------------------------------------------------------
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz not installed")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
+                               reason="Graphviz's `dot` is not installed (Debian package graphviz, which "
+                                      "`make test` installs): these tests lay the DOT out")
 
 
 def _layout(dot_text: str) -> tuple:

@@ -7,22 +7,14 @@ import torch
 import tndsl
 from tndsl.errors import ResourceError, TnError, UnknownNameError
 from tndsl.slicing import contract_sliced, plan_slices
+from networks import RING_PRODUCT, ring_of_six
 
 # A closed ring of six order-3 tensors: no bottleneck, so the largest intermediate of
 # any contraction order grows with the bond dimension.
-RING = """\
-dim Bond = 6
-dim Phys = 5
+RING = ring_of_six(bond=6, phys=5) + f"""\
 dim Free
-param A[a: Bond, x: Phys, b: Bond]
-param B[b: Bond, y: Phys, c: Bond]
-param C[c: Bond, x: Phys, d: Bond]
-param D[d: Bond, y: Phys, e: Bond]
-param E[e: Bond, z: Phys, f: Bond]
-param F[f: Bond, z: Phys, a: Bond]
 input u[k: Free]
-total[] = A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]
-open[a, b] = A[a, x, b] * B[b, y, c] * C[c, x, d] * D[d, y, e] * E[e, z, f] * F[f, z, a]
+open[a, b] = {RING_PRODUCT}
 two[] = A[a, x, b] * F[b, x, a] + A[a, x, b] * F[b, x, a]
 boxed[a, x, b] = relu(A[a, x, b])
 unsized[] = u[k] * u[k]

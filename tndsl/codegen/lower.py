@@ -296,9 +296,7 @@ class Lowering:
                 # Stored as (out, in), which is F.linear's layout: no permute, and a
                 # reshape only to merge legs (a view of the contiguous param).
                 weight_t = w if len(k) == 1 and len(nn_) == 1 else f"{w}.reshape({np_}, {kp})"
-                if not vector:
-                    self.helpers.add("_linear")
-                code = matrix_vector(weight_t, left, xb) if vector else f"_linear({left}, {weight_t})"
+                code = matrix_vector(weight_t, left, xb) if vector else None
             else:
                 want = "".join(k + nn_)
                 weight = w
@@ -309,11 +307,10 @@ class Lowering:
                     # Nothing left on the weight's side: a vector, so `@` drops the dim.
                     weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
                 weight_t = f"{weight}.t()"
-                if nn_ and not vector:
-                    self.helpers.add("_linear")
-                    code = f"_linear({left}, {weight_t})"
-                else:
-                    code = f"{left} @ {weight}"
+                code = f"{left} @ {weight}" if vector or not nn_ else None
+            if code is None:  # a matrix times a weight: one linear layer
+                self.helpers.add("_linear")
+                code = f"_linear({left}, {weight_t})"
             # (A vector's product has no leg a broadcast bias could add: never fused.)
             if last and nn_ and not vector:
                 self.linear = (left, weight_t, tuple(names[c] for c in nn_),
