@@ -169,23 +169,41 @@ def _step(model, tokens):
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
 
 
-def compile_times(args) -> dict:
-    # A first call must compile: Inductor's on-disk graph cache, warm from an earlier
-    # run, would serve a graph it has seen and hide the compile time.
-    import torch._inductor.config as inductor_config
-    inductor_config.fx_graph_cache = False
+def compile_child(name: str, args) -> None:
+    """One contender's torch.compile first call and steady state at 4 x 128, in a fresh
+    process with its own empty Inductor cache (set by the parent), so neither contender
+    reuses kernels or graphs the other compiled."""
     models = build(args.layers, 128, args.device)
     tokens = torch.randint(0, 50257, (4, 128), device=args.device)
-    out = {}
-    for name in ("tndsl compiled", "hand-written SDPA"):
-        torch._dynamo.reset()
-        compiled = torch.compile(models[name])
-        start = time.perf_counter()
-        _no_grad(compiled, tokens)
-        first = time.perf_counter() - start
-        steady = median_times({name: lambda: _no_grad(compiled, tokens)}, args.repeat)[name]
-        out[name] = (first, steady)
-    return out
+    compiled = torch.compile(models[name])
+    start = time.perf_counter()
+    _no_grad(compiled, tokens)
+    first = time.perf_counter() - start
+    steady = median_times({name: lambda: _no_grad(compiled, tokens)}, args.repeat)[name]
+    print(json.dumps({"first": first, "steady": steady}))
+
+
+def compile_times(args) -> dict:
+    """First call and steady state under torch.compile, each contender in fresh processes
+    with an empty Inductor cache (a warm on-disk cache serves kernels and graphs it has
+    seen and hides the compile time), alternating, `--compile-runs` times; the medians."""
+    import os
+    runs = {name: [] for name in ("tndsl compiled", "hand-written SDPA")}
+    for _ in range(args.compile_runs):
+        for name in runs:
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache,
+                       "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+                result = subprocess.run(
+                    [sys.executable, __file__, "--compile-child", name, "--layers",
+                     str(args.layers), "--threads", str(args.threads), "--repeat",
+                     str(args.repeat), "--device", args.device],
+                    capture_output=True, text=True, check=True, env=env)
+            runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return {name: (statistics.median(r["first"] for r in got),
+                   statistics.median(r["steady"] for r in got),
+                   [r["first"] for r in got])
+            for name, got in runs.items()}
 
 
 def _status_kb(field: str) -> int:
@@ -334,11 +352,17 @@ def main() -> None:
     parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--compile-runs", type=int, default=3,
+                        help="fresh processes per contender for --compile (median)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.layers)
+        return
+    if args.compile_child:
+        compile_child(args.compile_child, args)
         return
     if args.profile:
         profile(args)
@@ -355,8 +379,12 @@ def main() -> None:
         print(f"| {row} | " + " | ".join(f"{times[n]:.4f} s ({times[n] / base:.2f})"
                                          for n in names) + " |")
     if args.compile:
-        for name, (first, steady) in compile_times(args).items():
-            print(f"torch.compile {name}: first call {first:.1f} s, steady {steady:.4f} s")
+        times = compile_times(args)
+        base_first, base_steady, _ = times["hand-written SDPA"]
+        for name, (first, steady, each) in times.items():
+            print(f"torch.compile {name}: first call {first:.1f} s ({first / base_first:.2f}x "
+                  f"hand-written; runs {', '.join(f'{t:.1f}' for t in each)}), steady "
+                  f"{steady:.4f} s ({steady / base_steady:.2f}x)")
     if args.memory:
         for name, mb in memory(args).items():
             print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")
