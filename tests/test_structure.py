@@ -168,13 +168,15 @@ def test_each_pass_can_be_switched_off_and_unknown_names_list_the_valid_ones():
     assert "scaled_dot_product_attention" not in program.compile(no_fuse=["attention"]).source
     assert ", w, b, eps" not in program.compile(no_fuse=["layer_norm"]).source
     assert "del " not in program.compile(no_fuse=["liveness"]).source
+    assert "'normal', (0.02,), order=(1, 0, 2))" in source
+    assert ", order=(" not in program.compile(no_fuse=["layout"]).source
     everything = program.compile(fuse="all").source
     assert "_packed(" not in source  # opt-in: it keeps a packed copy of the weights
     assert "_packed(" in everything
     assert "_packed(" not in program.compile(fuse="all", no_fuse=["projections"]).source
     with pytest.raises(tndsl.TnError) as info:
         program.compile(no_fuse=["atention"])
-    assert "valid: attention, layer_norm, liveness, projections" in info.value.hint
+    assert "valid: attention, layer_norm, layout, liveness, projections" in info.value.hint
 
 
 def test_liveness_drops_each_intermediate_after_its_last_use():
@@ -281,4 +283,4 @@ def test_cli_no_fuse_and_vary():
     assert "_packed(" not in compile_("--fuse", "projections", "--no-fuse", "projections").stdout
     assert "valid: attention" in compile_("--fuse", "projection").stderr
     wrong = compile_("--no-fuse", "atention")
-    assert wrong.returncode == 1 and "valid: attention, layer_norm, liveness, projections" in wrong.stderr
+    assert wrong.returncode == 1 and "valid: attention, layer_norm, layout, liveness, projections" in wrong.stderr

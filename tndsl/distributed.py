@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tndsl import hooks, ir
 from tndsl.errors import TnError
 from tndsl.passes.shard import ShardPlan, shard_plan
+from tndsl.weights import contiguous_params
 
 
 def parallelize(model: nn.Module, mesh, shard: Sequence[str] | str = ("Heads", "Hidden"), *,
@@ -76,8 +77,10 @@ class ShardLegs(ParallelStyle):
             for name, param in list(submodule.named_parameters(recurse=False)):
                 path = f"{prefix}.{name}" if prefix else name
                 where = placements.get(path, [Replicate()])
+                # Contiguous first: DTensor reshapes a shard with a view, which a param
+                # stored permuted (passes.layout) would not allow.
                 submodule.register_parameter(name, nn.Parameter(
-                    distribute_tensor(param.data, mesh, where),
+                    distribute_tensor(param.data.contiguous(), mesh, where),
                     requires_grad=param.requires_grad))
 
         module = distribute_module(module, device_mesh, partition)
@@ -205,6 +208,7 @@ def fully_shard(model: nn.Module, mesh, *, program=None, **options) -> nn.Module
     from torch.distributed.fsdp import fully_shard as fsdp
 
     program = program if program is not None else getattr(model, "tndsl_program", None)
+    contiguous_params(model)  # FSDP2 takes only contiguous params (passes.layout)
     units = [path for path in _block_paths(model, program)
              if _is_called_submodule(model, path)]
     for path in units:

@@ -115,7 +115,10 @@ def train(program, config: Config, stream) -> tuple[torch.nn.Module, dict]:
     model = program.module(["logits"])
     with torch.no_grad():
         for param in model.parameters():
-            param.normal_(0.0, config.init_std, generator=generator)
+            # Drawn in declared order and copied: a param the layout pass stores permuted
+            # would otherwise take the same numbers in another order.
+            param.copy_(torch.empty(param.shape).normal_(0.0, config.init_std,
+                                                         generator=generator))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     losses = []
     every = 25 if getattr(stream, "isatty", lambda: False)() else max(1, config.steps // 10)

@@ -173,6 +173,19 @@ def load_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             param.copy_(state[name])
 
 
+def contiguous_params(module: nn.Module) -> nn.Module:
+    """Store every param contiguously in its declared leg order, in place (the same
+    Parameter objects, so an optimizer keeps them), undoing the storage orders the
+    layout pass chose (tndsl.passes.layout), for tools that need contiguous params:
+    FSDP2's `fully_shard`, `torch.nn.utils.parameters_to_vector`, `param.view(-1)`.
+    The forward stays correct; it copies those weights on each call again."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.is_contiguous():
+                param.data = param.data.contiguous()
+    return module
+
+
 def save_safetensors(module: nn.Module, path: str | Path) -> None:
     from safetensors.torch import save_file
     save_file({k: v.detach().contiguous() for k, v in module.named_parameters()}, str(path))

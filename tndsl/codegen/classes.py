@@ -22,6 +22,7 @@ from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
 from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
+from tndsl.passes.layout import storage_orders
 from tndsl.passes.liveness import insert_deletes
 from tndsl.text import python_comment, python_docstring
 
@@ -94,6 +95,7 @@ class ClassBuilder:
         self.hook_points: list[tuple[str, str]] = []  # (module path, .tn name), in order
         self.hook_order: list = []
         self.init_lines: list[str] = []
+        self._param_lines: dict[str, int] = {}  # param (relative) -> its line in init_lines
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
         self.methods: list[str] = []          # further methods of the class, unindented
@@ -178,6 +180,7 @@ class ClassBuilder:
         for k, item in enumerate(items):
             self._later = items[k + 1:]
             self._item(item)
+        self._close_param_lines()
         body = prologue.local_bindings(self.dict_reads) + list(lower.lines) + [self._returns()]
         if "liveness" in file.options.passes:
             candidates = {v.var for v in lower.values.values()} | lower.temporaries
@@ -248,8 +251,10 @@ class ClassBuilder:
             shape = tuple(self.file.sizes[leg.dim] for leg in param.legs)
             init, args = (param.init.name, param.init.args) if param.init else inits.DEFAULT
             self.file.helpers.add("_param")
+            # Completed once the forward is lowered: the layout pass may add an order.
+            self._param_lines[relative(param.name, self.path)] = len(self.init_lines)
             self.init_lines.append(f"_param(self, {relative(param.name, self.path)!r}, "
-                                   f"{shape!r}, {init!r}, {tuple(args)!r})")
+                                   f"{shape!r}, {init!r}, {tuple(args)!r}")
         for loop in loops:
             name, _ = self.file.class_for(loop.calls[0].instance.path,
                                           tuple(self._loop_batched(loop)))
@@ -258,6 +263,14 @@ class ClassBuilder:
             self._counts[loop.group] = count
             self.init_lines.append(f"{count} = {len(loop.calls)}")
             self._attach(loop.group, f"nn.ModuleList({name}() for _ in range({count}))")
+
+    def _close_param_lines(self) -> None:
+        """Each `_param(...)` line, with the storage order passes.layout chose for it."""
+        orders = storage_orders(self.lower.weight_merges) \
+            if "layout" in self.file.options.passes else {}
+        for name, line in self._param_lines.items():
+            order = f", order={orders[name]!r}" if name in orders else ""
+            self.init_lines[line] += order + ")"
 
     def _loop_batched(self, loop: Loop) -> list[bool]:
         return [self._batched(eq) for eq in loop.calls[0].bindings]
@@ -344,6 +357,8 @@ class ClassBuilder:
                 code += f"[{', '.join(slices)}]"
             self.lower.emit(f"{var} = {code}")
             self._param_vars.append(var)
+            if all(s == ":" for s in slices):
+                self.lower.params[var] = name
             self.lower.values[name] = Value(var, False)
 
     def _item(self, item) -> None:

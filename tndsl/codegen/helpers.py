@@ -38,8 +38,10 @@ class HookPoint(nn.Identity):
         return repr(self.tn_name)
 ''',
     "_param": '''
-def _param(module, path, shape, init, args):
-    """Register an nn.Parameter under a dotted path, creating containers on the way."""
+def _param(module, path, shape, init, args, order=None):
+    """Register an nn.Parameter under a dotted path, creating containers on the way.
+    `order`: the storage order of its legs, where the forward reads it merged in that
+    order (tndsl.passes.layout): same shape and values, strides of the permuted order."""
     *parents, leaf = path.split(".")
     for part in parents:
         if part not in module._modules:
@@ -60,6 +62,9 @@ def _param(module, path, shape, init, args):
             tensor.fill_(1.0)
         else:
             raise ValueError(f"unknown initialiser {init!r}")
+        if order is not None:  # initialised in declared order: the same values either way
+            stored = torch.empty([shape[k] for k in order])
+            tensor = stored.permute([order.index(k) for k in range(len(order))]).copy_(tensor)
     module.register_parameter(leaf, nn.Parameter(tensor))
 ''',
     "_attach": '''

@@ -92,6 +92,9 @@ class Lowering:
         self.temporaries: set[str] = set()
         self.lines: list[str] = []
         self.indent = 0
+        self.params: dict[str, str] = {}  # variable -> the param it holds, unsliced
+        # (param, order) per GEMM that merges a param's permuted legs: for passes.layout
+        self.weight_merges: list[tuple[str, tuple[int, ...]]] = []
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
         self.bias = None    # the last term, if it was a broadcast param (a bias)
 
@@ -304,6 +307,8 @@ class Lowering:
                     perm = tuple(ws.index(c) for c in want)
                     weight = f"{w}.permute{perm}"
                 if len(k) > 1 or len(nn_) > 1 or ws != want:
+                    if ws != want and (len(k) > 1 or len(nn_) > 1) and w in self.params:
+                        self.weight_merges.append((self.params[w], perm))
                     # Nothing left on the weight's side: a vector, so `@` drops the dim.
                     weight = f"{weight}.reshape({kp}, {np_})" if nn_ else f"{weight}.reshape({kp})"
                 weight_t = f"{weight}.t()"

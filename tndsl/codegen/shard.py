@@ -115,8 +115,11 @@ _RUNTIME = '''\
         for name, param in list(module.named_parameters(recurse=False)):
             path = f"{prefix}.{name}" if prefix else name
             where = [Replicate()] if path not in sharded else [Shard(sharded[path])]
+            # Contiguous first: DTensor reshapes a shard with a view, which a param stored
+            # permuted (tndsl's layout pass) would not allow.
             module.register_parameter(name, nn.Parameter(
-                distribute_tensor(param.data, mesh, where), requires_grad=param.requires_grad))
+                distribute_tensor(param.data.contiguous(), mesh, where),
+                requires_grad=param.requires_grad))
 
     def pin(legs, axis):
         def hook(module, args, value):

@@ -14,6 +14,8 @@ PASSES = {
                  "kept for when a hook reads the scores or pattern)",
     "layer_norm": "layernorm/rmsnorm times a weight (or 1 + w) plus a bias -> F.layer_norm / "
                   "F.rms_norm",
+    "layout": "store a param whose legs a GEMM merges in another order with the strides "
+              "of that order, so the merge is a view, not a per-call copy",
     "liveness": "drop each intermediate after its last use (`del`)",
     "projections": "projections of one activation by several params (Q/K/V, gate/in) -> "
                    "one GEMM with the packed weight, split into views (opt-in)",
