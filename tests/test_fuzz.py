@@ -265,8 +265,8 @@ def test_hostile_names_stay_inert_in_generated_code():
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name != "HookPoint"]
     # `type`: the inline input check (`type(x) is not torch.Tensor`); builtins are
     # reserved by the namespace, so no `.tn` name becomes one.
-    allowed_calls = {"_param", "_check_input", "_attach", "HookPoint", "super", "zip", "range",
-                     "str", "getattr", "type"}
+    allowed_calls = {"_param", "_check_input", "_attach", "HookPoint", "_hooks_on", "super",
+                     "zip", "range", "str", "getattr", "type"}
     for node in (node for cls in classes for node in ast.walk(cls)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id in allowed_calls, ast.unparse(node)

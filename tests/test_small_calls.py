@@ -89,7 +89,7 @@ def test_params_and_hook_points_are_read_from_the_module_dicts():
     _, _, module = _setup(MATVEC)
     text = _forward_text(module)
     assert "W = _parameters['W'] if 'W' in _parameters else self.W" in text
-    assert "if _modules['hook_y'].hooked: y = _modules['hook_y'](y)" in text
+    assert "if _hooks and _modules['hook_y'].hooked: y = _modules['hook_y'](y)" in text
     assert "self.W\n" in text and "self.hook_y" not in text
     assert not re.search(r"__dict__|get_parameter", text)
 
@@ -131,6 +131,47 @@ def test_hook_point_forward_hook_fires_and_patches():
         assert not torch.equal(module(x), patched)  # removed: gone again
 
 
+def _counting_hooked(module, monkeypatch) -> list:
+    """Count the forward's per-hook-point tests (`HookPoint.hooked`)."""
+    point_class = type(module.hook_y)
+    tests, real = [], point_class.hooked
+
+    def hooked(self):
+        tests.append(self.tn_name)
+        return real.fget(self)
+    monkeypatch.setattr(point_class, "hooked", property(hooked))
+    return tests
+
+
+def test_no_hook_point_is_tested_until_a_hook_is_registered(monkeypatch):
+    _, _, module = _setup(MATVEC)
+    tests = _counting_hooked(module, monkeypatch)
+    x = torch.randn(64, dtype=torch.float64)
+    with torch.no_grad():
+        plain = module(x)
+        assert tests == [] and type(module.hook_y).registered is False
+        handle = module.hook_y.register_forward_hook(lambda mod, args, out: out + 1)
+        assert type(module.hook_y).registered is True
+        assert torch.equal(module(x), plain + 1) and tests == ["y"]
+        handle.remove()  # the flag stays: each hook point is tested from now on
+        assert torch.equal(module(x), plain) and tests == ["y", "y"]
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook:FutureWarning")
+@pytest.mark.parametrize("method", ["register_forward_hook", "register_forward_pre_hook",
+                                    "register_full_backward_hook",
+                                    "register_full_backward_pre_hook",
+                                    "register_backward_hook"])
+def test_every_way_of_registering_a_hook_turns_the_hook_tests_on(method):
+    _, _, module = _setup(MATVEC)
+    calls = []
+    getattr(module.hook_y, method)(lambda *args: calls.append(method))
+    assert type(module.hook_y).registered is True
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    module(x).sum().backward()
+    assert calls == [method]
+
+
 def test_global_module_forward_hook_reaches_the_hook_point():
     _, _, module = _setup(MATVEC)
     seen = []
@@ -142,6 +183,7 @@ def test_global_module_forward_hook_reaches_the_hook_point():
     finally:
         handle.remove()
     assert seen == ["y", type(module).__name__]
+    assert type(module.hook_y).registered is False  # global hooks are tested on their own
 
 
 def test_hook_point_backward_hook_fires():

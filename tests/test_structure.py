@@ -250,6 +250,29 @@ def test_torch_compile_takes_the_whole_forward_as_one_graph(gpt2):
         assert torch.allclose(compiled(tokens), model(tokens), atol=1e-12, rtol=0)
 
 
+def test_a_hook_registered_after_torch_compile_recompiles_and_fires(gpt2):
+    # Until a hook is registered the compiled graph skips every hook point on one test;
+    # registering one flips the flag torch.compile guards on.
+    program, values, tokens = gpt2
+    model = _loaded(program, values)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    uniform = torch.ones(8, 8, dtype=torch.float64).tril()
+    uniform = (uniform / uniform.sum(-1, keepdim=True)).expand(2, 2, 8, 8)
+    with torch.no_grad():
+        plain = compiled(tokens)
+        handle = model.get_submodule("blocks.1.attn.hook_pattern").register_forward_hook(
+            lambda module, args, output: uniform)
+        patched = compiled(tokens)
+        handle.remove()
+        again = compiled(tokens)
+        unfused = _loaded(program, values, fuse=False)
+        with intervene(unfused, {"blocks.1.attn.pattern": replace(uniform)}):
+            expected = unfused(tokens)
+    assert torch.allclose(patched, expected, atol=1e-10, rtol=0)
+    assert not torch.allclose(plain, patched)
+    assert torch.allclose(again, plain, atol=1e-12, rtol=0)
+
+
 def test_a_global_module_forward_hook_reaches_the_hook_points(gpt2):
     program, values, tokens = gpt2
     model = _loaded(program, values)

@@ -99,7 +99,7 @@ class ClassBuilder:
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
         self.methods: list[str] = []          # further methods of the class, unindented
-        self.dict_reads: set[str] = set()  # prologue.MODULES / PARAMETERS, if read
+        self.dict_reads: set[str] = set()  # prologue.MODULES / PARAMETERS / HOOKS, if read
 
     # ---- what this class computes ------------------------------------------------------
     def _items(self) -> tuple:
@@ -168,7 +168,7 @@ class ClassBuilder:
                 arguments.append(var)
                 lower.read_dims(var, file.equations[binding.tensor].legs)
                 hook = self._hook(name, "")
-                lower.emit(f"if {hook}.hooked: {var} = {hook}({var})")
+                lower.emit(f"if {prologue.hook_test(hook)}: {var} = {hook}({var})")
                 lower.values[name] = Value(var, batched)
         for tensor in file.network.tensors:
             if tensor.kind == "fixed":  # applied where used (codegen.fixed), never stored
@@ -297,6 +297,7 @@ class ClassBuilder:
         self._attach(path, f"HookPoint({name!r})")
         self.hook_order.append(path)
         code = prologue.hook_point(path, self.modules.access(path))
+        self.dict_reads.add(prologue.HOOKS)
         if prologue.own(path):
             self.dict_reads.add(prologue.MODULES)
         self.hooks[name] = code
@@ -448,7 +449,8 @@ class ClassBuilder:
         lower.indent += 1
         lower.emit(f"{var} = {block}({', '.join(args)})")
         for target in targets[1:]:
-            lower.emit(f"if {target}.hooked: {var} = {target}({var})")
+            self.dict_reads.add(prologue.HOOKS)
+            lower.emit(f"if {prologue.hook_test(target)}: {var} = {target}({var})")
         lower.indent -= 1
         batched = first.batched or any(lower.values[f].batched for f in loop.fixed if f)
         lower.values[loop.last] = Value(var, batched)

@@ -17,11 +17,38 @@ from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pr
 
 class HookPoint(nn.Identity):
     """A named intermediate (its `.tn` name, relative to the enclosing generated class).
-    Register forward hooks on it with plain PyTorch to read or replace the value."""
+    Register forward hooks on it with plain PyTorch to read or replace the value
+    (through its `register_*` methods, which also set `HookPoint.registered`)."""
+
+    # Set by the first hook registered on any hook point of this file, and never reset
+    # (a removed hook leaves it set, which costs only the per-point tests). Until then
+    # a forward skips all its hook points on one test (`_hooks_on()`) instead of testing
+    # each; torch.compile guards on it, so a hook registered after compiling recompiles.
+    registered = False
 
     def __init__(self, name):
         super().__init__()
         self.tn_name = name
+
+    def register_forward_hook(self, *args, **kwargs):
+        HookPoint.registered = True
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args, **kwargs):
+        HookPoint.registered = True
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args, **kwargs):
+        HookPoint.registered = True
+        return super().register_full_backward_hook(*args, **kwargs)
+
+    def register_full_backward_pre_hook(self, *args, **kwargs):
+        HookPoint.registered = True
+        return super().register_full_backward_pre_hook(*args, **kwargs)
+
+    def register_backward_hook(self, *args, **kwargs):
+        HookPoint.registered = True
+        return super().register_backward_hook(*args, **kwargs)
 
     @property
     def hooked(self):
@@ -36,6 +63,14 @@ class HookPoint(nn.Identity):
 
     def extra_repr(self):
         return repr(self.tn_name)
+
+
+def _hooks_on():
+    """Whether any hook point may have a hook to run: one was registered on a hook point
+    of this file, or a global module hook is set. The forward tests each hook point
+    (`.hooked`) only then."""
+    return bool(HookPoint.registered or _global_forward_hooks or _global_forward_pre_hooks
+                or _global_backward_hooks or _global_backward_pre_hooks)
 ''',
     "_param": '''
 def _param(module, path, shape, init, args, order=None):

@@ -24,7 +24,7 @@ import sympy
 
 from tndsl import dims as dimmod, ir, printer
 from tndsl.codegen import fixed as fixed_forms
-from tndsl.codegen.prologue import matrix_vector
+from tndsl.codegen.prologue import hook_test, matrix_vector
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
@@ -120,7 +120,7 @@ class Lowering:
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
         self.emit(f"{var} = {expr}")
         if hook is not None:
-            self.emit(f"if {hook}.hooked: {var} = {hook}({var})")
+            self.emit(f"if {hook_test(hook)}: {var} = {hook}({var})")
         self.values[eq.name] = Value(var, batched)
 
     def _sum(self, expr: ir.Sum, layout: Sequence[str], hint: str, span

@@ -20,6 +20,7 @@ saved (measured on CPU, docs/performance.md). Hook points follow, in the equatio
 from __future__ import annotations
 
 from tndsl.codegen.lower import ELEMENTWISE, Lowering, Value
+from tndsl.codegen.prologue import hook_test
 from tndsl.passes.fuse_projections import FusedProjections, Projection
 from tndsl.text import python_comment
 
@@ -133,5 +134,5 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     for projection, var in zip(fused.parts, variables):
         hook = hooks.get(projection.name)
         if hook:
-            lower.emit(f"if {hook}.hooked: {var} = {hook}({var})")
+            lower.emit(f"if {hook_test(hook)}: {var} = {hook}({var})")
         lower.values[projection.name] = Value(var, batched)

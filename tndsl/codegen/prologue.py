@@ -28,6 +28,7 @@ from typing import Sequence
 
 MODULES = "_modules"
 PARAMETERS = "_parameters"
+HOOKS = "_hooks"  # whether any hook point may need calling this call: `_hooks_on()`
 
 
 def input_guard(arg: str, shape: Sequence[int | None], ids: bool,
@@ -67,13 +68,25 @@ def hook_point(path: str, attribute: str) -> str:
     return f"{MODULES}[{path!r}]" if own(path) else attribute
 
 
+def hook_test(*hook_points: str) -> str:
+    """The condition under which the generated code calls a hook point (any of several):
+    one test per call (`_hooks`) while no hook point of the file was ever given a hook,
+    then the hook point's own `.hooked`."""
+    tests = " or ".join(f"{h}.hooked" for h in hook_points)
+    return f"{HOOKS} and {tests if len(hook_points) == 1 else f'({tests})'}"
+
+
 def local_bindings(used: set[str]) -> list[str]:
-    """The statement binding the dicts in `used` (of MODULES, PARAMETERS), if any."""
+    """The statements binding the dicts in `used` (of MODULES, PARAMETERS) and the hook
+    test (HOOKS), if used."""
     names = [n for n in (MODULES, PARAMETERS) if n in used]
-    if not names:
-        return []
-    return ["# Dict reads, not nn.Module.__getattr__ (~1 us a name): tndsl.codegen.prologue",
-            f"{', '.join(names)} = {', '.join(f'self.{n}' for n in names)}"]
+    lines = []
+    if names:
+        lines += ["# Dict reads, not nn.Module.__getattr__ (~1 us a name): tndsl.codegen.prologue",
+                  f"{', '.join(names)} = {', '.join(f'self.{n}' for n in names)}"]
+    if HOOKS in used:
+        lines.append(f"{HOOKS} = _hooks_on()")
+    return lines
 
 
 def matrix_vector(weight: str, x: str, batched: bool) -> str:
