@@ -8,11 +8,12 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
-model is faster). --compile: torch.compile first-call and steady-state times of the
-compiled model and the hand-written one. --memory: peak memory above the weights of one
-1 x 1024 forward (each contender in a fresh process, from its peak resident size).
---matvec: per-call time of a compiled 64 x 64 matrix-vector product against `W @ x`, a
-hand-written nn.Module and an empty module call.
+model is faster). --compile: torch.compile first-call times (cold and warm Inductor
+cache, fresh processes) and steady state of the compiled model and the hand-written
+one. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
+in a fresh process, from its peak resident size). --matvec: per-call time of a
+compiled 64 x 64 matrix-vector product against `W @ x`, a hand-written nn.Module, the
+minimal one and an empty module call.
 --profile: torch.profiler's top operators instead of the table (with --llama, of the
 Llama-shaped pair).
 Needs `transformers` (the test extra).
@@ -170,23 +171,26 @@ def _step(model, tokens):
 
 
 def compile_child(name: str, args) -> None:
-    """One contender's torch.compile first call and steady state at 4 x 128, in a fresh
-    process with its own empty Inductor cache (set by the parent), so neither contender
-    reuses kernels or graphs the other compiled."""
+    """One contender's torch.compile first call at 4 x 128, in a fresh process using the
+    Inductor cache folder the parent set (empty, or filled by this contender alone)."""
     models = build(args.layers, 128, args.device)
     tokens = torch.randint(0, 50257, (4, 128), device=args.device)
     compiled = torch.compile(models[name])
     start = time.perf_counter()
     _no_grad(compiled, tokens)
     first = time.perf_counter() - start
-    steady = median_times({name: lambda: _no_grad(compiled, tokens)}, args.repeat)[name]
-    print(json.dumps({"first": first, "steady": steady}))
+    print(json.dumps({"first": first}))
 
 
 def compile_times(args) -> dict:
-    """First call and steady state under torch.compile, each contender in fresh processes
-    with an empty Inductor cache (a warm on-disk cache serves kernels and graphs it has
-    seen and hides the compile time), alternating, `--compile-runs` times; the medians."""
+    """torch.compile times of each contender, alternating, `--compile-runs` rounds; the
+    medians. Each round runs a contender twice in fresh processes sharing one new
+    Inductor cache folder: the first call of the first process compiles from nothing
+    (`cold`: a cache warm from the other contender or an earlier run would serve kernels
+    it has seen and hide the compile time); the second process's first call finds its
+    own graphs and kernels cached, as a rerun of the same script does (`warm`: tracing,
+    guards and cache lookups). Steady state: both compiled models in this process,
+    interleaved (`compiled_steady`)."""
     import os
     runs = {name: [] for name in ("tndsl compiled", "hand-written SDPA")}
     for _ in range(args.compile_runs):
@@ -194,16 +198,29 @@ def compile_times(args) -> dict:
             with tempfile.TemporaryDirectory() as cache:
                 env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache,
                        "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
-                result = subprocess.run(
+                cold, warm = (json.loads(subprocess.run(
                     [sys.executable, __file__, "--compile-child", name, "--layers",
                      str(args.layers), "--threads", str(args.threads), "--repeat",
                      str(args.repeat), "--device", args.device],
-                    capture_output=True, text=True, check=True, env=env)
-            runs[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
-    return {name: (statistics.median(r["first"] for r in got),
-                   statistics.median(r["steady"] for r in got),
-                   [r["first"] for r in got])
+                    capture_output=True, text=True, check=True, env=env
+                ).stdout.strip().splitlines()[-1]) for _ in range(2))
+            runs[name].append({"cold": cold["first"], "warm": warm["first"]})
+    steady = compiled_steady(args)
+    return {name: {key: statistics.median(r[key] for r in got) for key in ("cold", "warm")}
+            | {"steady": steady[name], "runs": got}
             for name, got in runs.items()}
+
+
+def compiled_steady(args) -> dict[str, float]:
+    """Steady-state time of each contender under torch.compile, both compiled in one
+    process and timed round-robin (at least 9 rounds): separate processes run minutes
+    apart, and this machine's speed drifts by more than the difference measured."""
+    models = build(args.layers, 128, args.device)
+    tokens = torch.randint(0, 50257, (4, 128), device=args.device)
+    compiled = {name: torch.compile(models[name])
+                for name in ("tndsl compiled", "hand-written SDPA")}
+    return median_times({name: (lambda m=m: _no_grad(m, tokens)) for name, m in compiled.items()},
+                        max(args.repeat, 9))
 
 
 def _status_kb(field: str) -> int:
@@ -393,11 +410,18 @@ def main() -> None:
                                          for n in names) + " |")
     if args.compile:
         times = compile_times(args)
-        base_first, base_steady, _ = times["hand-written SDPA"]
-        for name, (first, steady, each) in times.items():
-            print(f"torch.compile {name}: first call {first:.1f} s ({first / base_first:.2f}x "
-                  f"hand-written; runs {', '.join(f'{t:.1f}' for t in each)}), steady "
-                  f"{steady:.4f} s ({steady / base_steady:.2f}x)")
+        base = times["hand-written SDPA"]
+        print(f"\n| torch.compile, 4x128, median of {args.compile_runs} (ratio to hand-written) "
+              "| first call, cold "
+              "cache | first call, warm cache (rerun) | steady state |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, t in times.items():
+            print(f"| {name} | " + " | ".join(
+                f"{t[k]:.{1 if k != 'steady' else 4}f} s ({t[k] / base[k]:.2f})"
+                for k in ("cold", "warm", "steady")) + " |")
+        for name, t in times.items():
+            print(f"{name}: runs " + "; ".join(
+                f"cold {r['cold']:.1f} s, warm {r['warm']:.1f} s" for r in t["runs"]))
     if args.memory:
         for name, mb in memory(args).items():
             print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")
