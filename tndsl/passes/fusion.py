@@ -1,7 +1,8 @@
 """The optional rewrites of code generation, by name: what `fuse=` and `--no-fuse` take.
 
 Each is a pure function of a scope's planned items (equations in computation order,
-plus calls of child modules, which the passes leave alone); see docs/compiling.md.
+plus calls of child modules, which the passes leave alone), or for `layout` of the
+weight merges the lowering planned; see docs/compiling.md.
 """
 from __future__ import annotations
 
