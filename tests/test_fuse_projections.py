@@ -291,7 +291,7 @@ def test_at_inference_attention_copies_neither_weights_nor_q_k_v_z():
     fused = copies(program.module(fuse="all"))
     assert {(key, tuple(shape)) for key, shape, _ in fused} <= {
         ("aten::copy_", (32, 192)), ("aten::copy_", (32, 64))}, fused
-    # Without the pass, the layout pass stores W_Q, W_K, W_V model-major: their merges
+    # Without this pass, the layout pass stores W_Q, W_K, W_V model-major: their merges
     # into one (768, 768) weight are views; stored as declared, each call copies all three.
     unfused = copies(program.module())
     assert {(key, tuple(shape)) for key, shape, _ in unfused} <= {("aten::copy_", (32, 64))}

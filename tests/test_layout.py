@@ -114,13 +114,14 @@ def test_training_gives_the_declared_layouts_gradients_and_steps():
         logits = m(tokens)
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
                                           tokens[:, 1:].flatten()).backward()
-    grads = dict(plain.named_parameters())
+    declared = dict(plain.named_parameters())
     for name, param in model.named_parameters():
-        assert torch.allclose(param.grad, grads[name].grad, atol=1e-12, rtol=0), name
+        assert torch.allclose(param.grad, declared[name].grad, atol=1e-12, rtol=0), name
+        assert param.grad.stride() == param.stride(), name  # laid out like its param
     for m in (model, plain):
         torch.optim.AdamW(m.parameters(), lr=1e-2).step()
     for name, param in model.named_parameters():
-        assert torch.allclose(param, grads[name], atol=1e-12, rtol=0), name
+        assert torch.allclose(param, declared[name], atol=1e-12, rtol=0), name
     assert model.blocks[0].attn.W_Q.permute(1, 0, 2).is_contiguous()
 
 
