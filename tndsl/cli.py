@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from tndsl.errors import TnError, TnErrors
-from tndsl.passes.fusion import resolve
+from tndsl.passes.fusion import OPT_IN, PASSES, resolve
 from tndsl.program import load
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
@@ -69,11 +69,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
     compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
-                          help="leave out an optional pass (repeatable): attention, "
-                               "layer_norm, liveness; `all` leaves out every one")
+                          help="leave out an optional pass (repeatable): "
+                               f"{', '.join(p for p in PASSES if p not in OPT_IN)}; "
+                               "`all` leaves out every one")
     compile_.add_argument("--fuse", action="append", default=[], metavar="NAME",
                           help="add an opt-in pass to the defaults (repeatable): "
-                               "projections")
+                               f"{', '.join(sorted(OPT_IN))}")
     compile_.add_argument("--vary", action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
