@@ -10,7 +10,7 @@ import torch
 import tndsl
 from tndsl.passes.layout import storage_orders
 from tndsl.weights import contiguous_params, load_safetensors, save_safetensors
-from conftest import ROOT, small_gpt2
+from conftest import ROOT, loaded, small_gpt2
 
 QKV = ("W_Q", "W_K", "W_V")
 SMALL = {"Layers": 2, "Context": 8, "Model": 64, "Heads": 4, "Vocab": 16}
@@ -25,9 +25,7 @@ def test_the_first_use_decides_and_the_identity_is_left_out():
 
 def _gpt2(**options):
     program, values, tokens = small_gpt2(SMALL)
-    model = program.module(**options).double()
-    model.load_state_dict({name: values[name] for name in model.state_dict()})
-    return model, values, tokens
+    return loaded(program, values, **options), values, tokens
 
 
 def test_qkv_are_stored_model_major_with_their_declared_shape_and_values():
@@ -87,7 +85,7 @@ def test_the_layout_survives_conversion_copying_saving_and_loading(tmp_path):
                    .is_contiguous() for b in range(2) for n in QKV)
 
     for converted in (copy.deepcopy(model), copy.deepcopy(model).float().double(),
-                      model.to("cpu")):
+                      copy.deepcopy(model).to(torch.float32)):
         assert stored_model_major(converted)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)

@@ -1,6 +1,7 @@
 """`_linear` in generated code: oneDNN's kernel for plain float32 CPU tensors where no
 autograd graph is recorded (it has no backward), F.linear everywhere else; the same
-values either way (oracle: F.linear in float64)."""
+values either way (oracles: the float64 model, which takes F.linear, and F.linear itself
+in float64)."""
 import pytest
 import torch
 

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 import tndsl
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference
+from conftest import loaded
 
 SIZES = "dim M = 64\ndim N = 64\n"
 MATVEC = SIZES + "input x[m: M]\nparam W[n: N, m: M]\ny[n] = W[n, m] * x[m]\n"
@@ -36,11 +37,7 @@ FORMS = {
 def _setup(text, name="small.tn"):
     program = tndsl.parse(text, name)
     values = random_tensors(program, torch.Generator().manual_seed(0))
-    module = program.module().double()
-    with torch.no_grad():
-        for key, param in module.named_parameters():
-            param.copy_(values[key])
-    return program, values, module
+    return program, values, loaded(program, values)
 
 
 def _forward_text(module) -> str:

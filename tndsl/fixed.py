@@ -83,3 +83,23 @@ def rotated(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
 def group_size(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
     """Query heads per group of a grouping tensor."""
     return sizes[tensor.legs[0].dim] // sizes[tensor.legs[1].dim]
+
+
+def partner(operands, contracted: str, result: str, layout, indices=lambda op: op.indices,
+            must_have: str | None = None):
+    """The one operand of a term that a fixed tensor is applied to, if the rewrite is
+    exact: the only operand with `contracted`, which it has once and not `result`
+    (and `must_have` once, if given: a rotary map's position leg), with `contracted`
+    not kept in the output `layout`. `indices` reads an operand's index names. The
+    compiler (codegen/fixed.py) and the cost model (passes/cost.py) share this rule."""
+    if contracted in layout:
+        return None
+    having = [op for op in operands if contracted in indices(op)]
+    if len(having) != 1:
+        return None
+    found = indices(having[0])
+    if found.count(contracted) != 1 or result in found:
+        return None
+    if must_have is not None and found.count(must_have) != 1:
+        return None
+    return having[0]

@@ -95,7 +95,8 @@ class ClassBuilder:
         self.hook_points: list[tuple[str, str]] = []  # (module path, .tn name), in order
         self.hook_order: list = []
         self.init_lines: list[str] = []
-        self._param_lines: dict[str, int] = {}  # param (relative) -> its line in init_lines
+        # param (relative) -> (its line in init_lines, shape, init, args)
+        self._param_lines: dict[str, tuple] = {}
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
         self.methods: list[str] = []          # further methods of the class, unindented
@@ -147,9 +148,7 @@ class ClassBuilder:
         if "projections" in file.options.passes:
             # The shared activation may also be a float input (the root's own).
             sources = values | {t.name for t in file.inputs if t.onehot is None}
-            runtime = frozenset(d for d, s in file.sizes.items() if s is None) | \
-                file.options.varying
-            items = fuse_projections(items, sources, param_names, runtime)
+            items = fuse_projections(items, sources, param_names, file.runtime)
             if any(isinstance(item, FusedProjections) for item in items):
                 self.methods += projection_code.APPLY_METHOD
         items, unrolled = find_loops(items, self._class_of, keep, self._group_members)
@@ -168,7 +167,7 @@ class ClassBuilder:
                 arguments.append(var)
                 lower.read_dims(var, file.equations[binding.tensor].legs)
                 hook = self._hook(name, "")
-                lower.emit(f"if {prologue.hook_test(hook)}: {var} = {hook}({var})")
+                lower.emit(f"if {lower.hook_test(hook)}: {var} = {hook}({var})")
                 lower.values[name] = Value(var, batched)
         for tensor in file.network.tensors:
             if tensor.kind == "fixed":  # applied where used (codegen.fixed), never stored
@@ -181,6 +180,8 @@ class ClassBuilder:
             self._later = items[k + 1:]
             self._item(item)
         self._close_param_lines()
+        if lower.tests_hooks:
+            self.dict_reads.add(prologue.HOOKS)
         body = prologue.local_bindings(self.dict_reads) + list(lower.lines) + [self._returns()]
         if "liveness" in file.options.passes:
             candidates = {v.var for v in lower.values.values()} | lower.temporaries
@@ -251,10 +252,11 @@ class ClassBuilder:
             shape = tuple(self.file.sizes[leg.dim] for leg in param.legs)
             init, args = (param.init.name, param.init.args) if param.init else inits.DEFAULT
             self.file.helpers.add("_param")
-            # Completed once the forward is lowered: the layout pass may add an order.
-            self._param_lines[relative(param.name, self.path)] = len(self.init_lines)
-            self.init_lines.append(f"_param(self, {relative(param.name, self.path)!r}, "
-                                   f"{shape!r}, {init!r}, {tuple(args)!r}")
+            # Its place is kept; the line is written once the forward is lowered, when
+            # the layout pass has chosen the param's storage order.
+            self._param_lines[relative(param.name, self.path)] = (
+                len(self.init_lines), shape, init, tuple(args))
+            self.init_lines.append("")
         for loop in loops:
             name, _ = self.file.class_for(loop.calls[0].instance.path,
                                           tuple(self._loop_batched(loop)))
@@ -268,9 +270,10 @@ class ClassBuilder:
         """Each `_param(...)` line, with the storage order passes.layout chose for it."""
         orders = storage_orders(self.lower.weight_merges) \
             if "layout" in self.file.options.passes else {}
-        for name, line in self._param_lines.items():
+        for name, (line, shape, init, args) in self._param_lines.items():
             order = f", order={orders[name]!r}" if name in orders else ""
-            self.init_lines[line] += order + ")"
+            self.init_lines[line] = (f"_param(self, {name!r}, {shape!r}, {init!r}, {args!r}"
+                                     f"{order})")
 
     def _loop_batched(self, loop: Loop) -> list[bool]:
         return [self._batched(eq) for eq in loop.calls[0].bindings]
@@ -297,7 +300,6 @@ class ClassBuilder:
         self._attach(path, f"HookPoint({name!r})")
         self.hook_order.append(path)
         code = prologue.hook_point(path, self.modules.access(path))
-        self.dict_reads.add(prologue.HOOKS)
         if prologue.own(path):
             self.dict_reads.add(prologue.MODULES)
         self.hooks[name] = code
@@ -385,7 +387,7 @@ class ClassBuilder:
             for name in item.names:
                 self._hook(name)
             variables = [self.ns(f"value:{n}", n) for n in item.names]
-            projection_code.projections(lower, item, variables, self.hooks, item.name)
+            projection_code.projections(lower, item, variables, self.hooks)
         else:  # pragma: no cover - the passes make only these
             raise TypeError(item)
 
@@ -449,8 +451,7 @@ class ClassBuilder:
         lower.indent += 1
         lower.emit(f"{var} = {block}({', '.join(args)})")
         for target in targets[1:]:
-            self.dict_reads.add(prologue.HOOKS)
-            lower.emit(f"if {prologue.hook_test(target)}: {var} = {target}({var})")
+            lower.emit(f"if {lower.hook_test(target)}: {var} = {target}({var})")
         lower.indent -= 1
         batched = first.batched or any(lower.values[f].batched for f in loop.fixed if f)
         lower.values[loop.last] = Value(var, batched)

@@ -77,7 +77,7 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
     if function == "rotary":
         position, out, into = ref.indices
         for contracted, result, inverse in ((into, out, False), (out, into, True)):
-            x = _partner(operands, contracted, result, layout, must_have=position)
+            x = fixed.partner(operands, contracted, result, layout, must_have=position)
             if x is not None:
                 generator.helpers.add("_rotary")
                 n = len(x.indices)
@@ -97,13 +97,13 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
         head, group = ref.indices
         size = fixed.group_size(tensor, generator.sizes)
         groups = generator.sizes[tensor.legs[1].dim]
-        x = _partner(operands, group, head, layout)
+        x = fixed.partner(operands, group, head, layout)
         if x is not None:
             axis = x.indices.index(group) - len(x.indices)
             code = x.var if size == 1 else \
                 f"{generator._temp(hint, x.var)}.repeat_interleave({size}, dim={axis})"
             return _replace(operands, x, code, group, head)
-        x = _partner(operands, head, group, layout)
+        x = fixed.partner(operands, head, group, layout)
         if x is not None:
             axis = x.indices.index(head) - len(x.indices)
             code = x.var if size == 1 else \
@@ -115,23 +115,6 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
             f"one to share `{group}` (or `{head}`) with it", ref.span,
             hint=f"e.g. `scores[h, p, s] = q[p, h, e] * {ref.name}[h, g] * k[s, g, e]`")
     raise TnError(f"the compiler has no form for fixed tensor `{function}`", ref.span)
-
-
-def _partner(operands, contracted: str, result: str, layout, must_have: str | None = None):
-    """The one operand that `contracted` joins to the fixed tensor, if the rewrite is exact:
-    it has `contracted` once and not `result`, and nothing else (nor the output) has
-    `contracted`."""
-    if contracted in layout:
-        return None
-    having = [op for op in operands if contracted in op.indices]
-    if len(having) != 1:
-        return None
-    x = having[0]
-    if x.indices.count(contracted) != 1 or result in x.indices:
-        return None
-    if must_have is not None and x.indices.count(must_have) != 1:
-        return None
-    return x
 
 
 def _replace(operands, x, code: str, old: str, new: str) -> list:

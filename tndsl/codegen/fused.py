@@ -7,7 +7,6 @@ cache or a patch of the pattern sees exactly what the unfused model computes.
 from __future__ import annotations
 
 from tndsl.codegen.lower import EPS, Lowering, Value
-from tndsl.codegen.prologue import hook_test
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
 from tndsl.text import python_comment
@@ -71,7 +70,7 @@ def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
 def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> None:
     """`hooks`: equation name -> the code of its hook point (or None)."""
     checks = [hooks[n] for n in (fused.scores.name, fused.pattern.name) if hooks.get(n)]
-    condition = hook_test(*checks) if checks else ""
+    condition = lower.hook_test(*checks) if checks else ""
     if condition:
         lower.emit(f"if {condition}:")
         lower.indent += 1
@@ -104,7 +103,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     if condition:
         lower.indent -= 1
     if hooks.get(fused.out.name):
-        lower.emit(f"if {hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
     batched = any(lower.values[n].batched for n in fused.reads)
     lower.values[fused.out.name] = Value(var, batched)
 
@@ -122,7 +121,7 @@ def _grouped(lower: Lowering, fused: FusedAttention) -> bool:
 def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     hook = hooks.get(fused.normalized.name) if fused.normalized is not None else None
     if hook:
-        lower.emit(f"if {hook_test(hook)}:")
+        lower.emit(f"if {lower.hook_test(hook)}:")
         lower.indent += 1
         lower.equation(fused.normalized, lower.ns(f"value:{fused.normalized.name}",
                                                  fused.normalized.name), hook)
@@ -149,5 +148,5 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     if hook:
         lower.indent -= 1
     if hooks.get(fused.out.name):
-        lower.emit(f"if {hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
     lower.values[fused.out.name] = Value(var, lower.values[fused.argument].batched)

@@ -191,14 +191,18 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 def _linear(x, weight, bias=None):
     """F.linear(x, weight, bias); for plain float32 CPU tensors with no autograd graph to
     record, through oneDNN's kernel."""
-    if (_onednn_linear is not None and x.dtype is torch.float32 and x.device.type == "cpu"
-            and type(x) is torch.Tensor and type(weight) in _PLAIN
+    if (x.dtype is torch.float32 and x.device.type == "cpu" and type(x) is torch.Tensor
+            and type(weight) in _PLAIN
             and (bias is None or type(bias) in _PLAIN) and x.dim() >= 2
             and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))):
         return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+if _onednn_linear is None:  # nothing to choose between: no tests per call
+    _linear = F.linear
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,

@@ -16,6 +16,8 @@ Names from the `.tn` file reach the code only as identifiers made by
 """
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -24,7 +26,8 @@ import sympy
 
 from tndsl import dims as dimmod, ir, printer
 from tndsl.codegen import fixed as fixed_forms
-from tndsl.codegen.prologue import hook_test, matrix_vector
+from tndsl.codegen import prologue
+from tndsl.codegen.prologue import matrix_vector
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.errors import SizeError, TnError
@@ -95,8 +98,14 @@ class Lowering:
         self.params: dict[str, str] = {}  # variable -> the param it holds, unsliced
         # (param, order) per GEMM that merges a param's permuted legs: for passes.layout
         self.weight_merges: list[tuple[str, tuple[int, ...]]] = []
+        self.tests_hooks = False  # a hook test was emitted: the body binds prologue.HOOKS
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
         self.bias = None    # the last term, if it was a broadcast param (a bias)
+
+    def hook_test(self, *hook_points: str) -> str:
+        """The condition to call these hook points under (`prologue.hook_test`)."""
+        self.tests_hooks = True
+        return prologue.hook_test(*hook_points)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
@@ -120,7 +129,7 @@ class Lowering:
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
         self.emit(f"{var} = {expr}")
         if hook is not None:
-            self.emit(f"if {hook_test(hook)}: {var} = {hook}({var})")
+            self.emit(f"if {self.hook_test(hook)}: {var} = {hook}({var})")
         self.values[eq.name] = Value(var, batched)
 
     def _sum(self, expr: ir.Sum, layout: Sequence[str], hint: str, span
@@ -290,8 +299,8 @@ class Lowering:
             if any(self.is_runtime(self._dim_of(names[c])) for c in k + nn_):
                 continue  # reshapes need the sizes at compile time
             sizes = {c: self._plan_size(name) for name, c in letters.items()}
-            kp = _product(sizes[c] for c in k)
-            np_ = _product(sizes[c] for c in nn_)
+            kp = math.prod(sizes[c] for c in k)
+            np_ = math.prod(sizes[c] for c in nn_)
             left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
             # x is a vector (at least without batch dims): mv, not F.linear's matrix path.
             vector = not m and len(k) == 1
@@ -446,13 +455,6 @@ def _broadcast_view(operand: _Operand, spec: str, output: str) -> str:
     if all(i == ":" for i in index):
         return operand.var
     return f"{operand.var}[..., {', '.join(index)}]"
-
-
-def _product(values) -> int:
-    total = 1
-    for v in values:
-        total *= v
-    return total
 
 
 def _fuse_bias(parts, linears, biases) -> list[str] | None:

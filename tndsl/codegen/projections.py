@@ -19,8 +19,9 @@ saved (measured on CPU, docs/performance.md). Hook points follow, in the equatio
 """
 from __future__ import annotations
 
+import math
+
 from tndsl.codegen.lower import ELEMENTWISE, Lowering, Value
-from tndsl.codegen.prologue import hook_test
 from tndsl.passes.fuse_projections import FusedProjections, Projection
 from tndsl.text import python_comment
 
@@ -39,13 +40,6 @@ def _sizes(lower: Lowering, projection: Projection, legs) -> tuple[int, ...]:
     return tuple(int(lower.sizes[dims[i]]) for i in legs)
 
 
-def _product(values) -> int:
-    total = 1
-    for v in values:
-        total *= v
-    return total
-
-
 def _permuted(var: str, have: tuple[str, ...], want: tuple[str, ...]) -> str:
     if have == want:
         return var
@@ -61,8 +55,8 @@ def pack_code(lower: Lowering, fused: FusedProjections) -> tuple[str, str | None
     var = {name: lower.values[name].var for name in fused.params}
     contracted = len(fused.parts[0].contracted)
     shapes = [_sizes(lower, p, p.contracted + p.outs) for p in fused.parts]
-    k = _product(shapes[0][:contracted])
-    n = sum(_product(s[contracted:]) for s in shapes)
+    k = math.prod(shapes[0][:contracted])
+    n = sum(math.prod(s[contracted:]) for s in shapes)
     weights = [_permuted(var[p.weight], p.weight_indices, p.contracted + p.outs)
                for p in fused.parts]
     if len({s[contracted + 1:] for s in shapes}) == 1 and \
@@ -73,7 +67,7 @@ def pack_code(lower: Lowering, fused: FusedProjections) -> tuple[str, str | None
             weight += f".reshape({k}, {n})"
     else:
         weight = "torch.cat([" + ", ".join(
-            w if len(s) == 2 else f"{w}.reshape({k}, {_product(s[contracted:])})"
+            w if len(s) == 2 else f"{w}.reshape({k}, {math.prod(s[contracted:])})"
             for w, s in zip(weights, shapes)) + "], 1)"
     weight += ".t()"
     if not fused.parts[0].bias:
@@ -86,9 +80,9 @@ def pack_code(lower: Lowering, fused: FusedProjections) -> tuple[str, str | None
 
 
 def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
-                hooks: dict, key: str) -> None:
-    """`variables`: one per part; `hooks`: equation name -> code of its hook point;
-    `key`: the name the packed weight is kept under on the module."""
+                hooks: dict) -> None:
+    """`variables`: one per part; `hooks`: equation name -> code of its hook point. The
+    packed weight is kept on the module under the group's name."""
     lower.helpers.add("_packed")
     x = lower.values[fused.argument].var
     params = ", ".join(lower.values[name].var for name in fused.params)
@@ -98,7 +92,7 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     lower.emit(f"# {names}: one GEMM reading {python_comment(fused.argument)}, the weights "
                "packed into one (kept across calls where no graph needs them)")
     weight, bias = pack_code(lower, fused)
-    lower.emit(f"{packed} = _packed(self, {key!r}, ({params}), lambda: (")
+    lower.emit(f"{packed} = _packed(self, {fused.name!r}, ({params}), lambda: (")
     if bias:
         lower.emit(f"    {weight},")
         lower.emit(f"    {bias}))")
@@ -120,7 +114,7 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     for k, (projection, var) in enumerate(zip(fused.parts, variables)):
         # Slices, not .split: a view of a multi-output op may not be changed in place
         # under grad, and hooks do that (`value[..., head, :] = 0`).
-        width = _product(_sizes(lower, projection, projection.outs))
+        width = math.prod(_sizes(lower, projection, projection.outs))
         end = "" if k == len(fused.parts) - 1 else str(start + width)
         value = f"{projected}[..., {start or ''}:{end}]"
         start += width
@@ -134,5 +128,5 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     for projection, var in zip(fused.parts, variables):
         hook = hooks.get(projection.name)
         if hook:
-            lower.emit(f"if {hook_test(hook)}: {var} = {hook}({var})")
+            lower.emit(f"if {lower.hook_test(hook)}: {var} = {hook}({var})")
         lower.values[projection.name] = Value(var, batched)

@@ -117,8 +117,10 @@ class _File:
                                varying_dims(program, vary, used), passes)
         self.helpers = self.options.helpers
         self._check_param_paths()
-        runtime = {d for d, s in self.sizes.items() if s is None} | set(self.options.varying)
-        self.structure = analyse(self.network, self.order, self.outputs, runtime)
+        # Dims read from the inputs at run time: unsized, or sized but varying.
+        self.runtime = frozenset(d for d, s in self.sizes.items() if s is None) | \
+            self.options.varying
+        self.structure = analyse(self.network, self.order, self.outputs, self.runtime)
         self.class_names = Namespace({"HookPoint"} | set(MODULE_NAMES))
         self.root_name = self.class_names("root", make_class_name(stem))
         self.classes: dict[tuple, tuple[str, object]] = {}   # (path, batched) -> (name, src)

@@ -171,8 +171,9 @@ class _Coster:
                 continue
             rest = [op for op in operands if op[0] != name or op[1] != indices]
             function = tensor.fixed.function
+            must_have = None
             if function == "rotary":
-                position, result, into = indices
+                must_have, result, into = indices
                 ways = ((into, result, "rotary"), (result, into, "rotary⁻¹"))
             elif function == "grouping":
                 head, group = indices
@@ -180,7 +181,8 @@ class _Coster:
             else:
                 continue
             for contracted, renamed, form in ways:
-                x = _partner(rest, contracted, renamed, layout)
+                x = fixed.partner(rest, contracted, renamed, layout,
+                                  indices=lambda op: op[1], must_have=must_have)
                 if x is None:
                     continue
                 new = (f"{form}({x[0]})", [renamed if i == contracted else i for i in x[1]])
@@ -216,13 +218,9 @@ class _Coster:
 
     def _term_cost(self, eq, where, operands, target, applied=()) -> TermCost:
         if len(operands) == 1:  # a fixed tensor applied, nothing left to contract
-            step, flops = applied[-1]
-            largest = self._product(target)
-            return TermCost(eq.name, where, tuple(s for s, _ in applied),
-                            sympy.expand(sum((f for _, f in applied), sympy.Integer(0))),
-                            largest, sympy.expand(sum((f for _, f in applied),
-                                                      sympy.Integer(0))),
-                            eq.instance, "fixed form")
+            total = sympy.expand(sum((f for _, f in applied), sympy.Integer(0)))
+            return TermCost(eq.name, where, tuple(s for s, _ in applied), total,
+                            self._product(target), total, eq.instance, "fixed form")
         names = sorted({i for _, idx in operands for i in idx} | set(target))
         # opt_einsum's symbols go past the 52 ASCII letters (a chain of 53 indices is
         # legal here: nothing is run, so torch.einsum's limit does not apply).
@@ -275,17 +273,6 @@ class _Coster:
     def _size(self, index: str) -> int:
         size = self.sizes.get(self.dims[index])
         return size if size is not None else PLANNING_SIZE
-
-
-def _partner(operands, contracted: str, result: str, layout):
-    """The one operand a fixed tensor is applied to (the rule of `codegen/fixed.py`): the
-    only one with `contracted`, once, without `result`, and `contracted` not kept."""
-    if contracted in layout:
-        return None
-    having = [op for op in operands if contracted in op[1]]
-    if len(having) != 1 or having[0][1].count(contracted) != 1 or result in having[0][1]:
-        return None
-    return having[0]
 
 
 def _labels(operands):

@@ -45,7 +45,6 @@ class Projection:
 @dataclass(frozen=True)
 class FusedProjections:
     argument: str                     # the shared activation x
-    rows: int                         # how many of x's (leading) legs are kept
     parts: tuple[Projection, ...]
 
     @property
@@ -93,7 +92,7 @@ def fuse_projections(items: tuple, values: frozenset[str], params: frozenset[str
     for key, group in groups.items():
         if len(group) < 2:
             continue
-        fusion = FusedProjections(key[0], key[2], tuple(group))
+        fusion = FusedProjections(key[0], tuple(group))
         fused[group[0].name] = fusion
         members.update(fusion.names)
     if not fused:
