@@ -16,7 +16,7 @@ from pathlib import Path
 from timing import median_seconds
 
 import tndsl
-from tndsl.syntax import parse_module
+from tndsl.lang.syntax import parse_module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "gpt2_small.tn"

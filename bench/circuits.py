@@ -1,5 +1,5 @@
 """The full OV circuit of a GPT-2-small-shaped head (vocab 50257, model 768, head 64,
-random weights): its Frobenius norm and eigenvalues through tndsl.circuits (factored)
+random weights): its Frobenius norm and eigenvalues through tndsl.interp.circuits (factored)
 against materialising the vocab x vocab matrix, in one run.
 
     python bench/circuits.py [--slice 2048]
@@ -36,7 +36,7 @@ def weights():
 
 def child(mode: str, rows: int) -> None:
     import torch
-    from tndsl.circuits import NetworkMatrix
+    from tndsl.interp.circuits import NetworkMatrix
     w_e, w_v, w_o, w_u = weights()
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak to what is held now
         f.write("5")

@@ -4,7 +4,7 @@
                                 [--repeat 5] [--device cpu|cuda]
 
 Each rank runs with one thread (2 ranks = the 2 cores; 1 rank = the baseline). Modes:
-tensor-parallel forward of GPT-2 (`tndsl.distributed.parallelize`), the same through
+tensor-parallel forward of GPT-2 (`tndsl.parallel.distributed.parallelize`), the same through
 the `parallelize(mesh)` method `tndsl compile --shard` writes into the file, a Llama
 with grouped-query attention (8 query heads over 2 KV heads, sharded together), an
 FSDP2 training step, and a sliced contraction. Per rank and mode: median forward (TP)
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tndsl  # noqa: E402
-from tndsl import dims as dimmod  # noqa: E402
-from tndsl import distributed as tdist  # noqa: E402
+from tndsl.lang import dims as dimmod  # noqa: E402
+from tndsl.parallel import distributed as tdist  # noqa: E402
 from tndsl.passes.shard import shard_plan  # noqa: E402
-from tndsl.slicing import contract_sliced, plan_slices  # noqa: E402
+from tndsl.parallel.slicing import contract_sliced, plan_slices  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

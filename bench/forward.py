@@ -37,7 +37,7 @@ from torch import nn
 
 import tndsl
 from tndsl.passes.fusion import resolve
-from tndsl.weights import load_hf_gpt2, load_state
+from tndsl.models.weights import load_hf_gpt2, load_state
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gpt2_small.tn"
 

@@ -19,11 +19,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tndsl
-from tndsl import distributed as tdist
-from tndsl.hooks import run_with_cache
+from tndsl.parallel import distributed as tdist
+from tndsl.interp.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
-from tndsl.slicing import contract_sliced, plan_slices
-from tndsl.weights import load_hf, load_hf_gpt2, load_state
+from tndsl.parallel.slicing import contract_sliced, plan_slices
+from tndsl.models import load_hf
+from tndsl.models.weights import load_hf_gpt2, load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2_DIMS = {"Context": 16, "Vocab": 64, "Model": 32, "Heads": 4, "Layers": 2}

@@ -28,9 +28,9 @@ import lark
 from hypothesis import strategies as st
 
 import tndsl
-from tndsl import boxes, inits, ir
+from tndsl.lang import boxes, inits, ir
 from tndsl.render.dot import to_dot
-from tndsl.syntax.parser import grammar_path, lark_parser
+from tndsl.lang.syntax.parser import grammar_path, lark_parser
 from tndsl.verify import equivalent, prove_all
 from tndsl.verify.compiled import compare_compiled
 from tndsl.verify.symbolic import Expander, render_polynomial
@@ -586,7 +586,7 @@ def _factor_kinds(expr: ir.Sum, inside: bool, found: Counter) -> None:
 
 
 def ir_kinds(program) -> Counter:
-    """How often each IR node kind (every class of tndsl/ir.py, and the shapes that
+    """How often each IR node kind (every class of tndsl/lang/ir.py, and the shapes that
     matter to lowering) occurs in a checked program."""
     network, found = program.network, Counter()
     found["Network"] += 1

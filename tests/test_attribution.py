@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.attribution import attribute
-from tndsl.errors import TnError
-from tndsl.paths import expand_paths
+from tndsl.interp.attribution import attribute
+from tndsl.lang.errors import TnError
+from tndsl.interp.paths import expand_paths
 from conftest import ROOT
 
 SIZES = {"Context": 8, "Vocab": 10, "Model": 16, "Heads": 2}
@@ -224,6 +224,6 @@ def test_llama_example_paths_read_its_fixed_tensors():
     for name in ("blocks.1.attn.scores", "blocks.1.attn.z"):
         expansion = expand_paths(program, name)
         held = {r.name for t in expansion.terms
-                for r in tndsl.ir.refs(expansion.program().equation(t.name).rhs)}
+                for r in tndsl.lang.ir.refs(expansion.program().equation(t.name).rhs)}
         assert {"rotary", "group"} <= held if name.endswith("scores") else "group" in held
         assert attribute(model, expansion, tokens).largest_error < 1e-10

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from tndsl.circuits import (NetworkMatrix, composition_baseline, composition_score,
+from tndsl.interp.circuits import (NetworkMatrix, composition_baseline, composition_score,
                             composition_scores, copying_score, full_ov_circuit,
                             full_qk_circuit, ov_matrix, qk_matrix)
-from tndsl.errors import ResourceError
+from tndsl.lang.errors import ResourceError
 
 torch.manual_seed(0)
 V, M, H, E = 40, 16, 3, 4
@@ -95,7 +95,7 @@ def test_composition_and_copying_scores(weights):
 
 def test_any_tn_network_as_a_matrix():
     import tndsl
-    from tndsl.circuits import named_weights
+    from tndsl.interp.circuits import named_weights
     from conftest import ROOT
     program = tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
                          dims={"Vocab": 40, "Model": 16, "Heads": 2})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.errors import ResourceError, TnError
+from tndsl.lang.errors import ResourceError, TnError
 from tndsl.verify.compiled import compare_compiled
 from tndsl.verify.numeric import random_tensors, small_program
 from tndsl.verify.reference import Reference

@@ -7,7 +7,7 @@ import opt_einsum
 import sympy
 
 import tndsl
-from tndsl import dims as dimmod, ir
+from tndsl.lang import dims as dimmod, ir
 from tndsl.passes.cost import costs
 from conftest import ROOT
 

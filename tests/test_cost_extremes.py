@@ -6,7 +6,7 @@ import pytest
 
 import tndsl
 from tndsl.cli import main
-from tndsl.errors import ResourceError
+from tndsl.lang.errors import ResourceError
 from tndsl.passes.cost import costs
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, format_bytes
 

@@ -1,4 +1,4 @@
-"""tndsl.distributed on 2 gloo processes on CPU: tensor-parallel GPT-2 against Hugging
+"""tndsl.parallel.distributed on 2 gloo processes on CPU: tensor-parallel GPT-2 against Hugging
 Face, the communication it does against the plan's prediction, an FSDP2 training step
 against one process, and a sliced contraction against an unsliced einsum.
 
@@ -13,13 +13,13 @@ import torch
 import transformers  # the GPT-2 oracle
 
 import tndsl
-from tndsl.hooks import run_with_cache
+from tndsl.interp.hooks import run_with_cache
 from tndsl.passes.shard import shard_plan
-from tndsl.weights import load_hf_gpt2, load_state
+from tndsl.models.weights import load_hf_gpt2, load_state
 from distributed_workers import ATTN_ONLY_DIMS, CACHED, GPT2_DIMS, ROOT, attn_only, \
     gpt2_program, launch, next_token_loss, structured_model
-from tndsl import distributed as tdist
-from tndsl.dims import evaluate
+from tndsl.parallel import distributed as tdist
+from tndsl.lang.dims import evaluate
 from networks import ring_of_six
 from test_families import _float64_oracle, _randomize
 
@@ -115,7 +115,7 @@ def test_compiled_parallelize_method_equals_hugging_face_and_the_library_plan(ru
         result = run["result"](rank, "compiled_parallelize")
         assert result["logits"].dtype == torch.float64
         assert (result["logits"] - expected).abs().max() < 1e-10
-        # the same param -> placement table (and local slices) as tndsl.distributed's
+        # the same param -> placement table (and local slices) as tndsl.parallel.distributed's
         library = run["result"](rank, "tensor_parallel")["local"]
         assert result["local"] == library
         assert result["local"]["blocks.1.mlp.W_in"] == (

@@ -3,9 +3,9 @@ import pytest
 import sympy
 
 import tndsl
-from tndsl.errors import TnErrors
-from tndsl import ir
-from tndsl.errors import SizeError, TnError, UnknownNameError
+from tndsl.lang.errors import TnErrors
+from tndsl.lang import ir
+from tndsl.lang.errors import SizeError, TnError, UnknownNameError
 
 HEADER = "dim N = 3\ndim M = 4\ninput x[i: N]\n"
 

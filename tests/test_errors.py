@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tndsl
-from tndsl.errors import TnError, TnErrors
+from tndsl.lang.errors import TnError, TnErrors
 from conftest import ROOT
 
 CASES = sorted((ROOT / "tests" / "errors").glob("*.tn"))

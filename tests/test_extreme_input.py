@@ -8,9 +8,9 @@ import torch
 
 import tndsl
 from tndsl.cli import main
-from tndsl.errors import ResourceError, SizeError, TnError, TnSyntaxError
-from tndsl.syntax import ast, parse_module
-from tndsl.unroll import check_unrolled_size
+from tndsl.lang.errors import ResourceError, SizeError, TnError, TnSyntaxError
+from tndsl.lang.syntax import ast, parse_module
+from tndsl.lang.unroll import check_unrolled_size
 
 HEAD = "dim N = 3\ninput x[i: N]\n"
 
@@ -135,7 +135,7 @@ def test_dims_are_at_most_2_to_the_63_minus_1():
 
 
 def test_huge_counts_print_without_overflow_or_zero():
-    from tndsl.printer import format_count
+    from tndsl.lang.printer import format_count
     assert format_count(10**23) == "100,000,000,000,000,000,000,000"
     assert format_count(123 * 10**5000) == "≈1.23e+5002"
     assert format_count(-(10**30)) == "≈-1.00e+30"

@@ -15,7 +15,7 @@ import torch
 import transformers  # a test dependency (pyproject's `test` extra): the oracle
 
 import tndsl
-from tndsl.weights import WeightsError, load_hf
+from tndsl.models import WeightsError, load_hf
 
 TOKENS = 10  # shorter than every config's context (and longer than Mistral's window)
 
@@ -158,7 +158,7 @@ def test_missing_extra_and_misshapen_tensors_are_one_error_listing_all(tmp_path)
 
 
 def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
-    from tndsl import circuits, hooks
+    from tndsl.interp import circuits, hooks
     model_class, config = CASES["llama"]()  # 4 query heads on 2 key/value heads
     hf = _save(model_class, config, tmp_path).to(torch.float64)
     module = tndsl.from_pretrained(tmp_path, torch.float64)

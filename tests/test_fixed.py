@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import tndsl
-from tndsl.errors import LegError, SizeError, TnError, UnknownNameError
+from tndsl.lang.errors import LegError, SizeError, TnError, UnknownNameError
 from tndsl.verify import prove_all
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.hooks import intervene, replace, run_with_cache
+from tndsl.interp.hooks import intervene, replace, run_with_cache
 from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference

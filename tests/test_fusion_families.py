@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.hooks import run_with_cache
+from tndsl.interp.hooks import run_with_cache
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from conftest import ROOT
 

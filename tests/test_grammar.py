@@ -2,8 +2,8 @@
 import lark
 import pytest
 
-from tndsl.errors import TnSyntaxError
-from tndsl.syntax import ast, grammar_path, parse_module
+from tndsl.lang.errors import TnSyntaxError
+from tndsl.lang.syntax import ast, grammar_path, parse_module
 from conftest import EXAMPLES, ROOT
 
 

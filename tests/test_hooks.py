@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.hooks import add, clamp, hook_names, intervene, replace, run_with_cache, scale
+from tndsl.interp.hooks import add, clamp, hook_names, intervene, replace, run_with_cache, scale
 from conftest import ROOT
 
 

@@ -1,5 +1,5 @@
 """Text that leaves a program for another language goes through one sanitiser
-(`tndsl/text.py`): file names and paths with newlines, quotes, backslashes, NUL, LaTeX
+(`tndsl/lang/text.py`): file names and paths with newlines, quotes, backslashes, NUL, LaTeX
 specials and Unicode line separators reach generated Python, DOT, SVG and TikZ without
 adding a statement, a node or a command, and every output still parses."""
 import ast
@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import tndsl
-from tndsl import text
+from tndsl.lang import text
 from conftest import ROOT
 
 PROGRAM = """dim N = 3

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tndsl import circuits
-from tndsl.errors import TnError
-from tndsl.induction import Config, diagonal_score, repeated_batch, run
+from tndsl.interp import circuits
+from tndsl.lang.errors import TnError
+from tndsl.interp.induction import Config, diagonal_score, repeated_batch, run
 from conftest import ROOT
 
 CONFIG = Config(steps=1200, eval_sequences=128)
@@ -174,8 +174,8 @@ def test_the_reads_of_the_patterns_compose_with_a_callers_hook_on_them():
     # attention_scores reads both layers' patterns through hooks; a caller's hook on the
     # same name (here a uniform causal pattern for layer 1) used to be replaced by the read.
     import tndsl
-    from tndsl.hooks import intervene, replace
-    from tndsl.induction import attention_scores
+    from tndsl.interp.hooks import intervene, replace
+    from tndsl.interp.induction import attention_scores
     program = tndsl.load(ROOT / "examples" / "attn_only_2l.tn",
                          dims={"Context": 8, "Vocab": 10, "Model": 16, "Heads": 2})
     model = program.module(["logits"]).double()

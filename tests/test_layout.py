@@ -9,7 +9,7 @@ import torch
 
 import tndsl
 from tndsl.passes.layout import storage_orders
-from tndsl.weights import contiguous_params, load_safetensors, save_safetensors
+from tndsl.models.weights import contiguous_params, load_safetensors, save_safetensors
 from conftest import ROOT, loaded, small_gpt2
 
 QKV = ("W_Q", "W_K", "W_V")

@@ -9,7 +9,7 @@ import transformers  # the GPT-2 oracle; a test dependency (pyproject's test ext
 import tndsl
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference
-from tndsl.weights import WeightsError, load_hf_gpt2, load_safetensors, load_state, \
+from tndsl.models.weights import WeightsError, load_hf_gpt2, load_safetensors, load_state, \
     save_safetensors
 from conftest import ROOT
 

@@ -6,8 +6,8 @@ import zipfile
 
 from conftest import ROOT
 
-PROBE = ("import tndsl, tndsl.syntax as s, tndsl.codegen.torch, tndsl.verify.prove, "
-         "tndsl.passes.cost, tndsl.render.output, tndsl.weights; "
+PROBE = ("import tndsl, tndsl.lang.syntax as s, tndsl.codegen.torch, tndsl.verify.prove, "
+         "tndsl.passes.cost, tndsl.render.output, tndsl.models.weights; "
          "p = tndsl.parse('dim N = 2\\ninput x[i: N]\\ny[i] = 2 * x[i]\\n'); "
          "print(s.grammar_path()); print(p.equation('y').legs)")
 
@@ -20,7 +20,7 @@ def test_wheel_ships_the_grammar_and_works_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         assert "tndsl/grammar/tn.lark" in archive.namelist()
         names = archive.namelist()
-        assert "tndsl/syntax/parser.py" in names
+        assert "tndsl/lang/syntax/parser.py" in names
     # Every module of the source tree is in the wheel.
     for module in (ROOT / "tndsl").rglob("*.py"):
         assert module.relative_to(ROOT).as_posix() in names, module

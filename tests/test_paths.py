@@ -5,8 +5,8 @@ import sys
 import pytest
 
 import tndsl
-from tndsl.errors import TnError
-from tndsl.paths import expand_paths
+from tndsl.lang.errors import TnError
+from tndsl.interp.paths import expand_paths
 from tndsl.verify import prove_all
 from conftest import ROOT
 

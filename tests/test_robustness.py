@@ -6,7 +6,7 @@ import time
 import pytest
 
 import tndsl
-from tndsl.errors import ResourceError
+from tndsl.lang.errors import ResourceError
 from tndsl.verify import prove_all
 from conftest import ROOT
 

@@ -8,8 +8,8 @@ import pytest
 import sympy
 
 import tndsl
-from tndsl import dims as dimmod
-from tndsl.errors import TnError, UnknownNameError
+from tndsl.lang import dims as dimmod
+from tndsl.lang.errors import TnError, UnknownNameError
 from tndsl.passes.shard import ShardError, shard_plan
 from conftest import ROOT
 

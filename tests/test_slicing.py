@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import tndsl
-from tndsl.errors import ResourceError, TnError, UnknownNameError
-from tndsl.slicing import contract_sliced, plan_slices
+from tndsl.lang.errors import ResourceError, TnError, UnknownNameError
+from tndsl.parallel.slicing import contract_sliced, plan_slices
 from networks import RING_PRODUCT, ring_of_six
 
 # A closed ring of six order-3 tensors: no bottleneck, so the largest intermediate of

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import tndsl
-from tndsl import ir
+from tndsl.lang import ir
 from tndsl.codegen.names import NN_MODULE_ATTRS
-from tndsl.hooks import hook_names, intervene, replace, run_with_cache
+from tndsl.interp.hooks import hook_names, intervene, replace, run_with_cache
 from tndsl.verify.numeric import random_tensors, small_program
 from tndsl.verify.reference import Reference
 from conftest import EXAMPLES, ROOT, loaded, small_gpt2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tndsl.weights import GPT2_SIZES, WeightsError, load_hf_gpt2
+from tndsl.models.weights import GPT2_SIZES, WeightsError, load_hf_gpt2
 
 GOOD = {"n_layer": 2, "n_head": 2, "n_embd": 4, "vocab_size": 5, "n_positions": 3}
 

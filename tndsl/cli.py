@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from tndsl.errors import TnError, TnErrors
+from tndsl.lang.errors import TnError, TnErrors
 from tndsl.passes.fusion import OPT_IN, PASSES, resolve
 from tndsl.program import load
 
@@ -240,7 +240,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from tndsl.induction import Config, run
+    from tndsl.interp.induction import Config, run
     try:
         report = run(args.out, Config(steps=args.steps, seed=args.seed),
                      weights=args.weights)
@@ -290,7 +290,7 @@ def _paths_parser(commands) -> None:
 
 
 def _paths(args: argparse.Namespace) -> int:
-    from tndsl.paths import expand_paths, parse_through
+    from tndsl.interp.paths import expand_paths, parse_through
     try:
         program = load(args.file, dict(args.dim))
         expansion = expand_paths(program, args.name, parse_through(args.through),

@@ -8,12 +8,12 @@ from typing import Mapping, Sequence
 
 import sympy
 
-from tndsl import dims as dimmod, ir, printer
-from tndsl.check import check
-from tndsl.elaborate import elaborate
-from tndsl.errors import ErrorSink, TnError, TnWarning
-from tndsl.passes.finite import coefficient_errors
-from tndsl.syntax import parse_module
+from tndsl.lang import dims as dimmod, ir, printer
+from tndsl.lang.check import check
+from tndsl.lang.elaborate import elaborate
+from tndsl.lang.errors import ErrorSink, TnError, TnWarning
+from tndsl.lang.finite import coefficient_errors
+from tndsl.lang.syntax import parse_module
 
 
 def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None,
@@ -52,6 +52,14 @@ class Program:
     sizes: Mapping[str, int | None]
     warnings: tuple[TnWarning, ...] = ()
     consts: Mapping[str, float] = field(default_factory=dict)  # the values given at load
+
+    def reparse(self, dims: Mapping[str, int], text: str | None = None,
+                name: str | None = None) -> "Program":
+        """This program's source (or `text`, named `name`) elaborated again with these
+        dim sizes and the consts this program was loaded with."""
+        source = self.network.source
+        return parse(source.text if text is None else text,
+                     source.name if name is None else name, dims, self.consts)
 
     # ---- lookups ---------------------------------------------------------------------
     @property

@@ -13,7 +13,7 @@ import keyword
 import re
 from dataclasses import dataclass, field
 
-from tndsl import inits, ir, printer
+from tndsl.lang import inits, ir, printer
 from tndsl.codegen import fused as fused_code, projections as projection_code, prologue
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
@@ -24,7 +24,7 @@ from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
 from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.passes.layout import storage_orders
 from tndsl.passes.liveness import insert_deletes
-from tndsl.text import python_comment, python_docstring
+from tndsl.lang.text import python_comment, python_docstring
 
 RESERVED_ATTRS = NN_MODULE_ATTRS | GENERATED_ATTRS
 
@@ -467,7 +467,7 @@ class ClassBuilder:
             doc = [f'    """Inputs: {python_docstring(doc_inputs or "none")}.',
                    f'    Returns: {python_docstring(doc_outputs)}{plural}.',
                    '    Leading batch dimensions of the inputs are carried through. Every equation',
-                   '    passes through a HookPoint submodule (see tndsl.hooks)."""']
+                   '    passes through a HookPoint submodule (see tndsl.interp.hooks)."""']
         else:
             block = self.instance.block
             doc = [f'    """Block `{sanitize(block)}`: {", ".join(arguments) or "no arguments"} '

@@ -1,6 +1,6 @@
 """Fixed tensors in generated code: applied in their cheap forms, never materialised.
 
-A product term that holds a fixed tensor (`tndsl.fixed`) is rewritten before it is
+A product term that holds a fixed tensor (`tndsl.lang.fixed`) is rewritten before it is
 contracted: the fixed tensor and the one operand it is contracted with become a single
 operand computed directly —
 - a rotary map `R[p, e, f] * x[.., p, .., f, ..]` is `x` rotated in its cos/sin form
@@ -13,8 +13,8 @@ Anything else with a fixed tensor is a located error that says how to write it.
 """
 from __future__ import annotations
 
-from tndsl import fixed, ir
-from tndsl.errors import SizeError, TnError
+from tndsl.lang import fixed, ir
+from tndsl.lang.errors import SizeError, TnError
 
 HELPERS = {
     "_rotary": '''

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tndsl.codegen.lower import EPS, Lowering, Value
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
-from tndsl.text import python_comment
+from tndsl.lang.text import python_comment
 
 HELPERS = {
     "_windowed_attention": '''

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tndsl import ir
+from tndsl.lang import ir
 
 VERSION = re.compile(r"^(.*)@(\d+)$")
 

@@ -24,15 +24,15 @@ from typing import Mapping, Sequence
 
 import sympy
 
-from tndsl import dims as dimmod, ir, printer
+from tndsl.lang import dims as dimmod, ir, printer
 from tndsl.codegen import fixed as fixed_forms
 from tndsl.codegen import prologue
 from tndsl.codegen.prologue import matrix_vector
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
-from tndsl.errors import SizeError, TnError
+from tndsl.lang.errors import SizeError, TnError
 from tndsl.passes.plan import check_budget, plan_term
-from tndsl.text import python_comment
+from tndsl.lang.text import python_comment
 
 # Unsized dims (read from the inputs at run time) are planned as if this large.
 PLANNING_SIZE = 128

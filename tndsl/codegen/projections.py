@@ -23,7 +23,7 @@ import math
 
 from tndsl.codegen.lower import ELEMENTWISE, Lowering, Value
 from tndsl.passes.fuse_projections import FusedProjections, Projection
-from tndsl.text import python_comment
+from tndsl.lang.text import python_comment
 
 # A generated class holding fused projections drops its packed weights when `.to()`,
 # `.double()`, `.half()` ... convert its params (which keeps their version counters).

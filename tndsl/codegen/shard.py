@@ -1,7 +1,7 @@
 """`tndsl compile --shard`: the tensor-parallel plan written into the generated file as a
 `parallelize(self, mesh)` method of the root class.
 
-The method does what `tndsl.distributed.parallelize` does with the same plan
+The method does what `tndsl.parallel.distributed.parallelize` does with the same plan
 (`tndsl.passes.shard`), with torch's own APIs only, so the file stays standalone:
 params by path become DTensors (split along the plan's leg, or replicated) through
 `parallelize_module`; each equation's value is pinned to the plan's placement at its
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tndsl import ir
-from tndsl.errors import TnError
+from tndsl.lang import ir
+from tndsl.lang.errors import TnError
 from tndsl.passes.shard import ShardPlan, describe_uses, shard_plan
-from tndsl.text import python_comment, python_docstring, python_string
+from tndsl.lang.text import python_comment, python_docstring, python_string
 
 METHOD = "parallelize"
 
@@ -59,7 +59,7 @@ def _method(plan: ShardPlan) -> list[str]:
         f"def {METHOD}(self, mesh):",
         f'    """Tensor parallelism over the 1-D DeviceMesh `mesh`: the plan of `tndsl compile',
         f"    --shard {python_docstring(shown)}` (`tndsl cost --shard` prints it), applied as",
-        "    tndsl.distributed.parallelize applies it. The params below are split along one",
+        "    tndsl.parallel.distributed.parallelize applies it. The params below are split along one",
         "    leg, every other param is replicated; each equation's value is pinned to its",
         "    placement at its hook point, so partial sums are all-reduced where the plan says.",
         "    Every rank must start with the same params. In place; returns the model, whose",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from tndsl import ir
+from tndsl.lang import ir
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,18 @@ import linecache
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from tndsl import __version__, ir
+from tndsl import __version__
+
+from tndsl.lang import ir
 from tndsl.codegen.classes import ClassBuilder, RESERVED_ATTRS, relative, relative_equation
 from tndsl.codegen.helpers import helper_source
 from tndsl.codegen.lower import Options
 from tndsl.codegen.names import MODULE_NAMES, Namespace, class_name as make_class_name
 from tndsl.codegen.structure import analyse, within
-from tndsl.errors import SizeError, TnError
+from tndsl.lang.errors import SizeError, TnError
 from tndsl.passes.fusion import resolve
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_entries, optimizers_for
-from tndsl.text import python_string
+from tndsl.lang.text import python_string
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def varying_dims(program, vary: Iterable[str] | None, used: set[str] | None = No
     chosen = [vary] if isinstance(vary, str) else list(vary)
     for dim in chosen:
         if dim not in sizes:
-            from tndsl.errors import UnknownNameError, did_you_mean
+            from tndsl.lang.errors import UnknownNameError, did_you_mean
             raise UnknownNameError(f"no dim `{dim}` to vary", hint=did_you_mean(dim, sizes))
         if dim not in on_inputs:
             raise TnError(f"dim `{dim}` cannot vary at run time: no input has a leg of it")
@@ -139,7 +141,7 @@ class _File:
             return (final.name,)
         missing = [o for o in outputs if o not in self.equations]
         if missing:
-            from tndsl.errors import UnknownNameError, did_you_mean
+            from tndsl.lang.errors import UnknownNameError, did_you_mean
             raise UnknownNameError(f"no equation `{missing[0]}` to output",
                                    hint=did_you_mean(missing[0], self.equations))
         return tuple(dict.fromkeys(outputs))

@@ -20,7 +20,7 @@ from typing import Mapping
 import opt_einsum
 import sympy
 
-from tndsl import dims as dimmod, fixed, ir, printer
+from tndsl.lang import dims as dimmod, fixed, ir, printer
 from tndsl.passes.plan import plan_term
 
 PLANNING_SIZE = 128
@@ -114,7 +114,7 @@ def costs(program, name: str | None = None) -> CostReport:
         chosen = [eq for eq in equations
                   if eq.name == name or eq.name.startswith(name + ".")]
         if not chosen:
-            from tndsl.errors import UnknownNameError, did_you_mean
+            from tndsl.lang.errors import UnknownNameError, did_you_mean
             raise UnknownNameError(f"no equation or instance `{name}`",
                                    hint=did_you_mean(name, [eq.name for eq in equations]))
         equations = chosen

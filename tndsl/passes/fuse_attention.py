@@ -3,7 +3,7 @@ unmasked), `z = pattern · v` become one `F.scaled_dot_product_attention` call.
 
 Also matched:
 - grouped-query attention: the scores and `z` contract the key and value through a
-  grouping tensor (`q[p, h, e] * group[h, g] * k[s, g, e]`, `tndsl.fixed`), which SDPA
+  grouping tensor (`q[p, h, e] * group[h, g] * k[s, g, e]`, `tndsl.lang.fixed`), which SDPA
   applies itself (`enable_gqa`) instead of repeating the key and value per query head;
 - a window clause `p - s < W` beside (or instead of) the causal one. One that holds for
   every allowed sequence length (W at least the position dim's size, its bound when the
@@ -22,7 +22,7 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import dims as dimmod, ir
+from tndsl.lang import dims as dimmod, ir
 from tndsl.passes.fusion import uses
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tndsl import ir
+from tndsl.lang import ir
 from tndsl.passes.fusion import uses
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tndsl import ir
+from tndsl.lang import ir
 
 # Boxes applied element-wise to a projection's part of the fused result.
 ELEMENTWISE_BOXES = frozenset({"relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu", "exp",

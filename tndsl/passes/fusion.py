@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from tndsl.errors import TnError, did_you_mean
+from tndsl.lang.errors import TnError, did_you_mean
 
 PASSES = {
     "attention": "softmax attention -> F.scaled_dot_product_attention (explicit path "
@@ -57,7 +57,7 @@ def _known(names: Iterable[str]) -> list[str]:
 
 def uses(items) -> dict[str, int]:
     """How many times each name is read by the items."""
-    from tndsl import ir
+    from tndsl.lang import ir
     counts: dict[str, int] = {}
     for item in items:
         reads = [r.name for r in ir.refs(item.rhs)] if isinstance(item, ir.Equation) \

@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 
 import opt_einsum
 
-from tndsl.errors import ResourceError, Span, TnError, did_you_mean
-from tndsl.printer import format_count
+from tndsl.lang.errors import ResourceError, Span, TnError, did_you_mean
+from tndsl.lang.printer import format_count
 
 # Largest tensor (in bytes, at 4 bytes an entry) a compiled model may create; larger
 # intermediates are refused at compile time. Override per call (memory_budget=...).

@@ -26,7 +26,7 @@ table sharded along the looked-up leg gathers the table, and a sharded output is
 gathered at the end. Communication is counted per forward of one input of the declared
 shape (leading batch dims multiply it, except for gathered tables), as sympy
 expressions in the dim names.
-The pass is pure: Program + dims → ShardPlan; `tndsl.distributed` applies a plan with
+The pass is pure: Program + dims → ShardPlan; `tndsl.parallel.distributed` applies a plan with
 torch.distributed's own APIs.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Iterable, Mapping, Sequence
 
 import sympy
 
-from tndsl import dims as dimmod, ir, printer
-from tndsl.errors import ErrorSink, Span, TnError, UnknownNameError, did_you_mean
+from tndsl.lang import dims as dimmod, ir, printer
+from tndsl.lang.errors import ErrorSink, Span, TnError, UnknownNameError, did_you_mean
 from tndsl.passes.plan import format_bytes
 
 
@@ -110,7 +110,7 @@ class ShardPlan:
         computed: sharded values (kept slices), and partial sums the plan all-reduces
         where they become the equation's value (else DTensor would carry them on lazily
         through linear ops, possibly into a larger tensor such as the logits). What
-        `tndsl.distributed` and the method of `tndsl compile --shard` both apply.
+        `tndsl.parallel.distributed` and the method of `tndsl compile --shard` both apply.
 
         A pin is a hook, so the generated code materialises attention's scores and
         pattern instead of calling SDPA: needed on CPU, where DTensor has no sharding

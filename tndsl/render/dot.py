@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from tndsl import ir
-from tndsl.errors import ResourceError, TnError
-from tndsl.text import dot_text, tex_math_name
+from tndsl.lang import ir
+from tndsl.lang.errors import ResourceError, TnError
+from tndsl.lang.text import dot_text, tex_math_name
 
 PARAM_STYLE = 'shape=box, style="rounded,filled", fillcolor="#dce8f5", color="#1f4e79", ' \
               'penwidth=1.4, margin="0.06,0.03", height=0.42, width=0.5'
@@ -276,7 +276,7 @@ def to_dot(program, name: str | None = None, *, depth: int | None = 0,
             raise TnError("the program has no equation to draw")
         name = final.name
     if name not in equations:
-        from tndsl.errors import UnknownNameError, did_you_mean
+        from tndsl.lang.errors import UnknownNameError, did_you_mean
         raise UnknownNameError(f"no equation `{name}` to draw",
                                hint=did_you_mean(name, equations))
     eq = equations[name]

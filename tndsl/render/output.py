@@ -16,8 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tndsl.errors import TnError
-from tndsl.text import tex_comment
+from tndsl.lang.errors import TnError
+from tndsl.lang.text import tex_comment
 
 FORMATS = (".svg", ".pdf", ".png", ".dot", ".tex")
 INSTALL_HINT = ("install Graphviz, which provides it: `apt-get install graphviz` (Debian, "

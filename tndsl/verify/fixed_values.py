@@ -1,4 +1,4 @@
-"""Dense values of fixed tensors (`tndsl.fixed`) for the reference evaluator.
+"""Dense values of fixed tensors (`tndsl.lang.fixed`) for the reference evaluator.
 
 Written from the definitions, entry by entry, and sharing nothing with the compiled
 cos/sin and repeat_interleave forms (`tndsl.codegen.fixed`) that they check.
@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from tndsl import fixed, ir
+from tndsl.lang import fixed, ir
 
 
 def dense(tensor: ir.Tensor, sizes: Mapping[str, int | None],

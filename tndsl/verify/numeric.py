@@ -15,7 +15,7 @@ from typing import Mapping
 import sympy
 import torch
 
-from tndsl import dims as dimmod, ir
+from tndsl.lang import dims as dimmod, ir
 from tndsl.verify.budget import UNLIMITED, Budget, contract
 from tndsl.verify.reference import Reference
 
@@ -25,12 +25,10 @@ PRIME = 1_000_003  # products stay below 2**40, sums of 2**23 of them below 2**6
 def small_program(program, dims: Mapping[str, int] | None = None, *, keep_up_to: int = 12):
     """The same source, re-elaborated at small sizes (or at the sizes given); dims up to
     `keep_up_to` keep theirs (see `dims.small_sizes`)."""
-    from tndsl.program import parse
-    source = program.network.source
     if dims is None:
         dims = dimmod.small_sizes({d.name: d for d in program.network.dims}, program.sizes,
                                   keep_up_to=keep_up_to)
-    return parse(source.text, source.name, dims, getattr(program, "consts", None))
+    return program.reparse(dims)
 
 
 def random_tensors(program, generator: torch.Generator, dtype=torch.float64, *,

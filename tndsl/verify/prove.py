@@ -19,8 +19,8 @@ from typing import Mapping
 
 import torch
 
-from tndsl import ir
-from tndsl.errors import Span, TnError
+from tndsl.lang import ir
+from tndsl.lang.errors import Span, TnError
 from tndsl.verify import canon, numeric, symbolic
 from tndsl.verify.budget import TIER_SECONDS, Budget, Stopped
 
@@ -228,7 +228,6 @@ def equivalent(program, a: str, b: str, legs: tuple[str, ...] | None = None) -> 
     """Whether two `.tn` expressions (or equation names) are equal in the program:
     `equivalent(program, "A[i, j] * B[j, k]", "C[i, k]")` or `equivalent(program, "x", "y")`.
     Free legs follow Einstein's convention unless `legs` names them."""
-    from tndsl.program import parse
     own = {eq.name: eq.indices for eq in program.network.equations}
     rebound = {name.split("@")[0] for name in own if "@" in name}
     for e in (a, b):
@@ -243,7 +242,7 @@ def equivalent(program, a: str, b: str, legs: tuple[str, ...] | None = None) -> 
     explicit = f"[{', '.join(legs)}] " if legs is not None else ""
     text = f"{source.text}\ncheck equivalent: {explicit}{a} == {b}\n"
     sized = {k: v for k, v in program.sizes.items() if v is not None}
-    extended = parse(text, f"{source.name} + query", _overrides(program, sized))
+    extended = program.reparse(_overrides(program, sized), text, f"{source.name} + query")
     return prove(extended, extended.checks[-1])
 
 

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from tndsl import dims as dimmod, ir
+from tndsl.lang import dims as dimmod, ir
 from tndsl.verify.budget import UNLIMITED, Budget, contract
 from tndsl.verify import fixed_values
 

@@ -29,7 +29,7 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import dims as dimmod, ir
+from tndsl.lang import dims as dimmod, ir
 from tndsl.verify import canon
 
 MAX_MONOMIALS = 20_000      # beyond this, the symbolic tier gives up (unknown)

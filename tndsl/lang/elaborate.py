@@ -23,14 +23,14 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import boxes, dims as dimmod, fixed, inits, ir
-from tndsl.errors import (BlockError, ErrorSink, LegError, Note, RedefinitionError,
+from tndsl.lang import boxes, dims as dimmod, fixed, inits, ir
+from tndsl.lang.errors import (BlockError, ErrorSink, LegError, Note, RedefinitionError,
                           ResourceError, SizeError, Span, TnError, UnknownNameError,
                           did_you_mean)
-from tndsl.scalars import Scalars
-from tndsl.syntax import ast
-from tndsl.passes.finite import bounded_coefficient
-from tndsl.unroll import check_unrolled_size
+from tndsl.lang.scalars import Scalars
+from tndsl.lang.syntax import ast
+from tndsl.lang.finite import bounded_coefficient
+from tndsl.lang.unroll import check_unrolled_size
 
 MAX_STATEMENTS = 200_000   # after unrolling: a bound on program size, not a style rule
 MAX_BLOCK_DEPTH = 64

@@ -8,15 +8,15 @@ the dense tensor (`tndsl.verify.fixed_values`), and the code generator applies i
 cheap form (`tndsl.codegen.fixed`: cos/sin for a rotary map, `repeat_interleave` for a
 grouping) and never materialises it.
 
-Only names, leg shapes and argument rules live here, as in `tndsl.boxes`.
+Only names, leg shapes and argument rules live here, as in `tndsl.lang.boxes`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
-from tndsl import ir
-from tndsl.errors import LegError, SizeError, Span, UnknownNameError, did_you_mean
+from tndsl.lang import ir
+from tndsl.lang.errors import LegError, SizeError, Span, UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from lark import Token, v_args
 from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from tndsl.errors import ErrorSink, Source, Span, TnSyntaxError
-from tndsl.syntax import ast
+from tndsl.lang.errors import ErrorSink, Source, Span, TnSyntaxError
+from tndsl.lang.syntax import ast
 
 # The limits keep a hostile file from turning into a RecursionError or a hang.
 MAX_SOURCE_CHARS = 2_000_000
@@ -29,7 +29,7 @@ _FLOAT64_MAX = Fraction(sys.float_info.max)
 
 def grammar_path() -> FsPath:
     """Where `tn.lark` is: inside the package in a wheel, beside it in a checkout."""
-    here = FsPath(__file__).resolve().parent.parent
+    here = FsPath(__file__).resolve().parents[2]
     for candidate in (here / "grammar" / "tn.lark", here.parent / "grammar" / "tn.lark"):
         if candidate.is_file():
             return candidate

@@ -30,9 +30,9 @@ from typing import Sequence
 
 import sympy
 
-from tndsl import ir, printer
-from tndsl.errors import TnError, UnknownNameError, did_you_mean
-from tndsl.text import one_line
+from tndsl.lang import ir, printer
+from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
+from tndsl.lang.text import one_line
 
 DIRECT = "direct"
 MAX_MONOMIALS = 4096  # paths double per layer: past this, ask for fewer blocks
@@ -511,7 +511,7 @@ def check_prefix(prefix: str) -> str:
     """`prefix` if it is a `.tn` path (`paths`, `l1.paths`): it is written into the
     expansion's source as the start of each term's name, so anything else (a line
     break, a `#`, `[`) would change what the written file says. A TnError otherwise."""
-    from tndsl.syntax.parser import lark_parser  # the grammar's own NAME, keywords and all
+    from tndsl.lang.syntax.parser import lark_parser  # the grammar's own NAME, keywords and all
     name = re.compile(lark_parser().get_terminal("NAME").pattern.to_regexp())
     segments = str(prefix).split(".")
     if not (name.fullmatch(segments[0]) and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tndsl.errors import Span, UnknownNameError, did_you_mean
+from tndsl.lang.errors import Span, UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)

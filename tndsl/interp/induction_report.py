@@ -6,12 +6,12 @@ from pathlib import Path
 import torch
 
 import tndsl
-from tndsl.hooks import run_with_cache
-from tndsl.paths import expand_paths
+from tndsl.interp.hooks import run_with_cache
+from tndsl.interp.paths import expand_paths
 
 
-def plots(out: Path, report: dict, program, model, config) -> list[str]:
-    from tndsl.induction import eval_tokens
+def plots(out: Path, report: dict, program, model, tokens: torch.Tensor) -> list[str]:
+    """Draws the report's figures into `out`; `tokens` is the evaluation set."""
     written = []
     try:
         expand_paths(program, "blocks.1.attn.scores").figure().save(out / "qk_expansion.png",
@@ -27,7 +27,7 @@ def plots(out: Path, report: dict, program, model, config) -> list[str]:
         report["plots_note"] = ("matplotlib is not installed (pip install 'tndsl[plots]'); "
                                 "no plots of patterns, composition, ablation or loss")
         return written
-    tokens = eval_tokens(config)[:1]
+    tokens = tokens[:1]
     with torch.no_grad():
         _, cache = run_with_cache(model, tokens,
                                   names=["blocks.0.attn.pattern", "blocks.1.attn.pattern"])
@@ -180,7 +180,7 @@ Previous-token head: blocks.{p_layer}.attn head {p_head}. Induction head: blocks
 
 ## Causal check: ablating layer-0 heads
 
-Each layer-0 head's output zero-ablated (`tndsl.hooks.intervene` on
+Each layer-0 head's output zero-ablated (`tndsl.interp.hooks.intervene` on
 `blocks.0.attn.head_out`), on the same sequences:
 
 {chr(10).join(ablation)}
@@ -195,7 +195,7 @@ score {r['composition']['baseline']:.3f} on average.
 ## The QK expansion on the induction stripe
 
 `tndsl paths` expands the layer-1 score into its four paths (the terms below, generated,
-not written by hand), and `tndsl.attribution` evaluates each on the model's cached
+not written by hand), and `tndsl.interp.attribution` evaluates each on the model's cached
 activations. Their sum equals the score (`check {q['check']}`:
 **{q['proof']['status']}** by the {q['proof']['tier']} tier in {q['proof']['seconds']:.3f} s,
 {q['proof']['detail']}). Mean of each term over the induction stripe of head {q['head'][1]}:

@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from tndsl.errors import TnError
+from tndsl.lang.errors import TnError
 
 
 class WeightsError(TnError):
@@ -130,13 +130,6 @@ def _match_checkpoint(sizes: dict[str, int], raw: Mapping[str, torch.Tensor],
 def _shown(value) -> str:
     text = json.dumps(value) if not isinstance(value, float) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def load_hf(folder: str | Path, **options):
-    """`(program, state_dict)` for any supported Hugging Face checkpoint folder (gpt2,
-    gpt_neox, llama, mistral, qwen2, gemma): see `tndsl.families`."""
-    from tndsl.families.loading import load_hf as load_family
-    return load_family(folder, **options)
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:

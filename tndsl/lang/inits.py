@@ -5,7 +5,7 @@ keys its implementation on the name.
 """
 from __future__ import annotations
 
-from tndsl.errors import Span, UnknownNameError, did_you_mean, TnError
+from tndsl.lang.errors import Span, UnknownNameError, did_you_mean, TnError
 
 # name -> (fewest args, most args, what the args mean)
 INITIALIZERS: dict[str, tuple[int, int, str]] = {

@@ -17,7 +17,7 @@ from typing import Union
 
 import sympy
 
-from tndsl.errors import Source, Span
+from tndsl.lang.errors import Source, Span
 
 
 def _span() -> Span | None:
@@ -46,7 +46,7 @@ class Init:
 @dataclass(frozen=True)
 class Fixed:
     """What a fixed tensor holds: a built-in function of its legs' positions
-    (`tndsl.fixed`), with its real-valued arguments (a rotary base, a rotated count)."""
+    (`tndsl.lang.fixed`), with its real-valued arguments (a rotary base, a rotated count)."""
 
     function: str
     args: tuple[float, ...] = ()

@@ -11,9 +11,9 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import dims as dimmod, ir
-from tndsl.errors import LegError, SizeError, Span, TnError, UnknownNameError, did_you_mean
-from tndsl.syntax import ast
+from tndsl.lang import dims as dimmod, ir
+from tndsl.lang.errors import LegError, SizeError, Span, TnError, UnknownNameError, did_you_mean
+from tndsl.lang.syntax import ast
 
 
 # A scalar is a few numbers and names (`Model / Heads`, `p - s + 1`): deeper nesting is

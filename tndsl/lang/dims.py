@@ -11,9 +11,9 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import ir
-from tndsl.errors import CycleError, ErrorSink, SizeError, UnknownNameError, did_you_mean
-from tndsl.printer import format_count
+from tndsl.lang import ir
+from tndsl.lang.errors import CycleError, ErrorSink, SizeError, UnknownNameError, did_you_mean
+from tndsl.lang.printer import format_count
 
 
 # The largest size of one tensor dimension: torch indexes with int64, and a bound keeps

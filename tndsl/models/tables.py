@@ -3,7 +3,7 @@ checkpoint tensor names → `.tn` param paths with the layout change between the
 
 A row `(tn_path, hf_name, layout)` is written once; `{l}` in both names runs over the
 layers; the family's prefix (`model.`) is put before each HF name unless it starts
-with `/` (a name outside the decoder, such as `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.families.loading`) turn an HF tensor into the
+with `/` (a name outside the decoder, such as `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.models.loading`) turn an HF tensor into the
 param's shape, read from the compiled program, so the table never states a size.
 """
 from __future__ import annotations

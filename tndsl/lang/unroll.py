@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-from tndsl.errors import ResourceError
-from tndsl.printer import format_count
-from tndsl.syntax import ast
+from tndsl.lang.errors import ResourceError
+from tndsl.lang.printer import format_count
+from tndsl.lang.syntax import ast
 
 # A bound is an INT (ast.Number) or a NAME (ast.Ident): a dim or a loop variable.
 BoundValue = Callable[[object], "int | None"]

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Mapping
 
-from tndsl import ir
-from tndsl.errors import ResourceError, TnError, UnknownNameError, did_you_mean
+from tndsl.lang import ir
+from tndsl.lang.errors import ResourceError, TnError, UnknownNameError, did_you_mean
 
 BYTES_PER_ENTRY = 8  # float64: sliced contractions are for exact-enough sums
 

@@ -1,6 +1,6 @@
 """The surface syntax tree: what the user wrote, with spans, before any meaning.
 
-Elaboration (`tndsl.elaborate`) turns this into the IR; nothing after it sees these
+Elaboration (`tndsl.lang.elaborate`) turns this into the IR; nothing after it sees these
 classes.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from tndsl.errors import Source, Span
+from tndsl.lang.errors import Source, Span
 
 
 @dataclass(frozen=True)

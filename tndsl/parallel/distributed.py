@@ -1,7 +1,7 @@
 """Compiled models on several processes, with torch.distributed's own machinery.
 
     mesh = init_device_mesh("cuda", (world_size,))
-    model = tndsl.distributed.parallelize(program.module(), mesh, ("Heads", "Hidden"),
+    model = tndsl.parallel.distributed.parallelize(program.module(), mesh, ("Heads", "Hidden"),
                                           program=program)
     logits = model(tokens)          # every rank returns the whole logits
 
@@ -18,7 +18,7 @@ communicates.
 `fully_shard` applies FSDP2 (`torch.distributed.fsdp.fully_shard`) to each block
 instance that is its own called submodule, then to the root.
 
-`contract_sliced` (tndsl.slicing) contracts one network too large for one
+`contract_sliced` (tndsl.parallel.slicing) contracts one network too large for one
 process, its slices spread over the ranks.
 
 Launch with `torchrun --nproc_per_node N script.py` (docs/distributed.md).
@@ -34,10 +34,12 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_modul
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tndsl import hooks, ir
-from tndsl.errors import TnError
+from tndsl.interp import hooks
+
+from tndsl.lang import ir
+from tndsl.lang.errors import TnError
 from tndsl.passes.shard import ShardPlan, shard_plan
-from tndsl.weights import contiguous_params
+from tndsl.models.weights import contiguous_params
 
 
 def parallelize(model: nn.Module, mesh, shard: Sequence[str] | str = ("Heads", "Hidden"), *,
@@ -118,7 +120,7 @@ class _Pin:
 
 def _add_hook(model: nn.Module, name: str, fn) -> None:
     """A permanent hook on the equation `name`, before any the user adds: on the module's
-    hook-point submodule where it has them (tndsl.hooks.hook_points), else in the flat
+    hook-point submodule where it has them (tndsl.interp.hooks.hook_points), else in the flat
     module's hook table. Equations the module does not expose (fused away) are skipped."""
     if hasattr(hooks, "hook_points") and hasattr(type(model), "HOOK_ORDER"):
         point = hooks.hook_points(model).get(name)

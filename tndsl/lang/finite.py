@@ -14,8 +14,8 @@ from typing import Mapping
 
 import sympy
 
-from tndsl import dims as dimmod, ir
-from tndsl.errors import SizeError, Span, TnError
+from tndsl.lang import dims as dimmod, ir
+from tndsl.lang.errors import SizeError, Span, TnError
 
 _MAX = int(sys.float_info.max)   # an integer: the comparison below stays exact
 _HALF_TINY = 2 ** 1075            # |value| < 2**-1075 rounds to 0 (half the least subnormal)

@@ -1,9 +1,9 @@
 """Path attribution on data: how much each path of an expansion contributes.
 
-Given a compiled model, its inputs and a `PathExpansion` (`tndsl.paths`), every path
+Given a compiled model, its inputs and a `PathExpansion` (`tndsl.interp.paths`), every path
 term is evaluated on the batch from the model's own cached activations — the attention
 patterns and the embedding the terms hold as given tensors are read through
-`tndsl.hooks.run_with_cache`, the weights from the model — so no term is re-derived by
+`tndsl.interp.hooks.run_with_cache`, the weights from the model — so no term is re-derived by
 hand. The terms, summed over their open head legs, add up to the model's value of the
 expanded equation (exactly in exact arithmetic; within 1e-10 for a float64 model):
 
@@ -20,9 +20,9 @@ from typing import Callable, Mapping
 import opt_einsum
 import torch
 
-from tndsl import dims as dimmod, ir
-from tndsl.errors import TnError
-from tndsl.hooks import run_with_cache
+from tndsl.lang import dims as dimmod, ir
+from tndsl.lang.errors import TnError
+from tndsl.interp.hooks import run_with_cache
 from tndsl.verify import fixed_values
 
 Region = Callable[[torch.Tensor], torch.Tensor]
@@ -178,7 +178,7 @@ def _contract(term: ir.Term, output: tuple[str, ...], dims, operand, batch_shape
     factors, shape = [], None
     for factor in term.factors:
         if not isinstance(factor, ir.Ref):
-            raise TnError("a path term holds only tensors")  # guaranteed by tndsl.paths
+            raise TnError("a path term holds only tensors")  # guaranteed by tndsl.interp.paths
         value, batched = operand(factor.name, factor.indices, dims)
         if batched:
             shape = value.shape[:batch]

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tndsl import ir
-from tndsl.errors import (BlockError, CycleError, LegError, Note, Span, TnError,
+from tndsl.lang import ir
+from tndsl.lang.errors import (BlockError, CycleError, LegError, Note, Span, TnError,
                           TnWarning)
 
 

@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import opt_einsum
 import torch
 
-from tndsl import dims as dimmod
-from tndsl.errors import ResourceError, TnError
+from tndsl.lang import dims as dimmod
+from tndsl.lang.errors import ResourceError, TnError
 
 DEFAULT_BUDGET = 2**30  # bytes a materialised matrix may take (4 bytes an entry)
 MAX_FACTORS = 12        # cuts are searched exhaustively: 2**12 at most

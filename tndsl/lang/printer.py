@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy
 
-from tndsl import ir
+from tndsl.lang import ir
 
 
 def dump(network: ir.Network, sizes: dict[str, int | None] | None = None) -> str:

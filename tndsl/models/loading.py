@@ -2,7 +2,7 @@
 
 Offline and safe: `config.json`, then `model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` read with `weights_only=True`.
-The family comes from `model_type`; its table (`tndsl.families.tables`) gives the dims,
+The family comes from `model_type`; its table (`tndsl.models.tables`) gives the dims,
 the consts and every tensor's name and layout, and is checked against the program's
 params and the checkpoint's tensors before anything is copied: every difference is
 listed in one error.
@@ -16,8 +16,8 @@ from typing import Mapping
 
 import torch
 
-from tndsl.families.tables import FAMILIES, Family
-from tndsl.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
+from tndsl.models.tables import FAMILIES, Family
+from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
 
 SUPPORTED = tuple(sorted({"gpt2", *(t for f in FAMILIES for t in f.model_types)}))
 
@@ -227,7 +227,7 @@ def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
     in `dtype` (default: the checkpoint's). Families: gpt2, gpt_neox (Pythia), llama,
     mistral, qwen2, gemma. `context` fixes the sequence length (needed only by GPT-2,
     whose positions are learnt; the rotary families take any length)."""
-    from tndsl.weights import load_state
+    from tndsl.models.weights import load_state
     program, state = load_hf(folder, context=context)
     module = program.module()
     if dtype is None:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from tndsl.errors import TnError, UnknownNameError, did_you_mean
+from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
 
 Hook = Callable[[torch.Tensor], "torch.Tensor | None"]
 
