@@ -153,6 +153,13 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    "_top_k": '''
+def _top_k(t, k, legs):
+    """t where it is among the k largest over the last `legs` dims, 0 elsewhere."""
+    flat = t.reshape(t.shape[:t.dim() - legs] + (-1,))
+    values, chosen = flat.topk(k, dim=-1)
+    return torch.zeros_like(flat).scatter(-1, chosen, values).reshape(t.shape)
+''',
     "_packed": '''
 def _packed(module, key, params, pack):
     """`pack()` builds one weight (and bias) from `params` for a fused projection. Kept on

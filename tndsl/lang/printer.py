@@ -51,7 +51,7 @@ def tensor_decl(tensor: ir.Tensor) -> str:
         args = ", ".join(repr(a) for a in tensor.init.args)
         text += f" init {tensor.init.name}" + (f"({args})" if args else "")
     if tensor.fixed is not None:
-        args = ", ".join(f"{a:g}" for a in tensor.fixed.args)
+        args = ", ".join([f"{a:g}" for a in tensor.fixed.args] + list(tensor.fixed.options))
         text += f" = {tensor.fixed.function}" + (f"({args})" if args else "")
     return text
 
@@ -117,6 +117,11 @@ def _term(term: ir.Term) -> str:
     return sign + coeff + " * " + " * ".join(factors)
 
 
+def format_box_argument(value: float) -> str:
+    """A box's parameter as source: `2` for a whole number, else `repr`."""
+    return str(int(value)) if value == int(value) and abs(value) < 2 ** 53 else repr(value)
+
+
 def _factor(factor: ir.Factor) -> str:
     if isinstance(factor, ir.Ref):
         return f"{factor.name}[{', '.join(factor.indices)}]"
@@ -124,9 +129,10 @@ def _factor(factor: ir.Factor) -> str:
         legs = f"[{', '.join(factor.legs)}]" if factor.legs else ""
         inner = factor.argument.terms
         if len(inner) == 1 and inner[0].coefficient == 1 and len(inner[0].factors) == 1 \
-                and isinstance(inner[0].factors[0], ir.Mask):
+                and isinstance(inner[0].factors[0], ir.Mask) and not factor.args:
             return f"{factor.function}{legs}{_factor(inner[0].factors[0])}"
         eps = f", {factor.eps!r}" if factor.eps is not None else ""
+        eps += "".join(f", {format_box_argument(a)}" for a in factor.args)
         return f"{factor.function}{legs}({expression(factor.argument)}{eps})"
     if isinstance(factor, ir.Mask):
         conds = " and ".join(c.text() for c in factor.conditions)

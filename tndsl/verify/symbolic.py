@@ -149,7 +149,7 @@ class Expander:
             else:
                 axes = {leg: p for p, leg in enumerate(factor.legs)}
                 kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
-                        factor.eps)
+                        factor.eps, factor.args)
                 roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
             # When the function alone tells the slots apart (softmax[s](... where s <= p)
             # over h, p, s), expand with them already in canonical order.
