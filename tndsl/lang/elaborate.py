@@ -171,8 +171,10 @@ class _Elaborator:
             value = self._dim_size(node)
             for op, operand in reversed(operands):
                 right = self._dim_size(operand)
+                if op in "/%" and right == 0:
+                    raise TnError("division by zero", operand.span)
                 value = {"+": value + right, "-": value - right, "*": value * right,
-                         "/": value / right}[op]
+                         "/": value / right, "%": sympy.Mod(value, right)}[op]
             return value
         if isinstance(e, ast.Negate):
             return -self._dim_size(e.operand)
@@ -230,6 +232,9 @@ class _Elaborator:
             self._return(stmt, scope, env, depth)
         elif isinstance(stmt, ast.ForLoop):
             self._for_loop(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.IfStmt):
+            branch = stmt.body if self._holds(stmt, env) else stmt.orelse
+            self._statements(branch, scope, env, depth)
         elif isinstance(stmt, ast.Check):
             self._check(stmt, scope, env)
         else:  # pragma: no cover - the parser produces nothing else
@@ -351,6 +356,19 @@ class _Elaborator:
                                 f"{MAX_STATEMENTS:,} statements are unrolled", stmt.span)
         for value in range(start, stop):
             self._statements(stmt.body, scope, {**env, var: value}, depth + 1)
+
+    def _holds(self, stmt: ast.IfStmt, env) -> bool:
+        """Whether every condition of an `if` holds: each side an exact number made of
+        numbers, dims with sizes, consts and loop variables."""
+        compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+                   ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+                   "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+        holds = True
+        for c in stmt.conditions:
+            left = self.scalars.value(c.left, env, "a side of an `if` condition")
+            right = self.scalars.value(c.right, env, "a side of an `if` condition")
+            holds = holds and bool(compare[c.op](sympy.nsimplify(left), sympy.nsimplify(right)))
+        return holds
 
     def _bound(self, bound, env) -> int:
         if isinstance(bound, ast.Number):
@@ -512,6 +530,15 @@ class _Elaborator:
             for operand in reversed(operands):
                 product = _multiply(product, self._expr(operand, scope, env), e.span)
             return product
+        if isinstance(e, ast.Binary) and e.op == "%":
+            left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
+            values = _scalar_value(left), _scalar_value(right)
+            if None in values:
+                raise LegError("`%` applies to scalars (numbers, dims, consts and loop "
+                               "variables)", (e.left if values[0] is None else e.right).span)
+            if values[1] == 0:
+                raise TnError("division by zero", e.right.span)
+            return _scalar(sympy.Mod(*values), e.span)
         if isinstance(e, ast.Binary):
             left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
             value = _scalar_value(right)
