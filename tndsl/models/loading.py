@@ -87,8 +87,12 @@ def _config_value(config: Mapping, keys: tuple[str, ...]):
 
 def sizes_from_config(family: Family, config: Mapping) -> tuple[dict, dict]:
     dims, consts, missing = {}, {}, []
+    derived = {name: DERIVATIONS[how](config, *args)
+               for name, (how, *args) in family.derived.items()}
     for name, keys in family.dims.items():
         value = _config_value(config, keys)
+        if value is None:
+            value = derived.get(name)
         if value is None and name == "Head":  # older configs: the head is Model / Heads
             hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
             value = hidden // heads if isinstance(hidden, int) and isinstance(heads, int) \
@@ -106,15 +110,75 @@ def sizes_from_config(family: Family, config: Mapping) -> tuple[dict, dict]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise WeightsError(f"config.json: {keys[0]} must be a number, not {value!r}")
             consts[name] = value
+    for name, value in derived.items():
+        if value is not None and name not in family.dims:
+            consts[name] = value
+    for key, allowed in family.requires.items():
+        value = _config_value(config, (key,))
+        if value not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+            raise WeightsError(f"config.json: {key} = {value!r} is not supported by the "
+                               f"{family.name} family ({family.example}); supported: "
+                               + " or ".join(repr(a) for a in (
+                                   allowed if isinstance(allowed, tuple) else (allowed,))))
     if missing:
         raise WeightsError("config.json lacks " + ", ".join(missing))
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) \
-        if isinstance(rope, Mapping) else "default"
-    if rope_type not in ("default", None):
-        raise WeightsError(f"rotary scaling {rope_type!r} is not supported; supported: "
-                           "default (no scaling)")
+    # Gemma 3 has one set per layer type: {"full_attention": {...}, ...}.
+    ropes = [r for r in rope.values() if isinstance(r, Mapping)] \
+        if isinstance(rope, Mapping) else []
+    for part in [rope] + ropes:
+        rope_type = part.get("rope_type", part.get("type", "default")) \
+            if isinstance(part, Mapping) else "default"
+        if rope_type not in ("default", None):
+            raise WeightsError(f"rotary scaling {rope_type!r} is not supported; supported: "
+                               "default (no scaling)")
     return dims, consts
+
+
+# ---- derivations: values no single config key holds --------------------------------------
+
+def _layer_period(config: Mapping, every: str):
+    """The period P of config.layer_types when layer l is `every` exactly where
+    (l + 1) % P == 0 (Gemma 2: local, global, ...; Gemma 3: five local, one global), or
+    Layers + 1 when no layer is; None without layer_types. Any other pattern is an error."""
+    types = config.get("layer_types")
+    if types is None:
+        return None
+    if not isinstance(types, list) or not types:
+        raise WeightsError(f"config.json: layer_types must be a list, not {types!r}")
+    period = types.index(every) + 1 if every in types else len(types) + 1
+    expected = [(l + 1) % period == 0 for l in range(len(types))]
+    if [t == every for t in types] != expected:
+        raise WeightsError(
+            f"config.json: layer_types {types} are not periodic ({every!r} at every "
+            f"{period}th layer); the family's .tn file chooses the layer type as "
+            "(l + 1) % GlobalEvery == 0")
+    return period
+
+
+def _zero_if_null(config: Mapping, key: str):
+    """A cap that a null turns off: 0 (the .tn file's `if Cap > 0`), else the value."""
+    if key not in config:
+        return None
+    value = config[key]
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise WeightsError(f"config.json: {key} must be a positive number or null, "
+                           f"not {value!r}")
+    return value
+
+
+def _or_times(config: Mapping, key: str, factor: str, other: str):
+    """`config[key]`, or `factor` times `config[other]` where it is null (GPT-J's n_inner)."""
+    value = config.get(key)
+    if value is None and isinstance(config.get(other), int):
+        return int(factor) * config[other]
+    return value
+
+
+DERIVATIONS = {"layer_period": _layer_period, "zero_if_null": _zero_if_null,
+               "or_times": _or_times}
 
 
 # ---- layouts: an HF tensor → a param of `shape` ------------------------------------------

@@ -25,6 +25,12 @@ class Family:
     ignored: tuple[str, ...] = ()
     # tn path → HF name to read when the first is absent (tied embeddings).
     tied: dict[str, str] = field(default_factory=dict)
+    # dim or const → a derivation from the config (`DERIVATIONS` in
+    # tndsl.models.loading) and its arguments, for values no single key holds: the
+    # period of alternating layer types, a cap that null turns off.
+    derived: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # config key → the only value the .tn file implements (a located error otherwise).
+    requires: dict[str, object] = field(default_factory=dict)
 
 
 _LLAMA_DIMS = {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
@@ -103,4 +109,23 @@ PYTHIA = Family(
      ("blocks.{l}.mlp.b_out", "layers.{l}.mlp.dense_4h_to_h.bias", "same")),
     _ROTARY_BUFFERS + ("*.attention.bias", "*.attention.masked_bias"))
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA)
+# Gemma 2 and 3: four norms a layer; local (sliding-window) and global layers alternate,
+# global when (l + 1) % GlobalEvery == 0 (read from config.layer_types).
+_GEMMA2_LAYER = tuple(row for row in _LLAMA_LAYER if row[0] != "blocks.{l}.ln2.w") + (
+    ("blocks.{l}.ln1_post.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+    ("blocks.{l}.ln2.w", "layers.{l}.pre_feedforward_layernorm.weight", "same"),
+    ("blocks.{l}.ln2_post.w", "layers.{l}.post_feedforward_layernorm.weight", "same"),
+)
+_GEMMA_TOP = tuple(row for row in _LLAMA_TOP if row[0] != "unembed.W_U")
+
+GEMMA2 = Family(
+    "gemma2", ("gemma2",), "gemma2.tn", "model.",
+    {**_LLAMA_DIMS, "Window": ("sliding_window", "max_position_embeddings")},
+    {**_LLAMA_CONSTS, "QueryScale": ("query_pre_attn_scalar",)},
+    _GEMMA_TOP, _GEMMA2_LAYER, _ROTARY_BUFFERS + ("lm_head.weight",),
+    derived={"GlobalEvery": ("layer_period", "full_attention"),
+             "AttnCap": ("zero_if_null", "attn_logit_softcapping"),
+             "FinalCap": ("zero_if_null", "final_logit_softcapping")},
+    requires={"use_bidirectional_attention": (None, False)})
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2)
