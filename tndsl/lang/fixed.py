@@ -98,7 +98,8 @@ def rotated(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
     rounded down to even, as pairs rotate (exact for checkpoints, where it is even)."""
     args = tensor.fixed.args
     head = sizes[tensor.legs[1].dim]
-    count = int(head * args[1]) if len(args) > 1 else head
+    # (rounded to 1e-9 first: RotaryDim / Head may come back a hair under a whole number)
+    count = int(round(head * args[1], 9)) if len(args) > 1 else head
     return count - count % 2
 
 

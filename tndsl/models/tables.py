@@ -128,4 +128,30 @@ GEMMA2 = Family(
              "FinalCap": ("zero_if_null", "final_logit_softcapping")},
     requires={"use_bidirectional_attention": (None, False)})
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2)
+# GPT-J: parallel attention and MLP after one LayerNorm; interleaved partial rotary.
+GPTJ = Family(
+    "gptj", ("gptj",), "gptj.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("n_embd", "hidden_size"),
+     "Heads": ("n_head", "num_attention_heads"), "Hidden": ("n_inner",),
+     "Layers": ("n_layer", "num_hidden_layers")},
+    {"RotaryDim": ("rotary_dim",), "Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "wte.weight", "same"),
+     ("ln_final.w", "ln_f.weight", "same"),
+     ("ln_final.b", "ln_f.bias", "same"),
+     ("unembed.W_U", "/lm_head.weight", "transpose"),
+     ("unembed.b_U", "/lm_head.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.ln_1.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.ln_1.bias", "same"),
+     ("blocks.{l}.attn.W_Q", "h.{l}.attn.q_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_K", "h.{l}.attn.k_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_V", "h.{l}.attn.v_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_O", "h.{l}.attn.out_proj.weight", "heads_out"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.fc_in.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.fc_in.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.fc_out.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.fc_out.bias", "same")),
+    ("*.attn.bias", "*.attn.masked_bias", "*.embed_positions"),
+    derived={"Hidden": ("or_times", "n_inner", "4", "n_embd")},
+    requires={"activation_function": ("gelu_new", "gelu_pytorch_tanh")})
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ)
