@@ -78,7 +78,7 @@ def _alibi(heads, queries, keys, like):
     slopes and then 2**(-4 (2k - 1) / p) for the rest (BLOOM's build_alibi_tensor)."""
     power = 2 ** (heads.bit_length() - 1)
     exponents = torch.cat((torch.arange(1, power + 1, dtype=torch.float64) * 8,
-                           torch.arange(1, 2 * (heads - power), 2, dtype=torch.float64) * 4))
+                           torch.arange(1, 2 * (heads - power) + 1, 2, dtype=torch.float64) * 4))
     slopes = 2.0 ** (-exponents / power)
     distance = (torch.arange(keys, dtype=torch.float64)[None, :]
                 - torch.arange(queries, dtype=torch.float64)[:, None])
@@ -91,8 +91,9 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
           ) -> list:
     """The term's operands with `ref` (a fixed tensor) applied to the operand it meets."""
     function = tensor.fixed.function
-    # A rotary map's position leg may be read at run time; every other size is built in.
-    needed = tensor.legs[1:] if function == "rotary" else tensor.legs
+    # Position legs (a rotary map's, ALiBi's two) may be read at run time; every other
+    # size is built in.
+    needed = {"rotary": tensor.legs[1:], "alibi": tensor.legs[:1]}.get(function, tensor.legs)
     unsized = [leg.dim for leg in needed if generator.sizes.get(leg.dim) is None]
     if unsized:  # the cheap forms are built from these sizes at compile time
         raise SizeError(f"the compiled form of `{ref.name}` needs the size of "

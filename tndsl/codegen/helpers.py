@@ -153,6 +153,11 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    "_gelu_bloom": '''
+def _gelu_bloom(x):
+    """BLOOM's GELU: x/2 (1 + tanh(0.79788456 x (1 + 0.044715 x²))), its own constant."""
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+''',
     "_top_k": '''
 def _top_k(t, k, legs):
     """t where it is among the k largest over the last `legs` dims, 0 elsewhere."""

@@ -43,6 +43,7 @@ ELEMENTWISE = {
     "relu": "torch.relu({})",
     "gelu": "F.gelu({})",
     "gelu_tanh": "F.gelu({}, approximate='tanh')",
+    "gelu_bloom": "_gelu_bloom({})",
     "tanh": "torch.tanh({})",
     "sigmoid": "torch.sigmoid({})",
     "silu": "F.silu({})",
@@ -373,6 +374,8 @@ class Lowering:
                 cap = repr(float(factor.args[0]))
                 return f"({cap} * torch.tanh({as_left_factor(code)} / {cap}))", list(legs), \
                     batched
+            if factor.function == "gelu_bloom":
+                self.helpers.add("_gelu_bloom")
             return ELEMENTWISE[factor.function].format(code), list(legs), batched
         layout = [i for i in legs if i not in factor.legs] + list(factor.legs)
         k = len(factor.legs)

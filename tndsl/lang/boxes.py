@@ -25,6 +25,8 @@ _KINDS = [
     BoxKind("relu", False, "max(x, 0)"),
     BoxKind("gelu", False, "x Φ(x), the exact Gaussian error linear unit"),
     BoxKind("gelu_tanh", False, "GPT-2's tanh approximation of gelu"),
+    BoxKind("gelu_bloom", False, "BLOOM's gelu: the tanh approximation with sqrt(2/π) "
+            "written 0.79788456"),
     BoxKind("tanh", False, "hyperbolic tangent"),
     BoxKind("sigmoid", False, "1 / (1 + exp(-x))"),
     BoxKind("silu", False, "x sigmoid(x)"),

@@ -154,4 +154,35 @@ GPTJ = Family(
     derived={"Hidden": ("or_times", "n_inner", "4", "n_embd")},
     requires={"activation_function": ("gelu_new", "gelu_pytorch_tanh")})
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ)
+# BLOOM: ALiBi, a LayerNorm after the embedding, one fused qkv laid out per head as
+# GPT-NeoX's is ([q | k | v] for each head).
+BLOOM = Family(
+    "bloom", ("bloom",), "bloom.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("hidden_size", "n_embed"),
+     "Heads": ("n_head", "num_attention_heads"), "Layers": ("n_layer", "num_hidden_layers")},
+    {"Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "word_embeddings.weight", "same"),
+     ("embed_ln.w", "word_embeddings_layernorm.weight", "same"),
+     ("embed_ln.b", "word_embeddings_layernorm.bias", "same"),
+     ("ln_final.w", "ln_f.weight", "same"),
+     ("ln_final.b", "ln_f.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.input_layernorm.bias", "same"),
+     ("blocks.{l}.ln2.w", "h.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "h.{l}.post_attention_layernorm.bias", "same"),
+     ("blocks.{l}.attn.W_Q", "h.{l}.self_attention.query_key_value.weight", "neox_q"),
+     ("blocks.{l}.attn.W_K", "h.{l}.self_attention.query_key_value.weight", "neox_k"),
+     ("blocks.{l}.attn.W_V", "h.{l}.self_attention.query_key_value.weight", "neox_v"),
+     ("blocks.{l}.attn.b_Q", "h.{l}.self_attention.query_key_value.bias", "neox_q"),
+     ("blocks.{l}.attn.b_K", "h.{l}.self_attention.query_key_value.bias", "neox_k"),
+     ("blocks.{l}.attn.b_V", "h.{l}.self_attention.query_key_value.bias", "neox_v"),
+     ("blocks.{l}.attn.W_O", "h.{l}.self_attention.dense.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "h.{l}.self_attention.dense.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.dense_h_to_4h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.dense_h_to_4h.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.dense_4h_to_h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.dense_4h_to_h.bias", "same")),
+    ("lm_head.weight",),
+    requires={"apply_residual_connection_post_layernorm": (None, False)})
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM)

@@ -25,6 +25,7 @@ _ELEMENTWISE = {
     "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi)
                                                      * (x + 0.044715 * x ** 3))),
+    "gelu_bloom": lambda x: 0.5 * x * (1 + torch.tanh(0.79788456 * (x + 0.044715 * x ** 3))),
     # (e^x - e^-x) / (e^x + e^-x), written with e^-2|x| so that it cannot overflow.
     "tanh": lambda x: torch.sign(x) * (1 - torch.exp(-2 * x.abs()))
     / (1 + torch.exp(-2 * x.abs())),
