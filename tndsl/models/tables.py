@@ -185,4 +185,17 @@ BLOOM = Family(
     ("lm_head.weight",),
     requires={"apply_residual_connection_post_layernorm": (None, False)})
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM)
+# Gemma 3 (text): Gemma 2's table with q_norm and k_norm, a rotary base per layer type.
+GEMMA3 = Family(
+    "gemma3", ("gemma3_text",), "gemma3.tn", "model.",
+    {**_LLAMA_DIMS, "Window": ("sliding_window", "max_position_embeddings")},
+    {"LocalTheta": ("rope_parameters.sliding_attention.rope_theta", "rope_local_base_freq"),
+     "GlobalTheta": ("rope_parameters.full_attention.rope_theta", "rope_theta"),
+     "Eps": ("rms_norm_eps",), "QueryScale": ("query_pre_attn_scalar",)},
+    _GEMMA_TOP, _GEMMA2_LAYER + (
+        ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "same"),
+        ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "same"),
+    ), ("*.rotary_emb.*_inv_freq", "lm_head.weight"),
+    derived=GEMMA2.derived, requires=GEMMA2.requires)
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM, GEMMA3)
