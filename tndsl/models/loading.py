@@ -223,7 +223,8 @@ def _rows(family: Family, layers: int):
         yield tn, hf[1:] if hf.startswith("/") else family.prefix + hf, layout
     for l in range(layers):
         for tn, hf, layout in family.layer:
-            yield tn.format(l=l), family.prefix + hf.format(l=l), layout
+            # `{x}` (an expert) stays for state_dict to expand.
+            yield tn.format(l=l), family.prefix + hf.format(l=l, x="{x}"), layout
 
 
 def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor]
@@ -237,18 +238,27 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor]
         _compare(shapes, {tn: shapes.get(tn, ()) for tn in covered},
                  f"the {family.name} table's params")
     expected: dict[str, tuple] = {}
-    sources: dict[str, str] = {}
+    sources: dict[str, list[str]] = {}
     for tn, hf, layout in rows:
+        if "{x}" in hf:  # one tensor per expert, stacked along the param's first leg
+            sources[tn] = [hf.format(x=e) for e in range(shapes[tn][0])]
+            for name in sources[tn]:
+                expected.setdefault(name, tuple(LAYOUTS[layout][1](shapes[tn][1:])))
+            continue
         if hf not in raw and tn in family.tied and family.tied[tn] in raw:
             hf = family.tied[tn]  # tied: the unembedding is the embedding
-        sources[tn] = hf
+        sources[tn] = [hf]
         expected.setdefault(hf, tuple(LAYOUTS[layout][1](shapes[tn])))
     actual = {k: tuple(v.shape) for k, v in raw.items()
               if not any(fnmatch.fnmatch(k, pattern) for pattern in family.ignored)}
     _compare(expected, actual, "the checkpoint's tensors")
     state = {}
     for tn, hf, layout in rows:
-        state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn]).contiguous()
+        if "{x}" in hf:
+            state[tn] = torch.stack([LAYOUTS[layout][0](raw[name], shapes[tn][1:])
+                                     for name in sources[tn]]).contiguous()
+        else:
+            state[tn] = LAYOUTS[layout][0](raw[sources[tn][0]], shapes[tn]).contiguous()
     return state
 
 

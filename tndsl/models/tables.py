@@ -2,7 +2,8 @@
 checkpoint tensor names → `.tn` param paths with the layout change between them.
 
 A row `(tn_path, hf_name, layout)` is written once; `{l}` in both names runs over the
-layers; the family's prefix (`model.`) is put before each HF name unless it starts
+layers; `{x}` in an HF name runs over the experts, whose tensors are stacked along the
+param's first leg (Mixtral's `experts.{x}.w1.weight` → `W_gate[x: Experts, ...]`); the family's prefix (`model.`) is put before each HF name unless it starts
 with `/` (a name outside the decoder, such as `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.models.loading`) turn an HF tensor into the
 param's shape, read from the compiled program, so the table never states a size.
 """
@@ -198,4 +199,22 @@ GEMMA3 = Family(
     ), ("*.rotary_emb.*_inv_freq", "lm_head.weight"),
     derived=GEMMA2.derived, requires=GEMMA2.requires)
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM, GEMMA3)
+# Mixtral: Mistral's attention with a sparse mixture of experts (one tensor per expert
+# in the checkpoint, stacked along `Experts`).
+_LLAMA_ATTENTION = tuple(row for row in _LLAMA_LAYER if ".mlp." not in row[0])
+MIXTRAL = Family(
+    "mixtral", ("mixtral",), "mixtral.tn", "model.",
+    {**_LLAMA_DIMS, "Window": ("sliding_window", "max_position_embeddings"),
+     "Experts": ("num_local_experts",)},
+    {**_LLAMA_CONSTS, "TopK": ("num_experts_per_tok",)},
+    _LLAMA_TOP, _LLAMA_ATTENTION + (
+        ("blocks.{l}.mlp.W_router", "layers.{l}.block_sparse_moe.gate.weight", "transpose"),
+        ("blocks.{l}.mlp.W_gate", "layers.{l}.block_sparse_moe.experts.{x}.w1.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.W_out", "layers.{l}.block_sparse_moe.experts.{x}.w2.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.W_in", "layers.{l}.block_sparse_moe.experts.{x}.w3.weight",
+         "transpose"),
+    ), _ROTARY_BUFFERS, tied={"unembed.W_U": "model.embed_tokens.weight"})
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM, GEMMA3, MIXTRAL)
