@@ -177,8 +177,18 @@ def _or_times(config: Mapping, key: str, factor: str, other: str):
     return value
 
 
+def _as_number(config: Mapping, key: str):
+    """A boolean flag as 1 or 0 (the .tn file's `if Flag == 1`); absent: the default."""
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise WeightsError(f"config.json: {key} must be true or false, not {value!r}")
+    return int(value)
+
+
 DERIVATIONS = {"layer_period": _layer_period, "zero_if_null": _zero_if_null,
-               "or_times": _or_times}
+               "or_times": _or_times, "as_number": _as_number}
 
 
 # ---- layouts: an HF tensor → a param of `shape` ------------------------------------------
@@ -209,6 +219,8 @@ LAYOUTS = {
     "heads_in": (_heads_in, lambda s: (s[0] * s[2], s[1])),
     "heads_out": (_heads_out, lambda s: (s[2], s[0] * s[1])),
     "heads_bias": (lambda t, shape: t.reshape(shape), lambda s: (s[0] * s[1],)),
+    # nn.Linear(model, 1) → [model] (a gate with one output)
+    "flatten": (lambda t, shape: t.reshape(shape), lambda s: (1, *s)),
     "neox_q": (_neox(0), lambda s: (3 * s[0] * s[2], s[1]) if len(s) == 3 else (3 * s[0] * s[1],)),
     "neox_k": (_neox(1), None),
     "neox_v": (_neox(2), None),

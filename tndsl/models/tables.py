@@ -217,4 +217,28 @@ MIXTRAL = Family(
          "transpose"),
     ), _ROTARY_BUFFERS, tied={"unembed.W_U": "model.embed_tokens.weight"})
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM, GEMMA3, MIXTRAL)
+# Qwen2-MoE: Qwen2's attention, routed experts and a sigmoid-gated shared expert.
+QWEN2_MOE = Family(
+    "qwen2_moe", ("qwen2_moe",), "qwen2_moe.tn", "model.",
+    {**_LLAMA_DIMS, "Hidden": ("moe_intermediate_size",),
+     "SharedHidden": ("shared_expert_intermediate_size",), "Experts": ("num_experts",)},
+    {**_LLAMA_CONSTS, "TopK": ("num_experts_per_tok",)},
+    _LLAMA_TOP, tuple(row for row in QWEN2.layer if ".mlp." not in row[0]) + (
+        ("blocks.{l}.mlp.W_router", "layers.{l}.mlp.gate.weight", "transpose"),
+        ("blocks.{l}.mlp.W_gate", "layers.{l}.mlp.experts.{x}.gate_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.experts.{x}.up_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.experts.{x}.down_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_shared_gate", "layers.{l}.mlp.shared_expert_gate.weight",
+         "flatten"),
+        ("blocks.{l}.mlp.shared.W_gate", "layers.{l}.mlp.shared_expert.gate_proj.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.shared.W_in", "layers.{l}.mlp.shared_expert.up_proj.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.shared.W_out", "layers.{l}.mlp.shared_expert.down_proj.weight",
+         "transpose"),
+    ), _ROTARY_BUFFERS, tied={"unembed.W_U": "model.embed_tokens.weight"},
+    derived={"NormTopK": ("as_number", "norm_topk_prob")},
+    requires={"qkv_bias": (None, True), "use_sliding_window": (None, False),
+              "decoder_sparse_step": (None, 1), "mlp_only_layers": (None, [])})
+
+FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA, GEMMA2, GPTJ, BLOOM, GEMMA3, MIXTRAL, QWEN2_MOE)
