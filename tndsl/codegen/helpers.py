@@ -5,7 +5,7 @@ only as identifiers (`codegen.names`) or `repr()` literals, never through here.
 """
 from __future__ import annotations
 
-from tndsl.codegen import fixed as fixed_forms, fused as fused_forms
+from tndsl.codegen import experts as expert_forms, fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
@@ -218,6 +218,7 @@ if _onednn_linear is None:  # nothing to choose between: no tests per call
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
+    **expert_forms.HELPERS,
 }
 HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
 # Emitted first: the classes below use it at construction.
