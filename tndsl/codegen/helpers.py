@@ -160,10 +160,11 @@ def _gelu_bloom(x):
 ''',
     "_top_k": '''
 def _top_k(t, k, legs):
-    """t where it is among the k largest over the last `legs` dims, 0 elsewhere."""
+    """t where it is among the k largest over the last `legs` dims (the first in order
+    among equals: a stable sort), 0 elsewhere."""
     flat = t.reshape(t.shape[:t.dim() - legs] + (-1,))
-    values, chosen = flat.topk(k, dim=-1)
-    return torch.zeros_like(flat).scatter(-1, chosen, values).reshape(t.shape)
+    chosen = flat.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(flat).scatter(-1, chosen, flat.gather(-1, chosen)).reshape(t.shape)
 ''',
     "_packed": '''
 def _packed(module, key, params, pack):

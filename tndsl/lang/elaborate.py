@@ -173,8 +173,9 @@ class _Elaborator:
                 right = self._dim_size(operand)
                 if op in "/%" and right == 0:
                     raise TnError("division by zero", operand.span)
-                value = {"+": value + right, "-": value - right, "*": value * right,
-                         "/": value / right, "%": sympy.Mod(value, right)}[op]
+                value = sympy.Mod(value, right) if op == "%" else \
+                    {"+": value + right, "-": value - right, "*": value * right,
+                     "/": value / right if op == "/" else None}[op]
             return value
         if isinstance(e, ast.Negate):
             return -self._dim_size(e.operand)
