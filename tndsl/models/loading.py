@@ -235,18 +235,18 @@ def _rows_with_edits(family: Family, edits) -> tuple[tuple, tuple, dict]:
 
 # ---- layouts: an HF tensor → a param of `shape` ------------------------------------------
 
-def _heads_in(t, shape):          # nn.Linear [heads * head, model] → [heads, model, head]
+def _heads_in(t, shape, sizes=None):   # nn.Linear [heads * head, model] → [heads, model, head]
     heads, model, head = shape
     return t.reshape(heads, head, model).permute(0, 2, 1)
 
 
-def _heads_out(t, shape):         # nn.Linear [model, heads * head] → [heads, head, model]
+def _heads_out(t, shape, sizes=None):  # nn.Linear [model, heads * head] → [heads, head, model]
     heads, head, model = shape
     return t.reshape(model, heads, head).permute(1, 2, 0)
 
 
 def _neox(j):
-    def take(t, shape):           # fused rows h * 3 * head + j * head + e
+    def take(t, shape, sizes):    # fused rows h * 3 * head + j * head + e
         if len(shape) == 3:
             heads, model, head = shape
             return t.reshape(heads, 3, head, model)[:, j].permute(0, 2, 1)
@@ -255,18 +255,57 @@ def _neox(j):
     return take
 
 
+def _neox_shape(s, sizes):
+    return (3 * s[0] * s[2], s[1]) if len(s) == 3 else (3 * s[0] * s[1],)
+
+
+def _stacked_bounds(sizes, j):
+    """Rows of part j of a projection stacked as [queries | keys | values]: all query
+    heads, then the key/value heads (Phi-3's qkv_proj, GPT-BigCode's multi-query)."""
+    heads, groups, head = sizes["Heads"], sizes.get("KVHeads", sizes["Heads"]), sizes["Head"]
+    edges = (0, heads * head, (heads + groups) * head, (heads + 2 * groups) * head)
+    return edges[j], edges[j + 1]
+
+
+def _stacked(j):
+    def take(t, shape, sizes):
+        start, stop = _stacked_bounds(sizes, j)
+        part = t[start:stop]
+        return _heads_in(part, shape) if len(shape) == 3 else part.reshape(shape)
+    return take
+
+
+def _stacked_shape(s, sizes):
+    rows = _stacked_bounds(sizes, 2)[1]
+    return (rows, s[1]) if len(s) == 3 else (rows,)
+
+
+def _half(j):                     # nn.Linear [2 * hidden, model], [gate | up] → [model, hidden]
+    def take(t, shape, sizes):
+        model, hidden = shape
+        return t.reshape(2, hidden, model)[j].T
+    return take
+
+
+# name → (take(tensor, param shape, sizes) → the param, expected HF shape(param shape,
+# sizes); None in it: any size, checked by the take).
 LAYOUTS = {
-    "same": (lambda t, shape: t, lambda s: s),
-    "transpose": (lambda t, shape: t.T, lambda s: s[::-1]),
-    "heads_in": (_heads_in, lambda s: (s[0] * s[2], s[1])),
-    "heads_out": (_heads_out, lambda s: (s[2], s[0] * s[1])),
-    "heads_bias": (lambda t, shape: t.reshape(shape), lambda s: (s[0] * s[1],)),
-    "neox_q": (_neox(0), lambda s: (3 * s[0] * s[2], s[1]) if len(s) == 3 else (3 * s[0] * s[1],)),
-    "neox_k": (_neox(1), None),
-    "neox_v": (_neox(2), None),
+    "same": (lambda t, shape, sizes: t, lambda s, sizes: s),
+    "transpose": (lambda t, shape, sizes: t.T, lambda s, sizes: s[::-1]),
+    "heads_in": (_heads_in, lambda s, sizes: (s[0] * s[2], s[1])),
+    "heads_out": (_heads_out, lambda s, sizes: (s[2], s[0] * s[1])),
+    "heads_bias": (lambda t, shape, sizes: t.reshape(shape), lambda s, sizes: (s[0] * s[1],)),
+    "neox_q": (_neox(0), _neox_shape),
+    "neox_k": (_neox(1), _neox_shape),
+    "neox_v": (_neox(2), _neox_shape),
+    "stacked_q": (_stacked(0), _stacked_shape),
+    "stacked_k": (_stacked(1), _stacked_shape),
+    "stacked_v": (_stacked(2), _stacked_shape),
+    "gate_half": (_half(0), lambda s, sizes: (2 * s[1], s[0])),
+    "up_half": (_half(1), lambda s, sizes: (2 * s[1], s[0])),
+    # The first row of a table (BERT's token type 0, what a missing token_type_ids means).
+    "first_row": (lambda t, shape, sizes: t[0], lambda s, sizes: (None, *s)),
 }
-LAYOUTS["neox_k"] = (LAYOUTS["neox_k"][0], LAYOUTS["neox_q"][1])
-LAYOUTS["neox_v"] = (LAYOUTS["neox_v"][0], LAYOUTS["neox_q"][1])
 
 
 def _rows(family: Family, layers: int, top=None, layer=None):
@@ -279,7 +318,7 @@ def _rows(family: Family, layers: int, top=None, layer=None):
 
 
 def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
-               edits=()) -> dict[str, torch.Tensor]:
+               edits=(), *, own_file: bool = False) -> dict[str, torch.Tensor]:
     """The params of `program` from the checkpoint's tensors, after checking that the
     table, the program and the checkpoint agree (one error listing every difference).
     `edits` are the settings' (`resolve`): rows added, dropped or tied."""
@@ -295,7 +334,12 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
         if tn in tied and (tied[tn] in raw or hf not in raw):
             hf = tied[tn]  # tied: the unembedding is the embedding
         sources[tn] = hf
-        expected.setdefault(hf, tuple(LAYOUTS[layout][1](shapes[tn])))
+        shape = tuple(LAYOUTS[layout][1](shapes[tn], program.sizes))
+        if hf in raw and len(shape) == raw[hf].dim():  # None: any size there
+            shape = tuple(n if e is None else e for e, n in zip(shape, raw[hf].shape))
+        expected.setdefault(hf, shape)
+    if own_file:
+        _check_shapes(family, params, shapes, rows, sources, expected, raw)
     ignored = family.ignored + tuple(hf for tn, hf, _ in rows
                                      if tn in tied and sources[tn] != hf)
     actual = {k: tuple(v.shape) for k, v in raw.items()
@@ -303,7 +347,8 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
     _compare(expected, actual, "the checkpoint's tensors")
     state = {}
     for tn, hf, layout in rows:
-        state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn]).contiguous()
+        state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn],
+                                       program.sizes).contiguous()
     return state
 
 
@@ -329,6 +374,24 @@ def _check_params(family: Family, program, params, shapes, rows) -> None:
             f"the checkpoint's {hf}",
             hint="declare it with this path (a block instance's params are named under "
                  "its `as` path), or use the family's file"))
+    errors.raise_if_any()
+
+
+def _check_shapes(family, params, shapes, rows, sources, expected, raw) -> None:
+    """A user's own file: each param whose shape does not fit its checkpoint tensor is
+    an error at the param's declaration."""
+    from tndsl.lang.errors import ErrorSink
+    errors = ErrorSink()
+    for tn, _, layout in rows:
+        hf = sources[tn]
+        if hf in raw and tuple(raw[hf].shape) != expected[hf]:
+            legs = ", ".join(f"{leg.name}: {leg.dim}" for leg in params[tn].legs)
+            errors.add(WeightsError(
+                f"param `{tn}` [{legs}] = {list(shapes[tn])} does not fit the checkpoint's "
+                f"{hf} of shape {list(raw[hf].shape)}", params[tn].span,
+                hint=f"the {family.name} table reads it with layout `{layout}`, which "
+                     f"needs the checkpoint's shape {list(expected[hf])}: check the legs' "
+                     "order and dims against the family's file"))
     errors.raise_if_any()
 
 
@@ -386,7 +449,8 @@ def load_hf(folder: str | Path, *, context: int | None = None,
         _check_params(family, program, {p.name: p for p in program.params},
                       {}, [(name, name, "same") for name in state])
         return program, state
-    return program, state_dict(family, program, read_checkpoint(folder), resolved.edits)
+    return program, state_dict(family, program, read_checkpoint(folder), resolved.edits,
+                               own_file=tn is not None)
 
 
 class ConfigWarning(UserWarning):

@@ -110,9 +110,9 @@ ACTIVATIONS = {
 }
 
 
-def activation(key: str, default: str, pattern: str, *,
+def activation(key: str, default: str, *patterns: str,
                aliases: Mapping[str, str] | None = None) -> Setting:
-    """A `Setting` for an activation key: `pattern` is the `.tn` text with `{box}` where
+    """A `Setting` for an activation key: each pattern is `.tn` text with `{box}` where
     the box name stands (`"gate[p, f] = {box}("`); the file is written with `default`'s
     box. `aliases` maps values this family reads as another (Gemma: `gelu` is taken as
     `gelu_pytorch_tanh`, as transformers does)."""
@@ -121,8 +121,8 @@ def activation(key: str, default: str, pattern: str, *,
     values = []
     for name, target in names.items():
         box = ACTIVATIONS[target]
-        values.append((name, KEEP if box == written else Edit(replace=(
-            (pattern.format(box=written), pattern.format(box=box)),))))
+        values.append((name, KEEP if box == written else Edit(replace=tuple(
+            (pattern.format(box=written), pattern.format(box=box)) for pattern in patterns))))
     return Setting(key, "the MLP's activation", default, tuple(values))
 
 
@@ -147,9 +147,10 @@ COMMON_INERT = (
     "torch_dtype", "transformers_version", "use_cache", "attention_dropout",
     "hidden_dropout", "classifier_dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop",
     "hidden_dropout_prob", "attention_probs_dropout_prob", "tokenizer_class",
-    "task_specific_params", "prefix", "finetuning_task", "num_labels", "is_decoder",
-    "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
+    "task_specific_params", "prefix", "finetuning_task", "num_labels",
+    "cross_attention_hidden_size", "tie_encoder_decoder",
     "pruned_heads", "torchscript", "use_return_dict", "_attn_implementation",
+    "_experts_implementation",
     "_attn_implementation_autoset", "_commit_hash", "max_length", "min_length",
     "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
     "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids",
@@ -383,6 +384,7 @@ PYTHIA = Family(
     rope=Rope(theta_keys=("rope_theta", "rotary_emb_base"),
               fraction_keys=("partial_rotary_factor", "rotary_pct"),
               fraction_default=0.25),
+    inert=("is_decoder",),   # GPTNeoXForCausalLM is causal either way
     hf_classes=("GPTNeoXForCausalLM",),
     what="parallel block, partial RoPE, LayerNorm with bias, untied unembedding")
 
@@ -412,4 +414,207 @@ GPT2 = Family(
     hf_classes=("GPT2LMHeadModel",),
     what="LayerNorm, learnt positions, GELU (tanh)", learnt_context="Context")
 
-FAMILIES = (GPT2, LLAMA, MISTRAL, QWEN2, GEMMA, PYTHIA)
+# ---- Qwen3, OLMo-2: norms on the queries and keys --------------------------------------
+
+_QK_NORM_ROWS = (
+    ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "same"),
+    ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "same"),
+)
+
+QWEN3 = Family(
+    "qwen3", ("qwen3",), "qwen3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    _LLAMA_LAYER + _QK_NORM_ROWS, _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:3], *_qwen_window()),
+    inert=("use_sliding_window", "sliding_window", "max_window_layers"),
+    rope=Rope(), hf_classes=("Qwen3ForCausalLM",),
+    what="RMSNorm on each query and key head, GQA, explicit head dim")
+
+OLMO2 = Family(
+    "olmo2", ("olmo2",), "olmo2.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    (("blocks.{l}.ln1_post.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2_post.w", "layers.{l}.post_feedforward_layernorm.weight", "same"),
+     *(row for row in _LLAMA_LAYER if ".ln" not in row[0]),
+     ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "heads_bias"),
+     ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "heads_bias")),
+    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(theta_default=10000.0),
+    hf_classes=("Olmo2ForCausalLM",),
+    what="norms after each sublayer, RMSNorm on the whole query and key")
+
+# ---- Phi-3: fused projections in the checkpoint ------------------------------------------
+
+PHI3 = Family(
+    "phi3", ("phi3",), "phi3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    (("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.attn.W_Q", "layers.{l}.self_attn.qkv_proj.weight", "stacked_q"),
+     ("blocks.{l}.attn.W_K", "layers.{l}.self_attn.qkv_proj.weight", "stacked_k"),
+     ("blocks.{l}.attn.W_V", "layers.{l}.self_attn.qkv_proj.weight", "stacked_v"),
+     ("blocks.{l}.attn.W_O", "layers.{l}.self_attn.o_proj.weight", "heads_out"),
+     ("blocks.{l}.mlp.W_gate", "layers.{l}.mlp.gate_up_proj.weight", "gate_half"),
+     ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.gate_up_proj.weight", "up_half"),
+     ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.down_proj.weight", "transpose")),
+    _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:2],
+              Setting("sliding_window", "each query reads at most this many keys back",
+                      None, ((None, _NO_WINDOW),
+                             (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
+    inert=("original_max_position_embeddings",),  # read only by longrope, refused
+    rope=Rope(fraction_default=1.0), hf_classes=("Phi3ForCausalLM",),
+    what="fused qkv and gate/up weights split on loading, partial RoPE")
+
+# ---- GPT-BigCode: multi-query ---------------------------------------------------------
+
+_BIGCODE_MHA_ROWS = tuple(
+    (f"blocks.{{l}}.attn.{w}_{x}", f"h.{{l}}.attn.c_attn.{kind}", f"neox_{x.lower()}")
+    for w, kind in (("W", "weight"), ("b", "bias")) for x in "QKV")
+
+GPT_BIGCODE = Family(
+    "gpt_bigcode", ("gpt_bigcode",), "gpt_bigcode.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("n_embd", "hidden_size"),
+     "Heads": ("n_head", "num_attention_heads"),
+     "Layers": ("n_layer", "num_hidden_layers"),
+     "Context": ("n_positions", "max_position_embeddings")},
+    {"Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "wte.weight", "same"), ("pos_embed.W_pos", "wpe.weight", "same"),
+     ("ln_final.w", "ln_f.weight", "same"), ("ln_final.b", "ln_f.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.ln_1.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.ln_1.bias", "same"),
+     ("blocks.{l}.ln2.w", "h.{l}.ln_2.weight", "same"),
+     ("blocks.{l}.ln2.b", "h.{l}.ln_2.bias", "same"),
+     # Multi-query: c_attn's rows are [queries (Model) | key (Head) | value (Head)].
+     ("blocks.{l}.attn.W_Q", "h.{l}.attn.c_attn.weight", "stacked_q"),
+     ("blocks.{l}.attn.W_K", "h.{l}.attn.c_attn.weight", "stacked_k"),
+     ("blocks.{l}.attn.W_V", "h.{l}.attn.c_attn.weight", "stacked_v"),
+     ("blocks.{l}.attn.b_Q", "h.{l}.attn.c_attn.bias", "stacked_q"),
+     ("blocks.{l}.attn.b_K", "h.{l}.attn.c_attn.bias", "stacked_k"),
+     ("blocks.{l}.attn.b_V", "h.{l}.attn.c_attn.bias", "stacked_v"),
+     ("blocks.{l}.attn.W_O", "h.{l}.attn.c_proj.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "h.{l}.attn.c_proj.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.c_fc.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.c_fc.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.c_proj.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.c_proj.bias", "same")),
+    ("lm_head.weight", "*.attn.bias", "*.attn.masked_bias"),
+    settings=(
+        activation("activation_function", "gelu_pytorch_tanh", "post[p, f] = {box}("),
+        # Without multi-query, c_attn is per head [q | k | v], as GPT-NeoX's.
+        flag("multi_query", "one key/value head shared by all query heads", True,
+             true=KEEP, false=Edit(dims={"KVHeads": "n_head"}, layer=_BIGCODE_MHA_ROWS,
+                                   drop=tuple(r[0] for r in _BIGCODE_MHA_ROWS))),
+        flag("scale_attn_weights", "scores divided by sqrt(Head)", True, true=KEEP,
+             false=Edit(replace=(("* k[s, g, e] / sqrt(Head)", "* k[s, g, e]"),))),
+        Setting("n_inner", "the MLP's width (null: 4 · n_embd)", None,
+                ((None, KEEP), (POSITIVE_INT, Edit(
+                    replace=(("dim Hidden = 4 * Model", "dim Hidden"),),
+                    dims={"Hidden": "n_inner"})))),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", True,
+             true=KEEP),
+        # Numerics only (float32 softmax under half inputs).
+        only("attention_softmax_in_fp32", "float32 softmax under half precision", True,
+             True, False),
+        only("scale_attention_softmax_in_fp32", "float32 scaling under half precision",
+             True, True, False),
+    ),
+    inert=("num_key_value_heads",),   # derived by transformers from multi_query
+    hf_classes=("GPTBigCodeForCausalLM",),
+    what="multi-query attention (one key/value head), learnt positions",
+    learnt_context="Context")
+
+# ---- StableLM -------------------------------------------------------------------------------
+
+_STABLELM_PARALLEL = Edit(replace=((
+    "    resid_mid[p, m] = resid_pre[p, m] + Attention(LayerNorm(resid_pre) as ln1) as attn\n"
+    "    return resid_mid[p, m] + MLP(LayerNorm(resid_mid) as ln2) as mlp",
+    "    normed[p, m] = LayerNorm(resid_pre) as ln1\n"
+    "    return resid_pre[p, m] + Attention(normed) as attn + MLP(normed) as mlp"),),
+    drop=("blocks.{l}.ln2.w", "blocks.{l}.ln2.b"))
+
+_STABLELM_QKV_BIAS = Edit(replace=(
+    ("    param W_O[h: Heads, e: Head, m: Model]\n",
+     "    param W_O[h: Heads, e: Head, m: Model]\n"
+     "    param b_Q[h: Heads, e: Head] init zeros\n"
+     "    param b_K[g: KVHeads, e: Head] init zeros\n"
+     "    param b_V[g: KVHeads, e: Head] init zeros\n"),
+    ("q_pre[p, h, f] = x[p, m] * W_Q[h, m, f]",
+     "q_pre[p, h, f] = x[p, m] * W_Q[h, m, f] + b_Q[h, f] * ones[p]"),
+    ("k_pre[p, g, f] = x[p, m] * W_K[g, m, f]",
+     "k_pre[p, g, f] = x[p, m] * W_K[g, m, f] + b_K[g, f] * ones[p]"),
+    ("v[p, g, e] = x[p, m] * W_V[g, m, e]",
+     "v[p, g, e] = x[p, m] * W_V[g, m, e] + b_V[g, e] * ones[p]")),
+    layer=(("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
+           ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
+           ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias")))
+
+STABLELM = Family(
+    "stablelm", ("stablelm",), "stablelm.tn", "model.",
+    {k: v for k, v in _LLAMA_DIMS.items() if k != "Head"}, {"Eps": ("layer_norm_eps",)},
+    (("embed.W_E", "embed_tokens.weight", "same"),
+     ("ln_final.w", "norm.weight", "same"), ("ln_final.b", "norm.bias", "same"),
+     ("unembed.W_U", "/lm_head.weight", "transpose")),
+    (("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "layers.{l}.input_layernorm.bias", "same"),
+     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "layers.{l}.post_attention_layernorm.bias", "same"),
+     *(row for row in _LLAMA_LAYER if ".ln" not in row[0])),
+    _ROTARY_BUFFERS,
+    settings=(
+        activation("hidden_act", "silu", "gate[p, f] = {box}("),
+        tie_word_embeddings(False),
+        flag("use_parallel_residual", "attention and MLP read one LayerNorm's output "
+             "(parallel) or one after the other", False, true=_STABLELM_PARALLEL,
+             false=KEEP),
+        flag("use_qkv_bias", "biases on the q, k and v projections", False,
+             true=_STABLELM_QKV_BIAS, false=KEEP),
+        flag("qk_layernorm", "a LayerNorm per query and key head", False, false=KEEP),
+    ),
+    rope=Rope(fraction_default=0.25), hf_classes=("StableLmForCausalLM",),
+    what="LayerNorm with bias, partial RoPE, optional parallel block and qkv biases")
+
+# ---- BERT ----------------------------------------------------------------------------------
+
+BERT = Family(
+    "bert", ("bert",), "bert.tn", "bert.",
+    {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
+     "Heads": ("num_attention_heads",), "Hidden": ("intermediate_size",),
+     "Layers": ("num_hidden_layers",), "Context": ("max_position_embeddings",)},
+    {"Eps": ("layer_norm_eps",)},
+    (("embed.W_E", "embeddings.word_embeddings.weight", "same"),
+     ("embed.W_pos", "embeddings.position_embeddings.weight", "same"),
+     ("embed.W_type", "embeddings.token_type_embeddings.weight", "first_row"),
+     ("embed.ln.w", "embeddings.LayerNorm.weight", "same"),
+     ("embed.ln.b", "embeddings.LayerNorm.bias", "same"),
+     ("mlm_head.W", "/cls.predictions.transform.dense.weight", "transpose"),
+     ("mlm_head.b", "/cls.predictions.transform.dense.bias", "same"),
+     ("mlm_head.ln.w", "/cls.predictions.transform.LayerNorm.weight", "same"),
+     ("mlm_head.ln.b", "/cls.predictions.transform.LayerNorm.bias", "same"),
+     ("unembed.b_U", "/cls.predictions.bias", "same")),
+    (*((f"blocks.{{l}}.attn.{w}_{x}", f"encoder.layer.{{l}}.attention.self.{n}.{kind}",
+        layout) for x, n in (("Q", "query"), ("K", "key"), ("V", "value"))
+       for w, kind, layout in (("W", "weight", "heads_in"), ("b", "bias", "heads_bias"))),
+     ("blocks.{l}.attn.W_O", "encoder.layer.{l}.attention.output.dense.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "encoder.layer.{l}.attention.output.dense.bias", "same"),
+     ("blocks.{l}.ln1.w", "encoder.layer.{l}.attention.output.LayerNorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "encoder.layer.{l}.attention.output.LayerNorm.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "encoder.layer.{l}.intermediate.dense.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "encoder.layer.{l}.intermediate.dense.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "encoder.layer.{l}.output.dense.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "encoder.layer.{l}.output.dense.bias", "same"),
+     ("blocks.{l}.ln2.w", "encoder.layer.{l}.output.LayerNorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "encoder.layer.{l}.output.LayerNorm.bias", "same")),
+    # Buffers, and the decoder's tied copies of the word embedding and the bias.
+    ("*.position_ids", "*.token_type_ids", "cls.predictions.decoder.weight",
+     "cls.predictions.decoder.bias"),
+    settings=(
+        activation("hidden_act", "gelu", "post[p, f] = {box}(", "hidden[p, m] = {box}("),
+        flag("tie_word_embeddings", "the MLM decoder reads the word embedding", True,
+             true=KEEP),
+        only("is_decoder", "a causal decoder instead of the encoder", False, False),
+        only("add_cross_attention", "cross-attention layers", False, False),
+    ),
+    inert=("type_vocab_size", "position_embedding_type", "gradient_checkpointing"),
+    hf_classes=("BertForMaskedLM",),
+    what="bidirectional post-norm encoder, learnt positions, masked-LM head",
+    learnt_context="Context")
+
+FAMILIES = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, OLMO2, PHI3, PYTHIA, STABLELM,
+            GPT_BIGCODE, BERT)
