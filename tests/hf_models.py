@@ -15,39 +15,49 @@ SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_lay
              num_attention_heads=4, max_position_embeddings=64)
 GPT_LIKE = dict(vocab_size=97, n_embd=64, n_layer=2, n_head=4, n_positions=32)
 
-# family name → () → (model class, config): one checkpoint per family at least, with
-# non-default settings where the family has them.
-CASES = {
-    "llama": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+# case → (model class, config class, config kwargs): one checkpoint per family at least,
+# with non-default settings where the family has them.
+SPECS = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", dict(
         **SMALL, num_key_value_heads=2, rope_theta=5000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=False)),
-    "llama_tied_mha": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+    "llama_tied_mha": ("LlamaForCausalLM", "LlamaConfig", dict(
         **SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
-    "mistral": lambda: (transformers.MistralForCausalLM, transformers.MistralConfig(
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(
         **SMALL, num_key_value_heads=1, sliding_window=4, rope_theta=20000.0)),
-    "pythia": lambda: (transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig(
+    "pythia": ("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(
         **{**SMALL, "intermediate_size": 256}, rotary_pct=0.5, rotary_emb_base=7000,
         hidden_act="gelu", use_parallel_residual=True)),
-    "qwen2": lambda: (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(
         **SMALL, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True)),
-    "qwen3": lambda: (transformers.Qwen3ForCausalLM, transformers.Qwen3Config(
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(
         **SMALL, num_key_value_heads=2, head_dim=24, rope_theta=1e6,
         tie_word_embeddings=False)),
-    "gemma": lambda: (transformers.GemmaForCausalLM, transformers.GemmaConfig(
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(
         **SMALL, num_key_value_heads=1, head_dim=32, hidden_act="gelu_pytorch_tanh")),
-    "olmo2": lambda: (transformers.Olmo2ForCausalLM, transformers.Olmo2Config(
+    "olmo2": ("Olmo2ForCausalLM", "Olmo2Config", dict(
         **SMALL, num_key_value_heads=2, rope_theta=30000.0)),
-    "phi3": lambda: (transformers.Phi3ForCausalLM, transformers.Phi3Config(
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(
         **SMALL, num_key_value_heads=2, partial_rotary_factor=0.5, sliding_window=5,
         pad_token_id=0)),
-    "stablelm": lambda: (transformers.StableLmForCausalLM, transformers.StableLmConfig(
+    "stablelm": ("StableLmForCausalLM", "StableLmConfig", dict(
         **SMALL, num_key_value_heads=2, use_qkv_bias=True, partial_rotary_factor=0.5)),
-    "gpt_bigcode": lambda: (transformers.GPTBigCodeForCausalLM,
-                            transformers.GPTBigCodeConfig(**GPT_LIKE, multi_query=True)),
-    "gpt2": lambda: (transformers.GPT2LMHeadModel, transformers.GPT2Config(**GPT_LIKE)),
-    "bert": lambda: (transformers.BertForMaskedLM, transformers.BertConfig(
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", "GPTBigCodeConfig",
+                    dict(**GPT_LIKE, multi_query=True)),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(GPT_LIKE)),
+    "bert": ("BertForMaskedLM", "BertConfig", dict(
         **{**SMALL, "max_position_embeddings": 32}, layer_norm_eps=1e-6)),
 }
+
+
+def build(case, **overrides):
+    """(model class, config) of a case, with config kwargs overridden."""
+    model, config, kwargs = SPECS[case]
+    return getattr(transformers, model), getattr(transformers, config)(
+        **{**kwargs, **overrides})
+
+
+CASES = {case: (lambda case=case: build(case)) for case in SPECS}
 
 # The family each case checks (a case named after its family, or with a suffix).
 FAMILY_OF = {case: case if case in ("gpt_bigcode",) else case.split("_")[0]

@@ -408,6 +408,7 @@ GPT2 = Family(
         only("reorder_and_upcast_attn", "float32 scores under half precision (the "
              "compiled model's own precision is the module's dtype)", False, False, True),
         only("layer_norm_epsilon", "LayerNorm's epsilon", 1e-5, 1e-5),
+        only("add_cross_attention", "cross-attention layers", False, False),
     ),
     inert=("summary_activation", "summary_first_dropout", "summary_proj_to_labels",
            "summary_type", "summary_use_proj", "n_ctx"),
