@@ -18,7 +18,15 @@ import transformers
 
 import tndsl
 from tndsl.models import WeightsError
-from test_families import SMALL, _float64_oracle, _save, _tokens
+from hf_models import SMALL, float64_oracle as _float64_oracle, randomize
+from hf_models import tokens as _tokens
+
+
+def _save(model_class, config, folder, seed=0):
+    """A random checkpoint on disk (the attention implementation the case chose)."""
+    model = randomize(model_class(config), seed).eval()
+    model.save_pretrained(folder)
+    return model
 
 
 def _eager_float64(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -177,7 +185,7 @@ def test_layer_types_that_are_not_periodic_are_refused(tmp_path):
                                        layer_types=["full_attention", "sliding_attention",
                                                     "sliding_attention"])
     _save(transformers.Gemma2ForCausalLM, config, tmp_path)
-    with pytest.raises(WeightsError, match="layer_types .* not periodic"):
+    with pytest.raises(WeightsError, match="layer_types = .* is not periodic"):
         tndsl.from_pretrained(tmp_path)
 
 

@@ -102,6 +102,8 @@ def _box(expr: ir.Sum, functions, legs: tuple[str, ...] | None = None) -> ir.Box
 
 def _is_topk(eq: ir.Equation) -> bool:
     """Gates that are 0 outside k entries along their last leg."""
+    if not eq.indices:
+        return False
     expert = (eq.indices[-1],)
     box = _box(eq.rhs, ("normalize", "topk"), expert)
     if box is not None and box.function == "normalize":
