@@ -3,6 +3,8 @@ as `.tn` (residuals of failed proofs). Deterministic: declaration order, no addr
 from __future__ import annotations
 
 import sympy
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
 
 from tndsl.lang import ir
 
@@ -81,8 +83,29 @@ def _scientific(n: int) -> str:
     return f"≈{sign}{lead // 100}.{lead % 100:02d}e+{exponent}"
 
 
+class _ScalarPrinter(StrPrinter):
+    """sympy's text, with powers written as the language can read them (it has no
+    `**`): `C**2` → `(C*C)`, `A**(3/2)` → `(A*sqrt(A))`; negative powers come out as
+    divisions by these."""
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.base, expr.exp
+        if exponent.is_Rational and exponent > 1 and exponent.q in (1, 2):
+            written = self.parenthesize(base, PRECEDENCE["Mul"], strict=False)
+            parts = [written] * int(exponent.p // exponent.q)
+            if exponent.q == 2:
+                parts.append(f"sqrt({self._print(base)})")
+            return "(" + "*".join(parts) + ")"
+        if exponent.is_Rational and exponent < -1 and exponent.q in (1, 2):
+            return "(1/" + self._print_Pow(sympy.Pow(base, -exponent, evaluate=False)) + ")"
+        return super()._print_Pow(expr, rational)
+
+
+_SCALARS = _ScalarPrinter({"order": "lex"})
+
+
 def format_scalar(value: sympy.Expr) -> str:
-    return sympy.sstr(value, order="lex")
+    return _SCALARS.doprint(value)
 
 
 def expression(node: ir.Sum) -> str:

@@ -30,6 +30,7 @@ from typing import Mapping
 import sympy
 
 from tndsl.lang import dims as dimmod, ir
+from tndsl.lang.printer import format_scalar
 from tndsl.verify import canon
 
 MAX_MONOMIALS = 20_000      # beyond this, the symbolic tier gives up (unknown)
@@ -495,7 +496,7 @@ def _render_monomial(key: tuple, coefficient, dummy: str, display, first: int
         return body, len(names)
     if coefficient == -1:
         return "-" + body, len(names)
-    text = sympy.sstr(coefficient)
+    text = format_scalar(coefficient)   # `.tn` text: no `**`
     if isinstance(coefficient, sympy.Add):
         text = f"({text})"
     return f"{text} * {body}", len(names)
