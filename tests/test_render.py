@@ -1,8 +1,7 @@
-"""Figures: golden DOT, structure of the rendered SVG, formats, and no-Graphviz errors."""
+"""Figures: golden DOT, formats, no-Graphviz errors, TikZ compiled (geometry: test_figure_geometry)."""
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -12,7 +11,6 @@ from tndsl.render import output
 from conftest import EXAMPLES, ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "dot"
-SVG = "{http://www.w3.org/2000/svg}"
 
 # (example, equation, depth): what the gallery draws.
 FIGURES = [
@@ -51,65 +49,11 @@ def test_dot_is_byte_identical_across_hash_seeds():
     assert len(outputs) == 1
 
 
-def svg(program, name=None, **options):
-    data = output.render_bytes(figure(program, name, **options).source, "svg", outline=False)
-    return ET.fromstring(data)
-
-
-def classes(root, prefix):
-    return [g for g in root.iter(f"{SVG}g") if g.get("class", "").startswith(prefix)]
-
-
-def wire_labels(root):
-    return [" ".join(t.text or "" for t in g.iter(f"{SVG}text")).strip()
-            for g in classes(root, "edge wire")]
-
-
-def test_one_node_per_tensor_instance_and_labelled_wires():
-    root = svg(load("attention_head"), "out", expand=True)
-    tensors = classes(root, "node tensor")
-    # x W_Q W_K x inside the softmax, then x W_V W_O: seven tensor instances.
-    assert len(tensors) == 7
-    assert len(classes(root, "node tensor param")) == 4
-    labels = wire_labels(root)
-    assert len(labels) == 8 and set(labels) == {"Context", "Model", "Head"}
-    assert labels.count("Context") == 2  # the query leg, and x's key leg out of the box
-
-
-def test_copy_dots_one_per_shared_leg():
-    # Multi-head: h meets W_Q and W_K inside the softmax (one dot) and the pattern, W_V
-    # and W_O outside (another): exactly two copy dots, every wire at them is `Heads`.
-    root = svg(load("multihead_attention"), "out", expand=True)
-    assert len(classes(root, "node copy")) == 2
-    assert wire_labels(root).count("Heads") == 5  # W_Q, W_K to one; it, W_V, W_O to the other
-
-
-def test_one_dashed_cluster_per_box():
-    assert len(classes(svg(load("nested_boxes"), "y"), "cluster box")) == 2
-    assert len(classes(svg(load("attention_head"), "out", expand=True), "cluster box")) == 1
-    assert len(classes(svg(load("orthodox"), "trace"), "cluster box")) == 0
-
-
-def test_qk_expansion_draws_four_terms_joined_by_plus():
-    root = svg(load("attn_only_2l"), "blocks.1.attn.scores", depth=1)
-    assert len(classes(root, "cluster term")) == 4
-    joiners = [" ".join(t.text for t in g.iter(f"{SVG}text")) for g in classes(root, "node joiner")]
-    assert joiners == ["+", "+", "+"]
-    # Each term: W_Q and W_K of layer 1 between two residual-stream reads.
-    assert len(classes(root, "node tensor param")) == 8
-
-
-def test_sum_shows_coefficients_and_minus():
-    program = tndsl.parse("dim N = 2\ninput a[i: N]\ninput b[i: N]\ny[i] = a[i] - 3 * b[i]\n")
-    root = svg(program)
-    texts = [" ".join(t.text for t in g.iter(f"{SVG}text")) for g in classes(root, "node")]
-    assert "−" in texts and "3" in texts
-
-
 def test_formats(tmp_path):
     fig = load("attention_head").render("out")
     for suffix, magic in ((".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG"),
-                          (".dot", b"digraph"), (".tex", b"\\IfFileExists{standalone.cls}")):
+                          (".dot", b"digraph"), (".tex", b"\\documentclass{article}"),
+                          (".tikz", b"% tndsl figure of out")):
         path = fig.save(tmp_path / f"fig{suffix}")
         assert path.read_bytes().startswith(magic), suffix
     small, large = fig.save(tmp_path / "a.png", dpi=72), fig.save(tmp_path / "b.png", dpi=216)
@@ -162,3 +106,47 @@ def test_cli_render(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tndsl", "render", "examples/sum.tn", "nope"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "no equation `nope` to draw" in bad.stderr
+
+
+def test_tikz_snippet_inputs_into_a_paper_set_in_times(tmp_path):
+    """The .tikz needs nothing but \\usepackage{tikz}: it is \\input into an article in
+    Times and the labels come out in the paper's face."""
+    load("multihead_attention").render("out", expand=True).save(tmp_path / "head.tikz")
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{mathptmx}\n\\usepackage{tikz}\n"
+        "\\begin{document}\nBefore.\n\n\\input{head.tikz}\n\nAfter.\n\\end{document}\n")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "paper.tex"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").read_bytes().startswith(b"%PDF")
+    # The fonts pdflatex embedded (its log lists their files): the labels are in the
+    # paper's Times (URW's utm*), the only text face the document has.
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "/urw/times/utmri8a.pfb" in log
+
+
+def test_pdf_embeds_a_times_face_and_a_missing_face_is_one_line(tmp_path):
+    from tndsl.render.fonts import FontError
+    fig = load("sum").render("total")
+    pdf = fig.save(tmp_path / "f.pdf").read_bytes()
+    assert b"NimbusRoman" in pdf or b"TeXGyreTermes" in pdf
+    assert b"DejaVu" not in pdf
+    with pytest.raises(FontError) as info:
+        load("sum").render("total", font="No Such Face Anywhere")
+    assert "not installed" in info.value.message and "\n" not in info.value.message
+
+
+def test_a_png_past_cairos_limit_is_refused_with_the_dpi_that_fits(tmp_path):
+    fig = load("attention_head").render("out", expand=True)
+    limit = output.CAIRO_MAX_PIXELS * 72 / fig.scene.width
+    with pytest.raises(RenderError, match=r"at most \d+ dpi fits"):
+        fig.save(tmp_path / "f.png", dpi=int(limit) + 1)
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_a_figure_too_costly_to_lay_out_is_refused_at_its_equation():
+    from tndsl.lang.errors import ResourceError
+    with pytest.raises(ResourceError) as info:
+        tndsl.load(ROOT / "examples" / "attn_only_2l.tn").render("logits", expand=True)
+    assert info.value.span is not None and "--depth" in info.value.hint
