@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	    fc-list | grep -q "Nimbus Roman" && kpsewhich tikz.sty mathptmx.sty >/dev/null) || \
 	    (command -v apt-get >/dev/null && (apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz fonts-urw-base35 \
-	    fonts-texgyre texlive-latex-base texlive-pictures texlive-fonts-recommended >/dev/null)) || \
+	    fonts-texgyre fonts-lmodern texlive-latex-base texlive-pictures texlive-fonts-recommended >/dev/null)) || \
 	    { echo "Graphviz, fonts or TeX are missing: install graphviz, fonts-urw-base35, texlive-latex-base, texlive-pictures and texlive-fonts-recommended (or brew install graphviz; a TeX distribution)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	echo '$(TORCH)' > $(VENV)/torch-constraint.txt

@@ -79,9 +79,8 @@ def test_without_graphviz_dot_output_works_and_others_say_how_to_install(monkeyp
     assert info.value.message.count("\n") == 0
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None,
-                    reason="pdflatex is not installed (TeX Live); the TikZ output is still "
-                           "written, only its compilation is not tested here")
+# pdflatex, TikZ and Times come with `make setup` (texlive-latex-base, texlive-pictures,
+# texlive-fonts-recommended), so these run on a fresh machine.
 @pytest.mark.parametrize("example, name, depth", [("multihead_attention", "out", None),
                                                   ("attn_only_2l", "blocks.1.attn.scores", 1)])
 def test_tikz_compiles_with_pdflatex(example, name, depth, tmp_path):
@@ -150,3 +149,44 @@ def test_a_figure_too_costly_to_lay_out_is_refused_at_its_equation():
     with pytest.raises(ResourceError) as info:
         tndsl.load(ROOT / "examples" / "attn_only_2l.tn").render("logits", expand=True)
     assert info.value.span is not None and "--depth" in info.value.hint
+
+
+def test_cli_render_options(tmp_path):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "tndsl", "render", *argv], cwd=ROOT,
+                              capture_output=True, text=True)
+    out = tmp_path / "head.pdf"
+    result = run("examples/attention_head.tn", "out", "--expand", "--width", "6.75in",
+                 "--font-size", "8", "--legs", "p/m", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().startswith(b"%PDF")
+    check = run("examples/sum.tn", "distributes", "--check", "-o", str(tmp_path / "c.tikz"))
+    assert check.returncode == 0, check.stderr
+    assert "$=$" in (tmp_path / "c.tikz").read_text()
+    hooks = run("examples/gpt2_small.tn", "blocks.0.out", "--depth", "1", "--hooks",
+                "--dim", "Layers=1")
+    assert hooks.returncode == 0 and "blocks.0.attn.out" in hooks.stdout
+    for argv, message in [
+            (["--width", "wide"], "width `wide` is not a length"),
+            (["--width", "1in", "--font-size", "10"], "does not fit in 1.00 in"),
+            (["--legs", "q/m"], "`q` is not an open leg"),
+            (["--font", "No Such Face Anywhere", "-o", str(tmp_path / "f.pdf")],
+             "font `No Such Face Anywhere` is not installed"),
+            (["nope", "--check"], "no check `nope` to draw")]:
+        bad = run("examples/attention_head.tn", *([] if argv[0] == "nope" else ["out"]),
+                  *argv)
+        assert bad.returncode == 1 and message in bad.stderr, (argv, bad.stderr)
+        assert "Traceback" not in bad.stderr
+
+
+def test_another_face_is_measured_and_embedded(tmp_path):
+    # Latin Modern (Debian fonts-lmodern, installed by `make setup`): measured from its own
+    # file, so a label is sized for it; the PDF embeds it and the .tex loads lmodern.
+    times = load("sum").render("total").scene
+    latin = load("sum").render("total", font="Latin Modern Roman").scene
+    assert latin.font.families == ("Latin Modern Roman",)
+    assert latin.width != times.width
+    pdf = load("sum").render("total", font="Latin Modern Roman").save(tmp_path / "f.pdf")
+    assert b"LMRoman" in pdf.read_bytes()
+    tex = load("sum").render("total", font="Latin Modern Roman").save(tmp_path / "f.tex")
+    assert r"\usepackage{lmodern}" in tex.read_text()

@@ -41,7 +41,9 @@ class Font:
 
     @property
     def graphviz_name(self) -> str:
-        return ",".join(self.families)
+        # Pango reads a trailing word such as "Roman" as a style unless the family list
+        # ends with a comma ("Latin Modern Roman" would otherwise ask for "Latin Modern").
+        return ",".join(self.families) + ","
 
     @property
     def is_times(self) -> bool:
@@ -138,3 +140,29 @@ def _measured(name: str, regular: str, italic: str) -> Font:
                      else metrics.DEFAULT for c in metrics.CHARS)
 
     return Font((name,), metrics.CHARS, widths(regular), widths(italic))
+
+
+def check_embedded(face: Font, pdf: bytes) -> None:
+    """After Graphviz wrote a PDF: its fonts must be the face asked for. A PDF names each
+    embedded font by its PostScript name (`/FontName /ABCDEF+NimbusRoman-Regular`), which
+    fontconfig gives for each family (`NimbusRoman`, `LMRoman10`)."""
+    import re
+    names = {n.split(b"+", 1)[-1].decode(errors="replace").split("-")[0]
+             for n in re.findall(rb"/FontName\s*/([^\s/<>\[\]()]+)", pdf)}
+    wanted = {_postscript(family) for family in face.families} - {""}
+    wrong = sorted(names - wanted)
+    if wrong:
+        raise FontError(f"Graphviz set the figure in {', '.join(wrong)}, not "
+                        f"{' or '.join(face.families)}; {FONT_HINT}")
+
+
+@functools.lru_cache(maxsize=None)
+def _postscript(family: str) -> str:
+    """The PostScript family of `family` as fontconfig has it (`LMRoman10`), or ""."""
+    try:
+        _match(family, "")
+    except FontError:
+        return ""
+    result = subprocess.run([shutil.which("fc-match"), "-f", "%{postscriptname}", family],
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout.strip().split("-")[0]

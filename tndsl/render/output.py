@@ -60,7 +60,9 @@ def render_bytes(scene: Scene, fmt: str, *, dpi: int = 300, outline: bool = True
     if fmt == "svg":
         return run_dot(to_dot(scene), "-Tsvg:cairo" if outline else "-Tsvg")
     if fmt == "pdf":
-        return run_dot(to_dot(scene), "-Tpdf:cairo")
+        pdf = run_dot(to_dot(scene), "-Tpdf:cairo")
+        fonts.check_embedded(scene.font, pdf)
+        return pdf
     if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
         raise RenderError(f"dpi must be a positive whole number, not {dpi!r}")
     pixels = max(scene.width, scene.height) / 72 * dpi
