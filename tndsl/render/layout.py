@@ -433,6 +433,11 @@ class _TermLayout:
         self.labels_at: dict[int, tuple[float, float]] = {}   # id(hyper) -> label x range
         depth = 0
         cursor = 0.0
+        need_at_edge = {side: max((s.text(self.wire_text(h.index)[0], s.wfs, True)
+                                   + 0.8 * s.fs for h in self.root.hypers if h.side == side),
+                                  default=0.0) for side in ("left", "right")}
+        self.edge_gap: dict = {}
+        edge_ranges: dict = {}
         has_leg = {"left": any(h.side == "left" for h in self.root.hypers),
                    "right": any(h.side == "right" for h in self.root.hypers)}
         for n, k in enumerate(solid):
@@ -471,22 +476,33 @@ class _TermLayout:
             elif borders and (token == "edge" or nxt == "edge") and not has_leg[
                     "left" if token == "edge" else "right"]:
                 widths[0 if token == "edge" else -1] = 0.0
+            if token == "edge" or nxt == "edge":
+                # Room at the edge for the label of every leg on this side.
+                side = "left" if token == "edge" else "right"
+                j = 0 if side == "left" else len(widths) - 1
+                widths[j] = max(widths[j], need_at_edge[side])
+                self.edge_gap[side] = j
             cursor += widths[0]
             start = cursor - widths[0]
+            ranges = []
             for j, (kind, box) in enumerate(borders):
                 if kind == "open":
                     box.x0 = cursor
                 else:
                     cursor = max(cursor, box.x0 + box.label_w + 2 * s.pad)
                     box.x1 = cursor
-                if chosen == j:
-                    self.labels_at[id(wire)] = (start, cursor)
+                ranges.append((start, cursor))
                 start = cursor
                 cursor += widths[j + 1]
-            if wire is not None and chosen == len(borders):
-                self.labels_at[id(wire)] = (start, cursor)
+            ranges.append((start, cursor))
+            if wire is not None:
+                self.labels_at[id(wire)] = ranges[chosen]
+            if token == "edge" or nxt == "edge":
+                side = "left" if token == "edge" else "right"
+                edge_ranges[side] = ranges[self.edge_gap[side]]
             depth = depths[-1]
         self.root.x0, self.root.x1 = 0.0, cursor
+        self.edge_ranges = edge_ranges
 
     # -- wires and lanes ----------------------------------------------------------------
     def _route(self, scope: _Scope) -> None:
@@ -571,6 +587,11 @@ class _TermLayout:
         s = self.sizes
         xs = [end.point()[0] for end in hyper.ends]
         x = sum(xs) / len(xs)
+        side = self.legs.get(hyper.index) if hyper.quiet or hyper.side else None
+        if side == "left":     # where the leg leaves: its wire runs on straight from it
+            x = min(xs) - (0 if hyper.quiet else s.fs)
+        elif side == "right":
+            x = max(xs) + (0 if hyper.quiet else s.fs)
         if scope.parent is not None:
             x = min(max(x, scope.x0 + s.pad + s.dot), scope.x1 - s.pad - s.dot)
         borders = sorted(b for sc in self._scopes(self.root) if sc.parent is not None
@@ -674,7 +695,10 @@ class _TermLayout:
             runs.append((pa, pb))
         if hyper.quiet:
             return
-        if runs and max(b - a for a, b in runs) >= s.text(plain, s.wfs, True) + 2:
+        if hyper.side and hyper.side in self.edge_ranges:
+            a, b = self.edge_ranges[hyper.side]
+            self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
+        elif runs and max(b - a for a, b in runs) >= s.text(plain, s.wfs, True) + 2:
             a, b = max(runs, key=lambda r: r[1] - r[0])
             self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
         else:  # no room along the lane: under the dot
