@@ -223,9 +223,13 @@ def test_paths_figure_reads_name_equals_labelled_terms():
     assert labels == ["<I>direct</I>", "<I>L0H·</I>", "<I>L1H·</I>", "<I>virtual L0H·→L1H·</I>"]
     lhs = [s for s in scene.shapes if s.name == "logits"]
     assert len(lhs) == 1 and [t.html for t in scene.texts if t.cls == "joiner"][0] == "="
-    # a head leg summed inside a term is a labelled sum, not a lone dot
-    assert sum(t.cls == "sum" for t in scene.texts) == sum(
-        s.kind == "ones" for s in scene.shapes) == 4
+    # a head leg summed inside a term is a labelled sum (its copy dot marked Σ), not a
+    # lone dot: one for each of L0H· and L1H·, two for the virtual heads
+    sums = [t for t in scene.texts if t.cls == "sum"]
+    assert len(sums) == 4 and not any(s.kind == "ones" for s in scene.shapes)
+    dots = [(s.x, s.y) for s in scene.shapes if s.kind == "copy"]
+    for text in sums:   # each right under a copy dot
+        assert any(abs(text.x - x) < 0.01 and 0 < y - text.y < 12 for x, y in dots)
 
 
 def test_hook_map_labels_each_intermediate_with_its_hook_point():

@@ -165,6 +165,7 @@ class _Hyper:
     straight: bool = False
     lane: float | None = None
     quiet: bool = False            # labelled once, by the wire it continues as outside
+    summed: bool = False           # a sum over this leg (a `ones` on it): its dot is marked Σ
 
 
 @dataclass(eq=False)
@@ -336,22 +337,34 @@ class _TermLayout:
             elif index in box.legs:
                 shown[index] = ends
             else:
-                self._mark_sums(ends)
-                box.hypers.append(_Hyper(index, ends))
+                box.hypers.append(self._summed(_Hyper(index, ends)))
         return shown
 
-    def _mark_sums(self, ends: list[_End]) -> None:
-        for end in ends:
-            if end.leaf is not None and end.leaf.kind == "ones":
+    def _summed(self, hyper: _Hyper) -> _Hyper:
+        """A contracted leg with a `ones` on it is a sum over that leg: where two or more
+        other ends meet, the ones goes and their copy dot is marked Σ; else the ones
+        stays, as a dot marked Σ."""
+        ones = [e for e in hyper.ends if e.leaf is not None and e.leaf.kind == "ones"
+                and len(e.leaf.indices) == 1]
+        others = [e for e in hyper.ends if e not in ones]
+        if not ones:
+            return hyper
+        if len(others) >= 2:
+            for end in ones:
+                end.leaf.scope.children.remove(end.leaf)
+            hyper.ends = others
+            hyper.summed = True
+        else:
+            for end in ones:
                 end.leaf.summed = True
+        return hyper
 
     def _connect_term(self) -> None:
         for index, ends in self._gather(self.root).items():
             if index in self.legs:
                 self.root.hypers.append(_Hyper(index, ends, side=self.legs[index]))
             else:
-                self._mark_sums(ends)
-                self.root.hypers.append(_Hyper(index, ends))
+                self.root.hypers.append(self._summed(_Hyper(index, ends)))
         # Which wires are straight pieces of the baseline.
         leaves = [t for t in self._tokens(self.root) if isinstance(t, _Leaf)]
         self.leaves = leaves
@@ -532,7 +545,7 @@ class _TermLayout:
         bottoms = [-c.h / 2 for c in scope.children if isinstance(c, _Leaf)]
         bottoms += [c.bottom for c in scope.children if isinstance(c, _Scope)]
         bottoms += [h.lane - (s.label_h + 2 if h.dot is not None and not self._has_run(h)
-                              else 0) for h in routed]
+                              else 0) - (1.3 * s.fs if h.summed else 0) for h in routed]
         bottoms += [d.y - s.dot / 2 for d in scope.dots]
         tops = [c.h / 2 + (0.9 * s.fs if c.hook else 0) + (1.2 * s.fs if c.summed else 0)
                 for c in scope.children if isinstance(c, _Leaf)]
@@ -581,7 +594,7 @@ class _TermLayout:
         for hyper in scope.hypers:
             if hyper.lane is not None and not (hyper.dot is not None and id(hyper.dot) in skip):
                 x0, x1 = self._extent(hyper, scope)
-                yield x0, x1, hyper.lane
+                yield x0, x1, hyper.lane - (1.3 * s.fs if hyper.summed else 0)
 
     def _dot_x(self, hyper: _Hyper, scope: _Scope) -> float:
         s = self.sizes
@@ -658,7 +671,8 @@ class _TermLayout:
 
         ends = sorted((end.point() for end in hyper.ends), key=lambda p: p[0])
         meet = None
-        if hyper.dot is not None or len(ends) >= 3 or (hyper.side and len(ends) >= 2):
+        if hyper.dot is not None or len(ends) >= 3 or (hyper.side and len(ends) >= 2) \
+                or hyper.summed:
             if hyper.dot is None:
                 hyper.dot = _Dot(scope, "copy")
                 scope.dots.append(hyper.dot)
@@ -671,6 +685,9 @@ class _TermLayout:
                     runs.append((min(path[-2][0], meet[0]), max(path[-2][0], meet[0])))
             self.shapes.append(Shape("copy", meet[0], lane, s.dot, s.dot,
                                      cls=hyper.dot.cls))
+            if hyper.summed:
+                self.texts.append(Text(meet[0], lane - s.dot / 2 - 0.65 * s.fs, s.text("Σ"),
+                                       s.fs, "Σ", r"$\Sigma$", "sum"))
         if hyper.side:
             edge = self.root.x0 if hyper.side == "left" else self.root.x1
             if meet is None:
