@@ -1,4 +1,5 @@
 """Figures: golden DOT, formats, no-Graphviz errors, TikZ compiled (geometry: test_figure_geometry)."""
+import re
 import shutil
 import subprocess
 import sys
@@ -84,12 +85,18 @@ def test_without_graphviz_dot_output_works_and_others_say_how_to_install(monkeyp
 @pytest.mark.parametrize("example, name, depth", [("multihead_attention", "out", None),
                                                   ("attn_only_2l", "blocks.1.attn.scores", 1)])
 def test_tikz_compiles_with_pdflatex(example, name, depth, tmp_path):
-    fig = figure(load(example), name, depth=depth or 0, expand=depth is None)
+    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in")
     fig.save(tmp_path / "fig.tex")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "fig.tex"],
+    # Uncompressed objects, so the page's size can be read back.
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             r"\pdfobjcompresslevel=0 \input{fig.tex}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
-    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    pdf = (tmp_path / "fig.pdf").read_bytes()
+    box = re.search(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", pdf)
+    # The page is the figure, in PostScript points as the layout: no margin, no crop.
+    assert abs(float(box.group(1)) - fig.scene.width) < 0.05
+    assert abs(float(box.group(2)) - fig.scene.height) < 0.05
 
 
 def test_cli_render(tmp_path):

@@ -994,9 +994,9 @@ def _joiner(s: _Sizes, coefficient, sign: str | None = None):
 
 def _coefficient(s: _Sizes, value):
     plain = coefficient_text(value)
-    w = s.text(plain)
+    w = max(s.text(plain), s.text(plain, italic=True))  # LaTeX sets its names in italics
     text = Text(0, 0, w, s.fs, dot_text(plain), f"${coefficient_tex(value)}$", "coefficient")
-    return ("coefficient", (text,), w + 0.5 * s.fs, 0.6 * s.fs, -0.6 * s.fs)
+    return ("coefficient", (text,), w + 0.8 * s.fs, 0.6 * s.fs, -0.6 * s.fs)
 
 
 def _tex_text(text: str) -> str:

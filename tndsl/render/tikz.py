@@ -1,5 +1,6 @@
 """Scene → TikZ, at the same coordinates as every other format.
 
+Coordinates are in PostScript points (TeX's `bp`), as in the other formats.
 `snippet` is a `tikzpicture` a paper `\\input`s after `\\usepackage{tikz}`, with nothing
 else in its preamble: no macros of its own, colours written inline, labels set in the
 paper's fonts at the figure's sizes in pt (so the shapes, sized for those sizes, fit
@@ -36,7 +37,7 @@ def snippet(scene: Scene) -> str:
         "% " + tex_comment(html.unescape(scene.comment)),
         rf"% \input this after \usepackage{{tikz}}: {scene.width:.0f} x "
         rf"{scene.height:.0f} pt, labels in the paper's fonts.",
-        rf"\begin{{tikzpicture}}[x=1pt, y=1pt, line width={line:g}pt, line cap=round, "
+        rf"\begin{{tikzpicture}}[x=1bp, y=1bp, line width={line:g}bp, line cap=round, "
         rf"line join=round, draw={_RGB['ink']}, every node/.style={{inner sep=0pt, "
         rf"outer sep=0pt, anchor=center}}]",
         rf"\useasboundingbox (0,0) rectangle ({scene.width:.2f},{scene.height:.2f});",
@@ -75,19 +76,19 @@ def _shape(shape: Shape) -> str:
         return rf"\draw[fill=white] ({shape.x:.2f},{shape.y:.2f}) circle ({radius:.2f});"
     if shape.kind == "param":
         return (rf"\draw[fill={_RGB['param']}, draw={_RGB['paramedge']}, rounded corners="
-                rf"{min(radius, 5):.2f}pt] {corners};")
+                rf"{min(radius, 5):.2f}bp] {corners};")
     if shape.kind == "fixed":
         return (rf"\draw[fill={_RGB['fixed']}, draw={_RGB['fixededge']}, rounded corners="
-                rf"{min(radius, 5):.2f}pt] {corners};")
+                rf"{min(radius, 5):.2f}bp] {corners};")
     if shape.kind == "instance":
-        return rf"\draw[fill=white, rounded corners={min(radius, 5):.2f}pt] {corners};"
-    return (rf"\draw[draw={_RGB['box']}, dash pattern=on 3pt off 2pt, rounded corners="
-            rf"{min(radius, 6):.2f}pt] {corners};")
+        return rf"\draw[fill=white, rounded corners={min(radius, 5):.2f}bp] {corners};"
+    return (rf"\draw[draw={_RGB['box']}, dash pattern=on 3bp off 2bp, rounded corners="
+            rf"{min(radius, 6):.2f}bp] {corners};")
 
 
 def document(scene: Scene, font_package: str) -> str:
     """A standalone LaTeX document exactly the figure's size (pdflatex, xelatex)."""
-    w, h = f"{scene.width:.2f}pt", f"{scene.height:.2f}pt"
+    w, h = f"{scene.width:.2f}bp", f"{scene.height:.2f}bp"   # PostScript points, as the layout
     return "\n".join([
         r"\documentclass{article}",
         "% " + tex_comment(html.unescape(scene.comment)),
