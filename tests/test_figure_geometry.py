@@ -5,12 +5,14 @@ final equation, a block of each family and two `tndsl paths` figures."""
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import tndsl
 from tndsl.interp.paths import expand_paths
 from tndsl.render import LayoutError, figure
 from tndsl.render.layout import BORDER
 from conftest import EXAMPLES, ROOT
+from fuzzing import valid_programs
 
 sys.path.insert(0, str(ROOT / "examples"))
 from figures import GALLERY  # noqa: E402  (the gallery's own list)
@@ -64,7 +66,10 @@ def _on_a_baseline(y, scene):
 
 @pytest.mark.parametrize("make", ALL)
 def test_one_baseline_per_row(make):
-    scene = make().scene
+    baseline_rule(make().scene)
+
+
+def baseline_rule(scene):
     for term in scene.terms:
         assert _on_a_baseline(term.main_wire, scene)
         assert term.bottom <= term.main_wire <= term.top
@@ -79,7 +84,10 @@ def test_one_baseline_per_row(make):
 
 @pytest.mark.parametrize("make", ALL)
 def test_legs_leave_on_one_side_horizontally_to_the_edge(make):
-    scene = make().scene
+    leg_rule(make().scene)
+
+
+def leg_rule(scene):
     sides: dict[str, set] = {}
     for wire in scene.wires:
         if wire.cls != "leg":
@@ -102,7 +110,10 @@ def test_legs_leave_on_one_side_horizontally_to_the_edge(make):
 
 @pytest.mark.parametrize("make", ALL)
 def test_no_dot_on_a_box_border_and_nested_boxes_apart(make):
-    scene = make().scene
+    border_rule(make().scene)
+
+
+def border_rule(scene):
     boxes = [s for s in scene.shapes if s.kind == "box"]
     for dot in (s for s in scene.shapes if s.kind in ("copy", "ones")):
         r = dot.w / 2
@@ -253,3 +264,26 @@ def test_figures_are_byte_deterministic():
     assert a.source == b.source
     from tndsl.render import tikz
     assert tikz.snippet(a.scene) == tikz.snippet(b.scene)
+
+
+@pytest.mark.slow  # reason: 15 generated programs, each elaborated and drawn twice (~30 s)
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(valid_programs())
+def test_the_rules_hold_for_any_program(text):
+    """Programs the fuzzer writes (not in the repo): every equation drawn, at depth 0 and
+    expanded, keeps every rule, or is refused with a located error."""
+    from tndsl.lang.errors import TnError
+    try:
+        program = tndsl.parse(text, "fuzz.tn")
+    except TnError:
+        return
+    for eq in program.network.equations:
+        for expand in (False, True):
+            try:
+                scene = figure(program, eq.name, expand=expand, width="6.75in").scene
+            except TnError as e:
+                assert "\n" not in e.message
+                continue
+            baseline_rule(scene)
+            leg_rule(scene)
+            border_rule(scene)
