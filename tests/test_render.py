@@ -117,10 +117,15 @@ def test_cli_render(tmp_path):
 def test_tikz_snippet_inputs_into_a_paper_set_in_times(tmp_path):
     """The .tikz needs nothing but \\usepackage{tikz}: it is \\input into an article in
     Times and the labels come out in the paper's face."""
+    from tndsl.interp.paths import expand_paths
     load("multihead_attention").render("out", expand=True).save(tmp_path / "head.tikz")
+    # a figure with term labels (L0H·→L1H·), Σ marks and a left-hand side
+    expand_paths(load("attn_only_2l"), "logits").figure(width="6.75in").save(
+        tmp_path / "paths.tikz")
     (tmp_path / "paper.tex").write_text(
         "\\documentclass{article}\n\\usepackage{mathptmx}\n\\usepackage{tikz}\n"
-        "\\begin{document}\nBefore.\n\n\\input{head.tikz}\n\nAfter.\n\\end{document}\n")
+        "\\begin{document}\nBefore.\n\n\\input{head.tikz}\n\n\\input{paths.tikz}\n\n"
+        "After.\n\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
                              "paper.tex"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
@@ -197,3 +202,9 @@ def test_another_face_is_measured_and_embedded(tmp_path):
     assert b"LMRoman" in pdf.read_bytes()
     tex = load("sum").render("total", font="Latin Modern Roman").save(tmp_path / "f.tex")
     assert r"\usepackage{lmodern}" in tex.read_text()
+
+
+def test_graphviz_runs_under_a_time_limit_with_a_clear_message():
+    fig = load("sum").render("total")
+    with pytest.raises(RenderError, match=r"did not finish drawing the figure in 1e-09 s"):
+        output.run_dot(fig.source, "-Tsvg", timeout=1e-9)

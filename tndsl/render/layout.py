@@ -1005,10 +1005,12 @@ def _tex_text(text: str) -> str:
     for ch in text:
         if ch.isascii() and (ch.isalnum() or ch in " .,:()"):
             out.append(ch)
-        elif ch == "→" or ch == ">":
+        elif ch == "→":
             out.append(r"$\to$")
-        elif ch == "-":
-            out.append("-")
+        elif ch == "·":
+            out.append(r"$\cdot$")
+        elif ch in "->":
+            out.append({"-": "-", ">": r"\textgreater{}"}[ch])
         elif ch == "_":
             out.append(r"\_")
         else:
