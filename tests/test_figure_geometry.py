@@ -287,3 +287,13 @@ def test_the_rules_hold_for_any_program(text):
             baseline_rule(scene)
             leg_rule(scene)
             border_rule(scene)
+
+
+def test_a_norm_box_carries_its_instance():
+    program = _load("gpt2_small", {"Layers": 1})
+    final = {t.html for t in figure(program, "logits", depth=3).scene.texts
+             if t.cls == "boxlabel"}
+    assert any(label.endswith(" (ln_final)") for label in final), final
+    block = {t.html for t in figure(program, "blocks.0.out", depth=2).scene.texts
+             if t.cls == "boxlabel"}
+    assert any("<sup>0</sup>" in label for label in block), block

@@ -51,6 +51,19 @@ class _Expander:
         self.dims: dict[str, str] = {}
         self.used: set[str] = set()
         self.visited = 0
+        self.within: list[str] = []      # the equations being inlined, outermost first
+        self.paths = sorted((inst.path for inst in program.network.instances),
+                            key=lambda p: -len(p))
+
+    def instance_mark(self) -> str:
+        """The layer numbers (or, without any, the instance path) of the innermost
+        equation being inlined that belongs to a block instance; "" at the top."""
+        for name in reversed(self.within):
+            for path in self.paths:
+                if name.startswith(path + "."):
+                    layers = [seg for seg in path.split(".") if seg.isdigit()]
+                    return ",".join(layers) or path
+        return ""
 
     def fresh(self, index: str, dim: str) -> str:
         name = index
@@ -100,8 +113,12 @@ class _Expander:
             alias = _alias(eq)
             if alias is not None or (depth is None or depth > 0):
                 next_depth = depth if (alias is not None or depth is None) else depth - 1
-                return self.terms(eq.rhs, dict(zip(eq.indices, indices)), inner_dims,
-                                  set(eq.indices), next_depth)
+                self.within.append(eq.name)
+                try:
+                    return self.terms(eq.rhs, dict(zip(eq.indices, indices)), inner_dims,
+                                      set(eq.indices), next_depth)
+                finally:
+                    self.within.pop()
             if factor.name in self.outputs:
                 inst = self.outputs[factor.name]
                 base, sub, sup = math_label(inst.block)
@@ -116,6 +133,14 @@ class _Expander:
         legs = ir.free_legs(factor, outside)
         inner_subst = {i: subst[i] for i in legs}
         label_html, label_tex, argument = _box_label(factor, subst)
+        mark = self.instance_mark()
+        if mark:  # which instance's norm or function this is: layernorm⁰, layernorm (ln_final)
+            if mark.replace(",", "").isdigit():
+                label_html += f"<sup>{dot_text(mark)}</sup>"
+                label_tex = label_tex[:-1] + f"^{{{tex_math_name(mark)}}}$"
+            else:
+                label_html += f" ({dot_text(mark)})"
+                label_tex = label_tex[:-1] + rf"\ (\mathrm{{{tex_math_name(mark)}}})$"
         terms = self.terms(argument, inner_subst, dims, set(legs), depth)
         return [_Term(one, [_Box(label_html, label_tex, terms,
                                  tuple(subst[i] for i in legs))])]
