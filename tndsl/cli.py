@@ -314,7 +314,8 @@ def _paths_parser(commands) -> None:
     paths.add_argument("-o", "--out", metavar="OUT.tn",
                        help="where to write the expansion (default: standard output)")
     paths.add_argument("--render", metavar="FIGURE",
-                       help="also draw the terms side by side (.svg/.pdf/.png/.dot/.tex)")
+                       help="also draw NAME = term + term + ..., each term labelled by "
+                            "its path (.svg/.pdf/.png/.dot/.tex/.tikz)")
     paths.add_argument("--prefix", help="name the terms PREFIX.direct, ... (default: the "
                                         "last segment of NAME)")
     paths.add_argument("--dim", action="append", default=[], type=_dim_assignment,
