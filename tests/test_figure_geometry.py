@@ -38,7 +38,9 @@ def _finals():
                            id=f"final-{path.stem}")
 
 
-FAMILIES = ("gpt2_small", "llama", "pythia", "qwen2", "gemma")
+# The model families: every example with a stack of blocks (`dim Layers`).
+FAMILIES = tuple(p.stem for p in EXAMPLES
+                 if any(line.startswith("dim Layers") for line in p.read_text().splitlines()))
 
 
 def _blocks():
