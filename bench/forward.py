@@ -1,10 +1,13 @@
 """GPT-2-small-shaped forward pass and training step: the compiled .tn model against
 Hugging Face's GPT2LMHeadModel (sdpa and eager attention) and a hand-written SDPA model,
 all with the same weights, interleaved in one run; with --llama, a Llama-shaped row
-(GQA 12/4) against LlamaForCausalLM, through from_pretrained.
+(GQA 12/4) against LlamaForCausalLM, through from_pretrained; --gemma2, a Gemma-2-shaped
+row (soft-capped attention) against Gemma2ForCausalLM; --moe, a small Mixtral (expert
+dispatch) against MixtralForCausalLM and the same model computing every expert.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
                             [--compile] [--memory] [--matvec] [--no-fuse NAME] [--fuse NAME]
+                            [--llama] [--gemma2] [--moe] [--only-families]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
@@ -366,6 +369,75 @@ def profile(args) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def _family_pair(config, hf_class: str, attention: str, args, **options):
+    """A family's pair at one shape: HF's model (random init) and the compiled module
+    loaded from its checkpoint by tndsl.from_pretrained (and, as `fuse=False` or
+    similar `options` say, another compiled contender); tokens 1 x 128."""
+    import transformers
+    torch.manual_seed(0)
+    config._attn_implementation = attention
+    hf = getattr(transformers, hf_class)(config).eval()
+    models = {}
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        models["tndsl compiled"] = tndsl.from_pretrained(folder, torch.float32)
+        for name, fuse in options.items():
+            program = models["tndsl compiled"].tndsl_program
+            module = program.module(**fuse).eval()
+            module.load_state_dict(models["tndsl compiled"].state_dict())
+            models[name] = module
+    device = torch.device(args.device)
+    models = {name: m.to(device).eval() for name, m in models.items()}
+    hf = hf.to(device)
+    tokens = torch.randint(0, config.vocab_size, (1, 128), device=device)
+    with torch.inference_mode():
+        for model in models.values():
+            assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-3
+    return {**models, f"HF {hf_class} ({attention})": hf}, tokens
+
+
+def _print_row(title: str, models, tokens, args) -> None:
+    times = median_times({name: (lambda m=model: _no_grad(m, tokens))
+                          for name, model in models.items()}, args.repeat)
+    compiled = times["tndsl compiled"]
+    print(f"\n{title}, batch {tokens.shape[0]} x context {tokens.shape[1]}, "
+          f"{tokens.device.type}")
+    print(f"{'forward':<44}{'median s':>10}{'ratio to compiled':>20}")
+    for name, seconds in times.items():
+        print(f"{name:<44}{seconds:>10.4f}{seconds / compiled:>20.2f}")
+
+
+def gemma2_row(args) -> None:
+    """Gemma-2-shaped: soft-capped attention (no SDPA: the compiled model takes the
+    explicit path, q·k, tanh cap, masked softmax, ·v), alternating local (window 64) and
+    global layers, GQA 8/4, against HF's Gemma2ForCausalLM with eager attention (the
+    one that implements soft-capping)."""
+    import transformers
+    config = transformers.Gemma2Config(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, head_dim=96,
+        num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
+        sliding_window=64, max_position_embeddings=512)
+    models, tokens = _family_pair(config, "Gemma2ForCausalLM", "eager", args)
+    _print_row(f"Gemma 2 shape: {args.layers} layers, model 768, GQA 8/4, soft-capped",
+               models, tokens, args)
+
+
+def moe_row(args) -> None:
+    """A small Mixtral (8 experts, top 2, model 256, hidden 512, 4 layers): expert
+    dispatch (each expert on its routed tokens) against HF's MixtralForCausalLM and
+    against the same compiled model computing every expert densely (--no-fuse experts)."""
+    import transformers
+    config = transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+        num_experts_per_tok=2, max_position_embeddings=512, sliding_window=None)
+    models, tokens = _family_pair(
+        config, "MixtralForCausalLM", "sdpa", args,
+        **{"tndsl dense experts (--no-fuse experts)": {"no_fuse": ["experts"]}})
+    _print_row("Mixtral shape: 4 layers, model 256, 8 experts of hidden 512, top 2",
+               models, tokens, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -382,6 +454,12 @@ def main() -> None:
     parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--gemma2", action="store_true",
+                        help="add the Gemma-2-shaped row (soft-capped attention)")
+    parser.add_argument("--moe", action="store_true",
+                        help="add the Mixtral-shaped row (expert dispatch vs HF and dense)")
+    parser.add_argument("--only-families", action="store_true",
+                        help="skip the GPT-2 table: only the --llama/--gemma2/--moe rows")
     parser.add_argument("--compile-runs", type=int, default=3,
                         help="fresh processes per contender for --compile (median)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -399,6 +477,12 @@ def main() -> None:
         return
     print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
+    if args.only_families:
+        for flag, row in ((args.llama, llama_row), (args.gemma2, gemma2_row),
+                          (args.moe, moe_row)):
+            if flag:
+                row(args)
+        return
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
              *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
              *(f"tndsl --fuse {n}" for n in args.fuse)]
@@ -434,6 +518,10 @@ def main() -> None:
             f"{t * 1e6:.2f} ({t / base:.2f})" for t in times.values()) + " |")
     if args.llama:
         llama_row(args)
+    if args.gemma2:
+        gemma2_row(args)
+    if args.moe:
+        moe_row(args)
 
 
 if __name__ == "__main__":
