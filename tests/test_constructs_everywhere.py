@@ -24,7 +24,7 @@ FAMILIES = {
     "mixtral": {**_ATTENTION, "Hidden": 12, "Experts": 4, "Window": 3},
     "qwen2_moe": {**_ATTENTION, "Hidden": 6, "SharedHidden": 8, "Experts": 4},
 }
-CONSTS = {"gemma3": {"GlobalEvery": 2}, "gptj": {"RotaryDim": 4}}
+CONSTS = {"gemma3": {"GlobalEvery": 2}, "gptj": {"RotaryFraction": 0.5}}
 
 
 def _program(family, **extra):

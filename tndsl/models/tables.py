@@ -743,11 +743,23 @@ GEMMA3 = Family(
 
 # ---- GPT-J: interleaved partial rotary ---------------------------------------------------
 
+def _gptj_fraction(config: Mapping):
+    """The rotated part of each head: rotary_dim over the head size (n_embd / n_head)."""
+    dim, model, heads = (config.get(k) for k in ("rotary_dim", "n_embd", "n_head"))
+    if not all(type(v) is int and v > 0 for v in (dim, model, heads)) or model % heads:
+        return None   # the file's; a bad value is refused by its Setting or by the dims
+    from tndsl.models.weights import WeightsError
+    if dim > model // heads:
+        raise WeightsError(f"config.json: rotary_dim = {dim} is more than a head's "
+                           f"{model // heads} entries; supported: at most the head size")
+    return dim / (model // heads)
+
+
 GPTJ = Family(
     "gptj", ("gptj",), "gptj.tn", "transformer.",
     {"Vocab": ("vocab_size",), "Model": ("n_embd",), "Heads": ("n_head",),
      "Layers": ("n_layer",)},
-    {"RotaryDim": ("rotary_dim",), "Eps": ("layer_norm_epsilon",)},
+    {"Eps": ("layer_norm_epsilon",)},
     (("embed.W_E", "wte.weight", "same"),
      ("ln_final.w", "ln_f.weight", "same"), ("ln_final.b", "ln_f.bias", "same"),
      ("unembed.W_U", "/lm_head.weight", "transpose"),
@@ -776,6 +788,7 @@ GPTJ = Family(
              false=KEEP),
     ),
     inert=("n_positions",),
+    derived={"RotaryFraction": (("rotary_dim", "n_embd", "n_head"), _gptj_fraction)},
     hf_classes=("GPTJForCausalLM",),
     what="parallel attention and MLP, interleaved partial RoPE, unembedding bias")
 
