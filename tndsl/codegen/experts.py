@@ -15,18 +15,26 @@ def _experts(x, gates, w_gate, w_in, w_out, act):
     """Σ over experts e of gates[..., e] * mlp_e(x), computed only where gates[..., e] is
     not 0: x (..., model), gates (..., experts); w_in, w_gate (experts, model, hidden),
     w_out (experts, hidden, model); mlp_e(t) = act(t w_gate[e]) * (t w_in[e]) w_out[e]
-    (act(t w_in[e]) w_out[e] without w_gate). Each routed expert's tokens are gathered,
-    run through it as one batch, and added back (index_add_) in place."""
+    (act(t w_in[e]) w_out[e] without w_gate). The routed (token, expert) pairs are
+    sorted by expert and gathered once; each expert runs on its tokens as one batch;
+    the results, times their gates, are added back with one index_add_."""
     flat = x.reshape(-1, x.size(-1))
     weights = gates.reshape(-1, gates.size(-1)).to(flat.dtype)
+    token, expert = (weights != 0).nonzero(as_tuple=True)
+    order = expert.argsort(stable=True)
+    token, expert = token[order], expert[order]
+    chosen = flat[token]
+    parts, start = [], 0
+    for e, count in enumerate(torch.bincount(expert, minlength=weights.size(-1)).tolist()):
+        if count:
+            rows = chosen[start:start + count]
+            hidden = act(rows @ w_in[e]) if w_gate is None else \\
+                act(rows @ w_gate[e]) * (rows @ w_in[e])
+            parts.append(hidden @ w_out[e])
+            start += count
     out = flat.new_zeros(flat.size(0), w_out.size(-1))
-    routed = weights != 0
-    for expert in routed.any(0).nonzero().flatten().tolist():
-        tokens = routed[:, expert].nonzero().flatten()
-        chosen = flat[tokens]
-        hidden = act(chosen @ w_in[expert]) if w_gate is None else \\
-            act(chosen @ w_gate[expert]) * (chosen @ w_in[expert])
-        out.index_add_(0, tokens, (hidden @ w_out[expert]) * weights[tokens, expert, None])
+    if parts:
+        out.index_add_(0, token, torch.cat(parts) * weights[token, expert, None])
     return out.reshape(x.shape[:-1] + (w_out.size(-1),))
 ''',
 }
