@@ -423,19 +423,75 @@ def gemma2_row(args) -> None:
 
 
 def moe_row(args) -> None:
-    """A small Mixtral (8 experts, top 2, model 256, hidden 512, 4 layers): expert
+    """A small Mixtral (--experts, 8 by default, top 2, model 256, hidden 512, 4 layers): expert
     dispatch (each expert on its routed tokens) against HF's MixtralForCausalLM and
     against the same compiled model computing every expert densely (--no-fuse experts)."""
     import transformers
     config = transformers.MixtralConfig(
         vocab_size=32000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+        num_attention_heads=8, num_key_value_heads=4, num_local_experts=args.experts,
         num_experts_per_tok=2, max_position_embeddings=512, sliding_window=None)
     models, tokens = _family_pair(
         config, "MixtralForCausalLM", "sdpa", args,
         **{"tndsl dense experts (--no-fuse experts)": {"no_fuse": ["experts"]}})
-    _print_row("Mixtral shape: 4 layers, model 256, 8 experts of hidden 512, top 2",
-               models, tokens, args)
+    _print_row(f"Mixtral shape: 4 layers, model 256, {args.experts} experts of hidden 512, "
+               "top 2", models, tokens, args)
+
+
+def moe_block_row(args) -> None:
+    """The mixture-of-experts layer alone (Mixtral's, model 256, hidden 512, top 2, 512
+    tokens), one thread, per-thread CPU time (robust to a loaded machine): expert dispatch
+    against the dense sum over every expert and HF's MixtralSparseMoeBlock, same weights."""
+    import transformers
+    torch.set_num_threads(1)
+    config = transformers.MixtralConfig(hidden_size=256, intermediate_size=512,
+                                        num_local_experts=args.experts,
+                                        num_experts_per_tok=2)
+    config._experts_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.normal_(0, 0.05)
+    text = (EXAMPLE.parent / "mixtral.tn").read_text()
+    program = tndsl.parse(text, "mixtral.tn", dims={
+        "Model": 256, "Hidden": 512, "Experts": args.experts, "Layers": 1, "Vocab": 8,
+        "Heads": 8, "KVHeads": 4, "Head": 32}, consts={"TopK": 2})
+    hidden = hf.experts.intermediate_dim
+    state = {"W_router": hf.gate.weight.T,
+             "W_gate": hf.experts.gate_up_proj[:, :hidden].transpose(1, 2),
+             "W_in": hf.experts.gate_up_proj[:, hidden:].transpose(1, 2),
+             "W_out": hf.experts.down_proj.transpose(1, 2)}
+    from tndsl.codegen.torch import generate
+    contenders = {}
+    for name, options in (("tndsl dispatch", {}), ("tndsl dense", {"no_fuse": ["experts"]})):
+        module = generate(program, ["blocks.0.mlp.out"], **options).build()
+        block = module.blocks[0].mlp
+        with torch.no_grad():
+            for key, value in state.items():
+                getattr(block, key).copy_(value)
+        contenders[name] = block.eval()
+    x = torch.randn(1, 512, 256)
+    with torch.no_grad():
+        expected = hf(x)
+        for name, block in contenders.items():
+            assert (block(x[0]) - expected[0]).abs().max() < 1e-4, name
+    contenders["HF MixtralSparseMoeBlock"] = lambda t: hf(t.unsqueeze(0))
+    times = {name: [] for name in contenders}
+    with torch.no_grad():
+        for fn in contenders.values():
+            fn(x[0])
+        for r in range(args.repeat):
+            for name, fn in contenders.items():
+                start = time.thread_time()
+                fn(x[0])
+                times[name].append(time.thread_time() - start)
+    base = statistics.median(times["tndsl dispatch"])
+    print(f"\nMoE layer alone: {args.experts} experts, top 2, model 256, hidden 512, 512 "
+          "tokens, one thread, CPU time")
+    for name, t in times.items():
+        print(f"{name:<28}{statistics.median(t) * 1e3:>10.2f} ms"
+              f"{statistics.median(t) / base:>8.2f}")
 
 
 def main() -> None:
@@ -458,6 +514,9 @@ def main() -> None:
                         help="add the Gemma-2-shaped row (soft-capped attention)")
     parser.add_argument("--moe", action="store_true",
                         help="add the Mixtral-shaped row (expert dispatch vs HF and dense)")
+    parser.add_argument("--experts", type=int, default=8, help="experts in the --moe row")
+    parser.add_argument("--moe-block", action="store_true",
+                        help="the MoE layer alone: dispatch, dense and HF's, CPU time")
     parser.add_argument("--only-families", action="store_true",
                         help="skip the GPT-2 table: only the --llama/--gemma2/--moe rows")
     parser.add_argument("--compile-runs", type=int, default=3,
@@ -479,7 +538,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
     if args.only_families:
         for flag, row in ((args.llama, llama_row), (args.gemma2, gemma2_row),
-                          (args.moe, moe_row)):
+                          (args.moe, moe_row), (args.moe_block, moe_block_row)):
             if flag:
                 row(args)
         return
