@@ -50,7 +50,7 @@ def _weight(lower: Lowering, projection: Projection | None) -> str:
 def experts(lower: Lowering, fused: FusedExperts, var: str, hooks: dict) -> None:
     """`hooks`: equation name -> the code of its hook point (or None)."""
     checks = [hooks[e.name] for e in fused.inner if hooks.get(e.name)]
-    condition = lower.hook_test(*checks) if checks else ""
+    condition = lower.hooked(*checks) if checks else ""
     if condition:
         lower.emit(f"if {condition}:")
         lower.indent += 1
@@ -74,8 +74,6 @@ def experts(lower: Lowering, fused: FusedExperts, var: str, hooks: dict) -> None
                f"{_weight(lower, fused.w_in)}, {_weight(lower, fused.w_out)}, {act})")
     if condition:
         lower.indent -= 1
-    if hooks.get(fused.out.name):
-        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = "
-                   f"{hooks[fused.out.name]}({var})")
+    lower.through_hook(var, hooks.get(fused.out.name))
     batched = lower.values[fused.source].batched or lower.values[fused.gates].batched
     lower.values[fused.out.name] = Value(var, batched)
