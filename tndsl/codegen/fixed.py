@@ -65,7 +65,7 @@ def _rotary_angles(n, rotated, base, inverse, dtype, device, interleaved=False):
     if inverse:
         sin = -sin
     if interleaved:  # (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...)
-        cos = cos.repeat_interleave(2, dim=-1)
+        cos = torch.stack((cos, cos), dim=-1).flatten(-2)
         sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
         return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
     return (torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype),
