@@ -1,7 +1,6 @@
 """Issue 26's language constructs against independent oracles: soft-capping, ALiBi
 (transformers' BLOOM slopes), interleaved rotary (GPT-J's formula), per-layer `if`
 with `%`, and the located errors each gives on bad input."""
-import math
 
 import pytest
 import torch
