@@ -1,0 +1,240 @@
+"""Lemmas the symbolic tier applies to a monomial: what the built-in fixed tensors and
+boxes are, as rewrites that keep its value. Each is applied only where its side
+conditions hold syntactically, and each is named in the proof that used it.
+
+Fixed tensors (`tndsl.lang.fixed`); a dummy is an index summed inside the monomial:
+- rotary orthogonality: R[p, e, f] R[p, e, g] summed over e is [f == g] (RᵀR = I on the
+  rotated block, and the pass-through block of a partial rotary is the identity);
+  likewise R[p, e, f] R[p, g, f] summed over f (R Rᵀ = I);
+- rotary relative position: R[p, e, f] R[s, e, g] summed over e is R(s - p)[f, g], a
+  factor `rel:R` over (p, s, f, g) that depends on p and s only through s - p: it is
+  the same factor at (p', s') wherever the monomial's equality masks give
+  p' = p + k and s' = s + k, and R(s - p)[f, g] = R(p - s)[g, f];
+- grouping rows: G[h, g] summed over g is 1 (each query head is in one group);
+- grouping columns: G[h, a] G[h, b] summed over h is (Heads / KVHeads) [a == b];
+- grouping entries are 0 or 1: G[h, g] G[h, g] is G[h, g].
+Boxes:
+- softmax sums to one: softmax[s](X) summed over s is 1 (a masked softmax too, where
+  every row keeps an entry: each condition holds at s = its other leg, of s's dim).
+Masks: the conditions' normal form and conjunctions (`masks.py`).
+
+A fixed tensor this module does not know (a new one) is an arbitrary tensor here, so a
+proof never rests on an unknown tensor's values.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Mapping
+
+import sympy
+
+from tndsl.lang import dims as dimmod
+from tndsl.verify import masks
+
+REL = "rel:"
+MAX_VARIANTS = 64
+
+
+def dummy(index: str) -> bool:
+    return index.startswith("~")
+
+
+@dataclass(frozen=True)
+class BoxInfo:
+    """What the lemmas need to know of a box: its function, the canonical slots of its
+    axes, whether it is masked (and whether every row keeps an entry), its slots' dims."""
+    function: str
+    axes: tuple[int, ...]
+    masked: bool
+    rows_nonempty: bool
+    slot_dims: tuple[str, ...]
+
+
+class Lemmas:
+    def __init__(self, tensors: Mapping):
+        self.fixed = {name: t for name, t in tensors.items() if t.kind == "fixed"}
+        families: dict[tuple, str] = {}
+        for name in sorted(self.fixed):
+            families.setdefault(self._family(name), name)
+        # fixed tensors with the same function, arguments and dims are the same tensor
+        self.representative = {name: families[self._family(name)] for name in self.fixed}
+        self.boxes: dict[str, BoxInfo] = {}
+        self.symmetries: dict[str, list[tuple[int, ...]]] = {}  # box -> slot permutations
+        self.used: set[str] = set()
+
+    def _family(self, name: str) -> tuple:
+        t = self.fixed[name]
+        return (t.fixed.function, t.fixed.args, tuple(leg.dim for leg in t.legs))
+
+    def _kind(self, name: str) -> str | None:
+        t = self.fixed.get(name)
+        return t.fixed.function if t is not None else None
+
+    # ---- rewriting one monomial --------------------------------------------------------
+    def apply(self, coefficient, factors: tuple, free: set[str]):
+        """(coefficient, factors) after every lemma that applies, repeatedly; factors is
+        None when the monomial is zero."""
+        factors = tuple((self.representative.get(n, n), i) for n, i in factors)
+        for _ in range(4 * len(factors) + 4):
+            if factors is None:
+                return coefficient, None
+            step = self._step(coefficient, factors, free)
+            if step is None:
+                return coefficient, factors
+            coefficient, factors = step
+        return coefficient, factors
+
+    def _step(self, coefficient, factors, free):
+        """One rewrite, or None when none applies."""
+        if any(masks.is_indicator(n) for n, _ in factors):
+            simplified = masks.simplify(factors)
+            if simplified is None:
+                self.used.add("mask conjunction")
+                return coefficient, None
+            if sorted(simplified) != sorted(factors):
+                self.used.add("mask conjunction")
+                return coefficient, simplified
+        counts: dict[str, int] = {}
+        for _, indices in factors:
+            for i in indices:
+                counts[i] = counts.get(i, 0) + 1
+
+        def once(i: str) -> bool:
+            return dummy(i) and counts[i] == 1
+
+        for k, (name, indices) in enumerate(factors):
+            kind = self._kind(name)
+            rest = factors[:k] + factors[k + 1:]
+            if kind == "grouping" and once(indices[1]):
+                self.used.add("grouping rows sum to one")
+                head = self.fixed[name].legs[0].dim
+                return coefficient, rest + ((f"ones:{head}", (indices[0],)),)
+            info = self.boxes.get(name)
+            if info is not None and info.function == "softmax" and info.axes and \
+                    all(once(indices[a]) for a in info.axes) and \
+                    (not info.masked or info.rows_nonempty):
+                self.used.add("softmax sums to one")
+                ones = tuple((f"ones:{info.slot_dims[s]}", (i,)) for s, i in enumerate(indices)
+                             if s not in info.axes)
+                return coefficient, rest + ones
+        for j, k in itertools.combinations(range(len(factors)), 2):
+            (a, x), (b, y) = factors[j], factors[k]
+            if a != b or a not in self.fixed:
+                continue
+            rest = tuple(f for n, f in enumerate(factors) if n not in (j, k))
+            kind = self._kind(a)
+            tensor = self.fixed[a]
+            if kind == "rotary":
+                (p, e, f), (q, e2, g) = x, y
+                if e == e2 and dummy(e) and counts[e] == 2:
+                    return self._rotary(coefficient, rest, a, p, q, f, g, counts, tensor)
+                if f == g and dummy(f) and counts[f] == 2:
+                    # R[p] R[q]ᵀ = R(p - q): rel from q to p
+                    return self._rotary(coefficient, rest, a, q, p, e, e2, counts, tensor)
+            elif kind == "grouping":
+                if x == y:
+                    self.used.add("grouping entries are 0 or 1")
+                    return coefficient, rest + ((a, x),)
+                if x[0] == y[0] and dummy(x[0]) and counts[x[0]] == 2:
+                    self.used.add("grouping columns: GᵀG = (Heads/KVHeads) I")
+                    heads, groups = (leg.dim for leg in tensor.legs)
+                    coefficient = coefficient * dimmod.symbol(heads) / dimmod.symbol(groups)
+                    return _identity(coefficient, rest, x[1], y[1], groups)
+        return None
+
+    def _rotary(self, coefficient, rest, name, p, q, f, g, counts, tensor):
+        head = tensor.legs[1].dim
+        if p == q:
+            self.used.add("rotary orthogonality")
+            if dummy(p) and counts[p] == 2:  # the position was summed over too
+                coefficient = coefficient * dimmod.symbol(tensor.legs[0].dim)
+            elif not dummy(p) and not any(p in i for _, i in rest):
+                rest = rest + ((f"ones:{tensor.legs[0].dim}", (p,)),)
+            return _identity(coefficient, rest, f, g, head)
+        self.used.add("rotary relative position")
+        return coefficient, rest + ((REL + name, (p, q, f, g)),)
+
+    # ---- equivalent forms of one monomial ---------------------------------------------
+    def variants(self, factors: tuple) -> list[tuple]:
+        """Monomials equal to this one factor by factor: symmetric slots of boxes and
+        indicators, and relative rotary factors shifted along equality masks or
+        transposed. The canonical form is the least over these."""
+        options = []
+        classes = None
+        for name, indices in factors:
+            choices = {indices}
+            if name in self.symmetries:
+                choices |= {tuple(indices[s] for s in perm) for perm in self.symmetries[name]}
+            elif masks.is_indicator(name) and masks.symmetric(name):
+                choices.add(indices[::-1])
+            elif name.startswith(REL):
+                if classes is None:
+                    classes = _offsets(factors)
+                p, s, f, g = indices
+                shifted = {(p, s)}
+                if p in classes and s in classes:
+                    (rp, op), (rs, os_) = classes[p], classes[s]
+                    for p2, (r2, o2) in classes.items():
+                        if r2 != rp:
+                            continue
+                        k = o2 - op
+                        for s2, (r3, o3) in classes.items():
+                            if r3 == rs and sympy.expand(o3 - os_ - k) == 0:
+                                shifted.add((p2, s2))
+                choices = {(a, b, f, g) for a, b in shifted} | {(b, a, g, f) for a, b in shifted}
+            options.append(sorted(choices))
+        total = 1
+        for o in options:
+            total *= len(o)
+        if total == 1:
+            return [factors]
+        if total > MAX_VARIANTS:  # fewer variants: still sound, only less complete
+            options = [o[:1] if len(o) > 2 else o for o in options]
+        out = []
+        for combo in itertools.product(*options):
+            out.append(tuple((name, idx) for (name, _), idx in zip(factors, combo)))
+            if len(out) >= MAX_VARIANTS:
+                break
+        return out
+
+
+def _identity(coefficient, rest, f: str, g: str, dim: str):
+    """The monomial `rest` times [f == g] (an identity matrix over `dim`)."""
+    if f == g:
+        if dummy(f) and not any(f in i for _, i in rest):
+            return coefficient * dimmod.symbol(dim), rest
+        if not dummy(f) and not any(f in i for _, i in rest):
+            return coefficient, rest + ((f"ones:{dim}", (f,)),)
+        return coefficient, rest
+    if dummy(g) or dummy(f):
+        gone, kept = (g, f) if dummy(g) else (f, g)
+        return coefficient, tuple((n, tuple(kept if i == gone else i for i in idx))
+                                  for n, idx in rest)
+    return coefficient, rest + (masks.indicator(f, "==", g, 0),)
+
+
+def _offsets(factors) -> dict[str, tuple[str, sympy.Expr]]:
+    """Indices joined by equality masks (a == b + c), each with its class's root and
+    its offset from it."""
+    parent: dict[str, tuple[str, sympy.Expr]] = {}
+
+    def find(i):
+        if i not in parent:
+            parent[i] = (i, sympy.Integer(0))
+        root, offset = parent[i]
+        if root == i:
+            return i, offset
+        r, o = find(root)
+        parent[i] = (r, offset + o)
+        return parent[i]
+
+    for name, indices in factors:
+        if masks.is_indicator(name):
+            op, c = masks.parse(name)
+            if op == "==":
+                a, b = indices
+                (ra, oa), (rb, ob) = find(a), find(b)
+                if ra != rb:  # a = b + c: a's root sits at ob + c - oa from b's root
+                    parent[ra] = (rb, ob + c - oa)
+    return {i: find(i) for i in list(parent)}
