@@ -121,6 +121,7 @@ class Expander:
             # A mask is its argument times one indicator per condition (masks.py).
             conditions = tuple(masks.indicator(subst[c.left], c.op, subst[c.right], c.offset)
                                for c in factor.conditions)
+            self.lemmas.used.add("mask normal form")
             inner = self.expand(factor.argument, {i: subst[i] for i in legs}, dims, set(legs))
             return [(c, f + conditions) for c, f in inner]
         return [(one, (self._opaque(factor, legs, subst, dims),))]
