@@ -29,6 +29,16 @@ def _dim_assignment(text: str) -> tuple[str, int]:
     return name.strip(), size
 
 
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed is between 0 and 2**63 - 1, got {text}")
+    return seed
+
+
 def _report(error: TnError, path: str) -> None:
     """Print an error on stderr. One without a place in the file (it concerns the whole
     file, or a command-line argument such as NAME or --dim) is prefixed with the file,
@@ -144,19 +154,38 @@ def _parser() -> argparse.ArgumentParser:
     _paths_parser(commands)
 
     verify = commands.add_parser(
-        "verify", help="prove the file's checks; optionally check the compiled module",
-        description="Prove every `check A == B` of the file and report each as proven, "
-                    "refuted (with the residual and a counterexample) or unknown; exit 1 "
-                    "if any is refuted. With --compiled, also run the compiled module and "
-                    "the independent reference evaluator on the same random data at small "
-                    "sizes in float64 (fails above 1e-9).")
-    verify.add_argument("file", metavar="FILE")
-    verify.add_argument("--compiled", action="store_true",
-                        help="also compare the compiled module with the reference evaluator")
+        "verify", help="prove the files' checks; optionally check the compiled module",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prove every `check A == B` of each file and report each as proven (by "
+                    "the symbolic tier, for every size and value), refuted (with the "
+                    "residual and a counterexample: a real instance of the file, fixed "
+                    "tensors at their built-in values), supported (it held on every "
+                    "evaluation tried: evidence, not proof) or unknown. With --compiled, "
+                    "also run the compiled module and the independent reference evaluator "
+                    "on the same random data at small sizes in float64 (fails above 1e-9 "
+                    "relative); --compiled-only runs only that comparison.",
+        epilog="exit codes:\n"
+               "  0  every check proven (and, with --compiled, the compiled module matches)\n"
+               "  1  a check refuted, the compiled module does not match, or an input error\n"
+               "  2  with --strict: no refutation, but a check is supported or unknown,\n"
+               "     or the compiled comparison was incomplete (overflow, unreachable mask)\n"
+               "     (2 is also argparse's code for a usage mistake)\n"
+               "  3  an internal error (please report it)\n"
+               "Without --strict, supported and unknown checks exit 0.")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    compiled = verify.add_mutually_exclusive_group()
+    compiled.add_argument("--compiled", action="store_true",
+                          help="also compare the compiled module with the reference evaluator")
+    compiled.add_argument("--compiled-only", action="store_true",
+                          help="only compare the compiled module with the reference evaluator "
+                               "(the exit code says only whether they match)")
+    verify.add_argument("--strict", action="store_true",
+                        help="exit 2 if any check is only supported or unknown")
     verify.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="sizes to verify at (default: small ones "
                                                   "chosen automatically)")
-    verify.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    verify.add_argument("--seed", type=_seed, default=0,
+                        help="random seed of --compiled's data, 0 to 2**63 - 1 (default 0)")
     return parser
 
 
@@ -202,25 +231,43 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Exit codes: see the `verify` parser's epilog (and docs/verification.md)."""
+    from tndsl.lang.text import one_line
     from tndsl.verify import prove_all
-    try:
-        program = load(args.file)
-        results = prove_all(program, dims=dict(args.dim) or None)
-        report = (program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
-                  if args.compiled else None)
-    except TnError as e:
-        _report(e, args.file)
+    from tndsl.verify.prove import STATUSES
+    failed = doubtful = False
+    dims = dict(args.dim) or None
+    totals = dict.fromkeys(STATUSES, 0)
+    for path in args.files:
+        shown = one_line(path)
+        try:
+            program = load(path)
+            results = [] if args.compiled_only else prove_all(program, dims=dims)
+            report = (program.verify_compiled(dims=dims, seed=args.seed)
+                      if args.compiled or args.compiled_only else None)
+        except TnError as e:
+            _report(e, shown)
+            failed = True
+            continue
+        for result in results:
+            print(result.render())
+        counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+        for status, n in counts.items():
+            totals[status] += n
+        if not args.compiled_only:
+            print(f"{shown}: {len(results)} check{'s' if len(results) != 1 else ''}: "
+                  + ", ".join(f"{n} {status}" for status, n in counts.items()))
+        if report is not None:
+            print(f"{shown}: {report.render()}")
+        failed |= counts["refuted"] > 0 or (report is not None and not report.ok)
+        doubtful |= counts["supported"] + counts["unknown"] > 0 or \
+            (report is not None and not report.complete)
+    if len(args.files) > 1 and not args.compiled_only:
+        print(f"{len(args.files)} files: {sum(totals.values())} checks: "
+              + ", ".join(f"{n} {status}" for status, n in totals.items()))
+    if failed:
         return 1
-    for result in results:
-        print(result.render())
-    counts = {status: sum(r.status == status for r in results)
-              for status in ("proven", "refuted", "unknown")}
-    print(f"{args.file}: {len(results)} check{'s' if len(results) != 1 else ''}: "
-          + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    if report is not None:
-        print(f"{args.file}: {report.render()}")
-    failed = counts["refuted"] > 0 or (report is not None and not report.ok)
-    return 1 if failed else 0
+    return 2 if args.strict and doubtful else 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -69,6 +69,9 @@ def small_sizes(program, *, keep_up_to: int = 12, avoid=()) -> tuple[dict[str, i
             for dim in (left_dim, right_dim):
                 if full.get(dim) is None or full[dim] >= need:
                     continue
+                own = program.sizes.get(dim)
+                if need > dimmod.MAX_DIM_SIZE or (own is not None and own < need):
+                    continue  # out of reach at the file's own sizes too
                 if dim in shrunk and need <= MASK_REACH_LIMIT:
                     chosen[dim] = need
                     grown = True
