@@ -121,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
                     "instance path such as blocks.3), the planned contraction order, FLOPs "
                     "and the largest intermediate as polynomials in the dim names, their "
                     "values at the file's sizes, the naive left-to-right cost, per-instance "
-                    "totals and the dominant term.")
+                    "totals and the dominant term: the leading term as the dims without a "
+                    "size grow (highest total degree in them), ties broken by the value at "
+                    "the file's sizes with each unsized dim at 128; with every dim sized, "
+                    "the largest term.")
     cost.add_argument("file", metavar="FILE")
     cost.add_argument("name", nargs="?", metavar="NAME")
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
