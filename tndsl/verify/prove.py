@@ -128,9 +128,10 @@ def _prove(program, check: ir.Check, small: _Small, budgets) -> Result:
         residual = symbolic.complements({k: c for k, c in residual.items() if c != 0},
                                         set(legs), symbolic_budget.deadline, expander.lemmas)
         if not residual:
+            sides = f"{_count(len(lhs), 'monomial')} on each side" if len(lhs) == len(rhs) \
+                else f"{_count(len(lhs), 'monomial')} on the left, {len(rhs)} on the right"
             return Result(label, "proven", "symbolic",
-                          f"{_count(len(lhs), 'monomial')} on the left, {len(rhs)} on the "
-                          f"right, equal in canonical form{_lemma_note(expander)}")
+                          f"{sides}, equal in canonical form{_lemma_note(expander)}")
         symbolic_note = f"{_count(len(residual), 'monomial')} " \
                         f"{'does' if len(residual) == 1 else 'do'} not cancel"
     except symbolic.TooLarge:

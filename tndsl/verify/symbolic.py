@@ -170,7 +170,7 @@ class Expander:
             legs, kind, roles, back = _presort(legs, kind, roles, invariant)
             written = {leg: f"#{j}" for j, leg in enumerate(legs)}
             slots = set(written.values())
-            poly = _collect(self.expand(argument, dict(written), dims, slots), slots,
+            poly = _collect(self.expand(argument, dict(written), dims, set(legs)), slots,
                             self.deadline, self.lemmas)
             poly = self._shift_invariance(factor.function, kind, poly)
             identity, order = _box_identity(poly, roles, kind, self.deadline)
