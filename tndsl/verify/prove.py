@@ -126,7 +126,8 @@ def _prove(program, check: ir.Check, small: _Small, budgets) -> Result:
         residual = {k: lhs.get(k, 0) - rhs.get(k, 0) for k in set(lhs) | set(rhs)}
         residual = {k: sympy.expand(c) for k, c in residual.items()}
         residual = symbolic.complements({k: c for k, c in residual.items() if c != 0},
-                                        set(legs), symbolic_budget.deadline, expander.lemmas)
+                                        set(legs), symbolic_budget.deadline, expander.lemmas,
+                                        {leg: dims[leg] for leg in legs})
         if not residual:
             sides = f"{_count(len(lhs), 'monomial')} on each side" if len(lhs) == len(rhs) \
                 else f"{_count(len(lhs), 'monomial')} on the left, {len(rhs)} on the right"

@@ -67,7 +67,7 @@ class Expander:
         """One side of a check with free legs `legs`."""
         free = set(legs)
         return _collect(self.expand(expr, {i: i for i in legs}, index_dims, free), free,
-                        self.deadline, self.lemmas)
+                        self.deadline, self.lemmas, {i: index_dims[i] for i in legs})
 
     # ---- expansion ---------------------------------------------------------------------
     def expand(self, expr: ir.Sum, subst: dict[str, str], dims: Mapping[str, str],
@@ -171,7 +171,7 @@ class Expander:
             written = {leg: f"#{j}" for j, leg in enumerate(legs)}
             slots = set(written.values())
             poly = _collect(self.expand(argument, dict(written), dims, set(legs)), slots,
-                            self.deadline, self.lemmas)
+                            self.deadline, self.lemmas, {written[l]: dims[l] for l in legs})
             poly = self._shift_invariance(factor.function, kind, poly)
             identity, order = _box_identity(poly, roles, kind, self.deadline)
             name = self.box_names.setdefault(identity, f"box:{len(self.box_names)}")
@@ -391,7 +391,7 @@ def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
 
 
 def _collect(monomials, free: set[str], deadline: float | None = None,
-             lemmas: Lemmas | None = None) -> Polynomial:
+             lemmas: Lemmas | None = None, free_dims=None) -> Polynomial:
     poly: Polynomial = {}
     for coefficient, factors in monomials:
         coefficient, factors = _drop_ones(coefficient, factors, free)
@@ -403,12 +403,16 @@ def _collect(monomials, free: set[str], deadline: float | None = None,
         key = canonical(factors, free, deadline, lemmas)
         poly[key] = poly.get(key, 0) + coefficient
     expanded = {k: sympy.expand(c) for k, c in poly.items()}
-    return complements({k: c for k, c in expanded.items() if c != 0}, free, deadline, lemmas)
+    return complements({k: c for k, c in expanded.items() if c != 0}, free, deadline, lemmas,
+                       free_dims)
 
 
-def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None) -> Polynomial:
+def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None,
+                free_dims=None) -> Polynomial:
     """A condition and its complement add up to one: c·(m where a) + c·(m where not a)
-    is c·m, repeatedly (masks.py)."""
+    is c·m, repeatedly (masks.py). `free_dims` gives the free legs' dims, for a free
+    leg that only the condition had (it then gets its `ones` back); without it, such
+    pairs are left alone."""
     if not any(masks.is_indicator(n) for key in poly for n, _ in key):
         return poly
     poly = dict(poly)
@@ -422,6 +426,10 @@ def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None) ->
                 if not masks.is_indicator(name):
                     continue
                 rest = key[:k] + key[k + 1:]
+                have = {i for _, idx in rest for i in idx}
+                lost = [i for i in indices if i in free and i not in have]
+                if lost and (free_dims is None or any(i not in free_dims for i in lost)):
+                    continue
                 other = canonical(rest + (masks.complement(name, indices),), free, deadline,
                                   lemmas)
                 if other == key or other not in poly or \
@@ -429,6 +437,7 @@ def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None) ->
                     continue
                 coefficient = poly.pop(key)
                 poly.pop(other)
+                rest += tuple((f"ones:{free_dims[i]}", (i,)) for i in dict.fromkeys(lost))
                 coefficient, rest = _drop_ones(coefficient, rest, free)
                 merged = canonical(rest, free, deadline, lemmas)
                 total = sympy.expand(poly.get(merged, 0) + coefficient)
@@ -445,8 +454,9 @@ def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None) ->
 
 def _drop_ones(coefficient, factors: tuple, free: set[str]):
     """Normal form for `ones`: it changes nothing on a leg another factor has; a free leg
-    only ones have keeps one, and so does a leg only masks' indicators have (which carry
-    no dim); summing ones over a leg nothing else has is its size."""
+    only ones have keeps one (a free leg's dim is the check's), and so does a summed leg
+    only masks' indicators have (they carry no dim); summing ones over a leg nothing
+    else has is its size."""
     others = {i for name, indices in factors
               if not name.startswith("ones:") and not masks.is_indicator(name) for i in indices}
     conditioned = {i for name, indices in factors if masks.is_indicator(name) for i in indices}
@@ -459,7 +469,10 @@ def _drop_ones(coefficient, factors: tuple, free: set[str]):
         if index in others or index in seen:
             continue
         seen.add(index)
-        if index in free or index in conditioned:
+        if index in free:
+            if index not in conditioned:
+                kept.append((name, indices))
+        elif index in conditioned:
             kept.append((name, indices))
         else:
             coefficient *= dimmod.symbol(name[len("ones:"):])
