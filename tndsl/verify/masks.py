@@ -15,6 +15,8 @@ its complement add up to 1 (`A where s <= p` + `A where s > p` is `A`).
 """
 from __future__ import annotations
 
+import functools
+
 import sympy
 
 PREFIX = "where:"
@@ -35,6 +37,11 @@ def indicator(left: str, op: str, right: str, offset) -> tuple[str, tuple[str, s
     return factor_name(op, offset), (left, right)
 
 
+@functools.lru_cache(maxsize=4096)
+def _offset(text: str) -> sympy.Expr:
+    return sympy.sympify(text)
+
+
 def factor_name(op: str, offset) -> str:
     return f"{PREFIX}{op}:{sympy.sstr(sympy.expand(offset))}"
 
@@ -42,7 +49,7 @@ def factor_name(op: str, offset) -> str:
 def parse(name: str) -> tuple[str, sympy.Expr]:
     """(op, offset) of an indicator factor's name."""
     op, _, offset = name[len(PREFIX):].partition(":")
-    return op, sympy.sympify(offset)
+    return op, _offset(offset)
 
 
 def is_indicator(name: str) -> bool:

@@ -104,10 +104,18 @@ class Reference:
                 value = self.composite(factor, indices, owner)
             operands.append(value)
             subscripts.append(indices)
-        coefficient = float(dimmod.evaluate(term.coefficient, self.sizes))
+        coefficient = self.coefficient(term.coefficient)
         if not operands:
             return torch.tensor(coefficient, dtype=self.dtype)
         return coefficient * contract(subscripts, layout, operands, self.budget)
+
+    def coefficient(self, expr) -> float:
+        """A term's coefficient at these sizes (memoised: sympy substitution is slow)."""
+        cache = self.__dict__.setdefault("_coefficients", {})
+        if expr not in cache:
+            cache[expr] = float(expr) if expr.is_Number else \
+                float(dimmod.evaluate(expr, self.sizes))
+        return cache[expr]
 
     def composite(self, factor, legs: list[str], owner) -> torch.Tensor:
         if isinstance(factor, ir.Sum):

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from tndsl.lang import dims as dimmod, ir
+from tndsl.lang import ir
 from tndsl.verify.budget import contract
 from tndsl.verify.reference import _ELEMENTWISE, Reference
 
@@ -95,7 +95,7 @@ class RoundOff:
             operands.append(value)
             errors.append(error)
             subscripts.append(indices)
-        coefficient = float(dimmod.evaluate(term.coefficient, self.ref.sizes))
+        coefficient = self.ref.coefficient(term.coefficient)
         budget = self.ref.budget
         if not operands:
             value = torch.tensor(coefficient, dtype=self.ref.dtype)
