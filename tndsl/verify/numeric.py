@@ -288,8 +288,8 @@ class Comparison:
 
 
 def compare(program, check: ir.Check, *, boxes: bool, seeds=range(5),
-            tolerance: float = 1e-9, budget: Budget = UNLIMITED, fixed: bool = False
-            ) -> Comparison:
+            tolerance: float = 1e-9, budget: Budget = UNLIMITED, fixed: bool = False,
+            eps_scale: float = 1.0) -> Comparison:
     """Evaluate both sides on random data at the program's sizes, with the fixed tensors'
     built-in values: small integers (exact in float64) without boxes, standard normals
     with them. An entry whose difference passes the round-off bound is a counterexample."""
@@ -298,7 +298,7 @@ def compare(program, check: ir.Check, *, boxes: bool, seeds=range(5),
         generator = torch.Generator().manual_seed(seed)
         integers = None if boxes else 3
         values = random_tensors(program, generator, integers=integers, budget=budget)
-        reference = Reference(program, values, budget=budget)
+        reference = Reference(program, values, budget=budget, eps_scale=eps_scale)
         (lhs, lerr), (rhs, rerr) = RoundOff(reference).evaluate_check(check)
         finite = torch.isfinite(lhs) & torch.isfinite(rhs) & torch.isfinite(lerr) \
             & torch.isfinite(rerr)

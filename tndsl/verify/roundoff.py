@@ -129,7 +129,7 @@ class RoundOff:
         if factor.function == "softmax":
             return y, 2 * y.abs() * largest + (n + 4) * U * y.abs()
         if factor.function in ("layernorm", "rmsnorm"):
-            eps = 1e-5 if factor.eps is None else factor.eps
+            eps = (1e-5 if factor.eps is None else factor.eps) * self.ref.eps_scale
             if factor.function == "layernorm":
                 centred = x - x.mean(dim=axes, keepdim=True)
             else:
