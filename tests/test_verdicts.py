@@ -140,6 +140,9 @@ LEMMAS = [
      "complementary masks"),
     ("complement_eq", "(A[p, s] where s == p + 1) + (A[p, s] where s != p + 1) == A[p, s]",
      "complementary masks"),
+    ("diagonal", "[p, e] A[p, s] * x[s, e] * (ones[p, s] where s == p) == A[p, p] * x[p, e]",
+     "diagonal"),
+    ("diagonal_summed", "A[p, s] * (ones[p, s] where p == s) == A[q, q]", "diagonal"),
     ("softmax_shift", "[p, s] softmax[s](A[p, s] + A[p, p] * ones[s]) == softmax[s](A[p, s])",
      "softmax shift invariance"),
     ("softmax_shift_masked", "[p, s] softmax[s](A[p, s] + A[p, p] * ones[s] where s <= p) == "
@@ -187,6 +190,8 @@ FALSE_TWINS = [
     ("softmax_scaled", "[p, s] softmax[s](2 * A[p, s]) == softmax[s](A[p, s])"),
     ("softmax_sums_strict", "[p] softmax[s](A[p, s] where s < p) * ones[s] == ones[p]"),
     ("rmsnorm_shift", "[n, m] rmsnorm[m](B[n, m] + w[n] * ones[m]) == rmsnorm[m](B[n, m])"),
+    ("diagonal_shifted", "A[p, s] * (ones[p, s] where s == p + 1) == A[q, q]"),
+    ("diagonal_dims", "B[n, m] * (ones[n, m] where n == m) == B[n, m] * (ones[n, m] where n <= m)"),
     ("not_symmetric", "[i, j] exp(A[i, j] + A[j, i] + A[i, i] * ones[j]) == "
      "exp(A[j, i] + A[i, j] + A[j, j] * ones[i])"),
 ]

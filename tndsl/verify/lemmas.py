@@ -16,7 +16,8 @@ Fixed tensors (`tndsl.lang.fixed`); a dummy is an index summed inside the monomi
 Boxes:
 - softmax sums to one: softmax[s](X) summed over s is 1 (a masked softmax too, where
   every row keeps an entry: each condition holds at s = its other leg, of s's dim).
-Masks: the conditions' normal form and conjunctions (`masks.py`).
+Masks: the conditions' normal form and conjunctions (`masks.py`), and diagonals:
+Σ_b X[b] [a == b] is X[a] for a summed b of a's dim.
 
 A fixed tensor this module does not know (a new one) is an arbitrary tensor here, so a
 proof never rests on an unknown tensor's values.
@@ -53,6 +54,7 @@ class BoxInfo:
 
 class Lemmas:
     def __init__(self, tensors: Mapping):
+        self.tensors = tensors
         self.fixed = {name: t for name, t in tensors.items() if t.kind == "fixed"}
         families: dict[tuple, str] = {}
         for name in sorted(self.fixed):
@@ -72,20 +74,20 @@ class Lemmas:
         return t.fixed.function if t is not None else None
 
     # ---- rewriting one monomial --------------------------------------------------------
-    def apply(self, coefficient, factors: tuple, free: set[str]):
+    def apply(self, coefficient, factors: tuple, free: set[str], free_dims=None):
         """(coefficient, factors) after every lemma that applies, repeatedly; factors is
-        None when the monomial is zero."""
+        None when the monomial is zero. `free_dims` gives the free legs' dims."""
         factors = tuple((self.representative.get(n, n), i) for n, i in factors)
         for _ in range(4 * len(factors) + 4):
             if factors is None:
                 return coefficient, None
-            step = self._step(coefficient, factors, free)
+            step = self._step(coefficient, factors, free, free_dims or {})
             if step is None:
                 return coefficient, factors
             coefficient, factors = step
         return coefficient, factors
 
-    def _step(self, coefficient, factors, free):
+    def _step(self, coefficient, factors, free, free_dims):
         """One rewrite, or None when none applies."""
         if any(masks.is_indicator(n) for n, _ in factors):
             simplified = masks.simplify(factors)
@@ -104,8 +106,19 @@ class Lemmas:
             return dummy(i) and counts[i] == 1
 
         for k, (name, indices) in enumerate(factors):
-            kind = self._kind(name)
             rest = factors[:k] + factors[k + 1:]
+            if masks.is_indicator(name) and name == masks.factor_name("==", 0):
+                # Σ_b f(b) [a == b] = f(a) for a summed b of a's dim: a diagonal
+                a, b = indices
+                if not dummy(b):
+                    a, b = b, a
+                if dummy(b) and a != b:
+                    dims = self._dims(rest, free_dims)
+                    if dims.get(a) is not None and dims.get(a) == dims.get(b):
+                        self.used.add("diagonal")
+                        return coefficient, tuple((n, tuple(a if i == b else i for i in idx))
+                                                  for n, idx in rest)
+            kind = self._kind(name)
             if kind == "grouping" and once(indices[1]):
                 self.used.add("grouping rows sum to one")
                 head = self.fixed[name].legs[0].dim
@@ -142,6 +155,26 @@ class Lemmas:
                     coefficient = coefficient * dimmod.symbol(heads) / dimmod.symbol(groups)
                     return _identity(coefficient, rest, x[1], y[1], groups)
         return None
+
+    def _dims(self, factors, free_dims) -> dict[str, str]:
+        """The dim of each index, from the factors that tell it (tensors, `ones`, boxes,
+        relative rotary factors) and the free legs' dims."""
+        dims = dict(free_dims)
+        for name, indices in factors:
+            if name.startswith("ones:"):
+                slot_dims = (name[len("ones:"):],)
+            elif name in self.tensors:
+                slot_dims = tuple(leg.dim for leg in self.tensors[name].legs)
+            elif name in self.boxes:
+                slot_dims = self.boxes[name].slot_dims
+            elif name.startswith(REL) and name[len(REL):] in self.fixed:
+                legs = self.fixed[name[len(REL):]].legs
+                slot_dims = (legs[0].dim, legs[0].dim, legs[1].dim, legs[2].dim)
+            else:
+                continue
+            for index, dim in zip(indices, slot_dims):
+                dims.setdefault(index, dim)
+        return dims
 
     def _rotary(self, coefficient, rest, name, p, q, f, g, counts, tensor):
         head = tensor.legs[1].dim

@@ -396,7 +396,7 @@ def _collect(monomials, free: set[str], deadline: float | None = None,
     for coefficient, factors in monomials:
         coefficient, factors = _drop_ones(coefficient, factors, free)
         if lemmas is not None:
-            coefficient, factors = lemmas.apply(coefficient, factors, free)
+            coefficient, factors = lemmas.apply(coefficient, factors, free, free_dims)
             if factors is None:
                 continue
             coefficient, factors = _drop_ones(coefficient, factors, free)
