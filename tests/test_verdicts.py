@@ -143,6 +143,11 @@ LEMMAS = [
     ("diagonal", "[p, e] A[p, s] * x[s, e] * (ones[p, s] where s == p) == A[p, p] * x[p, e]",
      "diagonal"),
     ("diagonal_summed", "A[p, s] * (ones[p, s] where p == s) == A[q, q]", "diagonal"),
+    ("three_way", "[p, s] (A[p, s] where s <= p and p - s < 3) + (A[p, s] where s > p) + "
+     "(A[p, s] where p - s >= 3) == A[p, s]", "case split on mask conditions"),
+    ("regrouped", "[p, s] (A[p, s] where s <= p) + (y[s, e] * x[p, e] where s > p) == "
+     "(A[p, s] where s < p) + (A[p, s] where s == p) + (y[s, e] * x[p, e] where s >= p + 1)",
+     "case split on mask conditions"),
     ("softmax_shift", "[p, s] softmax[s](A[p, s] + A[p, p] * ones[s]) == softmax[s](A[p, s])",
      "softmax shift invariance"),
     ("softmax_shift_masked", "[p, s] softmax[s](A[p, s] + A[p, p] * ones[s] where s <= p) == "
@@ -190,6 +195,8 @@ FALSE_TWINS = [
     ("softmax_scaled", "[p, s] softmax[s](2 * A[p, s]) == softmax[s](A[p, s])"),
     ("softmax_sums_strict", "[p] softmax[s](A[p, s] where s < p) * ones[s] == ones[p]"),
     ("rmsnorm_shift", "[n, m] rmsnorm[m](B[n, m] + w[n] * ones[m]) == rmsnorm[m](B[n, m])"),
+    ("three_way_gap", "[p, s] (A[p, s] where s <= p and p - s < 3) + (A[p, s] where s > p) + "
+     "(A[p, s] where p - s > 3) == A[p, s]"),
     ("diagonal_shifted", "A[p, s] * (ones[p, s] where s == p + 1) == A[q, q]"),
     ("diagonal_dims", "B[n, m] * (ones[n, m] where n == m) == B[n, m] * (ones[n, m] where n <= m)"),
     ("not_symmetric", "[i, j] exp(A[i, j] + A[j, i] + A[i, i] * ones[j]) == "

@@ -128,6 +128,9 @@ def _prove(program, check: ir.Check, small: _Small, budgets) -> Result:
         residual = symbolic.complements({k: c for k, c in residual.items() if c != 0},
                                         set(legs), symbolic_budget.deadline, expander.lemmas,
                                         {leg: dims[leg] for leg in legs})
+        if residual and symbolic.case_split(residual, {leg: dims[leg] for leg in legs},
+                                            symbolic_budget.deadline, expander.lemmas):
+            residual = {}
         if not residual:
             sides = f"{_count(len(lhs), 'monomial')} on each side" if len(lhs) == len(rhs) \
                 else f"{_count(len(lhs), 'monomial')} on the left, {len(rhs)} on the right"
@@ -225,14 +228,13 @@ def _evaluate(program, check, small: _Small, budgets, boxes, fixed, residual, sy
                               f"equal modulo {numeric.PRIME:,} at {TRIALS} random points at "
                               f"small sizes; degree ≤ {degree}, error probability ≤ {bound:.0e}"
                               f"; symbolic: {symbolic_note}")
-            if fixed:
-                return Result(label, "supported", "randomized exact",
-                              f"holds exactly{with_fixed} at sizes {_sizes(at)}: equal modulo "
-                              f"{numeric.PRIME:,} at {TRIALS} random points; not proven for "
-                              f"every size; symbolic: {symbolic_note}{notes}", residual_text)
-            return Result(label, "unknown", "",
-                          f"symbolic: {symbolic_note}; yet the sides agree exactly at the small "
-                          f"sizes {_sizes(at)}, which may be special{notes}", residual_text)
+            # The residual's coefficients do not vanish at these sizes, yet the sides
+            # agree: the identity holds there (with probability 1 - (d/p)³), not proven
+            # for every size.
+            return Result(label, "supported", "randomized exact",
+                          f"holds exactly{with_fixed} at sizes {_sizes(at)}: equal modulo "
+                          f"{numeric.PRIME:,} at {TRIALS} random points; not proven for "
+                          f"every size; symbolic: {symbolic_note}{notes}", residual_text)
     else:
         modular_note = "has boxes, so it is not a polynomial identity"
 

@@ -681,3 +681,61 @@ def render_polynomial(poly: Polynomial, *, dummy: str = "i",
         used += n
     text = " + ".join(terms) if terms else "0"
     return text.replace("+ -", "- ")
+
+
+# ---- case split on mask conditions --------------------------------------------------------
+
+MAX_SPLIT_CONDITIONS = 8
+
+
+def case_split(poly: Polynomial, free_dims: Mapping[str, str], deadline=None,
+               lemmas: Lemmas | None = None) -> bool:
+    """Whether `poly` is zero by cases on its masks' conditions: when every indicator is
+    on free legs, each assignment of true or false to the conditions that can hold
+    together (masks.simplify) leaves a polynomial without masks, which must cancel.
+    False when it does not, or the split does not apply (too many conditions, a
+    condition on a summed index)."""
+    free = set(free_dims)
+    parts = []
+    conditions: dict[tuple, None] = {}
+    for key, coefficient in poly.items():
+        core, conds = [], []
+        for name, indices in key:
+            if masks.is_indicator(name):
+                if not set(indices) <= free:
+                    return False
+                if masks.symmetric(name):
+                    indices = tuple(sorted(indices))
+                conds.append((name, indices))
+                conditions.setdefault((name, indices))
+            else:
+                core.append((name, indices))
+        parts.append((tuple(core), frozenset(conds), coefficient))
+    conditions = list(conditions)
+    if not conditions or len(conditions) > MAX_SPLIT_CONDITIONS:
+        return False
+    cores: dict[tuple, tuple] = {}
+
+    def core_key(core: tuple) -> tuple:
+        if core not in cores:
+            have = {i for _, idx in core for i in idx}
+            ones = tuple((f"ones:{free_dims[i]}", (i,)) for i in sorted(free - have))
+            coefficient, factors = _drop_ones(sympy.Integer(1), core + ones, free)
+            cores[core] = (canonical(factors, free, deadline, lemmas), coefficient)
+        return cores[core]
+
+    for truth in itertools.product((True, False), repeat=len(conditions)):
+        literals = tuple(c if t else masks.complement(*c) for c, t in zip(conditions, truth))
+        if masks.simplify(literals) is None:
+            continue  # these conditions cannot hold together
+        holding = {c for c, t in zip(conditions, truth) if t}
+        region: Polynomial = {}
+        for core, conds, coefficient in parts:
+            if conds <= holding:
+                key, factor = core_key(core)
+                region[key] = region.get(key, 0) + coefficient * factor
+        if any(sympy.expand(c) != 0 for c in region.values()):
+            return False
+    if lemmas is not None:
+        lemmas.used.add("case split on mask conditions")
+    return True
