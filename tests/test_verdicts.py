@@ -178,9 +178,11 @@ def test_each_lemma_proves_its_identity_and_the_reference_agrees(label, check, l
 def test_a_box_inline_is_the_same_box_named_in_its_equation():
     r = results("pattern[p, s] = softmax[s](A[p, s] where s <= p)\n"
                 "check named: [p, s] pattern[p, s] * A[s, p] == "
-                "softmax[t](A[p, t] where t <= p)[s] * A[s, p]\n".replace("[s] *", " *")
-                .replace("softmax[t](A[p, t] where t <= p)", "softmax[s](A[p, s] where s <= p)"))
+                "softmax[t](A[p, t] where t <= p) * A[t, p] * (ones[t, s] where t == s)\n"
+                "check named_false: [p, s] pattern[p, s] * A[s, p] == "
+                "softmax[s](A[p, s] where s < p) * A[s, p]\n")
     assert r["named"].status == "proven", r["named"].render()
+    assert r["named_false"].status == "refuted", r["named_false"].render()
 
 
 FALSE_TWINS = [
