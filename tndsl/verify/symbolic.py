@@ -416,6 +416,7 @@ def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None,
     if not any(masks.is_indicator(n) for key in poly for n, _ in key):
         return poly
     poly = dict(poly)
+    partner: dict[tuple, tuple] = {}  # (key, k) -> the key with indicator k negated
     changed = True
     while changed:
         changed = False
@@ -430,8 +431,10 @@ def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None,
                 lost = [i for i in indices if i in free and i not in have]
                 if lost and (free_dims is None or any(i not in free_dims for i in lost)):
                     continue
-                other = canonical(rest + (masks.complement(name, indices),), free, deadline,
-                                  lemmas)
+                if (key, k) not in partner:
+                    partner[key, k] = canonical(rest + (masks.complement(name, indices),),
+                                                free, deadline, lemmas)
+                other = partner[key, k]
                 if other == key or other not in poly or \
                         sympy.expand(poly[other] - poly[key]) != 0:
                     continue
