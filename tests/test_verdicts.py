@@ -117,6 +117,11 @@ LEMMAS = [
      "y[s, g] where p2 == p + 2 and s2 == s + 2)", "rotary relative position"),
     ("relative_transposed", "[p, s] x[p, f] * R[p, e, f] * R[s, e, g] * y[s, g] == "
      "y[s, g] * R[s, e, g] * R[p, e, f] * x[p, f]", "rotary relative position"),
+    ("relative_chain", "[p, s, t] x[p, f] * R[p, e, f] * R[s, e, g] * R[s, h, g] * R[t, h, k] * "
+     "y[t, k] == x[p, f] * R[p, e, f] * R[t, e, k] * y[t, k] * ones[s]",
+     "rotary relative position"),
+    ("relative_back", "[p, s] x[p, f] * R[p, e, f] * R[s, e, g] * R[s, h, g] * R[p, h, k] * "
+     "y[p, k] == x[p, f] * y[p, f] * ones[s]", "rotary relative position"),
     ("group_rows", "[h] G[h, g] * ones[g] == ones[h]", "grouping rows sum to one"),
     ("group_rows_weighted", "[h] u[h] * G[h, g] * ones[g] == u[h]", "grouping rows sum to one"),
     ("group_columns", "[g] G[h, g] * G[h, k] * v[k] == Heads / KV * v[g]",
@@ -190,6 +195,8 @@ FALSE_TWINS = [
     ("relative_unequal_shift", "[p, s, p2, s2] (x[p, f] * R[p, e, f] * R[s, e, g] * y[s, g] * "
      "ones[p2] * ones[s2] where p2 == p + 2 and s2 == s + 1) == (x[p, f] * R[p2, e, f] * "
      "R[s2, e, g] * y[s, g] where p2 == p + 2 and s2 == s + 1)"),
+    ("relative_chain_transposed", "[p, s, t] x[p, f] * R[p, e, f] * R[s, e, g] * R[s, g, h] * "
+     "R[t, h, k] * y[t, k] == x[p, f] * R[p, e, f] * R[t, e, k] * y[t, k] * ones[s]"),
     ("group_columns_wrong", "[g] G[h, g] * G[h, k] * v[k] == v[g]"),
     ("group_outer", "[a, b] G[a, g] * G[b, g] == G[a, g] * G[b, k] * ones[g] * ones[k] / KV"),
     ("complement_overlap", "(A[p, s] where s <= p) + (A[p, s] where s >= p) == A[p, s]"),

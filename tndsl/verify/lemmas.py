@@ -9,7 +9,8 @@ Fixed tensors (`tndsl.lang.fixed`); a dummy is an index summed inside the monomi
 - rotary relative position: R[p, e, f] R[s, e, g] summed over e is R(s - p)[f, g], a
   factor `rel:R` over (p, s, f, g) that depends on p and s only through s - p: it is
   the same factor at (p', s') wherever the monomial's equality masks give
-  p' = p + k and s' = s + k, and R(s - p)[f, g] = R(p - s)[g, f];
+  p' = p + k and s' = s + k, and R(s - p)[f, g] = R(p - s)[g, f]; two of them compose,
+  R(s - p) R(t - s) = R(t - p) (the identity when t = p);
 - grouping rows: G[h, g] summed over g is 1 (each query head is in one group);
 - grouping columns: G[h, a] G[h, b] summed over h is (Heads / KVHeads) [a == b];
 - grouping entries are 0 or 1: G[h, g] G[h, g] is G[h, g].
@@ -133,6 +134,11 @@ class Lemmas:
                 return coefficient, rest + ones
         for j, k in itertools.combinations(range(len(factors)), 2):
             (a, x), (b, y) = factors[j], factors[k]
+            if a == b and a.startswith(REL):
+                composed = self._compose(coefficient, factors, j, k, counts)
+                if composed is not None:
+                    return composed
+                continue
             if a != b or a not in self.fixed:
                 continue
             rest = tuple(f for n, f in enumerate(factors) if n not in (j, k))
@@ -175,6 +181,22 @@ class Lemmas:
             for index, dim in zip(indices, slot_dims):
                 dims.setdefault(index, dim)
         return dims
+
+    def _compose(self, coefficient, factors, j, k, counts):
+        """R(b - a) R(c - b) = R(c - a): two relative rotary factors of one map that
+        share a summed matrix index and the middle position (either may be read
+        transposed, R(b - a)[f, g] = R(a - b)[g, f])."""
+        name = factors[j][0]
+        rest = tuple(f for n, f in enumerate(factors) if n not in (j, k))
+        for a, b, f, g in (factors[j][1], _transposed(factors[j][1])):
+            for c, d, h, l in (factors[k][1], _transposed(factors[k][1])):
+                if g == h and dummy(g) and counts[g] == 2 and b == c:
+                    self.used.add("rotary relative position")
+                    if a == d:  # R(b - a) R(a - b) = I
+                        tensor = self.fixed[name[len(REL):]]
+                        return _identity(coefficient, rest, f, l, tensor.legs[1].dim)
+                    return coefficient, rest + ((name, (a, d, f, l)),)
+        return None
 
     def _rotary(self, coefficient, rest, name, p, q, f, g, counts, tensor):
         head = tensor.legs[1].dim
@@ -230,6 +252,11 @@ class Lemmas:
             if len(out) >= MAX_VARIANTS:
                 break
         return out
+
+
+def _transposed(indices: tuple) -> tuple:
+    p, s, f, g = indices
+    return (s, p, g, f)
 
 
 def _identity(coefficient, rest, f: str, g: str, dim: str):

@@ -396,9 +396,14 @@ def _collect(monomials, free: set[str], deadline: float | None = None,
     for coefficient, factors in monomials:
         coefficient, factors = _drop_ones(coefficient, factors, free)
         if lemmas is not None:
+            had = {i for _, idx in factors for i in idx if i in free}
             coefficient, factors = lemmas.apply(coefficient, factors, free, free_dims)
             if factors is None:
                 continue
+            # A free leg whose factors a lemma consumed is still a leg: ones on it.
+            lost = had - {i for _, idx in factors for i in idx}
+            factors += tuple((f"ones:{free_dims[i]}", (i,)) for i in sorted(lost)
+                             if free_dims and i in free_dims)
             coefficient, factors = _drop_ones(coefficient, factors, free)
         key = canonical(factors, free, deadline, lemmas)
         poly[key] = poly.get(key, 0) + coefficient
