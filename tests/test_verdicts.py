@@ -124,6 +124,10 @@ LEMMAS = [
      "y[p, k] == x[p, f] * y[p, f] * ones[s]", "rotary relative position"),
     ("group_rows", "[h] G[h, g] * ones[g] == ones[h]", "grouping rows sum to one"),
     ("group_rows_weighted", "[h] u[h] * G[h, g] * ones[g] == u[h]", "grouping rows sum to one"),
+    ("group_column_sums", "G[h, g] * v[g] * ones[h] == Heads / KV * v[g] * ones[g]",
+     "grouping columns sum to Heads/KVHeads"),
+    ("group_outer_rows", "[a] G[a, g] * G[b, g] * ones[b] == Heads / KV * ones[a]",
+     "grouping columns sum to Heads/KVHeads"),
     ("group_columns", "[g] G[h, g] * G[h, k] * v[k] == Heads / KV * v[g]",
      "grouping columns: GᵀG = (Heads/KVHeads) I"),
     ("group_idempotent", "[a, b] G[a, g] * G[c, g] * G[c, k] * G[b, k] == "
@@ -273,9 +277,9 @@ def test_sizes_are_not_roots_of_the_residual():
 
 def test_a_check_true_only_with_the_real_values_is_supported_never_refuted():
     """Beyond the lemmas, the evaluation tiers use the fixed tensors' values: exactly
-    for a grouping (column sums are Heads / KV, which no lemma states), in float64 for
-    a rotary map; such a check is supported, never refuted and never proven."""
-    r = results("check columns: G[h, g] * v[g] * ones[h] == Heads / KV * v[g] * ones[g]\n"
+    for a grouping (G[h, g] = 0 where h < g, which no lemma states), in float64 for a
+    rotary map; such a check is supported, never refuted and never proven."""
+    r = results("check columns: [h, g] (G[h, g] where h < g) * u[h] == 0 * G[h, g] * u[h]\n"
                 "check columns_false: G[h, g] * v[g] * ones[h] == v[g] * ones[g]\n"
                 "check rot_chain: [p, e] R[p, e, f] * R[p, g, f] * R[p, g, k] * x[p, k] == "
                 "R[p, e, f] * x[p, f]\n"

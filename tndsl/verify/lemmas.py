@@ -11,7 +11,8 @@ Fixed tensors (`tndsl.lang.fixed`); a dummy is an index summed inside the monomi
   the same factor at (p', s') wherever the monomial's equality masks give
   p' = p + k and s' = s + k, and R(s - p)[f, g] = R(p - s)[g, f]; two of them compose,
   R(s - p) R(t - s) = R(t - p) (the identity when t = p);
-- grouping rows: G[h, g] summed over g is 1 (each query head is in one group);
+- grouping rows: G[h, g] summed over g is 1 (each query head is in one group), and
+  summed over h it is Heads / KVHeads (each group has that many heads);
 - grouping columns: G[h, a] G[h, b] summed over h is (Heads / KVHeads) [a == b];
 - grouping entries are 0 or 1: G[h, g] G[h, g] is G[h, g].
 Boxes:
@@ -123,15 +124,21 @@ class Lemmas:
             if kind == "grouping" and once(indices[1]):
                 self.used.add("grouping rows sum to one")
                 head = self.fixed[name].legs[0].dim
-                return coefficient, rest + ((f"ones:{head}", (indices[0],)),)
+                return coefficient, _with_ones(rest, indices[0], head)
+            if kind == "grouping" and once(indices[0]):
+                self.used.add("grouping columns sum to Heads/KVHeads")
+                heads, groups = (leg.dim for leg in self.fixed[name].legs)
+                return (coefficient * dimmod.symbol(heads) / dimmod.symbol(groups),
+                        _with_ones(rest, indices[1], groups))
             info = self.boxes.get(name)
             if info is not None and info.function == "softmax" and info.axes and \
                     all(once(indices[a]) for a in info.axes) and \
                     (not info.masked or info.rows_nonempty):
                 self.used.add("softmax sums to one")
-                ones = tuple((f"ones:{info.slot_dims[s]}", (i,)) for s, i in enumerate(indices)
-                             if s not in info.axes)
-                return coefficient, rest + ones
+                for s, i in enumerate(indices):
+                    if s not in info.axes:
+                        rest = _with_ones(rest, i, info.slot_dims[s])
+                return coefficient, rest
         for j, k in itertools.combinations(range(len(factors)), 2):
             (a, x), (b, y) = factors[j], factors[k]
             if a == b and a.startswith(REL):
@@ -252,6 +259,14 @@ class Lemmas:
             if len(out) >= MAX_VARIANTS:
                 break
         return out
+
+
+def _with_ones(rest: tuple, index: str, dim: str) -> tuple:
+    """`rest`, with `ones` on `index` if no factor of it has that index (so that it
+    stays a leg, or a sum over its dim)."""
+    if any(index in idx for _, idx in rest):
+        return rest
+    return rest + ((f"ones:{dim}", (index,)),)
 
 
 def _transposed(indices: tuple) -> tuple:
