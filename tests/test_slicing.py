@@ -118,9 +118,9 @@ def _single_products(program) -> list[str]:
 @given(valid_programs())
 def test_sliced_contractions_of_random_programs_equal_the_compiled_module_and_reference(text):
     """Every single-product term of a random program (coefficients, signs, division by
-    numbers and dims, `ones`, diagonals, copy legs, fixed tensors), contracted sliced
-    under a budget that forces slicing where one can, equals the reference evaluator
-    (float64) and the compiled module on the same data."""
+    numbers and dims, `ones`, diagonals, copy legs, fixed tensors), contracted whole and
+    with every contracted index sliced, equals the reference evaluator (float64) and
+    the compiled module on the same data."""
     with bounded(60):
         program = tndsl.parse(text, "random.tn", FUZZ_DIMS)
         lines = _single_products(program)

@@ -10,11 +10,17 @@ import argparse
 import sys
 from typing import Sequence
 
+from pathlib import Path
+
 from tndsl.lang.errors import TnError, TnErrors
+from tndsl.lang.text import terminal, terminal_output
 from tndsl.passes.fusion import OPT_IN, PASSES, resolve
 from tndsl.program import load
+from tndsl.render.output import FORMATS, MAX_DPI, MIN_DPI
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
+MAX_SEED = 2**63 - 1   # the largest int64, which torch.manual_seed takes
+MAX_RANKS = 1 << 20    # a mesh larger than any machine, well within every size
 
 
 def _dim_assignment(text: str) -> tuple[str, int]:
@@ -29,13 +35,81 @@ def _dim_assignment(text: str) -> tuple[str, int]:
     return name.strip(), size
 
 
+def _bounded_int(low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` to `high` (None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got "
+                                             f"{terminal(repr(text))}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... " \
+                f"({len(str(value))} digits)"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {shown}")
+        return value
+    return parse
+
+
+def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = False
+                    ) -> str | None:
+    """Why an output path cannot be written, found before any work (None if it can be
+    tried): a figure's format unknown, a file that is a directory or in a folder that
+    does not exist, a report folder that is a file. Writing can still fail (a full
+    disk, /dev/full): that is `error: cannot write ...` too, exit 1."""
+    path = Path(text)
+    if folder:
+        for ancestor in (path, *path.parents):
+            if ancestor.exists() and not ancestor.is_dir():
+                return f"cannot write into {terminal(text)}: {terminal(ancestor)} is not a folder"
+        return None
+    if suffixes and path.suffix not in suffixes:
+        return (f"cannot write {terminal(text)}: unknown figure format "
+                f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(suffixes)}")
+    if path.is_dir():
+        return f"cannot write {terminal(text)}: it is a directory"
+    if not path.parent.is_dir():
+        return f"cannot write {terminal(text)}: there is no folder {terminal(path.parent)}"
+    return None
+
+
+# The output paths of each command: (argument, figure formats or (), whether a folder).
+OUTPUTS = {"compile": [("out", (), False)], "render": [("out", FORMATS, False)],
+           "paths": [("out", (), False), ("render", FORMATS, False)],
+           "study": [("out", (), True)]}
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise TnError(f"cannot write {terminal(path)}: {e.strerror}") from None
+
+
+class _Terminal:
+    """sys.stdout or sys.stderr with everything written through the one sanitiser for
+    terminals (tndsl.lang.text.terminal_output): only the line breaks and tabs tndsl
+    writes itself survive; ESC, `\\r` and the like from anywhere are shown escaped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_output(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _report(error: TnError, path: str) -> None:
     """Print an error on stderr. One without a place in the file (it concerns the whole
     file, or a command-line argument such as NAME or --dim) is prefixed with the file,
     so every error line starts with where it comes from."""
     for e in (error.errors if isinstance(error, TnErrors) else [error]):
         text = e.render()
-        print(text if e.span is not None else f"{path}: {text}", file=sys.stderr)
+        print(text if e.span is not None else f"{terminal(path)}: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--shard", metavar="DIM,...",
                           help="add a parallelize(mesh) method applying the tensor-parallel "
                                "plan for sharding these dims (tndsl cost --shard prints it)")
-    compile_.add_argument("--ranks", type=int, default=2, metavar="N",
+    compile_.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                          metavar="N",
                           help="mesh size --shard's plan is checked for (default 2)")
 
     render = commands.add_parser(
@@ -92,14 +167,17 @@ def _parser() -> argparse.ArgumentParser:
                     ".dot, or .tex (standalone TikZ). Without -o, DOT goes to standard output.")
     render.add_argument("file", metavar="FILE")
     render.add_argument("name", nargs="?", metavar="NAME")
-    render.add_argument("-o", "--out", metavar="FIGURE", help="where to write the figure")
+    render.add_argument("-o", "--out", metavar="FIGURE",
+                        help="where to write the figure (" + ", ".join(FORMATS) + ")")
     depth = render.add_mutually_exclusive_group()
     depth.add_argument("--expand", action="store_true",
                        help="inline every definition down to params and inputs")
-    depth.add_argument("--depth", type=int, default=0, metavar="N",
+    depth.add_argument("--depth", type=_bounded_int(0), default=0,
+                       metavar="N",
                        help="inline N levels of definitions (default 0)")
     render.add_argument("--indices", action="store_true", help="label wires with index names")
-    render.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300)")
+    render.add_argument("--dpi", type=_bounded_int(MIN_DPI, MAX_DPI), default=300,
+                        help=f"PNG resolution, {MIN_DPI} to {MAX_DPI} (default 300)")
     render.add_argument("--no-outline", action="store_true",
                         help="keep SVG text as text (needs the fonts where it is shown)")
     render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
@@ -121,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="instead, the tensor-parallel plan for sharding these dims: "
                            "sharded params and the collectives per forward, in bytes "
                            "(NAME, if given, is the output)")
-    cost.add_argument("--ranks", type=int, default=2, metavar="N",
+    cost.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                      metavar="N",
                       help="mesh size for --shard (default 2)")
 
     study = commands.add_parser(
@@ -135,8 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("name", choices=["induction"])
     study.add_argument("-o", "--out", default="examples/induction/report",
                        help="report folder (default: examples/induction/report)")
-    study.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--steps", type=_bounded_int(1), default=2500,
+                       help="training steps, at least 1 (default 2500)")
+    study.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0,
+                       help="random seed, 0 to 2**63 - 1 (default 0)")
     study.add_argument("--weights", metavar="FILE",
                        help="re-run the analysis on saved weights (a study's "
                             "weights.safetensors, its config beside it) without training")
@@ -175,7 +256,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.dump:
             print(program.dump(), end="")
         elif not args.quiet:
-            print(f"{path}: ok")
+            print(f"{terminal(path)}: ok")
             print(program.summary())
     return 1 if failed else 0
 
@@ -188,14 +269,14 @@ def _compile(args: argparse.Namespace) -> int:
         generated = program.compile(args.outputs, optimizer=args.optimizer,
                                     fuse=sorted(fuse), no_fuse=no_fuse,
                                     vary=args.vary, shard=args.shard, ranks=args.ranks)
+        if args.out:
+            _write_text(args.out, generated.source)
     except TnError as e:
         _report(e, args.file)
         return 1
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(generated.source)
-        print(f"{args.out}: class {generated.class_name}({', '.join(generated.arguments)}) "
-              f"-> {', '.join(generated.outputs)}")
+        print(f"{terminal(args.out)}: class {generated.class_name}"
+              f"({', '.join(generated.arguments)}) -> {', '.join(generated.outputs)}")
     else:
         sys.stdout.write(generated.source)
     return 0
@@ -215,10 +296,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(result.render())
     counts = {status: sum(r.status == status for r in results)
               for status in ("proven", "refuted", "unknown")}
-    print(f"{args.file}: {len(results)} check{'s' if len(results) != 1 else ''}: "
+    print(f"{terminal(args.file)}: {len(results)} check{'s' if len(results) != 1 else ''}: "
           + ", ".join(f"{n} {status}" for status, n in counts.items()))
     if report is not None:
-        print(f"{args.file}: {report.render()}")
+        print(f"{terminal(args.file)}: {report.render()}")
     failed = counts["refuted"] > 0 or (report is not None and not report.ok)
     return 1 if failed else 0
 
@@ -230,7 +311,7 @@ def _render(args: argparse.Namespace) -> int:
                                 indices=args.indices)
         if args.out:
             figure.save(args.out, dpi=args.dpi, outline=not args.no_outline)
-            print(f"{args.out}: written")
+            print(f"{terminal(args.out)}: written")
         else:
             sys.stdout.write(figure.source)
     except TnError as e:
@@ -250,7 +331,7 @@ def _study(args: argparse.Namespace) -> int:
     i_layer, i_head = report["induction_head"]
     p_layer, p_head = report["previous_token_head"]
     heads = report["heads"]
-    print(f"{args.out}/report.md: previous-token head {p_layer}.{p_head} "
+    print(f"{terminal(args.out)}/report.md: previous-token head {p_layer}.{p_head} "
           f"({heads['layer0']['previous_token'][p_head]:.2f}), induction head {i_layer}.{i_head} "
           f"({heads['layer1']['induction'][i_head]:.2f}, copying "
           f"{heads['layer1']['copying'][i_head]:.2f}); {report['total_seconds']:.0f} s")
@@ -297,9 +378,8 @@ def _paths(args: argparse.Namespace) -> int:
                                  prefix=args.prefix)
         expansion.program()  # the written file must check
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(expansion.source)
-            print(f"{args.out}: {len(expansion.terms)} paths of {args.name}, "
+            _write_text(args.out, expansion.source)
+            print(f"{terminal(args.out)}: {len(expansion.terms)} paths of {args.name}, "
                   f"check {expansion.check}")
             for term in expansion.terms:
                 print(f"  {term.name}  ({term.label})")
@@ -307,7 +387,8 @@ def _paths(args: argparse.Namespace) -> int:
             sys.stdout.write(expansion.source)
         if args.render:
             expansion.figure().save(args.render)
-            print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
+            print(f"{terminal(args.render)}: written",
+                  file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
         _report(e, args.file)
         return 1
@@ -336,8 +417,16 @@ COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _co
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Terminal(stdout), _Terminal(stderr)
     try:
+        args = _parser().parse_args(argv)
+        for name, suffixes, folder in OUTPUTS.get(args.command, ()):
+            value = getattr(args, name, None)
+            problem = value is not None and _output_problem(value, suffixes, folder)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return 1
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -347,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tndsl: internal error ({type(e).__name__}: {e}); please report it at "
               f"{REPORT_URL} with the input that caused it", file=sys.stderr)
         return 3
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,8 +12,11 @@ from tndsl.lang import dims as dimmod, ir, printer
 from tndsl.lang.check import check
 from tndsl.lang.elaborate import elaborate
 from tndsl.lang.errors import ErrorSink, TnError, TnWarning
+from tndsl.lang.files import read_limited
 from tndsl.lang.finite import coefficient_errors
 from tndsl.lang.syntax import parse_module
+from tndsl.lang.syntax.parser import MAX_SOURCE_CHARS
+from tndsl.lang.text import terminal
 
 
 def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None,
@@ -37,10 +40,13 @@ def load(path: str | Path, dims: Mapping[str, int] | None = None,
     """Read and check a `.tn` file. `dims` gives or overrides dim sizes by name, `consts`
     the values of consts (`const Eps = 1e-5`)."""
     path = Path(path)
+    # UTF-8 takes at most 4 bytes a character: no file within the character limit is
+    # refused here, and no read goes past 4 bytes a character (tndsl.lang.files).
+    data = read_limited(path, 4 * MAX_SOURCE_CHARS, what=".tn source")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TnError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else e}")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TnError(f"cannot read {terminal(path)}: {e}") from None
     return parse(text, str(path), dims, consts)
 
 

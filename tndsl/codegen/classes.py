@@ -174,6 +174,8 @@ class ClassBuilder:
                 # Declared in this block: its equations name it relative to the block.
                 lower.values[relative(tensor.name, self.path)] = Value("", False, fixed=tensor)
         self._bind_params(items)
+        if self.instance is None:
+            self._check_input_dtypes(arguments)
         for group, reason in sorted(unrolled.items()):
             self.comments.append(f"# `{python_comment(group)}` is unrolled: {python_comment(reason)}.")
         for k, item in enumerate(items):
@@ -317,14 +319,39 @@ class ClassBuilder:
         shape = tuple(self.file.sizes.get(leg.dim) for leg in legs)
         at_most = tuple(k for k, leg in enumerate(legs) if leg.dim in self.file.options.varying)
         ids = tensor.onehot is not None
+        vocab = self.file.sizes.get(next(l.dim for l in tensor.legs
+                                         if l.name == tensor.onehot)) if ids else None
         extra = f", at_most={at_most!r}" if at_most else ""
         # The common case tested inline (a call costs more than the test): the helper
         # runs only to accept a tensor subclass or to say what is wrong.
         lower.emit(f"if {prologue.input_guard(arg, shape, ids, at_most)}:")
-        lower.emit(f"    _check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
+        lower.emit(f"    _check_input({arg}, {tensor.name!r}, {shape!r}, "
+                   f"ids={vocab if vocab is not None else ids}{extra})")
+        if ids:  # token ids checked against the vocabulary (one min and max per call)
+            self.file.helpers.add("_check_ids")
+            lower.emit(f"if {prologue.ids_guard(arg, vocab)}:")
+            lower.emit(f"    {arg} = _check_ids({arg}, {tensor.name!r}, {vocab!r})")
         lower.read_dims(arg, legs)
         onehot = [leg.name for leg in tensor.legs].index(tensor.onehot) if ids else None
         lower.values[tensor.name] = Value(arg, True, onehot)
+
+    def _check_input_dtypes(self, arguments) -> None:
+        """Float inputs of another dtype than the params' get a clear error (not the raw
+        one of the first matmul that mixes them): one dtype test per input per call."""
+        floats = [arg for tensor, arg in zip(self.file.inputs, arguments)
+                  if tensor.onehot is None]
+        if not floats or not self.file.params:
+            return
+        if self._param_vars:
+            reference = self._param_vars[0]
+        else:
+            name = relative(self.file.params[0].name, self.path)
+            reference = self.modules.access(name)
+        self.file.helpers.add("_check_dtype")
+        for tensor, arg in zip(self.file.inputs, arguments):
+            if tensor.onehot is None:
+                self.lower.emit(f"if {arg}.dtype is not {reference}.dtype:")
+                self.lower.emit(f"    _check_dtype({arg}, {tensor.name!r}, {reference}.dtype)")
 
     def _bind_params(self, items) -> None:
         """A local per param used, read as an attribute once per call (sliced where a

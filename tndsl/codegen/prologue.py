@@ -50,6 +50,15 @@ def input_guard(arg: str, shape: Sequence[int | None], ids: bool,
     return " or ".join(parts)
 
 
+def ids_guard(arg: str, vocab: int | None) -> str:
+    """A condition that is false exactly when `arg`, an integer tensor of token ids, is
+    int64 with every id in [0, vocab); otherwise `_check_ids(arg, ...)` says what is
+    wrong or returns the ids as int64. One min and one max per call (none for an empty
+    tensor)."""
+    high = f" or {arg}.max() >= {vocab}" if vocab is not None else ""
+    return f"{arg}.dtype is not torch.int64 or {arg}.numel() and ({arg}.min() < 0{high})"
+
+
 def own(path: str) -> bool:
     """Whether `path` (relative to the generated class) names a direct child or param,
     which the dict reads below serve; deeper paths keep attribute access."""

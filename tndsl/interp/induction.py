@@ -34,6 +34,8 @@ import tndsl
 from tndsl.interp import circuits
 from tndsl.interp.attribution import attribute
 from tndsl.lang.errors import TnError
+from tndsl.lang.files import read_json
+from tndsl.lang.text import terminal
 from tndsl.interp.hooks import intervene
 from tndsl.interp.induction_report import markdown, plots
 from tndsl.interp.paths import expand_paths
@@ -159,12 +161,11 @@ def load_saved(weights: str | Path) -> tuple[Config, torch.nn.Module, object, st
     if not weights.is_file():
         raise TnError(f"no weights file {weights}",
                       hint="give the weights.safetensors a study wrote (with its config.json)")
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-        source = raw.pop(SOURCE_KEY)
-    except (OSError, ValueError, KeyError) as e:
-        raise TnError(f"cannot read the study's config.json next to {weights}: "
-                      f"{e if not isinstance(e, KeyError) else 'no ' + SOURCE_KEY}") from None
+    raw = read_json(folder / "config.json", what="study config")  # bounded, never blocks
+    if not isinstance(raw, dict) or not isinstance(raw.get(SOURCE_KEY), str):
+        raise TnError(f"cannot read the study's config.json next to {terminal(weights)}: "
+                      f"no {SOURCE_KEY}")
+    source = raw.pop(SOURCE_KEY)
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -10,14 +10,17 @@ listed in one error.
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from tndsl.lang.files import read_json, require_regular
+from tndsl.lang.text import terminal
 from tndsl.models.tables import FAMILIES, Family
-from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
+from tndsl.lang.errors import ArgumentError
+from tndsl.models.weights import (WeightsError, _compare, _read_tensors, check_weights,
+                                  load_hf_gpt2)
 
 SUPPORTED = tuple(sorted({"gpt2", *(t for f in FAMILIES for t in f.model_types)}))
 
@@ -32,12 +35,11 @@ def examples_dir() -> Path:
 
 
 def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    """config.json as a dict, read bounded (a regular file, at most JSON_LIMIT bytes,
+    nested no deeper than the parser goes: tndsl.lang.files)."""
+    config = read_json(folder / "config.json", what="config", error=WeightsError)
     if not isinstance(config, dict):
-        raise WeightsError(f"{folder / 'config.json'} is not a JSON object")
+        raise WeightsError(f"{terminal(folder / 'config.json')} is not a JSON object")
     return config
 
 
@@ -47,21 +49,37 @@ def read_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.exists() and not (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"cannot read {index}: {e}") from None
+        data = read_json(index, what="checkpoint index", error=WeightsError)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise WeightsError(f"{terminal(index)}: `weight_map` must be an object mapping "
+                               f"tensor names to shard file names, got "
+                               f"{_json_kind(weight_map, data)}")
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             path = (folder / shard).resolve()
             if path.parent != folder.resolve():  # a shard name must not leave the folder
-                raise WeightsError(f"{index} names a shard outside the folder: {shard!r}")
+                raise WeightsError(f"{terminal(index)} names a shard outside the folder: "
+                                   f"{terminal(repr(shard))}")
+            require_regular(path, what="shard", error=WeightsError)
             try:
                 tensors.update(load_file(str(path)))
             except Exception as e:
-                raise WeightsError(f"cannot read shard {path}: {e}") from None
+                raise WeightsError(f"cannot read shard {terminal(path)}: {e}") from None
         return tensors
     return _read_tensors(folder)
+
+
+def _json_kind(value, document) -> str:
+    """What a JSON value is, for an error: `a list`, `null`, or `no weight_map`."""
+    if not isinstance(document, dict) or "weight_map" not in document:
+        return "no `weight_map`" if isinstance(document, dict) else \
+            f"a {type(document).__name__} instead of an object"
+    names = {list: "a list", str: "a string", int: "a number", float: "a number",
+             bool: "a boolean", type(None): "null", dict: "an object with a non-string "
+                                                          "name or shard"}
+    return names.get(type(value), type(value).__name__)
 
 
 def family_of(config: Mapping) -> Family | None:
@@ -188,33 +206,47 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor]
     return state
 
 
-def load_hf(folder: str | Path, *, context: int | None = None):
+def load_hf(folder: str | Path, *, context: int | None = None,
+            allow_nonfinite: bool = False):
     """`(program, state_dict)` for a Hugging Face checkpoint folder: the family's `.tn`
-    compiled with the config's dims and consts, and its params from the checkpoint."""
+    compiled with the config's dims and consts, and its params from the checkpoint,
+    which must be floating point and finite unless `allow_nonfinite`
+    (`tndsl.models.weights.check_weights`)."""
     from tndsl.program import load
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int)
+                                or context < 1):
+        raise ArgumentError(f"context must be a positive whole number of positions (or "
+                            f"None: the checkpoint's), got {terminal(repr(context))}")
     folder = Path(folder)
     config = read_config(folder)
     family = family_of(config)
     if family is None:
-        return _load_gpt2(folder, config, context)
+        return _load_gpt2(folder, config, context, allow_nonfinite)
     dims, consts = sizes_from_config(family, config)
     if context is not None:
         dims["Context"] = context
     program = load(examples_dir() / family.example, dims=dims, consts=consts)
-    return program, state_dict(family, program, read_checkpoint(folder))
+    state = state_dict(family, program, read_checkpoint(folder))
+    check_weights(state, folder, allow_nonfinite=allow_nonfinite)
+    return program, state
 
 
-def _load_gpt2(folder: Path, config: Mapping, context: int | None):
+def _load_gpt2(folder: Path, config: Mapping, context: int | None,
+               allow_nonfinite: bool = False):
     """GPT-2 learns its positions: Context is fixed, `n_positions` or the `context`
-    given (the first rows of the position embedding)."""
+    given (the first rows of the position embedding), at most `n_positions`."""
     from tndsl.program import load
-    state = load_hf_gpt2(folder)
+    state = load_hf_gpt2(folder, allow_nonfinite=allow_nonfinite)
     try:
         dims = {"Vocab": config["vocab_size"], "Model": config["n_embd"],
                 "Heads": config["n_head"], "Layers": config["n_layer"],
-                "Context": context or config["n_positions"]}
+                "Context": config["n_positions"] if context is None else context}
     except KeyError as e:
         raise WeightsError(f"config.json lacks {e.args[0]}") from None
+    if dims["Context"] > config["n_positions"]:
+        raise ArgumentError(f"context = {context} is more than the {config['n_positions']} "
+                            "positions GPT-2 learnt (`n_positions`)",
+                            hint=f"give a context of at most {config['n_positions']}")
     state["pos_embed.W_pos"] = state["pos_embed.W_pos"][:dims["Context"]].contiguous()
     program = load(examples_dir() / "gpt2_small.tn", dims=dims,
                    consts={})
@@ -222,13 +254,18 @@ def _load_gpt2(folder: Path, config: Mapping, context: int | None):
 
 
 def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
-                    context: int | None = None):
+                    context: int | None = None, allow_nonfinite: bool = False):
     """The compiled module of a Hugging Face checkpoint folder with its weights loaded,
     in `dtype` (default: the checkpoint's). Families: gpt2, gpt_neox (Pythia), llama,
     mistral, qwen2, gemma. `context` fixes the sequence length (needed only by GPT-2,
-    whose positions are learnt; the rotary families take any length)."""
+    whose positions are learnt; the rotary families take any length), a positive
+    integer. Weights must be floating point and finite: `allow_nonfinite=True` loads
+    NaN and infinite values all the same."""
     from tndsl.models.weights import load_state
-    program, state = load_hf(folder, context=context)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentError(f"dtype must be a floating torch.dtype (torch.float32, ...), "
+                            f"got {terminal(repr(dtype))}")
+    program, state = load_hf(folder, context=context, allow_nonfinite=allow_nonfinite)
     module = program.module()
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from tndsl.lang import dims as dimmod, ir
-from tndsl.lang.errors import ResourceError, TnError, UnknownNameError, did_you_mean
+from tndsl.lang.errors import (ArgumentError, ResourceError, TnError, UnknownNameError,
+                               did_you_mean)
 
 BYTES_PER_ENTRY = 8  # float64: sliced contractions are for exact-enough sums
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # torch.einsum's indices
@@ -108,8 +109,8 @@ def plan_slices(program, name: str, memory_budget: int, *,
     for argument, value in (("memory_budget", memory_budget),
                             ("bytes_per_entry", bytes_per_entry)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"plan_slices: {argument} must be a positive integer (bytes), "
-                             f"got {value!r}")
+            raise ArgumentError(f"plan_slices: {argument} must be a positive integer "
+                                f"(bytes), got {value!r}")
     equations = {eq.name: eq for eq in program.equations}
     if name not in equations:
         raise UnknownNameError(f"no equation `{name}`", hint=did_you_mean(name, equations))

@@ -17,9 +17,12 @@ import subprocess
 from pathlib import Path
 
 from tndsl.lang.errors import TnError
-from tndsl.lang.text import tex_comment
+from tndsl.lang.text import terminal, tex_comment
 
 FORMATS = (".svg", ".pdf", ".png", ".dot", ".tex")
+# PNG resolution, dots per inch: Graphviz clamps a larger bitmap to 32767 pixels a side
+# (minutes of work for a picture nobody asked for), and a dpi below 1 means nothing.
+MIN_DPI, MAX_DPI = 1, 1200
 INSTALL_HINT = ("install Graphviz, which provides it: `apt-get install graphviz` (Debian, "
                 "Ubuntu), `brew install graphviz` (macOS), or https://graphviz.org/download/")
 
@@ -47,19 +50,29 @@ def render_bytes(dot_text: str, fmt: str, *, dpi: int = 300, outline: bool = Tru
     if fmt == "pdf":
         return run_dot(dot_text, "-Tpdf:cairo")
     if fmt == "png":
-        return run_dot(dot_text, f"-Gdpi={int(dpi)}", "-Tpng:cairo")
+        check_dpi(dpi)
+        return run_dot(dot_text, f"-Gdpi={dpi}", "-Tpng:cairo")
     if fmt == "tex":
         return tikz(dot_text).encode()
     raise RenderError(f"unknown figure format `{fmt}`; valid: {', '.join(FORMATS)}")
 
 
+def check_dpi(dpi) -> None:
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or not MIN_DPI <= dpi <= MAX_DPI:
+        raise RenderError(f"the PNG resolution must be a whole number of dots per inch from "
+                          f"{MIN_DPI} to {MAX_DPI}, got {terminal(repr(dpi))}")
+
+
 def write(dot_text: str, path: str | Path, *, dpi: int = 300, outline: bool = True) -> Path:
     path = Path(path)
     if path.suffix not in FORMATS:
-        raise RenderError(f"cannot write `{path.name}`: unknown figure format "
-                          f"`{path.suffix or '(none)'}`; valid: {', '.join(FORMATS)}")
+        raise RenderError(f"cannot write `{terminal(path.name)}`: unknown figure format "
+                          f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(FORMATS)}")
     data = render_bytes(dot_text, path.suffix[1:], dpi=dpi, outline=outline)
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise RenderError(f"cannot write {terminal(path)}: {e.strerror}") from None
     return path
 
 
