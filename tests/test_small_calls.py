@@ -266,8 +266,8 @@ def test_ids_inputs_refuse_floats_and_accept_shorter_sequences():
     program, values, module = _setup(IDS, "ids.tn")
     text = _forward_text(module)
     assert "tokens.shape[-1] > 4" in text and "is_floating_point()" in text
-    with pytest.raises(TypeError, match="input tokens holds token ids and must be an integer "
-                                        "tensor, got torch.float32"):
+    with pytest.raises(TypeError, match=r"input tokens holds token ids in \[0, 5\) and must "
+                                        "be an integer tensor, got torch.float32"):
         module(torch.zeros(4))
     with pytest.raises(TypeError, match="must be an integer tensor, got torch.complex64"):
         module(torch.zeros(4, dtype=torch.complex64))
