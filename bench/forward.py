@@ -7,7 +7,8 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
                             [--compile] [--memory] [--matvec] [--no-fuse NAME] [--fuse NAME]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
-loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
+loss, backward) at the first size; then what the token-id check (ids in [0, Vocab), one
+min and one max per call) costs of each compiled forward. Ratio = contender / compiled (above 1: the compiled
 model is faster). --compile: torch.compile first-call times (cold and warm Inductor
 cache, fresh processes) and steady state of the compiled model and the hand-written
 one. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
@@ -157,6 +158,26 @@ def table(args) -> list[tuple]:
     fns = {name: (lambda m=model: _step(m, tokens)) for name, model in models.items()}
     results.append((f"training step {batch}x{context}", median_times(fns, args.repeat)))
     return results
+
+
+def id_check_cost(args, results) -> list[str]:
+    """The token-id check every compiled forward runs (the generated guard itself, one
+    min and one max of the ids), timed alone at each forward row, as a share of the
+    compiled forward's median time from the same run."""
+    from tndsl.codegen.prologue import ids_guard
+    guard = eval(f"lambda tokens: bool({ids_guard('tokens', 50257)})", {"torch": torch})
+    lines = []
+    for row, times in results:
+        if not row.startswith("forward "):
+            continue
+        batch, context = (int(x) for x in row.split()[1].split("x"))
+        tokens = torch.randint(0, 50257, (batch, context), device=args.device)
+        calls = 200
+        seconds = median_times({"check": lambda: [guard(tokens) for _ in range(calls)]},
+                               args.repeat)["check"] / calls
+        lines.append(f"| {row} | {seconds * 1e6:.1f} us | "
+                     f"{100 * seconds / times['tndsl compiled']:.3f}% |")
+    return lines
 
 
 def _no_grad(model, tokens):
@@ -404,10 +425,14 @@ def main() -> None:
              *(f"tndsl --fuse {n}" for n in args.fuse)]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
-    for row, times in table(args):
+    results = table(args)
+    for row, times in results:
         base = times["tndsl compiled"]
         print(f"| {row} | " + " | ".join(f"{times[n]:.4f} s ({times[n] / base:.2f})"
                                          for n in names) + " |")
+    print("\n| token-id check (inside the compiled forward) | per call | share of the forward |")
+    print("| --- | ---: | ---: |")
+    print("\n".join(id_check_cost(args, results)))
     if args.compile:
         times = compile_times(args)
         base = times["hand-written SDPA"]

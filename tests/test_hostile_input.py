@@ -351,3 +351,11 @@ def test_hostile_command_lines_exit_cleanly(tmp_path, fifo):
                                 text=True, timeout=60, cwd=ROOT)
         assert result.returncode == code, (argv, result.stderr)
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("depth", [-1, 1.5, True, "2"])
+def test_render_depth_must_be_a_whole_number_at_least_0(depth):
+    program = tndsl.load(MLP)
+    with pytest.raises(ArgumentError, match="depth must be a whole number"):
+        program.render(depth=depth)
+    assert program.render(depth=0).source == program.render().source

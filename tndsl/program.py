@@ -11,7 +11,7 @@ import sympy
 from tndsl.lang import dims as dimmod, ir, printer
 from tndsl.lang.check import check
 from tndsl.lang.elaborate import elaborate
-from tndsl.lang.errors import ErrorSink, TnError, TnWarning
+from tndsl.lang.errors import ArgumentError, ErrorSink, TnError, TnWarning
 from tndsl.lang.files import read_limited
 from tndsl.lang.finite import coefficient_errors
 from tndsl.lang.syntax import parse_module
@@ -140,8 +140,12 @@ class Program:
     def render(self, name: str | None = None, *, expand: bool = False, depth: int = 0,
                indices: bool = False):
         """The figure of equation `name` (default: the final one) as a graphviz object
-        (`.source` is its DOT; `.save("fig.pdf")`; shows inline in Jupyter)."""
+        (`.source` is its DOT; `.save("fig.pdf")`; shows inline in Jupyter). `depth`
+        is a whole number ≥ 0."""
         from tndsl.render import figure
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ArgumentError(f"depth must be a whole number of levels, at least 0, got "
+                                f"{terminal(repr(depth))}")
         return figure(self, name, expand=expand, depth=depth, indices=indices)
 
     # ---- reports ---------------------------------------------------------------------
