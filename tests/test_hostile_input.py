@@ -359,3 +359,19 @@ def test_render_depth_must_be_a_whole_number_at_least_0(depth):
     with pytest.raises(ArgumentError, match="depth must be a whole number"):
         program.render(depth=depth)
     assert program.render(depth=0).source == program.render().source
+
+
+@pytest.mark.parametrize("argv", [
+    ["render", MLP, "z\nmlp.tn: ok"], ["cost", MLP, "z\x1b[2J"], ["compile", MLP, "--output",
+                                                                 "z\rx"],
+    ["compile", MLP, "--vary", "B\n"], ["compile", MLP, "--shard", "H\x00"],
+    ["check", MLP, "--dim", "B\n=3"], ["paths", ATTN, "logits\u2028x"],
+    ["paths", ATTN, "logits", "--through", "blocks.0\n"]])
+def test_names_on_the_command_line_must_be_printable(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and "holds a control character" in err, err
+    assert out == "" and all(ch.isprintable() or ch == "\n" for ch in err)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith("names are printable")

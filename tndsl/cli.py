@@ -26,7 +26,8 @@ MAX_RANKS = 1 << 20    # a mesh larger than any machine, well within every size
 def _dim_assignment(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {terminal(repr(text))}")
+    _name(name)
     try:
         size = int(value)
     except ValueError:
@@ -50,6 +51,17 @@ def _bounded_int(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {shown}")
         return value
     return parse
+
+
+def _name(text: str) -> str:
+    """An argparse type for a name, list of names or option word (NAME, --output,
+    --vary, --shard, --through, --prefix, ...): no .tn name holds a control character,
+    so one here is refused before it can reach a message (where a line break would
+    forge a line of output)."""
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"`{terminal(text)}` holds a control character "
+                                         "(a line break, ESC, ...); names are printable")
+    return text
 
 
 def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = False
@@ -135,24 +147,24 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("-o", "--out", metavar="MODEL.py",
                           help="where to write the module (default: standard output)")
-    compile_.add_argument("--output", action="append", metavar="NAME", dest="outputs",
+    compile_.add_argument("--output", type=_name, action="append", metavar="NAME", dest="outputs",
                           help="an equation to return (repeatable; default: the final one)")
     compile_.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                           metavar="NAME=SIZE", help="give or override a dim's size")
-    compile_.add_argument("--optimizer", default="auto",
+    compile_.add_argument("--optimizer", type=_name, default="auto",
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
-    compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--no-fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="leave out an optional pass (repeatable): "
                                f"{', '.join(p for p in PASSES if p not in OPT_IN)}; "
                                "`all` leaves out every one")
-    compile_.add_argument("--fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="add an opt-in pass to the defaults (repeatable): "
                                f"{', '.join(sorted(OPT_IN))}")
-    compile_.add_argument("--vary", action="append", metavar="DIM",
+    compile_.add_argument("--vary", type=_name, action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
-    compile_.add_argument("--shard", metavar="DIM,...",
+    compile_.add_argument("--shard", type=_name, metavar="DIM,...",
                           help="add a parallelize(mesh) method applying the tensor-parallel "
                                "plan for sharding these dims (tndsl cost --shard prints it)")
     compile_.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
@@ -166,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
                     "--no-outline keeps it as text), .pdf (fonts embedded), .png (--dpi), "
                     ".dot, or .tex (standalone TikZ). Without -o, DOT goes to standard output.")
     render.add_argument("file", metavar="FILE")
-    render.add_argument("name", nargs="?", metavar="NAME")
+    render.add_argument("name", type=_name, nargs="?", metavar="NAME")
     render.add_argument("-o", "--out", metavar="FIGURE",
                         help="where to write the figure (" + ", ".join(FORMATS) + ")")
     depth = render.add_mutually_exclusive_group()
@@ -191,11 +203,11 @@ def _parser() -> argparse.ArgumentParser:
                     "values at the file's sizes, the naive left-to-right cost, per-instance "
                     "totals and the dominant term.")
     cost.add_argument("file", metavar="FILE")
-    cost.add_argument("name", nargs="?", metavar="NAME")
+    cost.add_argument("name", type=_name, nargs="?", metavar="NAME")
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
-    cost.add_argument("--shard", metavar="DIM,...",
+    cost.add_argument("--shard", type=_name, metavar="DIM,...",
                       help="instead, the tensor-parallel plan for sharding these dims: "
                            "sharded params and the collectives per forward, in bytes "
                            "(NAME, if given, is the output)")
@@ -357,8 +369,8 @@ def _paths_parser(commands) -> None:
                     "open where a block sums over heads, and a `check` that NAME equals the "
                     "sum of the paths (prove it with `tndsl verify`).")
     paths.add_argument("file", metavar="FILE")
-    paths.add_argument("name", metavar="NAME")
-    paths.add_argument("--through", metavar="PATH,...",
+    paths.add_argument("name", type=_name, metavar="NAME")
+    paths.add_argument("--through", type=_name, metavar="PATH,...",
                        help="the block instances paths may pass, comma-separated")
     paths.add_argument("-o", "--out", metavar="OUT.tn",
                        help="where to write the expansion (default: standard output)")
