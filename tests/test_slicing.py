@@ -191,3 +191,15 @@ def test_budget_arguments_are_checked(ring, argument, value):
     options = {"memory_budget": 10**6, argument: value}
     with pytest.raises(ValueError, match=f"{argument} must be a positive integer"):
         plan_slices(program, "total", **options)
+
+
+def test_tensors_of_the_wrong_kind_are_argument_errors(ring):
+    program, tensors = ring
+    plan = plan_slices(program, "total", memory_budget=10**6)
+    with pytest.raises(ValueError, match="`A` must be a floating-point torch.Tensor, got list"):
+        contract_sliced(plan, {**tensors, "A": [[1.0]]})
+    with pytest.raises(ValueError, match="`A` must be a floating-point torch.Tensor, got "
+                                         "torch.int64"):
+        contract_sliced(plan, {**tensors, "A": tensors["A"].long()})
+    with pytest.raises(ValueError, match="share one dtype"):
+        contract_sliced(plan, {**tensors, "A": tensors["A"].float()})

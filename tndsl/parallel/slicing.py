@@ -218,9 +218,19 @@ def contract_sliced(plan: SlicePlan, tensors: Mapping[str, "torch.Tensor"], *, g
     arrays = []
     for name, indices in plan.operands:
         want = tuple(plan.sizes[i] for i in indices)
-        if tuple(tensors[name].shape) != want:
-            raise TnError(f"`{name}` has shape {tuple(tensors[name].shape)}, the plan needs {want}")
-        arrays.append(tensors[name])
+        value = tensors[name]
+        if not isinstance(value, torch.Tensor):
+            raise ArgumentError(f"`{name}` must be a floating-point torch.Tensor, got "
+                                f"{type(value).__name__}")
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ArgumentError(f"`{name}` must be a floating-point torch.Tensor, got "
+                                f"{value.dtype}")
+        if tuple(value.shape) != want:
+            raise TnError(f"`{name}` has shape {tuple(value.shape)}, the plan needs {want}")
+        arrays.append(value)
+    if len({a.dtype for a in arrays}) > 1:
+        raise ArgumentError("the tensors must share one dtype, got " + ", ".join(
+            f"`{n}` {a.dtype}" for (n, _), a in zip(plan.operands, arrays)))
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if distributed else (0, 1)
     if distributed and world > 1:
