@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
-
 from pathlib import Path
+from typing import Sequence
 
 from tndsl.lang.errors import TnError, TnErrors
 from tndsl.lang.text import terminal, terminal_output
@@ -55,9 +54,9 @@ def _bounded_int(low: int, high: int | None = None):
 
 def _name(text: str) -> str:
     """An argparse type for a name, list of names or option word (NAME, --output,
-    --vary, --shard, --through, --prefix, ...): no .tn name holds a control character,
-    so one here is refused before it can reach a message (where a line break would
-    forge a line of output)."""
+    --vary, --shard, --through, ...): no .tn name holds a control character, so one
+    here is refused before it can reach a message (where a line break would forge a
+    line of output). (`paths --prefix` is checked as a .tn path by `paths` itself.)"""
     if not text.isprintable():
         raise argparse.ArgumentTypeError(f"`{terminal(text)}` holds a control character "
                                          "(a line break, ESC, ...); names are printable")
