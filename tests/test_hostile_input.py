@@ -375,3 +375,13 @@ def test_names_on_the_command_line_must_be_printable(capsys, argv):
     assert out == "" and all(ch.isprintable() or ch == "\n" for ch in err)
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].endswith("names are printable")
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("steps", -5), ("seed", 2**63),
+                                          ("seed", -1), ("batch", 2.5), ("lr", float("nan")),
+                                          ("heads", True)])
+def test_the_study_config_is_checked_before_any_work(tmp_path, field, value):
+    from tndsl.interp.induction import Config, run
+    with pytest.raises(ArgumentError, match=f"study config: {field} must be"):
+        run(tmp_path / "out", Config(**{field: value}), stream=None)
+    assert not (tmp_path / "out").exists()
