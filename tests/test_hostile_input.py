@@ -229,6 +229,16 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, argv, 
 
 
 @pytest.mark.parametrize("command", ["compile", "paths", "render"])
+def test_a_fifo_output_is_refused_rather_than_waited_on(tmp_path, capsys, command):
+    fifo = tmp_path / "out.dot"
+    os.mkfifo(fifo)
+    argv = {"compile": ["compile", MLP, "-o", fifo], "render": ["render", MLP, "-o", fifo],
+            "paths": ["paths", ATTN, "blocks.1.attn.scores", "--render", fifo]}[command]
+    code, out, err = _no_hang(lambda: run(argv, capsys))
+    assert code == 1 and f"error: cannot write {fifo}: it is a FIFO" in err
+
+
+@pytest.mark.parametrize("command", ["compile", "paths", "render"])
 def test_a_write_that_fails_is_cannot_write_with_exit_1(tmp_path, capsys, command):
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux) to make a write fail")

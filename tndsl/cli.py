@@ -66,8 +66,8 @@ def _name(text: str) -> str:
 def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = False
                     ) -> str | None:
     """Why an output path cannot be written, found before any work (None if it can be
-    tried): a figure's format unknown, a file that is a directory or in a folder that
-    does not exist, a report folder that is a file. Writing can still fail (a full
+    tried): a figure's format unknown, a file that is a directory, a FIFO or in a
+    folder that does not exist, a report folder that is a file. Writing can still fail (a full
     disk, /dev/full): that is `error: cannot write ...` too, exit 1."""
     path = Path(text)
     if folder:
@@ -80,6 +80,8 @@ def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = Fals
                 f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(suffixes)}")
     if path.is_dir():
         return f"cannot write {terminal(text)}: it is a directory"
+    if path.is_fifo() or path.is_socket():  # opening one to write waits for a reader
+        return f"cannot write {terminal(text)}: it is a {'FIFO' if path.is_fifo() else 'socket'}"
     if not path.parent.is_dir():
         return f"cannot write {terminal(text)}: there is no folder {terminal(path.parent)}"
     return None
