@@ -299,7 +299,7 @@ def test_gpt2_context_is_at_most_its_learnt_positions(tmp_path):
     folder = _gpt2_folder(tmp_path)
     assert from_pretrained(folder, context=3).tndsl_program.sizes["Context"] == 3
     assert from_pretrained(folder, context=1).tndsl_program.sizes["Context"] == 1
-    with pytest.raises(ArgumentError, match="context = 4 is more than the 3 positions"):
+    with pytest.raises(TnError, match="context = 4 is longer than the 3 positions"):
         from_pretrained(folder, context=4)
 
 
