@@ -75,3 +75,15 @@ def test_a_gpt2_family_model_refuses_id_minus_one_as_hf_does():
         module(torch.tensor([1, 2, -1]))
     with pytest.raises(ValueError, match=r"\[0, 11\); got 11"):
         module(torch.tensor([[1, 2, 11]]))
+
+
+def test_ids_are_checked_under_torch_compile_too(embed):
+    """A branch on the ids' values would break a fullgraph compile: there the range is an
+    assert op in the graph."""
+    compiled = torch.compile(embed, fullgraph=True, backend="eager")
+    x = torch.zeros(4, 3)
+    tokens = torch.tensor([0, 6, 3, 0])
+    assert torch.equal(compiled(tokens, x), embed.W_E.detach()[tokens])
+    with pytest.raises(RuntimeError, match=r"input tokens holds token ids, which must be in "
+                                           r"\[0, 7\)"):
+        compiled(torch.tensor([0, -1, 3, 0]), x)

@@ -139,11 +139,16 @@ def _check_input(value, name, shape, ids, at_most=()):
 def _check_ids(ids, name, vocab):
     """Token ids must be integers in [0, vocab): a negative id would silently read one
     of the last rows, and an id past the end would fail deep inside the forward. Ids
-    of another integer dtype than int64 are returned as int64."""
+    of another integer dtype than int64 are returned as int64. Under torch.compile the
+    range is an assert op in the graph (a RuntimeError with the same message)."""
     valid = f"[0, {vocab})" if vocab is not None else "[0, ...)"
     if ids.dtype is torch.bool:
         raise TokenIdError(f"input {name} holds token ids in {valid} and must be an integer "
                            f"tensor, got torch.bool")
+    if torch.compiler.is_compiling():  # a graph takes no data-dependent branch: an assert op
+        kept = ids >= 0 if vocab is None else (ids >= 0) & (ids < vocab)
+        torch._assert_async(kept.all(), f"input {name} holds token ids, which must be in {valid}")
+        return ids.long()
     if ids.numel():
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or (vocab is not None and high >= vocab):

@@ -54,9 +54,11 @@ def ids_guard(arg: str, vocab: int | None) -> str:
     """A condition that is false exactly when `arg`, an integer tensor of token ids, is
     int64 with every id in [0, vocab); otherwise `_check_ids(arg, ...)` says what is
     wrong or returns the ids as int64. One min and one max per call (none for an empty
-    tensor)."""
+    tensor); under torch.compile, where a branch on data would break the graph,
+    `_check_ids` always runs and asserts the range with an op instead."""
     high = f" or {arg}.max() >= {vocab}" if vocab is not None else ""
-    return f"{arg}.dtype is not torch.int64 or {arg}.numel() and ({arg}.min() < 0{high})"
+    return (f"{arg}.dtype is not torch.int64 or torch.compiler.is_compiling() "
+            f"or {arg}.numel() and ({arg}.min() < 0{high})")
 
 
 def own(path: str) -> bool:
