@@ -4,26 +4,34 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
 (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
-                            [--compile] [--memory] [--matvec] [--no-fuse NAME] [--fuse NAME]
+                            [--compile | --steady] [--memory] [--matvec] [--no-fuse NAME]
+                            [--fuse NAME] [--baseline-tree DIR] [--plain-linear]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size; then what the token-id check (ids in [0, Vocab), one
 min and one max per call) costs of each compiled forward. Ratio = contender / compiled (above 1: the compiled
 model is faster). --compile: torch.compile first-call times (cold and warm Inductor
 cache, fresh processes) and steady state of the compiled model and the hand-written
-one. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
+one; --steady: the steady state alone. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
 in a fresh process, from its peak resident size). --matvec: per-call time of a
 compiled 64 x 64 matrix-vector product against `W @ x`, a hand-written nn.Module, the
 minimal one and an empty module call.
 --profile: torch.profiler's top operators instead of the table (with --llama, of the
-Llama-shaped pair).
+Llama-shaped pair). --baseline-tree DIR: add the model that another tndsl checkout (an
+older commit: `git worktree add /tmp/old main`) compiles from the same .tn file, with the
+same weights, to the table and to the torch.compile steady state: old and new code in
+one run. --plain-linear: add the compiled model with `_linear` always F.linear (no
+oneDNN kernel, as TNDSL_AUTOTUNE=0 gives). The header names the CPU (`lscpu`'s model
+name).
 Needs `transformers` (the test extra).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -104,7 +112,37 @@ def median_times(fns: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(), **options):
+def cpu_name() -> str:
+    """The CPU's model name, as `lscpu` gives it (Linux), else the platform's word."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def baseline_module(tree: str, layers: int, context: int):
+    """The module the tndsl checkout at `tree` compiles from the example (its own
+    `tndsl compile`, in a subprocess), built from the file it writes."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "baseline.py"
+        subprocess.run([sys.executable, "-m", "tndsl", "compile", str(EXAMPLE), "--dim",
+                        f"Context={context}", "--dim", f"Layers={layers}", "-o", str(out)],
+                       env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
+                       check=True, capture_output=True)
+        source = out.read_text()
+    root = [n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)][-1]
+    namespace: dict = {"__name__": "tndsl_baseline"}
+    exec(compile(source, "<baseline>", "exec"), namespace)  # tndsl's generated code
+    return namespace[root]()
+
+
+def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(),
+          baseline_tree=None, plain_linear=False, **options):
     import transformers
     torch.manual_seed(0)
     models = {}
@@ -127,6 +165,13 @@ def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(), *
         variants[f"tndsl --fuse {name}"] = program.module(
             **options, fuse=sorted(resolve(True) | {name}))
         load_state(variants[f"tndsl --fuse {name}"], state)
+    if plain_linear:  # its own generated namespace: only its `_linear` loses the kernel
+        variants["tndsl F.linear"] = program.module(**options)
+        type(variants["tndsl F.linear"]).forward.__globals__["_onednn_linear"] = None
+        load_state(variants["tndsl F.linear"], state)
+    if baseline_tree:
+        variants["baseline"] = baseline_module(baseline_tree, layers, context)
+        load_state(variants["baseline"], state)
     models = {"tndsl compiled": compiled.eval(), **models,
               "hand-written SDPA": HandWritten(state, layers, 12).eval(),
               **{k: m.eval() for k, m in variants.items()}}
@@ -138,10 +183,12 @@ def _logits(model, tokens):
     return out.logits if hasattr(out, "logits") else out
 
 
-def table(args) -> list[tuple]:
+def table(args) -> tuple[list[tuple], nn.Module]:
+    """The timed rows, and the compiled model they timed."""
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
     longest = max(c for _, c in rows)
-    models = build(args.layers, longest, args.device, args.no_fuse, args.fuse)
+    models = build(args.layers, longest, args.device, args.no_fuse, args.fuse,
+                   args.baseline_tree, args.plain_linear)
     results = []
     for batch, context in rows:
         tokens = torch.randint(0, 50257, (batch, context), device=args.device)
@@ -157,15 +204,14 @@ def table(args) -> list[tuple]:
         model.train()
     fns = {name: (lambda m=model: _step(m, tokens)) for name, model in models.items()}
     results.append((f"training step {batch}x{context}", median_times(fns, args.repeat)))
-    return results
+    return results, models["tndsl compiled"]
 
 
-def id_check_cost(args, results) -> list[str]:
-    """The token-id check every compiled forward runs (the generated guard itself, one
-    min and one max of the ids), timed alone at each forward row, as a share of the
-    compiled forward's median time from the same run."""
-    from tndsl.codegen.prologue import ids_guard
-    guard = eval(f"lambda tokens: bool({ids_guard('tokens', 50257)})", {"torch": torch})
+def id_check_cost(args, results, compiled) -> list[str]:
+    """The token-id check every compiled forward runs (the generated module's own
+    `_check_ids`: one min and one max of the ids), timed alone at each forward row, as a
+    share of the compiled forward's median time from the same run."""
+    check_ids = compiled.forward.__globals__["_check_ids"]
     lines = []
     for row, times in results:
         if not row.startswith("forward "):
@@ -173,7 +219,8 @@ def id_check_cost(args, results) -> list[str]:
         batch, context = (int(x) for x in row.split()[1].split("x"))
         tokens = torch.randint(0, 50257, (batch, context), device=args.device)
         calls = 200
-        seconds = median_times({"check": lambda: [guard(tokens) for _ in range(calls)]},
+        seconds = median_times({"check": lambda: [check_ids(tokens, "tokens", 50257)
+                                                  for _ in range(calls)]},
                                args.repeat)["check"] / calls
         lines.append(f"| {row} | {seconds * 1e6:.1f} us | "
                      f"{100 * seconds / times['tndsl compiled']:.3f}% |")
@@ -227,19 +274,23 @@ def compile_times(args) -> dict:
                 ).stdout.strip().splitlines()[-1]) for _ in range(2))
             runs[name].append({"cold": cold["first"], "warm": warm["first"]})
     steady = compiled_steady(args)
-    return {name: {key: statistics.median(r[key] for r in got) for key in ("cold", "warm")}
-            | {"steady": steady[name], "runs": got}
-            for name, got in runs.items()}
+    times = {name: {key: statistics.median(r[key] for r in got) for key in ("cold", "warm")}
+             | {"steady": steady[name], "runs": got}
+             for name, got in runs.items()}
+    if "baseline" in steady:  # steady state only: the old tree's first call is not at issue
+        times["baseline"] = {"cold": math.nan, "warm": math.nan, "steady": steady["baseline"],
+                             "runs": []}
+    return times
 
 
 def compiled_steady(args) -> dict[str, float]:
     """Steady-state time of each contender under torch.compile, both compiled in one
     process and timed round-robin (at least 9 rounds): separate processes run minutes
     apart, and this machine's speed drifts by more than the difference measured."""
-    models = build(args.layers, 128, args.device)
+    models = build(args.layers, 128, args.device, baseline_tree=args.baseline_tree)
     tokens = torch.randint(0, 50257, (4, 128), device=args.device)
-    compiled = {name: torch.compile(models[name])
-                for name in ("tndsl compiled", "hand-written SDPA")}
+    names = ("tndsl compiled", "hand-written SDPA") + (("baseline",) if args.baseline_tree else ())
+    compiled = {name: torch.compile(models[name]) for name in names}
     return median_times({name: (lambda m=m: _no_grad(m, tokens)) for name, m in compiled.items()},
                         max(args.repeat, 9))
 
@@ -395,6 +446,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steady", action="store_true",
+                        help="torch.compile steady state only (with --baseline-tree: old and new)")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--matvec", action="store_true")
     parser.add_argument("--profile", action="store_true")
@@ -403,6 +456,10 @@ def main() -> None:
     parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="add a contender: the model another tndsl checkout compiles")
+    parser.add_argument("--plain-linear", action="store_true",
+                        help="add a contender: the compiled model with F.linear only")
     parser.add_argument("--compile-runs", type=int, default=3,
                         help="fresh processes per contender for --compile (median)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -418,21 +475,23 @@ def main() -> None:
     if args.profile:
         profile(args)
         return
-    print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat}")
+    print(f"GPT-2 small shape, {args.layers} layers, {args.device}, CPU {cpu_name()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat}")
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
              *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
-             *(f"tndsl --fuse {n}" for n in args.fuse)]
+             *(f"tndsl --fuse {n}" for n in args.fuse),
+             *(["tndsl F.linear"] if args.plain_linear else []),
+             *(["baseline"] if args.baseline_tree else [])]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
-    results = table(args)
+    results, compiled = table(args)
     for row, times in results:
         base = times["tndsl compiled"]
         print(f"| {row} | " + " | ".join(f"{times[n]:.4f} s ({times[n] / base:.2f})"
                                          for n in names) + " |")
     print("\n| token-id check (inside the compiled forward) | per call | share of the forward |")
     print("| --- | ---: | ---: |")
-    print("\n".join(id_check_cost(args, results)))
+    print("\n".join(id_check_cost(args, results, compiled)))
     if args.compile:
         times = compile_times(args)
         base = times["hand-written SDPA"]
@@ -447,6 +506,13 @@ def main() -> None:
         for name, t in times.items():
             print(f"{name}: runs " + "; ".join(
                 f"cold {r['cold']:.1f} s, warm {r['warm']:.1f} s" for r in t["runs"]))
+    if args.steady:
+        steady = compiled_steady(args)
+        print("\n| torch.compile steady state, 4x128 | " + " | ".join(steady) + " |")
+        print("| --- |" + " ---: |" * len(steady))
+        base = steady["tndsl compiled"]
+        print("| s (ratio to tndsl compiled) | " + " | ".join(
+            f"{t:.4f} ({t / base:.3f})" for t in steady.values()) + " |")
     if args.memory:
         for name, mb in memory(args).items():
             print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")

@@ -151,15 +151,20 @@ class Program:
         return compare_compiled(self, **options)
 
     def render(self, name: str | None = None, *, expand: bool = False, depth: int = 0,
-               indices: bool = False):
-        """The figure of equation `name` (default: the final one) as a graphviz object
-        (`.source` is its DOT; `.save("fig.pdf")`; shows inline in Jupyter). `depth`
-        is a whole number ≥ 0."""
-        from tndsl.render import figure
+               indices: bool = False, check: str | None = None, **options):
+        """The figure of equation `name` (default: the final one), or of `check` drawn as
+        `lhs = rhs` (`.scene` holds its layout in pt, `.source` its DOT;
+        `.save("fig.pdf")`; shows inline in Jupyter). `depth` is a whole number ≥ 0.
+        `options`: width ("3.25in"), font_size, font, legs ("p/m"), hooks, lhs
+        (tndsl.render.figure)."""
+        from tndsl.render import check_figure, figure
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ArgumentError(f"depth must be a whole number of levels, at least 0, got "
                                 f"{terminal(repr(depth))}")
-        return figure(self, name, expand=expand, depth=depth, indices=indices)
+        if check is not None:
+            return check_figure(self, check, expand=expand, depth=depth, indices=indices,
+                                **options)
+        return figure(self, name, expand=expand, depth=depth, indices=indices, **options)
 
     # ---- reports ---------------------------------------------------------------------
     def dump(self) -> str:
