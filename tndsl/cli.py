@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tndsl.lang.errors import TnError, TnErrors
+from tndsl.lang.text import terminal, terminal_output
 from tndsl.passes.fusion import OPT_IN, PASSES, resolve
 from tndsl.program import load
+from tndsl.render.output import FORMATS
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
+MAX_SEED = 2**63 - 1   # the largest int64, which torch.manual_seed takes
+MAX_RANKS = 1 << 20    # a mesh larger than any machine, well within every size
 
 
 def _dim_assignment(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {terminal(repr(text))}")
+    _name(name)
     try:
         size = int(value)
     except ValueError:
@@ -29,14 +35,85 @@ def _dim_assignment(text: str) -> tuple[str, int]:
     return name.strip(), size
 
 
-def _seed(text: str) -> int:
+def _bounded_int(low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` to `high` (None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got "
+                                             f"{terminal(repr(text))}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... " \
+                f"({len(str(value))} digits)"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {shown}")
+        return value
+    return parse
+
+
+def _name(text: str) -> str:
+    """An argparse type for a name, list of names or option word (NAME, --output,
+    --vary, --shard, --through, ...): no .tn name holds a control character, so one
+    here is refused before it can reach a message (where a line break would forge a
+    line of output). (`paths --prefix` is checked as a .tn path by `paths` itself.)"""
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"`{terminal(text)}` holds a control character "
+                                         "(a line break, ESC, ...); names are printable")
+    return text
+
+
+def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = False
+                    ) -> str | None:
+    """Why an output path cannot be written, found before any work (None if it can be
+    tried): a figure's format unknown, a file that is a directory, a FIFO or in a
+    folder that does not exist, a report folder that is a file. Writing can still fail (a full
+    disk, /dev/full): that is `error: cannot write ...` too, exit 1."""
+    path = Path(text)
+    if folder:
+        for ancestor in (path, *path.parents):
+            if ancestor.exists() and not ancestor.is_dir():
+                return f"cannot write into {terminal(text)}: {terminal(ancestor)} is not a folder"
+        return None
+    if suffixes and path.suffix not in suffixes:
+        return (f"cannot write {terminal(text)}: unknown figure format "
+                f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(suffixes)}")
+    if path.is_dir():
+        return f"cannot write {terminal(text)}: it is a directory"
+    if path.is_fifo() or path.is_socket():  # opening one to write waits for a reader
+        return f"cannot write {terminal(text)}: it is a {'FIFO' if path.is_fifo() else 'socket'}"
+    if not path.parent.is_dir():
+        return f"cannot write {terminal(text)}: there is no folder {terminal(path.parent)}"
+    return None
+
+
+# The output paths of each command: (argument, figure formats or (), whether a folder).
+OUTPUTS = {"compile": [("out", (), False)], "render": [("out", FORMATS, False)],
+           "paths": [("out", (), False), ("render", FORMATS, False)],
+           "study": [("out", (), True)]}
+
+
+def _write_text(path: str, text: str) -> None:
     try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
-    if not 0 <= seed < 2**63:
-        raise argparse.ArgumentTypeError(f"a seed is between 0 and 2**63 - 1, got {text}")
-    return seed
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise TnError(f"cannot write {terminal(path)}: {e.strerror}") from None
+
+
+class _Terminal:
+    """sys.stdout or sys.stderr with everything written through the one sanitiser for
+    terminals (tndsl.lang.text.terminal_output): only the line breaks and tabs tndsl
+    writes itself survive; ESC, `\\r` and the like from anywhere are shown escaped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_output(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _report(error: TnError, path: str) -> None:
@@ -45,7 +122,7 @@ def _report(error: TnError, path: str) -> None:
     so every error line starts with where it comes from."""
     for e in (error.errors if isinstance(error, TnErrors) else [error]):
         text = e.render()
-        print(text if e.span is not None else f"{path}: {text}", file=sys.stderr)
+        print(text if e.span is not None else f"{terminal(path)}: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,27 +151,28 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("-o", "--out", metavar="MODEL.py",
                           help="where to write the module (default: standard output)")
-    compile_.add_argument("--output", action="append", metavar="NAME", dest="outputs",
+    compile_.add_argument("--output", type=_name, action="append", metavar="NAME", dest="outputs",
                           help="an equation to return (repeatable; default: the final one)")
     compile_.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                           metavar="NAME=SIZE", help="give or override a dim's size")
-    compile_.add_argument("--optimizer", default="auto",
+    compile_.add_argument("--optimizer", type=_name, default="auto",
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
-    compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--no-fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="leave out an optional pass (repeatable): "
                                f"{', '.join(p for p in PASSES if p not in OPT_IN)}; "
                                "`all` leaves out every one")
-    compile_.add_argument("--fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="add an opt-in pass to the defaults (repeatable): "
                                f"{', '.join(sorted(OPT_IN))}")
-    compile_.add_argument("--vary", action="append", metavar="DIM",
+    compile_.add_argument("--vary", type=_name, action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
-    compile_.add_argument("--shard", metavar="DIM,...",
+    compile_.add_argument("--shard", type=_name, metavar="DIM,...",
                           help="add a parallelize(mesh) method applying the tensor-parallel "
                                "plan for sharding these dims (tndsl cost --shard prints it)")
-    compile_.add_argument("--ranks", type=int, default=2, metavar="N",
+    compile_.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                          metavar="N",
                           help="mesh size --shard's plan is checked for (default 2)")
 
     render = commands.add_parser(
@@ -108,15 +186,19 @@ def _parser() -> argparse.ArgumentParser:
                     "tikzpicture to \\input into a paper after \\usepackage{tikz}). "
                     "Without -o, DOT goes to standard output.")
     render.add_argument("file", metavar="FILE")
-    render.add_argument("name", nargs="?", metavar="NAME")
-    render.add_argument("-o", "--out", metavar="FIGURE", help="where to write the figure")
+    render.add_argument("name", type=_name, nargs="?", metavar="NAME")
+    render.add_argument("-o", "--out", metavar="FIGURE",
+                        help="where to write the figure (" + ", ".join(FORMATS) + ")")
     depth = render.add_mutually_exclusive_group()
     depth.add_argument("--expand", action="store_true",
                        help="inline every definition down to params and inputs")
-    depth.add_argument("--depth", type=int, default=0, metavar="N",
+    depth.add_argument("--depth", type=_bounded_int(0), default=0,
+                       metavar="N",
                        help="inline N levels of definitions (default 0)")
     render.add_argument("--indices", action="store_true", help="label wires with index names")
-    render.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300)")
+    render.add_argument("--dpi", type=_bounded_int(1), default=300,
+                        help="PNG resolution, at least 1 (default 300; a PNG wider than "
+                             "cairo's 32,767 px is refused, naming the dpi that fits)")
     render.add_argument("--no-outline", action="store_true",
                         help="keep SVG text as text (needs the fonts where it is shown)")
     render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
@@ -152,15 +234,16 @@ def _parser() -> argparse.ArgumentParser:
                     "the file's sizes with each unsized dim at 128; with every dim sized, "
                     "the largest term.")
     cost.add_argument("file", metavar="FILE")
-    cost.add_argument("name", nargs="?", metavar="NAME")
+    cost.add_argument("name", type=_name, nargs="?", metavar="NAME")
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
-    cost.add_argument("--shard", metavar="DIM,...",
+    cost.add_argument("--shard", type=_name, metavar="DIM,...",
                       help="instead, the tensor-parallel plan for sharding these dims: "
                            "sharded params and the collectives per forward, in bytes "
                            "(NAME, if given, is the output)")
-    cost.add_argument("--ranks", type=int, default=2, metavar="N",
+    cost.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                      metavar="N",
                       help="mesh size for --shard (default 2)")
 
     study = commands.add_parser(
@@ -174,8 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("name", choices=["induction"])
     study.add_argument("-o", "--out", default="examples/induction/report",
                        help="report folder (default: examples/induction/report)")
-    study.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--steps", type=_bounded_int(1), default=2500,
+                       help="training steps, at least 1 (default 2500)")
+    study.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0,
+                       help="random seed, 0 to 2**63 - 1 (default 0)")
     study.add_argument("--weights", metavar="FILE",
                        help="re-run the analysis on saved weights (a study's "
                             "weights.safetensors, its config beside it) without training")
@@ -213,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="sizes to verify at (default: small ones "
                                                   "chosen automatically)")
-    verify.add_argument("--seed", type=_seed, default=0,
+    verify.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0,
                         help="random seed of --compiled's data, 0 to 2**63 - 1 (default 0)")
     return parser
 
@@ -233,7 +318,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.dump:
             print(program.dump(), end="")
         elif not args.quiet:
-            print(f"{path}: ok")
+            print(f"{terminal(path)}: ok")
             print(program.summary())
     return 1 if failed else 0
 
@@ -246,14 +331,14 @@ def _compile(args: argparse.Namespace) -> int:
         generated = program.compile(args.outputs, optimizer=args.optimizer,
                                     fuse=sorted(fuse), no_fuse=no_fuse,
                                     vary=args.vary, shard=args.shard, ranks=args.ranks)
+        if args.out:
+            _write_text(args.out, generated.source)
     except TnError as e:
         _report(e, args.file)
         return 1
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(generated.source)
-        print(f"{args.out}: class {generated.class_name}({', '.join(generated.arguments)}) "
-              f"-> {', '.join(generated.outputs)}")
+        print(f"{terminal(args.out)}: class {generated.class_name}"
+              f"({', '.join(generated.arguments)}) -> {', '.join(generated.outputs)}")
     else:
         sys.stdout.write(generated.source)
     return 0
@@ -261,21 +346,20 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Exit codes: see the `verify` parser's epilog (and docs/verification.md)."""
-    from tndsl.lang.text import one_line
     from tndsl.verify import prove_all
     from tndsl.verify.prove import STATUSES
     failed = doubtful = False
     dims = dict(args.dim) or None
     totals = dict.fromkeys(STATUSES, 0)
     for path in args.files:
-        shown = one_line(path)
+        shown = terminal(path)
         try:
             program = load(path)
             results = [] if args.compiled_only else prove_all(program, dims=dims)
             report = (program.verify_compiled(dims=dims, seed=args.seed)
                       if args.compiled or args.compiled_only else None)
         except TnError as e:
-            _report(e, shown)
+            _report(e, path)
             failed = True
             continue
         for result in results:
@@ -315,7 +399,7 @@ def _render(args: argparse.Namespace) -> int:
             figure = program.render(args.name, hooks=args.hooks, **options)
         if args.out:
             figure.save(args.out, dpi=args.dpi, outline=not args.no_outline)
-            print(f"{args.out}: written")
+            print(f"{terminal(args.out)}: written")
         else:
             sys.stdout.write(figure.source)
     except TnError as e:
@@ -335,7 +419,7 @@ def _study(args: argparse.Namespace) -> int:
     i_layer, i_head = report["induction_head"]
     p_layer, p_head = report["previous_token_head"]
     heads = report["heads"]
-    print(f"{args.out}/report.md: previous-token head {p_layer}.{p_head} "
+    print(f"{terminal(args.out)}/report.md: previous-token head {p_layer}.{p_head} "
           f"({heads['layer0']['previous_token'][p_head]:.2f}), induction head {i_layer}.{i_head} "
           f"({heads['layer1']['induction'][i_head]:.2f}, copying "
           f"{heads['layer1']['copying'][i_head]:.2f}); {report['total_seconds']:.0f} s")
@@ -361,8 +445,8 @@ def _paths_parser(commands) -> None:
                     "open where a block sums over heads, and a `check` that NAME equals the "
                     "sum of the paths (prove it with `tndsl verify`).")
     paths.add_argument("file", metavar="FILE")
-    paths.add_argument("name", metavar="NAME")
-    paths.add_argument("--through", metavar="PATH,...",
+    paths.add_argument("name", type=_name, metavar="NAME")
+    paths.add_argument("--through", type=_name, metavar="PATH,...",
                        help="the block instances paths may pass, comma-separated")
     paths.add_argument("-o", "--out", metavar="OUT.tn",
                        help="where to write the expansion (default: standard output)")
@@ -383,9 +467,8 @@ def _paths(args: argparse.Namespace) -> int:
                                  prefix=args.prefix)
         expansion.program()  # the written file must check
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(expansion.source)
-            print(f"{args.out}: {len(expansion.terms)} paths of {args.name}, "
+            _write_text(args.out, expansion.source)
+            print(f"{terminal(args.out)}: {len(expansion.terms)} paths of {args.name}, "
                   f"check {expansion.check}")
             for term in expansion.terms:
                 print(f"  {term.name}  ({term.label})")
@@ -393,7 +476,8 @@ def _paths(args: argparse.Namespace) -> int:
             sys.stdout.write(expansion.source)
         if args.render:
             expansion.figure().save(args.render)
-            print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
+            print(f"{terminal(args.render)}: written",
+                  file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
         _report(e, args.file)
         return 1
@@ -422,8 +506,16 @@ COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _co
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Terminal(stdout), _Terminal(stderr)
     try:
+        args = _parser().parse_args(argv)
+        for name, suffixes, folder in OUTPUTS.get(args.command, ()):
+            value = getattr(args, name, None)
+            problem = value is not None and _output_problem(value, suffixes, folder)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return 1
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -433,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tndsl: internal error ({type(e).__name__}: {e}); please report it at "
               f"{REPORT_URL} with the input that caused it", file=sys.stderr)
         return 3
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,13 @@ from typing import Mapping
 
 import torch
 
+from tndsl.lang.errors import ArgumentError
+from tndsl.lang.files import read_json, read_limited, require_regular
+from tndsl.lang.syntax.parser import MAX_SOURCE_CHARS
+from tndsl.lang.text import terminal
 from tndsl.models.tables import FAMILIES, Edit, Family
-from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
+from tndsl.models.weights import (WeightsError, _compare, _read_tensors, check_weights,
+                                  load_hf_gpt2)
 
 SUPPORTED = tuple(sorted({t for f in FAMILIES for t in f.model_types}))
 
@@ -34,12 +39,11 @@ def examples_dir() -> Path:
 
 
 def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    """config.json as a dict, read bounded (a regular file, at most JSON_LIMIT bytes,
+    nested no deeper than the parser goes: tndsl.lang.files)."""
+    config = read_json(folder / "config.json", what="config", error=WeightsError)
     if not isinstance(config, dict):
-        raise WeightsError(f"{folder / 'config.json'} is not a JSON object")
+        raise WeightsError(f"{terminal(folder / 'config.json')} is not a JSON object")
     return config
 
 
@@ -49,21 +53,37 @@ def read_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.exists() and not (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"cannot read {index}: {e}") from None
+        data = read_json(index, what="checkpoint index", error=WeightsError)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise WeightsError(f"{terminal(index)}: `weight_map` must be an object mapping "
+                               f"tensor names to shard file names, got "
+                               f"{_json_kind(weight_map, data)}")
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             path = (folder / shard).resolve()
             if path.parent != folder.resolve():  # a shard name must not leave the folder
-                raise WeightsError(f"{index} names a shard outside the folder: {shard!r}")
+                raise WeightsError(f"{terminal(index)} names a shard outside the folder: "
+                                   f"{terminal(repr(shard))}")
+            require_regular(path, what="shard", error=WeightsError)
             try:
                 tensors.update(load_file(str(path)))
             except Exception as e:
-                raise WeightsError(f"cannot read shard {path}: {e}") from None
+                raise WeightsError(f"cannot read shard {terminal(path)}: {e}") from None
         return tensors
     return _read_tensors(folder)
+
+
+def _json_kind(value, document) -> str:
+    """What a JSON value is, for an error: `a list`, `null`, or `no weight_map`."""
+    if not isinstance(document, dict) or "weight_map" not in document:
+        return "no `weight_map`" if isinstance(document, dict) else \
+            f"a {type(document).__name__} instead of an object"
+    names = {list: "a list", str: "a string", int: "a number", float: "a number",
+             bool: "a boolean", type(None): "null", dict: "an object with a non-string "
+                                                          "name or shard"}
+    return names.get(type(value), type(value).__name__)
 
 
 def family_of(config: Mapping) -> Family:
@@ -403,18 +423,20 @@ def _listing(names: list[str]) -> str:
 def _context(value, family: Family) -> int | None:
     if value is None:
         return None
-    if type(value) is not int or value < 1:
-        raise ValueError(f"context must be a positive integer, not {value!r}")
+    if type(value) is not int or value < 1:  # bool, float, 0: refused, never "the maximum"
+        raise ArgumentError(f"context must be a positive whole number of positions (or "
+                            f"None: the checkpoint's), got {terminal(repr(value))}")
     return value
 
 
 def load_hf(folder: str | Path, *, context: int | None = None,
-            tn: str | Path | None = None):
+            tn: str | Path | None = None, allow_nonfinite: bool = False):
     """`(program, state_dict)` for a Hugging Face checkpoint folder: the family's `.tn`
     (or the user's own file `tn`, read through the family's table) loaded with the
     config's dims and consts and the edits its settings make, and its params from the
     checkpoint. A config key the table does not list is warned about; one it lists with
-    a value the file does not implement is a `WeightsError`."""
+    a value the file does not implement is a `WeightsError`. The params must be floating
+    point and finite unless `allow_nonfinite` (`tndsl.models.weights.check_weights`)."""
     from tndsl.program import parse
     folder = Path(folder)
     config = read_config(folder)
@@ -435,22 +457,25 @@ def load_hf(folder: str | Path, *, context: int | None = None,
     elif context is not None:
         dims["Context"] = context
     path = Path(tn) if tn is not None else examples_dir() / family.example
+    data = read_limited(path, 4 * MAX_SOURCE_CHARS, what=".tn source", error=WeightsError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WeightsError(f"cannot read {path}: {e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WeightsError(f"cannot read {terminal(path)}: {e}") from None
     text = edited_source(family, text, resolved.edits, str(path))
     # A user's file need not declare every dim the config sizes (KVHeads, Window...).
     program = parse(text, str(path), dims, consts,
                     extra_dims="error" if tn is None else "ignore")
     if family.name == "gpt2":  # Conv1D layouts, read by tndsl.models.weights
-        state = load_hf_gpt2(folder)
+        state = load_hf_gpt2(folder, allow_nonfinite=allow_nonfinite)
         state["pos_embed.W_pos"] = state["pos_embed.W_pos"][:dims["Context"]].contiguous()
         _check_params(family, program, {p.name: p for p in program.params},
                       {}, [(name, name, "same") for name in state])
         return program, state
-    return program, state_dict(family, program, read_checkpoint(folder), resolved.edits,
-                               own_file=tn is not None)
+    state = state_dict(family, program, read_checkpoint(folder), resolved.edits,
+                       own_file=tn is not None)
+    check_weights(state, folder, allow_nonfinite=allow_nonfinite)
+    return program, state
 
 
 class ConfigWarning(UserWarning):
@@ -458,16 +483,22 @@ class ConfigWarning(UserWarning):
 
 
 def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
-                    context: int | None = None, tn: str | Path | None = None):
+                    context: int | None = None, tn: str | Path | None = None,
+                    allow_nonfinite: bool = False):
     """The compiled module of a Hugging Face checkpoint folder with its weights loaded,
     in `dtype` (default: the checkpoint's). The family comes from config.json's
     `model_type` (`tndsl families` lists them). `context` fixes the sequence length
     (needed only by families with learnt positions, GPT-2 and BERT; the rotary families
     take any length). `tn` loads the checkpoint into your own `.tn` file instead of the
     family's: the family's table maps the checkpoint's tensors to its param paths, and a
-    param missing or misshapen is a located error."""
+    param missing or misshapen is a located error. `context` is a positive integer and
+    `dtype` a floating torch.dtype. Weights must be floating point and finite:
+    `allow_nonfinite=True` loads NaN and infinite values all the same."""
     from tndsl.models.weights import load_state
-    program, state = load_hf(folder, context=context, tn=tn)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentError(f"dtype must be a floating torch.dtype (torch.float32, ...), "
+                            f"got {terminal(repr(dtype))}")
+    program, state = load_hf(folder, context=context, tn=tn, allow_nonfinite=allow_nonfinite)
     module = program.module()
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
