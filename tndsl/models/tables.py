@@ -158,8 +158,10 @@ COMMON_INERT = (
     "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
     "typical_p", "diversity_penalty", "num_beam_groups", "encoder_no_repeat_ngram_size",
-    "tf_legacy_loss", "use_bfloat16", "quantization_config", "max_position_embeddings",
+    "tf_legacy_loss", "use_bfloat16",
 )
+# Rotary families take any sequence length: the learnt-position limit is not used.
+_ROTARY_INERT = ("max_position_embeddings",)
 
 
 # ---- the family --------------------------------------------------------------------
@@ -186,6 +188,8 @@ class Family:
     tolerance: float = 1e-10             # max |logits - HF| in float64, asserted in CI
     # A dim that learnt positions fix (GPT-2's Context = n_positions unless given).
     learnt_context: str | None = None
+    # The dims its tensor-parallel plan shards (`tndsl cost --shard`), tested for each.
+    shard: tuple[str, ...] = ("Heads", "Hidden")
 
     @property
     def known_keys(self) -> set[str]:
@@ -254,6 +258,7 @@ _NO_WINDOW = Edit(replace=(("where s <= p and p - s < Window)", "where s <= p)")
 LLAMA = Family(
     "llama", ("llama",), "llama.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER, _ROTARY_BUFFERS, settings=_llama_settings(), rope=Rope(),
+    inert=_ROTARY_INERT,
     hf_classes=("LlamaForCausalLM",),
     what="RMSNorm, RoPE, GQA, SwiGLU")
 
@@ -264,7 +269,7 @@ MISTRAL = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       4096, ((POSITIVE_INT, Edit(dims={"Window": "sliding_window"})),
                              (None, _NO_WINDOW)))),
-    rope=Rope(), hf_classes=("MistralForCausalLM",),
+    inert=_ROTARY_INERT, rope=Rope(), hf_classes=("MistralForCausalLM",),
     what="Llama with a sliding-window attention")
 
 
@@ -308,7 +313,8 @@ QWEN2 = Family(
         ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
     ), _ROTARY_BUFFERS,
     settings=(*_llama_settings()[:2], *_qwen_window()),
-    inert=("use_sliding_window", "sliding_window", "max_window_layers"),  # layer_types
+    inert=("use_sliding_window", "sliding_window", "max_window_layers",  # layer_types
+           *_ROTARY_INERT),
     rope=Rope(), hf_classes=("Qwen2ForCausalLM",),
     what="qkv biases, GQA, RoPE base 10⁶")
 
@@ -333,7 +339,7 @@ GEMMA = Family(
         Setting("use_bidirectional_attention", "attention without the causal mask", None,
                 ((None, KEEP), (False, KEEP))),
     ),
-    inert=("hidden_activation",),   # read by no Gemma (1) class of transformers 5
+    inert=("hidden_activation", *_ROTARY_INERT),  # the first: read by no Gemma (1) class
     rope=Rope(), hf_classes=("GemmaForCausalLM",),
     what="GeGLU, scaled and tied embedding, `(1 + w)` norms, one KV head")
 
@@ -384,7 +390,7 @@ PYTHIA = Family(
     rope=Rope(theta_keys=("rope_theta", "rotary_emb_base"),
               fraction_keys=("partial_rotary_factor", "rotary_pct"),
               fraction_default=0.25),
-    inert=("is_decoder",),   # GPTNeoXForCausalLM is causal either way
+    inert=("is_decoder", *_ROTARY_INERT),   # GPTNeoXForCausalLM is causal either way
     hf_classes=("GPTNeoXForCausalLM",),
     what="parallel block, partial RoPE, LayerNorm with bias, untied unembedding")
 
@@ -426,7 +432,8 @@ QWEN3 = Family(
     "qwen3", ("qwen3",), "qwen3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER + _QK_NORM_ROWS, _ROTARY_BUFFERS,
     settings=(*_llama_settings()[:3], *_qwen_window()),
-    inert=("use_sliding_window", "sliding_window", "max_window_layers"),
+    inert=("use_sliding_window", "sliding_window", "max_window_layers",  # layer_types
+           *_ROTARY_INERT),
     rope=Rope(), hf_classes=("Qwen3ForCausalLM",),
     what="RMSNorm on each query and key head, GQA, explicit head dim")
 
@@ -437,8 +444,11 @@ OLMO2 = Family(
      *(row for row in _LLAMA_LAYER if ".ln" not in row[0]),
      ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "heads_bias"),
      ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "heads_bias")),
-    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(theta_default=10000.0),
+    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(), inert=_ROTARY_INERT,
     hf_classes=("Olmo2ForCausalLM",),
+    # Its q/k norms normalise over all heads at once: sharding heads would need a
+    # gather inside the norm, so its plan shards the MLP's width only.
+    shard=("Hidden",),
     what="norms after each sublayer, RMSNorm on the whole query and key")
 
 # ---- Phi-3: fused projections in the checkpoint ------------------------------------------
@@ -459,7 +469,8 @@ PHI3 = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       None, ((None, _NO_WINDOW),
                              (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
-    inert=("original_max_position_embeddings",),  # read only by longrope, refused
+    inert=("original_max_position_embeddings",  # read only by longrope, refused
+           *_ROTARY_INERT),
     rope=Rope(fraction_default=1.0), hf_classes=("Phi3ForCausalLM",),
     what="fused qkv and gate/up weights split on loading, partial RoPE")
 
@@ -568,7 +579,8 @@ STABLELM = Family(
              true=_STABLELM_QKV_BIAS, false=KEEP),
         flag("qk_layernorm", "a LayerNorm per query and key head", False, false=KEEP),
     ),
-    rope=Rope(fraction_default=0.25), hf_classes=("StableLmForCausalLM",),
+    inert=_ROTARY_INERT, rope=Rope(fraction_default=0.25),
+    hf_classes=("StableLmForCausalLM",),
     what="LayerNorm with bias, partial RoPE, optional parallel block and qkv biases")
 
 # ---- BERT ----------------------------------------------------------------------------------
