@@ -12,12 +12,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from tndsl.lang.errors import TnErrors
 from tndsl.models.tables import FAMILIES, Edit, Family
 from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
 
@@ -356,43 +357,60 @@ def _check_params(family: Family, program, params, shapes, rows) -> None:
     """The program's params against the table's rows: a param no row fills, or a row
     whose param the file does not declare, is an error at the file's declaration (a
     user's own file) or naming the path, all listed at once."""
-    from tndsl.lang.errors import ErrorSink, Note, TnError
     covered = {tn for tn, _, _ in rows}
     if covered == set(params):
         return
-    errors = ErrorSink()
+    errors = []
     name = program.network.source.name
     for tn in sorted(set(params) - covered):
-        errors.add(WeightsError(
+        errors.append(WeightsError(
             f"param `{tn}` {list(shapes[tn])} is not filled by any tensor of a "
             f"{family.name} checkpoint", params[tn].span,
             hint=f"the {family.name} table fills: " + _listing(sorted(covered))))
     for tn in sorted(covered - set(params))[:20]:
         hf = next(h for t, h, _ in rows if t == tn)
-        errors.add(WeightsError(
+        errors.append(WeightsError(
             f"{name}: declares no param `{tn}`, which the {family.name} table fills from "
             f"the checkpoint's {hf}",
             hint="declare it with this path (a block instance's params are named under "
                  "its `as` path), or use the family's file"))
-    errors.raise_if_any()
+    _raise(errors)
 
 
 def _check_shapes(family, params, shapes, rows, sources, expected, raw) -> None:
     """A user's own file: each param whose shape does not fit its checkpoint tensor is
     an error at the param's declaration."""
-    from tndsl.lang.errors import ErrorSink
-    errors = ErrorSink()
+    errors = []
     for tn, _, layout in rows:
         hf = sources[tn]
         if hf in raw and tuple(raw[hf].shape) != expected[hf]:
             legs = ", ".join(f"{leg.name}: {leg.dim}" for leg in params[tn].legs)
-            errors.add(WeightsError(
+            errors.append(WeightsError(
                 f"param `{tn}` [{legs}] = {list(shapes[tn])} does not fit the checkpoint's "
                 f"{hf} of shape {list(raw[hf].shape)}", params[tn].span,
                 hint=f"the {family.name} table reads it with layout `{layout}`, which "
                      f"needs the checkpoint's shape {list(expected[hf])}: check the legs' "
                      "order and dims against the family's file"))
-    errors.raise_if_any()
+    _raise(errors)
+
+
+class WeightsErrors(TnErrors, WeightsError):
+    """Several weights errors, reported together."""
+
+
+def _raise(errors: list) -> None:
+    """Raise the errors, one per place in the file (a block's param is one declaration
+    for every layer: its first instance stands for the rest)."""
+    seen, shown = set(), []
+    for error in errors:
+        key = (error.span.source.name, error.span.start) if error.span else id(error)
+        if key not in seen:
+            seen.add(key)
+            shown.append(error)
+    if len(shown) == 1:
+        raise shown[0]
+    if shown:
+        raise WeightsErrors(shown)
 
 
 def _listing(names: list[str]) -> str:
