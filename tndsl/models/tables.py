@@ -43,13 +43,15 @@ class Edit:
     replace: (text of the `.tn` file, its replacement), each text required to occur;
     dims: dim → config key that sizes it under this value (`Window` ← `sliding_window`);
     top, layer: tensor rows this value adds; drop: tn paths of rows it removes;
-    tie: tn path → HF tensor read instead of the row's own (tied embeddings)."""
+    tie: tn path → HF tensor read instead of the row's own (tied embeddings);
+    ignore: checkpoint names (patterns) present but unused under this value."""
     replace: tuple[tuple[str, str], ...] = ()
     dims: Mapping[str, str] = field(default_factory=dict)
     top: tuple[Row, ...] = ()
     layer: tuple[Row, ...] = ()
     drop: tuple[str, ...] = ()
     tie: Mapping[str, str] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
 
 
 KEEP = Edit()   # the value the `.tn` file computes as written
@@ -318,12 +320,18 @@ QWEN2 = Family(
     rope=Rope(), hf_classes=("Qwen2ForCausalLM",),
     what="qkv biases, GQA, RoPE base 10⁶")
 
-_GEMMA_UNTIED = Edit(replace=(
-    ("param embed.W_E[v: Vocab, m: Model]",
-     "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
-    ("logits[p, v] = final[p, m] * embed.W_E[v, m]",
-     "logits[p, v] = final[p, m] * unembed.W_U[m, v]")),
-    top=(("unembed.W_U", "/lm_head.weight", "transpose"),))
+def untied(unembedding: str = "/lm_head.weight", **more) -> Edit:
+    """A file whose logits read the embedding (`final[p, m] * embed.W_E[v, m]`) given
+    its own unembedding `unembed.W_U`, read from the checkpoint's `unembedding`."""
+    return Edit(replace=(
+        ("param embed.W_E[v: Vocab, m: Model]",
+         "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
+        ("logits[p, v] = final[p, m] * embed.W_E[v, m]",
+         "logits[p, v] = final[p, m] * unembed.W_U[m, v]")),
+        top=(("unembed.W_U", unembedding, "transpose"), *more.pop("top", ())), **more)
+
+
+_GEMMA_UNTIED = untied()
 
 GEMMA = Family(
     "gemma", ("gemma",), "gemma.tn", "model.", _LLAMA_DIMS, _RMS_EPS,
@@ -520,7 +528,7 @@ GPT_BIGCODE = Family(
                     replace=(("dim Hidden = 4 * Model", "dim Hidden"),),
                     dims={"Hidden": "n_inner"})))),
         flag("tie_word_embeddings", "the unembedding reads the embedding", True,
-             true=KEEP),
+             true=KEEP, false=untied()),
         # Numerics only (float32 softmax under half inputs).
         only("attention_softmax_in_fp32", "float32 softmax under half precision", True,
              True, False),
@@ -619,8 +627,12 @@ BERT = Family(
      "cls.predictions.decoder.bias"),
     settings=(
         activation("hidden_act", "gelu", "post[p, f] = {box}(", "hidden[p, m] = {box}("),
+        # Untied, the decoder has its own weight and bias (cls.predictions.bias unused).
         flag("tie_word_embeddings", "the MLM decoder reads the word embedding", True,
-             true=KEEP),
+             true=KEEP, false=untied(
+                 "/cls.predictions.decoder.weight", drop=("unembed.b_U",),
+                 top=(("unembed.b_U", "/cls.predictions.decoder.bias", "same"),),
+                 ignore=("cls.predictions.bias",))),
         only("is_decoder", "a causal decoder instead of the encoder", False, False),
         only("add_cross_attention", "cross-attention layers", False, False),
     ),
