@@ -119,7 +119,9 @@ MUST_LOAD = {
     ("gpt_bigcode", "tie_word_embeddings", "false"), ("bert", "tie_word_embeddings", "false"),
     ("bert", "hidden_act", '"relu"'), ("stablelm", "use_parallel_residual", "true"),
     ("phi3", "sliding_window", "null"), ("qwen3", "tie_word_embeddings", "true"),
-    ("olmo2", "tie_word_embeddings", "true"),
+    ("olmo2", "tie_word_embeddings", "true"), ("llama", "attention_bias", "true"),
+    ("llama", "mlp_bias", "true"), ("qwen3", "attention_bias", "true"),
+    ("olmo2", "attention_bias", "true"), ("gemma", "attention_bias", "true"),
 }
 MUST_LOAD_WINDOWS = ({"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0},
                      {"use_sliding_window": False, "sliding_window": 3, "max_window_layers": 0})

@@ -242,16 +242,57 @@ def tie_word_embeddings(default: bool, embedding: str = "model.embed_tokens.weig
                 true=Edit(tie={unembedding: embedding}), false=KEEP)
 
 
-def _llama_settings(act_default="silu", tie_default=False, **extra) -> tuple[Setting, ...]:
+def attention_bias(q: str = "q_pre", k: str = "k_pre") -> Edit:
+    """Biases on the q, k, v and o projections of a Llama-style attention whose query
+    and key projections are the equations `q` and `k` (`q_pre`, or `q_proj` before a
+    norm)."""
+    return Edit(replace=(
+        ("    param W_O[h: Heads, e: Head, m: Model]\n",
+         "    param W_O[h: Heads, e: Head, m: Model]\n"
+         "    param b_Q[h: Heads, e: Head] init zeros\n"
+         "    param b_K[g: KVHeads, e: Head] init zeros\n"
+         "    param b_V[g: KVHeads, e: Head] init zeros\n"
+         "    param b_O[m: Model] init zeros\n"),
+        (f"{q}[p, h, f] = x[p, m] * W_Q[h, m, f]",
+         f"{q}[p, h, f] = x[p, m] * W_Q[h, m, f] + b_Q[h, f] * ones[p]"),
+        (f"{k}[p, g, f] = x[p, m] * W_K[g, m, f]",
+         f"{k}[p, g, f] = x[p, m] * W_K[g, m, f] + b_K[g, f] * ones[p]"),
+        ("v[p, g, e] = x[p, m] * W_V[g, m, e]",
+         "v[p, g, e] = x[p, m] * W_V[g, m, e] + b_V[g, e] * ones[p]"),
+        ("    return z[p, h, e] * W_O[h, e, m]\n",
+         "    return z[p, h, e] * W_O[h, e, m] + b_O[m] * ones[p]\n")),
+        layer=(("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_O", "layers.{l}.self_attn.o_proj.bias", "same")))
+
+
+_MLP_BIAS = Edit(replace=(
+    ("    param W_out[f: Hidden, m: Model]\n",
+     "    param W_out[f: Hidden, m: Model]\n"
+     "    param b_gate[f: Hidden] init zeros\n"
+     "    param b_in[f: Hidden] init zeros\n"
+     "    param b_out[m: Model] init zeros\n"),
+    ("x[p, m] * W_gate[m, f])", "x[p, m] * W_gate[m, f] + b_gate[f] * ones[p])"),
+    ("pre[p, f] = x[p, m] * W_in[m, f]", "pre[p, f] = x[p, m] * W_in[m, f] + b_in[f] * ones[p]"),
+    ("    return post[p, f] * W_out[f, m]\n",
+     "    return post[p, f] * W_out[f, m] + b_out[m] * ones[p]\n")),
+    layer=(("blocks.{l}.mlp.b_gate", "layers.{l}.mlp.gate_proj.bias", "same"),
+           ("blocks.{l}.mlp.b_in", "layers.{l}.mlp.up_proj.bias", "same"),
+           ("blocks.{l}.mlp.b_out", "layers.{l}.mlp.down_proj.bias", "same")))
+
+
+def _llama_settings(act_default="silu", tie_default=False, q="q_pre",
+                    k="k_pre") -> tuple[Setting, ...]:
     return (
         activation("hidden_act", act_default, "gate[p, f] = {box}("),
         tie_word_embeddings(tie_default),
         flag("attention_bias", "biases on the q, k, v and o projections", False,
-             false=KEEP),
-        flag("mlp_bias", "biases on the MLP's projections", False, false=KEEP),
+             false=KEEP, true=attention_bias(q, k)),
+        flag("mlp_bias", "biases on the MLP's projections", False, false=KEEP,
+             true=_MLP_BIAS),
         only("pretraining_tp", "tensor-parallel slicing at pretraining (transformers "
              "5 ignores it)", 1, *range(1, 65)),
-        *extra.values(),
     )
 
 
@@ -343,7 +384,7 @@ GEMMA = Family(
         flag("tie_word_embeddings", "the unembedding reads the embedding", True,
              true=KEEP, false=_GEMMA_UNTIED),
         flag("attention_bias", "biases on the q, k, v and o projections", False,
-             false=KEEP),
+             false=KEEP, true=attention_bias()),
         Setting("use_bidirectional_attention", "attention without the causal mask", None,
                 ((None, KEEP), (False, KEEP))),
     ),
@@ -439,7 +480,7 @@ _QK_NORM_ROWS = (
 QWEN3 = Family(
     "qwen3", ("qwen3",), "qwen3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER + _QK_NORM_ROWS, _ROTARY_BUFFERS,
-    settings=(*_llama_settings()[:3], *_qwen_window()),
+    settings=(*_llama_settings(q="q_proj", k="k_proj")[:3], *_qwen_window()),
     inert=("use_sliding_window", "sliding_window", "max_window_layers",  # layer_types
            *_ROTARY_INERT),
     rope=Rope(), hf_classes=("Qwen3ForCausalLM",),
@@ -452,7 +493,8 @@ OLMO2 = Family(
      *(row for row in _LLAMA_LAYER if ".ln" not in row[0]),
      ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "heads_bias"),
      ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "heads_bias")),
-    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(), inert=_ROTARY_INERT,
+    _ROTARY_BUFFERS, settings=_llama_settings(q="q_proj", k="k_proj")[:3], rope=Rope(),
+    inert=_ROTARY_INERT,
     hf_classes=("Olmo2ForCausalLM",),
     # Its q/k norms normalise over all heads at once: sharding heads would need a
     # gather inside the norm, so its plan shards the MLP's width only.
