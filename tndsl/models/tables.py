@@ -576,6 +576,7 @@ GPT_BIGCODE = Family(
              True, False),
         only("scale_attention_softmax_in_fp32", "float32 scaling under half precision",
              True, True, False),
+        only("add_cross_attention", "cross-attention layers", False, False),
     ),
     inert=("num_key_value_heads",),   # derived by transformers from multi_query
     hf_classes=("GPTBigCodeForCausalLM",),
