@@ -519,8 +519,9 @@ PHI3 = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       None, ((None, _NO_WINDOW),
                              (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
-    inert=("original_max_position_embeddings",  # read only by longrope, refused
-           *_ROTARY_INERT),
+    # original_max_position_embeddings: read only by longrope scaling, refused;
+    # attention_bias: in Phi-3 checkpoints, read by no Phi-3 class (no biases).
+    inert=("original_max_position_embeddings", "attention_bias", *_ROTARY_INERT),
     rope=Rope(fraction_default=1.0), hf_classes=("Phi3ForCausalLM",),
     what="fused qkv and gate/up weights split on loading, partial RoPE")
 
