@@ -5,8 +5,9 @@ key; never a silent difference. The values come from transformers (its activatio
 registry) and from its config classes' documented options, not from the tables; a
 test checks that every key the tables list is varied here, so a new setting cannot go
 untested. The first variant of each key is the family's own default or a common value
-and must load, as must the values in MUST_LOAD. The default run takes the first variant of one key per family and the
-second of every key; the rest (the full grid of activations) run with the slow tests."""
+and must load, as must the values in MUST_LOAD. The default run takes each family's
+default, the values that must load and one refusal per family; the rest (the full grid
+of activations, every flag) run with the slow tests."""
 import json
 import warnings
 
@@ -139,8 +140,10 @@ def _cases():
         for n, (key, variants) in enumerate(keys.items()):
             for i, overrides in enumerate(variants):
                 label = ",".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-                fast = i == 1 or (i == 0 and n == 0)
                 must = i == 0 or _must_load(family, key, overrides)
+                # The default run: each family's default, the values that must load,
+                # one refused value (rotary scaling); the rest with the slow tests.
+                fast = (i == 0 and n == 0) or (must and i > 0) or (key == "rope" and i == 1)
                 yield pytest.param(family, key, overrides, must,
                                    id=f"{family}-{key}-{label or 'default'}",
                                    marks=() if fast else (pytest.mark.slow,))
