@@ -110,8 +110,8 @@ def rope_settings(family: Family, config: Mapping) -> dict:
     chosen = None
     for key in ("rope_scaling", "rope_parameters"):
         value = config.get(key)
-        if value is None or value == {}:
-            continue
+        if chosen is not None or not value:
+            continue   # transformers takes the first that is not empty (`a or b`)
         if not isinstance(value, Mapping):
             raise WeightsError(f"config.json: {key} = {_shown(value)} is not an object "
                                "(transformers refuses it too)",
