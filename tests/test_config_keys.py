@@ -18,7 +18,7 @@ from transformers.activations import ACT2CLS
 import tndsl
 from hf_models import SPECS, build, float64_oracle, logits, save, tokens
 from tndsl.models import WeightsError
-from tndsl.models.loading import ConfigWarning
+from tndsl.models import ConfigWarning
 from tndsl.models.tables import FAMILIES
 
 
