@@ -119,3 +119,14 @@ def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
         expected = w_q[16 * head:16 * head + 16].T @ w_k[16 * (head // 2):16 * (head // 2) + 16]
         qk = circuits.qk_matrix(weights["blocks.0.attn.W_Q"], weights["blocks.0.attn.W_K"], head)
         torch.testing.assert_close(qk.materialize(), expected)
+
+
+def test_a_context_is_a_positive_integer_within_the_learnt_positions(tmp_path):
+    model_class, config = CASES["bert"]()   # 32 learnt positions
+    save(model_class, config, tmp_path)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="context must be a positive integer"):
+            tndsl.from_pretrained(tmp_path, context=bad)
+    with pytest.raises(WeightsError, match="context = 33 is longer than the 32 positions"):
+        tndsl.from_pretrained(tmp_path, context=33)
+    assert tndsl.from_pretrained(tmp_path, context=32).tndsl_program.sizes["Context"] == 32
