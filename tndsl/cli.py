@@ -266,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
                             "weights.safetensors, its config beside it) without training")
 
     _paths_parser(commands)
+    _families_parser(commands)
 
     verify = commands.add_parser(
         "verify", help="prove the files' checks; optionally check the compiled module",
@@ -501,8 +502,38 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families_parser(commands) -> None:
+    families = commands.add_parser(
+        "families", help="list the model families from_pretrained loads",
+        description="List each model family: its .tn file, the Hugging Face model_type and "
+                    "transformers classes it loads, and the float64 tolerance against "
+                    "transformers asserted in CI. With NAME (a family or a model_type), "
+                    "that family's config keys: the sizes and consts it reads, each key "
+                    "that changes the computation with the values it implements, and the "
+                    "keys that do not.")
+    families.add_argument("name", nargs="?", metavar="NAME")
+    families.add_argument("--markdown", action="store_true",
+                          help="print the generated tables of docs/families.md")
+
+
+def _families(args: argparse.Namespace) -> int:
+    from tndsl.models import listing
+    if args.markdown:
+        print(listing.markdown())
+    elif args.name is not None:
+        try:
+            family = listing.find(args.name)
+        except KeyError as e:
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 1
+        print(listing.settings_text(family))
+    else:
+        print(listing.text())
+    return 0
+
+
 COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost,
-            "render": _render, "study": _study, "paths": _paths}
+            "render": _render, "study": _study, "paths": _paths, "families": _families}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
