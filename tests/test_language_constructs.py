@@ -115,7 +115,7 @@ def test_the_verifier_proves_nothing_through_a_softcap_or_a_routing_box():
     verdicts = {r.label: r.status for r in prove_all(program)}
     assert verdicts["same"] == "proven"        # the same box of the same argument
     assert verdicts["cap"] == "refuted"        # not linear: a real counterexample
-    assert verdicts["k"] == "unknown"          # true (positive scaling), but no lemma
+    assert verdicts["k"] not in ("proven", "refuted")  # true (positive scaling), no lemma
 
 
 def test_boxes_with_different_parameters_are_different_boxes():
