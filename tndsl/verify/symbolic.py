@@ -375,7 +375,7 @@ def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tup
     back = sorted(range(k), key=invariant.__getitem__)
     new = {j: n for n, j in enumerate(back)}
     kind = (kind[0], tuple(new[j] for j in kind[1]), kind[2],
-            tuple((new[l], op, new[r]) for l, op, r in kind[3]))
+            tuple((new[l], op, new[r]) for l, op, r in kind[3])) + kind[4:]  # box params
     return [legs[j] for j in back], kind, [roles[j] for j in back], back
 
 
@@ -388,7 +388,9 @@ def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
         if op in ("==", "!=") and offset == "0":
             l, r = min(l, r), max(l, r)
         conditions.append((l, (op, offset), r))
-    return (kind[0], tuple(slot_of[j] for j in kind[1]), kind[2], tuple(sorted(conditions)))
+    # kind[4:]: the box's parameters (softcap's c, topk's k): part of its identity
+    return (kind[0], tuple(slot_of[j] for j in kind[1]), kind[2], tuple(sorted(conditions))) \
+        + kind[4:]
 
 
 def _collect(monomials, free: set[str], deadline: float | None = None,
