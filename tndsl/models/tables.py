@@ -938,7 +938,7 @@ QWEN2_MOE = Family(
                                       ("W_out", "down_proj"))),
     ), _ROTARY_BUFFERS,
     settings=(activation("hidden_act", "silu", "gate[p, x, f] = {box}(",
-                         "gate[p, f] = {box}("),
+                         "gate[p, u] = {box}("),
               tie_word_embeddings(False),
               flag("norm_topk_prob", "the top-k gates renormalised to sum to 1", False,
                    false=KEEP, true=Edit(replace=(("const NormTopK = 0", "const NormTopK = 1"),))),
