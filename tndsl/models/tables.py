@@ -773,7 +773,7 @@ GEMMA2 = Family(
      "AttnCap": ("attn_logit_softcapping",), "FinalCap": ("final_logit_softcapping",)},
     _GEMMA_TOP, _GEMMA2_LAYER, _ROTARY_BUFFERS + ("lm_head.weight",),
     settings=_gemma2_settings(50.0, 30.0, "50", "30", None),
-    inert=("hidden_act",),   # Gemma 2 reads hidden_activation
+    inert=("hidden_act", *_ROTARY_INERT),   # Gemma 2 reads hidden_activation
     rope=Rope(), hf_classes=("Gemma2ForCausalLM",),
     what="soft-capped attention and logits, local and global layers alternating "
          "(`if`), norms after each sublayer, query scale",
@@ -802,7 +802,7 @@ GEMMA3 = Family(
     settings=(*_gemma2_settings(None, None, "0", "0", False),
               Setting("rope_parameters", "the rotary angles of each layer type", "default",
                       (("default", KEEP),), derive=_gemma3_rope)),
-    inert=("hidden_act", "rope_scaling", "rope_local_base_freq", "rope_theta",
+    inert=("hidden_act", *_ROTARY_INERT, "rope_scaling", "rope_local_base_freq", "rope_theta",
            "sliding_window_pattern", "_sliding_window_pattern", "final_logit_softcapping"),
     hf_classes=("Gemma3ForCausalLM",),
     what="RMSNorm on each query and key head, a rotary base per layer type, five local "
@@ -918,7 +918,7 @@ MIXTRAL = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       None, ((None, _NO_WINDOW),
                              (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
-    inert=_MOE_INERT, rope=Rope(), hf_classes=("MixtralForCausalLM",),
+    inert=_MOE_INERT + _ROTARY_INERT, rope=Rope(), hf_classes=("MixtralForCausalLM",),
     what="sparse mixture of SwiGLU experts (top-k routing, dispatched), sliding window")
 
 QWEN2_MOE = Family(
@@ -947,8 +947,8 @@ QWEN2_MOE = Family(
               only("decoder_sparse_step", "every how many layers is a mixture of experts",
                    1, 1),
               only("mlp_only_layers", "layers with a dense MLP instead", [], [])),
-    inert=_MOE_INERT + ("intermediate_size", "sliding_window", "max_window_layers",
-                        "layer_types"),
+    inert=_MOE_INERT + _ROTARY_INERT + ("intermediate_size", "sliding_window",
+                                        "max_window_layers", "layer_types"),
     rope=Rope(), hf_classes=("Qwen2MoeForCausalLM",),
     what="routed experts (top-k, renormalised or not) beside a sigmoid-gated shared expert")
 
