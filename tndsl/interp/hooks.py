@@ -15,15 +15,41 @@ operations, so gradients flow through them.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterable, Mapping
+import fnmatch
+import inspect
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
 from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
+from tndsl.interp.cache import ActivationCache
+from tndsl.interp.residual import layer_of
 
-Hook = Callable[[torch.Tensor], "torch.Tensor | None"]
+Hook = Callable[..., "torch.Tensor | None"]
+# Which hook points: one name or glob (`blocks.*.attn.pattern`), a list of them, or a
+# callable that takes a name and says yes or no.
+Names = Union[str, Sequence[str], Callable[[str], bool]]
+
+
+class HookError(TnError):
+    """A hook returned something its hook point cannot take."""
+
+
+@dataclass
+class HookPointInfo:
+    """What a two-argument hook `fn(value, hook)` receives as `hook`: the full `.tn`
+    name of the hook point, the loop index where there is one (`blocks.3.attn.z` → 3),
+    its legs (`p: Context, h: Heads, e: Head`, where the model has its program), its
+    module, and `ctx`, a dict the hook may keep state in for the run."""
+
+    name: str
+    layer: int | None
+    legs: tuple[str, ...] | None
+    module: nn.Module = field(repr=False)
+    ctx: dict = field(default_factory=dict, repr=False)
 
 
 def hook_points(model: nn.Module) -> dict[str, nn.Module]:
@@ -61,53 +87,164 @@ def hook_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(hook_points(model))
 
 
-def _lookup(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+def select(model: nn.Module, names: Names | None) -> list[str]:
+    """The hook names `names` picks, in forward order: None for all; a callable filter;
+    a name or glob (`blocks.*.attn.pattern`, `*.z`); or a list of names and globs. An
+    exact name or a glob that matches nothing is an error (with a suggestion)."""
     points = hook_points(model)
-    for name in names:
-        if name not in points:
-            raise UnknownNameError(f"no hook point `{name}` in this model",
-                                   hint=did_you_mean(name, points) or
+    if names is None:
+        return list(points)
+    if callable(names):
+        return [name for name in points if names(name)]
+    patterns = [names] if isinstance(names, str) else list(names)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"hook names are strings, globs or a callable filter, got "
+                            f"{type(pattern).__name__}")
+        if pattern in points:
+            chosen.add(pattern)
+            continue
+        matched = [n for n in points if fnmatch.fnmatchcase(n, pattern)] \
+            if any(c in pattern for c in "*?[") else []
+        if not matched:
+            raise UnknownNameError(f"no hook point `{pattern}` in this model",
+                                   hint=did_you_mean(pattern, points) or
                                    "compile the outputs that need it; hook_names(model) lists them")
-    return points
+        chosen.update(matched)
+    return [name for name in points if name in chosen]
+
+
+def _legs(model: nn.Module, name: str) -> tuple[str, ...] | None:
+    program = getattr(model, "tndsl_program", None)
+    if program is None:
+        return None
+    try:
+        return tuple(f"{leg.name}: {leg.dim}" for leg in program.legs(name))
+    except KeyError:
+        return None
+
+
+def _takes_hook(fn: Callable) -> bool:
+    """Whether `fn` takes (value, hook) rather than (value)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
 
 
 @contextmanager
-def intervene(model: nn.Module, hooks: Mapping[str, Hook | Iterable[Hook]]):
-    """Run the `with` body with these hooks registered; each hook gets the value and
-    returns a replacement (or None to leave it). They are forward hooks on the hook-point
-    modules, removed on exit."""
-    points = _lookup(model, hooks)
+def intervene(model: nn.Module, hooks: Mapping[Any, Hook | Iterable[Hook]]
+              | Iterable[tuple[Any, Hook]]):
+    """Run the `with` body with these hooks registered. `hooks` maps a name, a glob
+    (`blocks.*.attn.z`), a tuple of them or a callable filter to a hook or a list of
+    hooks (or is a list of such pairs). A hook is `fn(value)` or `fn(value, hook)`
+    (`hook.name`, `hook.layer`: `HookPointInfo`) and returns a replacement of the same
+    shape and dtype, or None to leave the value; anything else is a `HookError` naming
+    the hook point. They are forward hooks on the hook-point modules, removed on exit."""
+    pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
+    points = hook_points(model)
     with ExitStack() as stack:
-        for name, fns in hooks.items():
+        for key, fns in pairs:
+            names = select(model, list(key) if isinstance(key, tuple) else key)
             fns = [fns] if callable(fns) else list(fns)
-            for fn in fns:
-                handle = points[name].register_forward_hook(_adapt(fn))
-                stack.callback(handle.remove)
+            for name in names:
+                info = HookPointInfo(name, layer_of(name), _legs(model, name), points[name])
+                for fn in fns:
+                    handle = points[name].register_forward_hook(_adapt(fn, info))
+                    stack.callback(handle.remove)
         yield model
 
 
-def _adapt(fn: Hook):
+def _adapt(fn: Hook, info: HookPointInfo):
+    two = _takes_hook(fn)
+
     def hook(module, args, output):
-        return fn(output)
+        result = fn(output, info) if two else fn(output)
+        if result is None or result is output:
+            return result
+        if not isinstance(result, torch.Tensor):
+            raise HookError(f"the hook on `{info.name}` returned {type(result).__name__}, "
+                            "not a tensor", hint="return a tensor of the activation's shape, "
+                            "or None to leave it")
+        if result.shape != output.shape or result.dtype != output.dtype \
+                or result.device != output.device:
+            legs = f"[{', '.join(info.legs)}]" if info.legs else ""
+            raise HookError(
+                f"the hook on `{info.name}` returned {tuple(result.shape)} {result.dtype} "
+                f"on {result.device}; the hook point `{info.name}{legs}` holds "
+                f"{tuple(output.shape)} {output.dtype} on {output.device} (leading batch "
+                "dims first)", hint="return a tensor of the same shape, dtype and device")
+        return result
     return hook
 
 
-def run_with_cache(model: nn.Module, *args, names: Iterable[str] | None = None,
-                   detach: bool = True, **kwargs):
-    """The model's output and a dict of the named intermediates (all hook points when
-    `names` is None). Reading a cache does not change the output (a fused attention
-    whose pattern is cached runs its explicit path, which computes the same values)."""
-    names = list(hook_names(model) if names is None else names)
+def _grad_mode(grad: bool):
+    return nullcontext() if grad else torch.inference_mode()
+
+
+def run_with_hooks(model: nn.Module, *args, hooks=(), grad: bool = False, **kwargs):
+    """`model(*args, **kwargs)` with `hooks` (as for `intervene`) registered, under
+    `torch.inference_mode()` unless `grad=True`."""
+    with _grad_mode(grad), intervene(model, hooks):
+        return model(*args, **kwargs)
+
+
+def _inputs(model: nn.Module, args, kwargs) -> dict[str, torch.Tensor]:
+    """The forward's arguments by name (the `.tn` input names)."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError:
+        return {}
+    return {k: v for k, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+
+
+def run_with_cache(model: nn.Module, *args, names: Names | None = None,
+                   detach: bool = True, grads: bool = False,
+                   metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   hooks=(), program=None, **kwargs):
+    """The model's output and an `ActivationCache` of the hook points `names` picks (all
+    when None; a name, glob, list or callable filter). Runs under
+    `torch.inference_mode()`, so the output carries no graph, unless `detach=False` or
+    `grads=True`. `grads=True` also caches d(metric(output))/d(activation) for each
+    name (`cache.grads`); `metric` maps the output to a scalar. `hooks` are registered
+    as well (as for `intervene`), before the cache reads. Reading a cache does not change
+    the output (a fused attention whose pattern is cached runs its explicit path, which
+    computes the same values)."""
+    chosen = select(model, names)
+    if grads and metric is None:
+        raise TnError("grads=True needs a metric: a function of the output giving a scalar")
     cache: dict[str, torch.Tensor] = {}
+    gradients: dict[str, torch.Tensor] = {}
 
-    def store(name: str) -> Hook:
-        def hook(value: torch.Tensor) -> None:
-            cache[name] = value.detach() if detach else value
-        return hook
+    def store(value: torch.Tensor, hook: HookPointInfo):
+        if grads:
+            if not value.requires_grad:  # same values, now a leaf the metric reaches
+                value = value.detach().requires_grad_(True)
+            value.register_hook(lambda g, name=hook.name: gradients.__setitem__(
+                name, g.detach()))
+            cache[hook.name] = value.detach()
+            return value
+        cache[hook.name] = value.detach() if detach else value
+        return None
 
-    with intervene(model, {name: store(name) for name in names}):
+    all_hooks = (list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)) \
+        + [(chosen, store)]
+    with _grad_mode(grads or not detach), intervene(model, all_hooks):
         output = model(*args, **kwargs)
-    return output, cache
+        if grads:
+            value = metric(output)
+            if value.dim() != 0:
+                raise TnError(f"the metric gave shape {tuple(value.shape)}, not a scalar")
+            value.backward()
+            output = output.detach()
+    return output, ActivationCache(cache, model=model, program=program,
+                                   inputs=_inputs(model, args, kwargs), grads=gradients)
 
 
 # ---- interventions ----------------------------------------------------------------------

@@ -160,7 +160,17 @@ def default_through(network: ir.Network) -> tuple[str, ...]:
     return tuple(inst.path for inst in network.instances if inst.path in found)
 
 
-def _opaque(eq: ir.Equation) -> bool:
+def head_dims(network: ir.Network, instance: str) -> set[str]:
+    """The dims instance `instance` sums over heads by: those a softmax in it carries
+    besides the legs it normalises over (`Heads`)."""
+    dims: set[str] = set()
+    for eq in network.equations:
+        if eq.instance == instance or eq.instance.startswith(instance + "."):
+            dims |= _softmax_batch_dims(eq)
+    return dims
+
+
+def opaque(eq: ir.Equation) -> bool:
     """Has a box or a mask: a given tensor for path expansion."""
     def walk(node) -> bool:
         if isinstance(node, (ir.Box, ir.Mask)):
@@ -209,11 +219,7 @@ class _Expander:
                         if inst.path in through}
         self.head_dims: dict[str, set[str]] = {}
         for path in through:
-            dims = set()
-            for eq in network.equations:
-                if eq.instance == path or eq.instance.startswith(path + "."):
-                    dims |= _softmax_batch_dims(eq)
-            self.head_dims[path] = dims
+            self.head_dims[path] = head_dims(network, path)
         self.inputs = {f"{inst.path}.{b.input}" for inst in network.instances
                        if inst.path in through for b in inst.bindings}
         self.dims: dict[str, str] = {}      # every index name in use → its dim
@@ -237,7 +243,7 @@ class _Expander:
         result = False
         if name in self.outputs:
             result = True
-        elif name in self.equations and not _opaque(self.equations[name]):
+        elif name in self.equations and not opaque(self.equations[name]):
             self._depends[name] = False  # the network is acyclic; guards recursion anyway
             result = any(self.depends(r.name) for r in ir.refs(self.equations[name].rhs))
         self._depends[name] = result
@@ -253,7 +259,7 @@ class _Expander:
         if name in self.outputs or name in self.hidden:
             return True
         eq = self.equations.get(name)
-        return eq is not None and not _opaque(eq) and (self.depends(name) or self.inside(name))
+        return eq is not None and not opaque(eq) and (self.depends(name) or self.inside(name))
 
     def read_point(self, name: str) -> bool:
         """Where the residual stream is read: a chosen instance's input, or anything that
@@ -270,10 +276,10 @@ class _Expander:
         of each read of the stream inside it (exactly one at a read point)."""
         eq = self.equations[name]
         instance = self.outputs.get(name)
-        if _opaque(eq) and name not in self.outputs:
+        if opaque(eq) and name not in self.outputs:
             raise TnError(f"`{name}` is rebound later in its loop and has a box, so text after "
                           "the loop can neither name nor inline it", eq.span)
-        if _opaque(eq):  # a chosen instance returning a box: the path starts there
+        if opaque(eq):  # a chosen instance returning a box: the path starts there
             return [(_Mono(sympy.Integer(1), ((name, indices),)), [(instance,)])]
         mapping = dict(zip(eq.indices, indices))
         for leg in eq.index_dims:
@@ -414,7 +420,7 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                                        "instances: " + (", ".join(instances) or "none"))
     expander = _Expander(program, tuple(through))
     eq = equations[{base: full for full, base in expander.spelling.items()}.get(name, name)]
-    if _opaque(eq):
+    if opaque(eq):
         raise TnError(f"`{name}` applies a box (a nonlinearity, softmax or mask); paths split "
                       "linear networks: expand the equation inside the box instead", eq.span)
     monos = expander.top(eq)
@@ -531,5 +537,5 @@ def parse_through(text: str | None) -> tuple[str, ...] | None:
 
 
 __all__ = ["DIRECT", "HeadLeg", "PathExpansion", "PathTerm", "Read", "check_prefix",
-           "default_through", "expand_paths", "parse_through"]
+           "default_through", "expand_paths", "head_dims", "opaque", "parse_through"]
 

@@ -36,7 +36,8 @@ class Terms:
                  weights: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
                  | None = None, *, batch_shape: tuple[int, ...] = (),
                  dtype: torch.dtype = torch.float64,
-                 override: Mapping[str, torch.Tensor] | None = None):
+                 override: Mapping[str, torch.Tensor] | None = None,
+                 lengths: Mapping[str, int] | None = None):
         self.program = program
         self.sizes = program.sizes
         self.tensors = {t.name: t for t in program.network.tensors}
@@ -46,8 +47,13 @@ class Terms:
         self.batch_shape = tuple(batch_shape)
         self.dtype = dtype
         self.override = dict(override or {})
+        self.lengths = dict(lengths or {})
 
     def size(self, dim: str) -> int:
+        """A dim's size in this run: its run-time length where given (a sequence shorter
+        than `Context`), else its declared size."""
+        if dim in self.lengths:
+            return self.lengths[dim]
         return int(dimmod.evaluate(dimmod.symbol(dim), self.sizes))
 
     def operand(self, name: str, indices: tuple[str, ...], dims: Mapping[str, str]
@@ -117,7 +123,9 @@ class Terms:
         # A dim that varies at run time (the sequence) may be shorter in the activations
         # than declared: weights, fixed tensors and ones cover its first positions, as the
         # compiled model slices them.
-        run_time: dict[str, int] = {}
+        run_time: dict[str, int] = {letter(i): self.lengths[dims[i]] for i in
+                                    {i for f in term.factors for i in f.indices} | set(output)
+                                    if dims.get(i) in self.lengths}
         for legs, value, batched in factors:
             if batched:
                 for c, size in zip(legs, value.shape[batch:]):
