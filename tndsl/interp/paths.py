@@ -70,6 +70,9 @@ class PathTerm:
     legs: tuple[str, ...]            # the expanded equation's legs, then the head legs
     heads: tuple[HeadLeg, ...]
     equation: str                    # its `.tn` text
+    # For each product of `equation`, for each factor: (the side of the read it lies on,
+    # the block instance it belongs to), None where it has none. Path patching reads it.
+    owners: tuple[tuple[tuple[str | None, str | None], ...], ...] = ()
 
     @property
     def label(self) -> str:
@@ -137,10 +140,21 @@ class _Mono:
     coefficient: sympy.Expr
     factors: tuple[tuple[str, tuple[str, ...]], ...]
     heads: tuple[HeadLeg, ...] = ()
+    owners: tuple = ()               # per factor: the instance it comes from ("" none),
+                                     # then (side, instance) once `top` knows the sides
+
+    def __post_init__(self):
+        if len(self.owners) != len(self.factors):
+            object.__setattr__(self, "owners", ("",) * len(self.factors))
 
     def times(self, other: "_Mono") -> "_Mono":
         return _Mono(self.coefficient * other.coefficient, self.factors + other.factors,
-                     self.heads + other.heads)
+                     self.heads + other.heads, self.owners + other.owners)
+
+    def owned(self, instance: str) -> "_Mono":
+        """The factors no inner instance claimed, claimed by `instance`."""
+        return _Mono(self.coefficient, self.factors, self.heads,
+                     tuple(o or instance for o in self.owners))
 
 
 _ONE = _Mono(sympy.Integer(1), ())
@@ -295,7 +309,7 @@ class _Expander:
                                   "in its input are not supported", eq.span)
                 path = reads[0] if reads else ()
                 if instance is not None:
-                    mono = self._open_heads(mono, set(indices), instance)
+                    mono = self._open_heads(mono, set(indices), instance).owned(instance)
                     path = path + (instance,)
                 reads = [path]
             result.append((mono, reads))
@@ -310,7 +324,7 @@ class _Expander:
                     continue
                 if self.dims[index] in self.head_dims[instance]:
                     new.append(HeadLeg(index, self.dims[index], instance))
-        return _Mono(mono.coefficient, mono.factors, mono.heads + tuple(new))
+        return _Mono(mono.coefficient, mono.factors, mono.heads + tuple(new), mono.owners)
 
     def sum(self, node: ir.Sum, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
         out = []
@@ -367,13 +381,19 @@ class _Expander:
                 labels.append("".join(i for i in factor.indices if i in eq.indices)
                               if isinstance(factor, ir.Ref) else "")
             for choice in itertools.product(*options):
-                mono, reads, sides = _ONE, [], []
+                mono, reads, sides, spans = _ONE, [], [], []
                 for (m, r), label in zip(choice, labels):
+                    spans.append((len(mono.factors), len(m.factors), len(reads), len(r)))
                     mono = mono.times(m)
                     reads += r
                     sides += [label] * len(r)
                 if len(set(sides)) != len(sides) or not all(sides):
                     sides = [f"r{k + 1}" for k in range(len(reads))]
+                owners = list(mono.owners)
+                for start, count, first, n in spans:  # a factor's read: its side, instance
+                    for k in range(start, start + count):
+                        owners[k] = (sides[first] if n == 1 else None, owners[k] or None)
+                mono = _Mono(mono.coefficient, mono.factors, mono.heads, tuple(owners))
                 result.append((mono, tuple(Read(side, tuple(path))
                                            for side, path in zip(sides, reads))))
         return result
@@ -385,7 +405,7 @@ def _identifier(read_path: tuple[str, ...]) -> str:
 
 def _simplify(mono: _Mono) -> _Mono:
     """Drop `ones[i]` where another factor carries i (multiplying by 1 at every i)."""
-    kept = []
+    kept, owners = [], []
     for k, (name, indices) in enumerate(mono.factors):
         if name == ir.ONES:
             others = {i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
@@ -393,7 +413,8 @@ def _simplify(mono: _Mono) -> _Mono:
             if set(indices) <= others:
                 continue
         kept.append((name, indices))
-    return _Mono(mono.coefficient, tuple(kept), mono.heads)
+        owners.append(mono.owners[k])
+    return _Mono(mono.coefficient, tuple(kept), mono.heads, tuple(owners))
 
 
 def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
@@ -487,8 +508,9 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
         head_names[h.index] = f"{base}{k}"
         used.add(f"{base}{k}")
         heads.append(HeadLeg(f"{base}{k}", h.dim, h.instance))
-    ir_terms = []
+    ir_terms, owners = [], []
     for mono in members:
+        owners.append(tuple(mono.owners))
         rename = dict(zip((h.index for h in mono.heads), (h.index for h in heads)))
         local = set(used)
         factors = []
@@ -510,7 +532,7 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
         ir_terms.append(ir.Term(mono.coefficient, tuple(factors)))
     legs = outputs + tuple(h.index for h in heads)
     text = f"{term_name}[{', '.join(legs)}] = {printer.expression(ir.Sum(tuple(ir_terms)))}"
-    return PathTerm(term_name, reads, legs, tuple(heads), text)
+    return PathTerm(term_name, reads, legs, tuple(heads), text, tuple(owners))
 
 
 def check_prefix(prefix: str) -> str:
