@@ -22,7 +22,7 @@ import torch
 from tndsl.lang import ir
 from tndsl.lang.errors import TnError
 from tndsl.interp.hooks import run_with_cache
-from tndsl.interp.terms import Terms, legs_of
+from tndsl.interp.terms import Terms, legs_of, lengths_of
 
 Region = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,7 +106,7 @@ def attribute(model: torch.nn.Module, expansion, *args, inputs: Mapping[str, tor
     program = expansion.program()
     tensors = {t.name: t for t in program.network.tensors}
     equations = [program.equation(term.name) for term in expansion.terms]
-    needed = {expansion.name}
+    needed = {expansion.name} | {norm.argument for norm in expansion.frozen}
     for eq in equations:
         for ref in ir.refs(eq.rhs):
             if ref.name != ir.ONES and ref.name not in tensors:
@@ -119,7 +119,11 @@ def attribute(model: torch.nn.Module, expansion, *args, inputs: Mapping[str, tor
     if batch < 0:
         raise TnError(f"`{expansion.name}` has {value.dim()} dims in the model, fewer than "
                       f"its {len(expansion.indices)} legs")
-    terms = Terms(program, cache, weights, inputs, batch_shape=tuple(value.shape[:batch]))
+    # Frozen norms (expand_paths(..., freeze=["norms"])): each scale from this run.
+    scales = {norm.param: norm.scale(cache[norm.argument].double())
+              for norm in expansion.frozen}
+    terms = Terms(program, cache, weights, inputs, batch_shape=tuple(value.shape[:batch]),
+                  override=scales, lengths=lengths_of(program, expansion.name, value))
 
     values, heads = {}, {}
     for term, eq in zip(expansion.terms, equations):

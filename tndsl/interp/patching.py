@@ -29,7 +29,7 @@ import torch
 from tndsl.lang import ir
 from tndsl.lang.errors import TnError
 from tndsl.interp.hooks import Names, intervene, run_with_cache, select
-from tndsl.interp.terms import Terms, legs_of
+from tndsl.interp.terms import Terms, legs_of, lengths_of
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
@@ -217,9 +217,10 @@ def path_patching(model, clean: torch.Tensor, corrupted: torch.Tensor, expansion
     value = clean_cache[expansion.name]
     batch = tuple(value.shape[:value.dim() - len(expansion.indices)])
     weights = dict(model.named_parameters())
-    base = Terms(program, clean_cache, weights, inputs, batch_shape=batch)
+    lengths = lengths_of(program, expansion.name, value)
+    base = Terms(program, clean_cache, weights, inputs, batch_shape=batch, lengths=lengths)
     swapped = Terms(program, corrupted_cache, weights, inputs_corrupted or inputs,
-                    batch_shape=batch)
+                    batch_shape=batch, lengths=lengths)
     delta = torch.zeros(value.shape, dtype=torch.float64)
     chosen = 0
     for term in expansion.terms:
@@ -273,10 +274,11 @@ def edge_attribution(model, clean: torch.Tensor, corrupted: torch.Tensor, metric
     for term in expansion.terms:
         eq = program.equation(term.name)
         dims = legs_of(eq)
-        a = Terms(program, clean_cache, weights, inputs, batch_shape=batch).sum(
-            eq.rhs, eq.indices, dims)
+        lengths = lengths_of(program, expansion.name, value)
+        a = Terms(program, clean_cache, weights, inputs, batch_shape=batch,
+                  lengths=lengths).sum(eq.rhs, eq.indices, dims)
         b = Terms(program, corrupted_cache, weights, inputs_corrupted or inputs,
-                  batch_shape=batch).sum(eq.rhs, eq.indices, dims)
+                  batch_shape=batch, lengths=lengths).sum(eq.rhs, eq.indices, dims)
         heads = len(term.heads)
         g = grad.reshape(grad.shape + (1,) * heads)
         total = ((a - b) * g)

@@ -35,6 +35,8 @@ from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
 from tndsl.lang.text import one_line
 
 DIRECT = "direct"
+FREEZABLE = ("norms",)
+BIAS = "bias"
 MAX_MONOMIALS = 4096  # paths double per layer: past this, ask for fewer blocks
 
 
@@ -73,14 +75,21 @@ class PathTerm:
     # For each product of `equation`, for each factor: (the side of the read it lies on,
     # the block instance it belongs to), None where it has none. Path patching reads it.
     owners: tuple[tuple[tuple[str | None, str | None], ...], ...] = ()
+    bias: bool = False               # reads no stream while other terms do (b_U)
+    variant: int = 1                 # >1: a further term of the same reads, other heads
 
     @property
     def label(self) -> str:
         """`direct`, `blocks.0.attn->blocks.1.attn`; with several reads
-        `p: direct, s: blocks.0.attn`."""
-        if len(self.reads) <= 1:
-            return self.reads[0].label if self.reads else DIRECT
-        return ", ".join(f"{r.side}: {r.label}" for r in self.reads)
+        `p: direct, s: blocks.0.attn`; `bias` for the terms that read no stream where
+        others do (an unembedding bias, a frozen norm's bias through W_U)."""
+        if self.bias:
+            text = BIAS
+        elif len(self.reads) <= 1:
+            text = self.reads[0].label if self.reads else DIRECT
+        else:
+            text = ", ".join(f"{r.side}: {r.label}" for r in self.reads)
+        return text + (f" #{self.variant}" if self.variant > 1 else "")
 
     def passes(self, side: str, instance: str) -> bool:
         """Whether the read on `side` passes through `instance`."""
@@ -97,6 +106,7 @@ class PathExpansion:
     section: str                     # the generated `.tn` text
     original: str                    # the file it extends
     dims: tuple[tuple[str, int], ...] = ()   # sizes given to the program, re-applied
+    frozen: tuple = ()               # tndsl.interp.freeze.FrozenNorm, with --freeze norms
 
     @property
     def source(self) -> str:
@@ -403,14 +413,15 @@ def _identifier(read_path: tuple[str, ...]) -> str:
     return "__".join(p.replace(".", "_") for p in read_path) if read_path else DIRECT
 
 
-def _simplify(mono: _Mono) -> _Mono:
-    """Drop `ones[i]` where another factor carries i (multiplying by 1 at every i)."""
+def _simplify(mono: _Mono, outputs: tuple[str, ...] = ()) -> _Mono:
+    """Drop `ones[i]` where other factors still carry i (multiplying by 1 at every i):
+    twice if i is summed (once would leave it an open leg), once if it is an output leg."""
     kept, owners = [], []
     for k, (name, indices) in enumerate(mono.factors):
         if name == ir.ONES:
-            others = {i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
-                      for i in idx}
-            if set(indices) <= others:
+            others = [i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
+                      for i in idx]
+            if all(others.count(i) >= (1 if i in outputs else 2) for i in indices):
                 continue
         kept.append((name, indices))
         owners.append(mono.owners[k])
@@ -418,10 +429,21 @@ def _simplify(mono: _Mono) -> _Mono:
 
 
 def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
-                 prefix: str | None = None) -> PathExpansion:
+                 prefix: str | None = None, freeze: Sequence[str] = ()) -> PathExpansion:
     """The path expansion of equation `name` (see the module docstring). `through`
     chooses the block instances (default: `default_through`); `prefix` names the terms
-    (`prefix.direct`, ...; default: the equation's last path segment)."""
+    (`prefix.direct`, ...; default: the equation's last path segment). `freeze=("norms",)`
+    first makes every layernorm / rmsnorm linear with a frozen per-position scale
+    (`tndsl.interp.freeze`), so paths run through them; `.frozen` lists the scales."""
+    freeze = tuple(freeze)
+    for what in freeze:
+        if what not in FREEZABLE:
+            raise TnError(f"cannot freeze `{one_line(str(what))}`",
+                          hint="what can be frozen: " + ", ".join(FREEZABLE))
+    frozen = ()
+    if "norms" in freeze:
+        from tndsl.interp.freeze import freeze_norms
+        program, frozen = freeze_norms(program)
     network = program.network
     equations = {eq.name: eq for eq in network.equations}
     if name not in equations:
@@ -441,6 +463,14 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                                        "instances: " + (", ".join(instances) or "none"))
     expander = _Expander(program, tuple(through))
     eq = equations[{base: full for full, base in expander.spelling.items()}.get(name, name)]
+    spelled = expander.spelling.get(eq.name, eq.name)
+    if "@" in spelled:
+        raise TnError(f"`{name}` is a version of `{spelled.partition('@')[0]}` that its loop "
+                      "rebinds later, so text after the loop cannot name it", eq.span,
+                      hint="expand an equation that holds the same value under its own name "
+                           "(the block's output, such as `blocks.0.out`), or the last "
+                           f"version, `{spelled.partition('@')[0]}`")
+    name = spelled
     if opaque(eq):
         raise TnError(f"`{name}` applies a box (a nonlinearity, softmax or mask); paths split "
                       "linear networks: expand the equation inside the box instead", eq.span)
@@ -448,16 +478,23 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
 
     prefix = check_prefix(prefix) if prefix is not None else name.rsplit(".", 1)[-1]
     groups: dict[tuple, list[_Mono]] = {}
+    # A product that reads no stream (a bias) joins the direct path where there is one:
+    # alone, an output leg it carries only on `ones` would have no dim.
+    direct = next((reads for _, reads in monos if reads and all(not r.path for r in reads)),
+                  None)
     for mono, reads in monos:
-        mono = _simplify(mono)
+        mono = _simplify(mono, eq.indices)
+        if not reads and direct is not None:
+            reads = direct
         key = (reads, tuple((h.dim, h.instance) for h in mono.heads))
         groups.setdefault(key, []).append(mono)
     per_label: dict[tuple, int] = {}
     terms = []
     taken = {t.name for t in network.tensors} | set(equations)
+    any_reads = any(reads for reads, _ in groups)
     for (reads, _), members in groups.items():
         if len(reads) <= 1:
-            ident = _identifier(reads[0].path) if reads else DIRECT
+            ident = _identifier(reads[0].path) if reads else BIAS if any_reads else DIRECT
         else:
             ident = ".".join(f"{r.side}_{_identifier(r.path)}" for r in reads)
         count = per_label[reads] = per_label.get(reads, 0) + 1
@@ -466,7 +503,8 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
             raise TnError(f"`{term_name}` is already a name in this file",
                           hint="choose another prefix for the path terms (--prefix)")
         taken.add(term_name)
-        terms.append(_emit(term_name, reads, eq, members, expander.spelling))
+        terms.append(_emit(term_name, reads, eq, members, expander.spelling,
+                           bias=not reads and any_reads, variant=count))
 
     label = name.replace(".", "_") + "_paths"
     sides = " + ".join(
@@ -489,11 +527,11 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                  if program.sizes.get(d.name) is not None
                  and (d.size is None or not d.size.free_symbols))
     return PathExpansion(name, eq.indices, tuple(through), tuple(terms), label, section,
-                         original, dims)
+                         original, dims, tuple(frozen))
 
 
 def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
-          spelling: dict[str, str]) -> PathTerm:
+          spelling: dict[str, str], bias: bool = False, variant: int = 1) -> PathTerm:
     """One path equation, with readable index names: the equation's own legs, head legs
     `h1, h2...` (by their original name), summed indices by their original names."""
     outputs = tuple(eq.indices)
@@ -532,7 +570,7 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
         ir_terms.append(ir.Term(mono.coefficient, tuple(factors)))
     legs = outputs + tuple(h.index for h in heads)
     text = f"{term_name}[{', '.join(legs)}] = {printer.expression(ir.Sum(tuple(ir_terms)))}"
-    return PathTerm(term_name, reads, legs, tuple(heads), text, tuple(owners))
+    return PathTerm(term_name, reads, legs, tuple(heads), text, tuple(owners), bias, variant)
 
 
 def check_prefix(prefix: str) -> str:

@@ -26,6 +26,13 @@ def legs_of(eq: ir.Equation) -> dict[str, str]:
     return {leg.name: leg.dim for leg in eq.index_dims or eq.legs or ()}
 
 
+def lengths_of(program, name: str, value: torch.Tensor) -> dict[str, int]:
+    """The run's size of each dim of equation `name`, read off its cached value (a
+    sequence shorter than `Context`, or a `Context` declared without a size)."""
+    legs = program.legs(name)
+    return {leg.dim: size for leg, size in zip(legs, value.shape[value.dim() - len(legs):])}
+
+
 class Terms:
     """Evaluates products of the program's tensors. `cache` maps intermediates (and, where
     a caller substitutes them, any name) to batched values; `weights` params by name;
@@ -61,9 +68,7 @@ class Terms:
         """The value of one factor and whether it carries the batch dims."""
         if name in self.override:
             value = self.override[name]
-            declared = self.tensors.get(name)
-            batched = declared is None or declared.kind == "input"
-            return value.to(self.dtype), batched and value.dim() > len(indices)
+            return value.to(self.dtype), value.dim() > len(indices)
         if name == ir.ONES:
             return torch.ones([self.size(dims[i]) for i in indices], dtype=self.dtype), False
         tensor = self.tensors.get(name)
@@ -152,4 +157,4 @@ class Terms:
         return result.expand(*self.batch_shape, *result.shape)
 
 
-__all__ = ["Terms", "legs_of"]
+__all__ = ["Terms", "legs_of", "lengths_of"]

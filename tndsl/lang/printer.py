@@ -3,6 +3,8 @@ as `.tn` (residuals of failed proofs). Deterministic: declaration order, no addr
 from __future__ import annotations
 
 import sympy
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
 
 from tndsl.lang import ir
 
@@ -81,8 +83,21 @@ def _scientific(n: int) -> str:
     return f"≈{sign}{lead // 100}.{lead % 100:02d}e+{exponent}"
 
 
+class _ScalarPrinter(StrPrinter):
+    """sympy's text, except that a whole power (`Model**(-2)`, which `.tn` cannot
+    write: it has no `**`) is written as a product (`1/(Model*Model)`)."""
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.as_base_exp()
+        if exponent.is_Integer and abs(int(exponent)) > 1:
+            text = self.parenthesize(base, PRECEDENCE["Mul"], strict=False)
+            product = "*".join([text] * abs(int(exponent)))
+            return product if exponent > 0 else f"1/({product})"
+        return super()._print_Pow(expr, rational)
+
+
 def format_scalar(value: sympy.Expr) -> str:
-    return sympy.sstr(value, order="lex")
+    return _ScalarPrinter({"order": "lex"}).doprint(value)
 
 
 def expression(node: ir.Sum) -> str:
