@@ -413,6 +413,13 @@ def _identifier(read_path: tuple[str, ...]) -> str:
     return "__".join(p.replace(".", "_") for p in read_path) if read_path else DIRECT
 
 
+def _constant_along(mono: _Mono, eq: ir.Equation) -> bool:
+    """Whether some output leg of the product is carried by `ones` alone (a bias that an
+    instance adds, `b_O[m] * ones[p]`): written as its own term it would have no dim."""
+    carried = {i for name, indices in mono.factors if name != ir.ONES for i in indices}
+    return any(i not in carried for i in eq.indices)
+
+
 def _simplify(mono: _Mono, outputs: tuple[str, ...] = ()) -> _Mono:
     """Drop `ones[i]` where other factors still carry i (multiplying by 1 at every i):
     twice if i is summed (once would leave it an open leg), once if it is an output leg."""
@@ -478,13 +485,13 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
 
     prefix = check_prefix(prefix) if prefix is not None else name.rsplit(".", 1)[-1]
     groups: dict[tuple, list[_Mono]] = {}
-    # A product that reads no stream (a bias) joins the direct path where there is one:
-    # alone, an output leg it carries only on `ones` would have no dim.
+    # A product that reads no stream, or that only `ones` carries along an output leg (a
+    # bias), joins the direct path where there is one: alone, such a leg would have no dim.
     direct = next((reads for _, reads in monos if reads and all(not r.path for r in reads)),
                   None)
     for mono, reads in monos:
         mono = _simplify(mono, eq.indices)
-        if not reads and direct is not None:
+        if direct is not None and (not reads or (not mono.heads and _constant_along(mono, eq))):
             reads = direct
         key = (reads, tuple((h.dim, h.instance) for h in mono.heads))
         groups.setdefault(key, []).append(mono)
