@@ -125,17 +125,29 @@ def _legs(model: nn.Module, name: str) -> tuple[str, ...] | None:
         return None
 
 
-def _takes_hook(fn: Callable) -> bool:
-    """Whether `fn` takes (value, hook) rather than (value)."""
+def _keyword_names(fn: Callable) -> set[str]:
     try:
-        signature = inspect.signature(fn)
+        return {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    except (TypeError, ValueError):
+        return set()
+
+
+def _takes_hook(fn: Callable) -> bool:
+    """Whether `fn` takes (value, hook) rather than (value): it has a parameter named
+    `hook`, or two positional parameters without defaults (`lambda v, h: ...`). A
+    parameter with a default (`def patch(value, head=2)`) is the closure idiom, not a
+    hook slot."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        return False
-    return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.name == "hook" and p.kind in positional + (inspect.Parameter.KEYWORD_ONLY,)
+           for p in parameters[1:]):
+        return True
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) >= 2
 
 
 @contextmanager
@@ -163,9 +175,12 @@ def intervene(model: nn.Module, hooks: Mapping[Any, Hook | Iterable[Hook]]
 
 def _adapt(fn: Hook, info: HookPointInfo):
     two = _takes_hook(fn)
+    if two and "hook" in _keyword_names(fn):
+        two = "keyword"
 
     def hook(module, args, output):
-        result = fn(output, info) if two else fn(output)
+        result = (fn(output, hook=info) if two == "keyword" else fn(output, info)) \
+            if two else fn(output)
         if result is None or result is output:
             return result
         if not isinstance(result, torch.Tensor):
