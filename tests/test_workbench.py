@@ -353,3 +353,33 @@ def test_pattern_plot_returns_a_figure_with_a_panel_per_head(attn_only):
     assert sum(ax.get_title().startswith("head") for ax in figure.axes) == 2
     with pytest.raises(TnError, match="index the batch"):
         plots.pattern_plot(cache["blocks.0.attn.pattern"])
+
+
+# ---- 3. per-head results ------------------------------------------------------------------
+
+def test_the_per_head_result_is_a_hook_point_equal_to_z_times_w_o():
+    """`blocks.0.attn.result[p, h, m]`, derived from the output equation: cached it is
+    z[h] @ W_O[h] by hand; patching it per head is patching that head's z; its gradient
+    is the output's, per head; hooking nothing else, the forward is untouched."""
+    program = tndsl.load(ROOT / "examples" / "gpt2_small.tn", dims={**TINY, "Layers": 2})
+    torch.manual_seed(2)
+    model = program.module().double()
+    clean, corrupted = _pair()
+    assert hooks.select(model, "*.result") == ["blocks.0.attn.result", "blocks.1.attn.result"]
+    assert "blocks.0.attn.result" not in hooks.hook_names(model)   # no module, no cost
+    out, cache = run_with_cache(model, clean, names=["blocks.0.attn.result", "blocks.0.attn.z"])
+    with torch.no_grad():
+        assert torch.equal(out, model(clean))
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    by_hand = torch.einsum("bphe,hem->bphm", cache["blocks.0.attn.z"], w["blocks.0.attn.W_O"])
+    assert (cache["blocks.0.attn.result"] - by_hand).abs().max() < 1e-12
+    by_result = patching.activation_patching(model, clean, corrupted, _metric,
+                                             "blocks.*.attn.result", over="Heads")
+    by_z = patching.activation_patching(model, clean, corrupted, _metric, "blocks.*.attn.z",
+                                        over="Heads")
+    assert by_result.values.shape == (2, 2)
+    assert (by_result.values - by_z.values).abs().max() < 1e-10
+    _, grads = run_with_cache(model, clean, names=["blocks.1.attn.result", "blocks.1.attn.out"],
+                              grads=True, metric=_metric)
+    expected = grads.grads["blocks.1.attn.out"][..., None, :].expand(2, 8, 2, 16)
+    assert (grads.grads["blocks.1.attn.result"] - expected).abs().max() < 1e-12

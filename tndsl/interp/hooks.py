@@ -26,7 +26,9 @@ from torch import nn
 
 from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
 from tndsl.interp.cache import ActivationCache
-from tndsl.interp.residual import layer_of
+from tndsl.interp.residual import HeadResult, layer_of, residual_stream
+from tndsl.interp.terms import Terms, legs_of, lengths_of
+from tndsl.lang import ir
 
 Hook = Callable[..., "torch.Tensor | None"]
 # Which hook points: one name or glob (`blocks.*.attn.pattern`), a list of them, or a
@@ -87,11 +89,51 @@ def hook_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(hook_points(model))
 
 
+def head_results(model: nn.Module) -> dict[str, HeadResult]:
+    """The per-head results of a model's attention instances (`blocks.0.attn.result`,
+    `[p, h, m]`), derived from each instance's output equation where the file does not
+    write them (tndsl.interp.residual): hook points that cost nothing until hooked."""
+    program = getattr(model, "tndsl_program", None)
+    if program is None:
+        return {}
+    try:
+        stream = residual_stream(program)
+    except TnError:
+        return {}
+    points = hook_points(model)
+    found = {}
+    for head in stream.heads:
+        eq = program.equation(head.equation)
+        sources = {f.name for k in head.terms for f in eq.rhs.terms[k].factors
+                   if isinstance(f, ir.Ref) and f.name not in _declared(program)
+                   and f.name != ir.ONES}
+        if head.name not in points and head.equation in points and sources <= set(points):
+            found[head.name] = head
+    return found
+
+
+def _declared(program) -> set[str]:
+    return {t.name for t in program.network.tensors}
+
+
+def available(model: nn.Module) -> list[str]:
+    """Every name a hook may be registered on, in forward order: the hook points and,
+    just before each attention output, its derived per-head `result`."""
+    derived = {head.equation: name for name, head in head_results(model).items()}
+    names = []
+    for name in hook_points(model):
+        if name in derived:
+            names.append(derived[name])
+        names.append(name)
+    return names
+
+
 def select(model: nn.Module, names: Names | None) -> list[str]:
     """The hook names `names` picks, in forward order: None for all; a callable filter;
     a name or glob (`blocks.*.attn.pattern`, `*.z`); or a list of names and globs. An
-    exact name or a glob that matches nothing is an error (with a suggestion)."""
-    points = hook_points(model)
+    exact name or a glob that matches nothing is an error (with a suggestion). The
+    derived per-head results (`blocks.0.attn.result`) are names too."""
+    points = available(model)
     if names is None:
         return list(points)
     if callable(names):
@@ -115,14 +157,25 @@ def select(model: nn.Module, names: Names | None) -> list[str]:
     return [name for name in points if name in chosen]
 
 
-def _legs(model: nn.Module, name: str) -> tuple[str, ...] | None:
+def point_legs(model: nn.Module, name: str) -> tuple[tuple[str, str], ...] | None:
+    """(leg, dim) of hook point `name`, read from the model's program (None without
+    one): an equation's legs, or a derived per-head result's (`p, h, m`)."""
     program = getattr(model, "tndsl_program", None)
     if program is None:
         return None
+    derived = head_results(model).get(name)
+    if derived is not None:
+        dims = legs_of(program.equation(derived.equation))
+        return tuple((i, dims[i]) for i in derived.indices)
     try:
-        return tuple(f"{leg.name}: {leg.dim}" for leg in program.legs(name))
+        return tuple((leg.name, leg.dim) for leg in program.legs(name))
     except KeyError:
         return None
+
+
+def _legs(model: nn.Module, name: str) -> tuple[str, ...] | None:
+    legs = point_legs(model, name)
+    return None if legs is None else tuple(f"{leg}: {dim}" for leg, dim in legs)
 
 
 def _keyword_names(fn: Callable) -> set[str]:
@@ -161,16 +214,62 @@ def intervene(model: nn.Module, hooks: Mapping[Any, Hook | Iterable[Hook]]
     the hook point. They are forward hooks on the hook-point modules, removed on exit."""
     pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
     points = hook_points(model)
+    derived = head_results(model)
     with ExitStack() as stack:
         for key, fns in pairs:
             names = select(model, list(key) if isinstance(key, tuple) else key)
             fns = [fns] if callable(fns) else list(fns)
             for name in names:
+                if name in derived:
+                    _hook_result(model, derived[name], fns, points, stack)
+                    continue
                 info = HookPointInfo(name, layer_of(name), _legs(model, name), points[name])
                 for fn in fns:
                     handle = points[name].register_forward_hook(_adapt(fn, info))
                     stack.callback(handle.remove)
         yield model
+
+
+def _hook_result(model: nn.Module, head: HeadResult, fns, points, stack: ExitStack) -> None:
+    """Hooks on a derived per-head result: its factors (`z`) are captured as the forward
+    computes them; at the instance's output the result is evaluated, given to `fns`, and
+    the output changed by the change they make, summed over heads. Nothing is computed
+    unless hooked; the fused attention is untouched."""
+    program = model.tndsl_program
+    eq = program.equation(head.equation)
+    products = [eq.rhs.terms[k] for k in head.terms]
+    dims = legs_of(eq)
+    sources = sorted({f.name for t in products for f in t.factors
+                      if isinstance(f, ir.Ref) and f.name in points})
+    live: dict[str, torch.Tensor] = {}
+    for source in sources:
+        handle = points[source].register_forward_hook(
+            lambda module, args, output, source=source: live.__setitem__(source, output))
+        stack.callback(handle.remove)
+    legs = tuple(f"{i}: {dims[i]}" for i in head.indices)
+    info = HookPointInfo(head.name, head.layer, legs, points[head.equation])
+    adapted = [_adapt(fn, info) for fn in fns]
+    axis = head.indices.index(head.index) - len(head.indices)
+
+    def apply(module, args, output):
+        value = live[sources[0]]
+        legs_there = len(program.legs(sources[0]))
+        terms = Terms(program, live, dict(model.named_parameters()),
+                      batch_shape=tuple(value.shape[:value.dim() - legs_there]),
+                      dtype=output.dtype, lengths=lengths_of(program, sources[0], value),
+                      detach=False)
+        result = sum(terms.term(t, head.indices, dims) for t in products)
+        new = result
+        for hook in adapted:
+            replaced = hook(module, args, new)
+            if replaced is not None:
+                new = replaced
+        live.clear()
+        if new is result:
+            return None
+        return output + (new - result).sum(dim=axis)
+    handle = points[head.equation].register_forward_hook(apply)
+    stack.callback(handle.remove)
 
 
 def _adapt(fn: Hook, info: HookPointInfo):
@@ -200,12 +299,15 @@ def _adapt(fn: Hook, info: HookPointInfo):
 
 
 def _grad_mode(grad: bool):
-    return nullcontext() if grad else torch.inference_mode()
+    """No graph unless asked for. `torch.no_grad()`, not `inference_mode()`: a tensor
+    made in inference mode can never meet a param that requires grad (`cache["z"] @
+    W_O` would raise), and the two cost the same here."""
+    return nullcontext() if grad else torch.no_grad()
 
 
 def run_with_hooks(model: nn.Module, *args, hooks=(), grad: bool = False, **kwargs):
-    """`model(*args, **kwargs)` with `hooks` (as for `intervene`) registered, under
-    `torch.inference_mode()` unless `grad=True`."""
+    """`model(*args, **kwargs)` with `hooks` (as for `intervene`) registered, recording
+    no autograd graph (`torch.no_grad()`) unless `grad=True`."""
     with _grad_mode(grad), intervene(model, hooks):
         return model(*args, **kwargs)
 
@@ -224,8 +326,8 @@ def run_with_cache(model: nn.Module, *args, names: Names | None = None,
                    metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    hooks=(), program=None, **kwargs):
     """The model's output and an `ActivationCache` of the hook points `names` picks (all
-    when None; a name, glob, list or callable filter). Runs under
-    `torch.inference_mode()`, so the output carries no graph, unless `detach=False` or
+    when None; a name, glob, list or callable filter). Records no autograd graph
+    (`torch.no_grad()`), so the output carries no `grad_fn`, unless `detach=False` or
     `grads=True`. `grads=True` also caches d(metric(output))/d(activation) for each
     name (`cache.grads`); `metric` maps the output to a scalar. `hooks` are registered
     as well (as for `intervene`), before the cache reads. Reading a cache does not change
@@ -239,12 +341,13 @@ def run_with_cache(model: nn.Module, *args, names: Names | None = None,
 
     def store(value: torch.Tensor, hook: HookPointInfo):
         if grads:
-            if not value.requires_grad:  # same values, now a leaf the metric reaches
-                value = value.detach().requires_grad_(True)
-            value.register_hook(lambda g, name=hook.name: gradients.__setitem__(
+            # value + 0, the 0 a leaf: the same values exactly, gradients upstream
+            # unchanged, and the leaf's gradient is d metric / d activation.
+            zero = torch.zeros_like(value, requires_grad=True)
+            zero.register_hook(lambda g, name=hook.name: gradients.__setitem__(
                 name, g.detach()))
             cache[hook.name] = value.detach()
-            return value
+            return value + zero
         cache[hook.name] = value.detach() if detach else value
         return None
 

@@ -28,7 +28,7 @@ import torch
 
 from tndsl.lang import ir
 from tndsl.lang.errors import TnError
-from tndsl.interp.hooks import Names, intervene, run_with_cache, select
+from tndsl.interp.hooks import Names, intervene, point_legs, run_with_cache, select
 from tndsl.interp.terms import Terms, legs_of, lengths_of
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -64,10 +64,10 @@ def _legs(model, name: str) -> tuple[tuple[str, str], ...]:
     if program is None:
         raise TnError("patching needs the model's program to know the legs of its hook points",
                       hint="build the model with Program.module() or tndsl.from_pretrained")
-    try:
-        return tuple((leg.name, leg.dim) for leg in program.legs(name))
-    except KeyError:
-        raise TnError(f"`{name}` is not an equation of the program") from None
+    legs = point_legs(model, name)
+    if legs is None:
+        raise TnError(f"`{name}` is not an equation of the program")
+    return legs
 
 
 def _axes(model, name: str, over: Sequence[str]) -> tuple[int, ...]:
@@ -117,7 +117,7 @@ def activation_patching(model, clean: torch.Tensor, corrupted: torch.Tensor, met
         sizes = shape
         for index in itertools.product(*[range(s) for s in shape]):
             variants.append((name, index))
-    with torch.inference_mode():
+    with torch.no_grad():
         clean_metric = _metric(metric, model(clean))
         corrupted_metric = _metric(metric, model(corrupted))
     results = []
@@ -139,7 +139,7 @@ def activation_patching(model, clean: torch.Tensor, corrupted: torch.Tensor, met
             return value
         stacked = corrupted.expand(len(chunk), *corrupted.shape)
         touched = sorted({name for name, _ in chunk})
-        with torch.inference_mode():
+        with torch.no_grad():
             output = _run(model, stacked, [(touched, patch)])
         results.extend(_metric(metric, output[j]) for j in range(len(chunk)))
     values = torch.tensor(results, dtype=torch.float64).reshape((len(points),) + sizes)
@@ -164,7 +164,7 @@ def attribution_patching(model, clean: torch.Tensor, corrupted: torch.Tensor,
     _, clean_cache = run_with_cache(model, clean, names=points)
     output, corrupted_cache = run_with_cache(model, corrupted, names=points, grads=True,
                                              metric=metric)
-    with torch.inference_mode():
+    with torch.no_grad():
         clean_metric = _metric(metric, model(clean))
     corrupted_metric = _metric(metric, output)
     rows = []
@@ -250,7 +250,7 @@ def path_patching(model, clean: torch.Tensor, corrupted: torch.Tensor, expansion
 
     def patch(activation):
         return activation + change.to(activation.device)
-    with torch.inference_mode():
+    with torch.no_grad():
         return _run(model, clean, [(expansion.name, patch)])
 
 

@@ -44,7 +44,7 @@ class Terms:
                  | None = None, *, batch_shape: tuple[int, ...] = (),
                  dtype: torch.dtype = torch.float64,
                  override: Mapping[str, torch.Tensor] | None = None,
-                 lengths: Mapping[str, int] | None = None):
+                 lengths: Mapping[str, int] | None = None, detach: bool = True):
         self.program = program
         self.sizes = program.sizes
         self.tensors = {t.name: t for t in program.network.tensors}
@@ -55,6 +55,7 @@ class Terms:
         self.dtype = dtype
         self.override = dict(override or {})
         self.lengths = dict(lengths or {})
+        self.detach = detach      # False: gradients flow into params and cached values
 
     def size(self, dim: str) -> int:
         """A dim's size in this run: its run-time length where given (a sequence shorter
@@ -75,7 +76,8 @@ class Terms:
         if tensor is not None and tensor.kind == "param":
             if name not in self.weights:
                 raise TnError(f"the model has no param `{name}`")
-            return self.weights[name].detach().to(self.dtype), False
+            weight = self.weights[name]
+            return (weight.detach() if self.detach else weight).to(self.dtype), False
         if tensor is not None and tensor.kind == "fixed":
             # A rotary map or a grouping: its dense value, as the reference evaluator
             # builds it (the model applies it in a cheap form and never stores it).
@@ -95,7 +97,8 @@ class Terms:
             raise TnError(f"`{name}` is not in the cache",
                           hint="cache it: run_with_cache(model, ..., names=[...]) with this "
                                "name, or names=None for every hook point")
-        return self.cache[name].detach().to(self.dtype), True
+        value = self.cache[name]
+        return (value.detach() if self.detach else value).to(self.dtype), True
 
     def sum(self, node: ir.Sum, output: tuple[str, ...], dims: Mapping[str, str]
             ) -> torch.Tensor:
