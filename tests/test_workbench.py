@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import transformers
 
 import tndsl
 from tndsl.interp import hooks, patching, plots
@@ -14,7 +13,7 @@ from tndsl.interp.hooks import HookError, intervene, run_with_cache
 from tndsl.interp.paths import expand_paths
 from tndsl.lang.errors import TnError
 from conftest import ROOT
-from test_families import CASES, _float64_oracle, _save, _tokens
+from hf_models import CASES, build, float64_oracle, save, tokens as _tokens
 
 TINY = {"Context": 8, "Vocab": 20, "Model": 16, "Heads": 2}
 
@@ -111,20 +110,15 @@ def test_gradient_cache_equals_a_hand_written_backward(attn_only):
 
 # ---- 2. the cache decomposes, on every family ---------------------------------------------
 
-def _gpt2():
-    return transformers.GPT2LMHeadModel, transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=10)
-
-
-FAMILIES = {"gpt2": _gpt2, "llama": CASES["llama"], "pythia": CASES["pythia"],
-            "qwen2": CASES["qwen2"], "gemma": CASES["gemma"]}
+FAMILIES = {"gpt2": lambda: build("gpt2", n_positions=10), "llama": CASES["llama"],
+            "pythia": CASES["pythia"], "qwen2": CASES["qwen2"], "gemma": CASES["gemma"]}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_decompositions_sum_exactly_on_every_family(family, tmp_path):
     model_class, config = FAMILIES[family]()
     config._attn_implementation = "sdpa"
-    hf = _float64_oracle(_save(model_class, config, tmp_path).to(torch.float64))
+    hf = float64_oracle(save(model_class, config, tmp_path).to(torch.float64))
     model = tndsl.from_pretrained(tmp_path, torch.float64,
                                   context=10 if family == "gpt2" else None)
     tokens = _tokens(config.vocab_size)
@@ -315,7 +309,7 @@ def test_edge_attribution_is_exact_for_the_logit_paths(attn_only):
 def test_frozen_norm_paths_are_proven_and_sum_to_the_logits(tmp_path):
     from tndsl.verify import prove_all
     model_class, config = CASES["llama"]()
-    _save(model_class, config, tmp_path)
+    save(model_class, config, tmp_path)
     model = tndsl.from_pretrained(tmp_path, torch.float64)
     program = model.tndsl_program
     expansion = expand_paths(program, "logits", freeze=["norms"])
