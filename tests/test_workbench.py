@@ -377,3 +377,22 @@ def test_the_per_head_result_is_a_hook_point_equal_to_z_times_w_o():
                               grads=True, metric=_metric)
     expected = grads.grads["blocks.1.attn.out"][..., None, :].expand(2, 8, 2, 16)
     assert (grads.grads["blocks.1.attn.result"] - expected).abs().max() < 1e-12
+
+
+@pytest.mark.slow  # reason: loads the study and runs its ~20 forwards in float64 (~12 s)
+def test_the_tutorials_induction_numbers():
+    """docs/tutorial.md section 12 quotes examples/workbench.py on the study's saved
+    model: attribution patching ranks the heads as activation patching does, the layer-1
+    rows exactly, and corrupting the K-composition path alone removes most of the metric
+    while the Q side changes nothing."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("workbench", ROOT / "examples" / "workbench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main([])
+    assert result["spearman"] > 0.95 and result["pearson"] > 0.99
+    assert (result["activation"][1] - result["attribution"][1]).abs().max() < 1e-9
+    assert int(result["activation"][1].argmax()) == 1         # the study's induction head
+    assert result["k_side"] < 0.2 * result["clean_metric"]
+    assert abs(result["q_side"] - result["clean_metric"]) < 0.05 * result["clean_metric"]
+    assert int(torch.as_tensor(result["k_comp_edges"]).argmax()) == 2   # previous-token head

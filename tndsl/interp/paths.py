@@ -124,7 +124,10 @@ class PathExpansion:
     def program(self):
         """The checked program of `source`, at the sizes of the program expanded."""
         from tndsl.program import parse
-        return parse(self.source, f"<paths of {self.name}>", dict(self.dims))
+        if "_program" not in self.__dict__:  # parsed once: patching asks several times
+            self.__dict__["_program"] = parse(self.source, f"<paths of {self.name}>",
+                                              dict(self.dims))
+        return self.__dict__["_program"]
 
     def figure(self, **options):
         """`NAME = term + term + ...`, each term drawn as its network and labelled with its
