@@ -396,3 +396,23 @@ def test_the_tutorials_induction_numbers():
     assert result["k_side"] < 0.2 * result["clean_metric"]
     assert abs(result["q_side"] - result["clean_metric"]) < 0.05 * result["clean_metric"]
     assert int(torch.as_tensor(result["k_comp_edges"]).argmax()) == 2   # previous-token head
+
+
+def test_backward_hooks_see_and_replace_the_gradient(attn_only):
+    """Zeroing d loss / d resid1 cuts every gradient to layer 0's weights; the gradient a
+    backward hook sees is the one the gradient cache records."""
+    _, model = attn_only
+    tokens = _pair()[0]
+    seen = {}
+    with hooks.intervene_backward(model, {"resid1": lambda g, hook: seen.setdefault(
+            hook.name, g.clone())}):
+        _metric(model(tokens)).backward()
+    _, cache = run_with_cache(model, tokens, names="resid1", grads=True, metric=_metric)
+    assert (seen["resid1"] - cache.grads["resid1"]).abs().max() < 1e-12
+    model.zero_grad()
+    with hooks.intervene_backward(model, {"resid1": lambda g: torch.zeros_like(g)}):
+        _metric(model(tokens)).backward()
+    w_q0 = dict(model.named_parameters())["blocks.0.attn.W_Q"]
+    assert w_q0.grad is not None and w_q0.grad.abs().max() == 0
+    assert dict(model.named_parameters())["blocks.1.attn.W_Q"].grad.abs().max() > 0
+    model.zero_grad()

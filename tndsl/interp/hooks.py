@@ -230,6 +230,44 @@ def intervene(model: nn.Module, hooks: Mapping[Any, Hook | Iterable[Hook]]
         yield model
 
 
+@contextmanager
+def intervene_backward(model: nn.Module, hooks: Mapping[Any, Hook | Iterable[Hook]]
+                       | Iterable[tuple[Any, Hook]]):
+    """Backward hooks: while the `with` body runs, `fn(grad)` or `fn(grad, hook)` is
+    called with d loss / d activation of each chosen hook point (names as for
+    `intervene`) during `backward()`, and may return a replacement gradient of the same
+    shape and dtype (None leaves it), which then flows to everything upstream."""
+    pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
+    registered = []
+    for key, fns in pairs:
+        fns = [fns] if callable(fns) else list(fns)
+        for name in select(model, list(key) if isinstance(key, tuple) else key):
+            registered.append((name, fns))
+
+    def on_gradient(fns, info):
+        adapted = [_adapt(fn, info) for fn in fns]
+
+        def forward(value, hook):
+            if not value.requires_grad:
+                return None
+
+            def backward(grad):
+                for fn in adapted:
+                    replaced = fn(None, None, grad)
+                    if replaced is not None:
+                        grad = replaced
+                return grad
+            value.register_hook(backward)
+            return None
+        return forward
+    points = hook_points(model)
+    wrapped = [(name, on_gradient(fns, HookPointInfo(name, layer_of(name), _legs(model, name),
+                                                     points.get(name))))
+               for name, fns in registered]
+    with intervene(model, wrapped):
+        yield model
+
+
 def _hook_result(model: nn.Module, head: HeadResult, fns, points, stack: ExitStack) -> None:
     """Hooks on a derived per-head result: its factors (`z`) are captured as the forward
     computes them; at the instance's output the result is evaluated, given to `fns`, and
