@@ -416,3 +416,22 @@ def test_backward_hooks_see_and_replace_the_gradient(attn_only):
     assert w_q0.grad is not None and w_q0.grad.abs().max() == 0
     assert dict(model.named_parameters())["blocks.1.attn.W_Q"].grad.abs().max() > 0
     model.zero_grad()
+
+
+def test_cli_paths_freeze_norms_and_rebound_names(tmp_path):
+    from test_paths import run
+    out = tmp_path / "llama_paths.tn"
+    result = run("paths", "examples/llama.tn", "logits", "--freeze", "norms", "--dim",
+                 "Layers=1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "4 paths of logits, check logits_paths, 3 norms frozen" in result.stdout
+    text = out.read_text()
+    assert "param frozen_scale[p: Context] init ones" in text
+    assert "return (frozen_scale[p] * x[p, m]) * w[m]" in text
+    again = run("paths", "examples/llama.tn", "logits", "--freeze", "norms", "--dim", "Layers=1")
+    assert again.stdout == text                                   # deterministic
+    refused = run("paths", "examples/gpt2_small.tn", "resid@1", "--dim", "Layers=2")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "gpt2_small.tn:63:5: error: `resid@1` is a version of `resid`" in refused.stderr
+    unknown = run("paths", "examples/gpt2_small.tn", "logits", "--freeze", "weights")
+    assert unknown.returncode == 2 and "norms" in unknown.stderr

@@ -12,6 +12,14 @@ replace values; this module adds names and conveniences on top of them:
 `hook_names(model)` lists the names in the order the forward pass computes them;
 `hook_points(model)` maps each to its module. Interventions are ordinary torch
 operations, so gradients flow through them.
+
+A hook is `fn(value)` or `fn(value, hook)` (`hook.name`, `hook.layer`, `hook.legs`);
+names are exact, globs (`blocks.*.attn.z`), lists, or a callable filter; a returned value
+of the wrong shape or dtype is a `HookError` naming the hook point. `run_with_cache`
+returns an `ActivationCache` (tndsl.interp.cache), records no graph unless asked, and
+with `grads=True` caches d metric / d activation; `intervene_backward` hooks gradients.
+Each attention instance's per-head output, `blocks.N.attn.result`, is a hook point too,
+derived from its output equation and computed only when hooked (docs/workbench.md).
 """
 from __future__ import annotations
 
