@@ -119,9 +119,12 @@ class ResidualStream:
         return tuple(sorted({c.layer for c in self.components if c.layer is not None}))
 
     def count_before(self, layer: int | None) -> int:
-        """How many components come before layer `layer` (None: all of them)."""
+        """How many components come before layer `layer` (None: all of them; negative
+        counts from the end as in Python and TransformerLens: -1 is all)."""
         if layer is None:
             return len(self.components)
+        if isinstance(layer, int) and layer < 0:
+            layer += (max(self.layers) + 2) if self.layers else 1
         self._check_layer(layer, allow_end=True)
         return sum(1 for c in self.components if c.layer is None or c.layer < layer)
 
