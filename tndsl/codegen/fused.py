@@ -70,7 +70,7 @@ def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
 def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> None:
     """`hooks`: equation name -> the code of its hook point (or None)."""
     checks = [hooks[n] for n in (fused.scores.name, fused.pattern.name) if hooks.get(n)]
-    condition = lower.hook_test(*checks) if checks else ""
+    condition = lower.hooked(*checks) if checks else ""
     if condition:
         lower.emit(f"if {condition}:")
         lower.indent += 1
@@ -102,8 +102,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
     if condition:
         lower.indent -= 1
-    if hooks.get(fused.out.name):
-        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+    lower.through_hook(var, hooks.get(fused.out.name))
     batched = any(lower.values[n].batched for n in fused.reads)
     lower.values[fused.out.name] = Value(var, batched)
 
@@ -121,7 +120,7 @@ def _grouped(lower: Lowering, fused: FusedAttention) -> bool:
 def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     hook = hooks.get(fused.normalized.name) if fused.normalized is not None else None
     if hook:
-        lower.emit(f"if {lower.hook_test(hook)}:")
+        lower.emit(f"if {lower.hooked(hook)}:")
         lower.indent += 1
         lower.equation(fused.normalized, lower.ns(f"value:{fused.normalized.name}",
                                                  fused.normalized.name), hook)
@@ -147,6 +146,5 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     lower.emit(f"{var} = {code}")
     if hook:
         lower.indent -= 1
-    if hooks.get(fused.out.name):
-        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+    lower.through_hook(var, hooks.get(fused.out.name))
     lower.values[fused.out.name] = Value(var, lower.values[fused.argument].batched)
