@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 

@@ -50,18 +50,19 @@ class FrozenNorm:
         return torch.rsqrt(spread + self.eps)
 
 
-def _boxes(node):
+def boxes(node):
+    """Every box in an expression, outermost first."""
     if isinstance(node, ir.Box):
         yield node
-        yield from _boxes(node.argument)
+        yield from boxes(node.argument)
     elif isinstance(node, ir.Mask):
-        yield from _boxes(node.argument)
+        yield from boxes(node.argument)
     elif isinstance(node, ir.Sum):
         for t in node.terms:
-            yield from _boxes(t)
+            yield from boxes(t)
     elif isinstance(node, ir.Term):
         for f in node.factors:
-            yield from _boxes(f)
+            yield from boxes(f)
 
 
 def freeze_norms(program):
@@ -78,7 +79,7 @@ def freeze_norms(program):
     sites: dict[tuple[int, int], dict] = {}
     frozen_by_site: list[tuple[tuple[int, int], ir.Equation, ir.Box]] = []
     for eq in network.equations:
-        for box in _boxes(eq.rhs):
+        for box in boxes(eq.rhs):
             if box.function not in NORMS:
                 continue
             key = (box.span.start, box.span.end)

@@ -32,11 +32,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from tndsl.lang import ir
 from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
 from tndsl.interp.cache import ActivationCache
 from tndsl.interp.residual import HeadResult, layer_of, residual_stream
 from tndsl.interp.terms import Terms, legs_of, lengths_of
-from tndsl.lang import ir
 
 Hook = Callable[..., "torch.Tensor | None"]
 # Which hook points: one name or glob (`blocks.*.attn.pattern`), a list of them, or a

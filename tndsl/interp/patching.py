@@ -21,7 +21,7 @@ gradient × difference, in one forward and backward per input pair.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -46,7 +46,6 @@ class Sweep:
     clean: float
     corrupted: float
     kind: str = "activation patching"
-    labels: tuple = field(default=())
 
     def plot(self, title: str | None = None, **options):
         """A heatmap (points × the first leg swept), returned as a matplotlib figure."""

@@ -28,10 +28,9 @@ import sympy
 
 from tndsl.lang import ir
 from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
+from tndsl.interp.freeze import DEFAULT_EPS, NORMS, boxes
 from tndsl.interp.paths import default_through, head_dims, opaque
 
-NORMS = ("layernorm", "rmsnorm")
-DEFAULT_EPS = 1e-5
 
 
 def layer_of(path: str) -> int | None:
@@ -233,7 +232,7 @@ def _analyse(network: ir.Network) -> ResidualStream:
 
     norms = []
     for eq in network.equations:
-        for box in _boxes(eq.rhs):
+        for box in boxes(eq.rhs):
             if box.function not in NORMS or len(box.argument.terms) != 1:
                 continue
             term = box.argument.terms[0]
@@ -390,20 +389,6 @@ def _key(component: Component) -> tuple:
 
 def _dims(eq: ir.Equation) -> dict[str, str]:
     return {leg.name: leg.dim for leg in eq.index_dims or eq.legs or ()}
-
-
-def _boxes(node):
-    if isinstance(node, ir.Box):
-        yield node
-        yield from _boxes(node.argument)
-    elif isinstance(node, ir.Mask):
-        yield from _boxes(node.argument)
-    elif isinstance(node, ir.Sum):
-        for t in node.terms:
-            yield from _boxes(t)
-    elif isinstance(node, ir.Term):
-        for f in node.factors:
-            yield from _boxes(f)
 
 
 __all__ = ["Component", "HeadResult", "Norm", "ResidualStream", "State", "layer_of",
