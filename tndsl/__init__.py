@@ -23,11 +23,12 @@ from tndsl.program import Program, load, parse
 __version__ = "0.1.0"
 
 
-def from_pretrained(folder, dtype=None, *, context=None):
-    """The compiled model of a Hugging Face checkpoint folder with its weights loaded;
-    see `tndsl.models` (docs/families.md lists the families)."""
+def from_pretrained(folder, dtype=None, *, context=None, tn=None):
+    """The compiled model of a Hugging Face checkpoint folder with its weights loaded
+    (`tn`: into your own `.tn` file instead of the family's); see
+    `tndsl.models.from_pretrained` (docs/families.md lists the families)."""
     from tndsl.models import from_pretrained as load_family
-    return load_family(folder, dtype, context=context)
+    return load_family(folder, dtype, context=context, tn=tn)
 
 
 # Public names reached as attributes of `tndsl`, imported on first use.

@@ -446,19 +446,23 @@ def _constant_along(mono: _Mono, eq: ir.Equation) -> bool:
     return any(i not in carried for i in eq.indices)
 
 
-def _simplify(mono: _Mono, outputs: tuple[str, ...] = ()) -> _Mono:
-    """Drop `ones[i]` where other factors still carry i (multiplying by 1 at every i):
-    twice if i is summed (once would leave it an open leg), once if it is an output leg."""
-    kept, owners = [], []
+def _simplify(mono: _Mono, free: Sequence[str]) -> _Mono:
+    """Drop `ones[i]` where it multiplies by 1 at every i: where another factor carries
+    i and i stays a leg of the term without it (free, or carried twice more). A bias
+    read through an attention pattern, `pattern[p, s] * b[e] * ones[s]`, keeps its
+    `ones[s]`: it is the sum over s. Each factor keeps its owner (`_Mono.owners`)."""
+    open_legs = set(free) | {h.index for h in mono.heads}
+    keep = [True] * len(mono.factors)
     for k, (name, indices) in enumerate(mono.factors):
-        if name == ir.ONES:
-            others = [i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
-                      for i in idx]
-            if all(others.count(i) >= (1 if i in outputs else 2) for i in indices):
-                continue
-        kept.append((name, indices))
-        owners.append(mono.owners[k])
-    return _Mono(mono.coefficient, tuple(kept), mono.heads, tuple(owners))
+        if name != ir.ONES:
+            continue
+        rest = [i for j, (n, idx) in enumerate(mono.factors)
+                if keep[j] and not (n == name and idx == indices) for i in idx]
+        if all(i in rest and (i in open_legs or rest.count(i) >= 2) for i in indices):
+            keep[k] = False
+    return _Mono(mono.coefficient,
+                 tuple(f for f, kept in zip(mono.factors, keep) if kept), mono.heads,
+                 tuple(o for o, kept in zip(mono.owners, keep) if kept))
 
 
 def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
