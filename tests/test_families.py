@@ -125,7 +125,7 @@ def test_a_context_is_a_positive_integer_within_the_learnt_positions(tmp_path):
     model_class, config = CASES["bert"]()   # 32 learnt positions
     save(model_class, config, tmp_path)
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="context must be a positive integer"):
+        with pytest.raises(ValueError, match="context must be a positive whole number"):
             tndsl.from_pretrained(tmp_path, context=bad)
     with pytest.raises(WeightsError, match="context = 33 is longer than the 32 positions"):
         tndsl.from_pretrained(tmp_path, context=33)
