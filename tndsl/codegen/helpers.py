@@ -5,7 +5,7 @@ only as identifiers (`codegen.names`) or `repr()` literals, never through here.
 """
 from __future__ import annotations
 
-from tndsl.codegen import fixed as fixed_forms, fused as fused_forms
+from tndsl.codegen import decode as decode_forms, fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
@@ -129,10 +129,12 @@ def _check_input(value, name, shape, ids, at_most=()):
         raise ValueError(f"input {name} must have shape (..., {want}), got {tuple(value.shape)}")
 ''',
     "_positions": '''
-def _positions(t, axis):
-    """Index positions along `axis` (negative), shaped to broadcast over the later dims."""
+def _positions(t, axis, cache=None):
+    """Index positions along `axis` (negative), shaped to broadcast over the later dims;
+    with a decoding cache, after the positions it holds (this call's new ones)."""
     n = t.size(axis)
-    return torch.arange(n, device=t.device).view((n,) + (1,) * (-axis - 1))
+    start = 0 if cache is None else cache.length
+    return torch.arange(start, start + n, device=t.device).view((n,) + (1,) * (-axis - 1))
 ''',
     "_masked_softmax": '''
 def _masked_softmax(t, keep, legs):
@@ -206,8 +208,9 @@ if _onednn_linear is None:  # nothing to choose between: no tests per call
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
+    **decode_forms.HELPERS,
 }
-HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",)}
+HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",), **decode_forms.DEPENDENCIES}
 # Emitted first: the classes below use it at construction.
 FIRST = ("HookPoint",)
 

@@ -100,7 +100,29 @@ class Lowering:
         self.weight_merges: list[tuple[str, tuple[int, ...]]] = []
         self.tests_hooks = False  # a hook test was emitted: the body binds prologue.HOOKS
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
+        # Incremental decoding (codegen.decode): the plan, this class's path, the cache
+        # argument's name (None: this class takes no cache), the equation being lowered.
+        self.decode, self.path, self.cache, self.current = None, "", None, ""
+        # name -> the value at every position so far, where a cached value is also read
+        # at the new positions only (and so keeps its own variable for those)
+        self.all_values: dict[str, Value] = {}
         self.bias = None    # the last term, if it was a broadcast param (a bias)
+
+    def decoding(self, plan, path: str, cache: str) -> None:
+        self.decode, self.path, self.cache = plan, path, cache
+
+    def position_role(self, index: str) -> str | None:
+        """`new` / `all` for a position index of the equation being lowered (None: not a
+        position, or no decoding in this class)."""
+        if self.cache is None:
+            return None
+        name = f"{self.path}.{self.current}" if self.path else self.current
+        return self.decode.role(name, index)
+
+    def at_new_positions(self, index: str) -> str:
+        """The extra argument a position helper takes for `index`: the cache where the
+        index runs over this call's new positions."""
+        return f", {self.cache}" if self.position_role(index) == "new" else ""
 
     def hook_test(self, *hook_points: str) -> str:
         """The condition to call these hook points under (`prologue.hook_test`)."""
@@ -125,6 +147,7 @@ class Lowering:
     def equation(self, eq: ir.Equation, var: str, hook: str | None) -> None:
         """`var = <eq's value>`, then through its hook point (code `hook`, if any)."""
         self.index_dims = {leg.name: leg.dim for leg in eq.index_dims}
+        self.current = eq.name
         self.emit(f"# {python_comment(printer.equation_line(eq))}")
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
         self.emit(f"{var} = {expr}")
@@ -171,6 +194,9 @@ class Lowering:
                     ones.update(factor.indices)
                     continue
                 value = self.values[factor.name]
+                if factor.name in self.all_values and any(
+                        self.position_role(i) == "all" for i in factor.indices):
+                    value = self.all_values[factor.name]  # cached and new positions
                 if value.fixed is not None:
                     fixeds.append((factor, value.fixed))
                     continue
@@ -393,12 +419,23 @@ class Lowering:
     def _keep(self, conditions, var: str, layout: Sequence[str]) -> str:
         self.helpers.add("_positions")
         parts = []
+        pairs = []
         for cond in conditions:
-            left = f"_positions({var}, {layout.index(cond.left) - len(layout)})"
-            right = f"_positions({var}, {layout.index(cond.right) - len(layout)})"
+            left = f"_positions({var}, {layout.index(cond.left) - len(layout)}" \
+                   f"{self.at_new_positions(cond.left)})"
+            right = f"_positions({var}, {layout.index(cond.right) - len(layout)}" \
+                    f"{self.at_new_positions(cond.right)})"
             if cond.offset != 0:  # a varying dim in it is read at run time
                 right = f"({right} + {self._scalar_code(cond.offset)})"
             parts.append(f"({left} {cond.op} {right})")
+            for a, b in ((cond.left, cond.right), (cond.right, cond.left)):
+                if self.position_role(a) == "all" and self.position_role(b) == "new":
+                    pairs.append((a, b))
+        if pairs:  # keys of a decoding call: never a row's left padding
+            self.helpers.add("_unpadded")
+            key, query = pairs[0]
+            parts.append(f"_unpadded({self.cache}, {var}, {layout.index(key) - len(layout)}, "
+                         f"{layout.index(query) - len(layout)})")
         return " & ".join(parts)
 
     # ---- sizes, scalars, temporaries -------------------------------------------------

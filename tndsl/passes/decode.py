@@ -46,6 +46,10 @@ class DecodeError(TnError):
     """Incremental decoding is not valid for this program (or cannot be derived)."""
 
 
+class NoPositions(DecodeError):
+    """The program has no position dim: it is not a sequence model."""
+
+
 @dataclass(frozen=True)
 class DecodePlan:
     """What the code generator needs to decode incrementally.
@@ -60,6 +64,7 @@ class DecodePlan:
     roles: Mapping[str, tuple[str | None, ...]]
     index_roles: Mapping[str, Mapping[str, str]]
     cached: tuple[tuple[str, int], ...]
+    also_new: frozenset[str] = frozenset()  # cached names also read at the new positions
 
     def is_cached(self, name: str) -> bool:
         return any(name == c for c, _ in self.cached)
@@ -135,7 +140,7 @@ def derive(network: ir.Network, sizes: Mapping[str, int | None]) -> DecodePlan:
         roles[tensor.name] = tuple(leg_roles)
 
     # ---- what is kept across calls --------------------------------------------------------
-    cached = []
+    cached, also_new = [], set()
     for name in [t.name for t in network.tensors if t.kind == "input"] + \
             [eq.name for eq in order]:
         wanted = demand.get(name)
@@ -149,6 +154,8 @@ def derive(network: ir.Network, sizes: Mapping[str, int | None]) -> DecodePlan:
                         f"incremental decoding: `{name}` would have to be kept for every "
                         "earlier position along one position leg of several", where)
                 cached.append((name, k))
+                if NEW in want:
+                    also_new.add(name)
 
     # ---- forwards: nothing at a position may depend on a later one ------------------------
     bounds: dict[str, set[tuple[int, int]]] = {}
@@ -169,7 +176,7 @@ def derive(network: ir.Network, sizes: Mapping[str, int | None]) -> DecodePlan:
         bounds[eq.name] = {(eq.indices.index(a), eq.indices.index(b)) for a, b in found
                            if a in eq.indices and b in eq.indices}
     return DecodePlan(dim, roles, {k: dict(v) for k, v in index_roles.items()},
-                      tuple(cached))
+                      tuple(cached), frozenset(also_new))
 
 
 # ---- the position dim and causal conditions ----------------------------------------------
@@ -232,7 +239,7 @@ def _position_dim(network: ir.Network, sizes) -> str:
     if len(found) == 1:
         return next(iter(found))
     if not found:
-        raise DecodeError(
+        raise NoPositions(
             "incremental decoding needs a position dim: no causal mask (`where s <= p`) "
             "and no token input says which legs are positions",
             hint="declare the tokens as `input tokens[p: Context, v: onehot Vocab]`")
