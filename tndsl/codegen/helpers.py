@@ -136,6 +136,15 @@ def _positions(t, axis, cache=None):
     start = 0 if cache is None else cache.length
     return torch.arange(start, start + n, device=t.device).view((n,) + (1,) * (-axis - 1))
 ''',
+    "_topk": '''
+def _topk(t, legs, k):
+    """The `k` largest entries over the last `legs` dims kept, the others 0."""
+    flat = t.flatten(-legs) if legs > 1 else t
+    k = min(k, flat.size(-1))
+    values, indices = flat.topk(k, dim=-1)
+    kept = torch.zeros_like(flat).scatter(-1, indices, values)
+    return kept.view(t.shape) if legs > 1 else kept
+''',
     "_masked_softmax": '''
 def _masked_softmax(t, keep, legs):
     """Softmax over the last `legs` dims where `keep` holds; masked entries, and rows with

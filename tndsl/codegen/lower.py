@@ -48,6 +48,7 @@ ELEMENTWISE = {
     "silu": "F.silu({})",
     "exp": "torch.exp({})",
     "identity": "{}",
+    "step": "torch.relu(torch.sign({}))",
 }
 
 
@@ -413,6 +414,9 @@ class Lowering:
             self.helpers.add("_rmsnorm")
             eps = EPS if factor.eps is None else factor.eps
             return f"_rmsnorm({code}, {k}, {eps!r})", layout, batched
+        if factor.function == "topk":
+            self.helpers.add("_topk")
+            return f"_topk({code}, {k}, {int(factor.eps)!r})", layout, batched
         raise TnError(f"the compiler has no implementation of box `{factor.function}`",
                       factor.span)
 

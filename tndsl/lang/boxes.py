@@ -27,9 +27,12 @@ _KINDS = [
     BoxKind("silu", False, "x sigmoid(x)"),
     BoxKind("exp", False, "exponential"),
     BoxKind("identity", False, "x, drawn as a box: marks a sub-network without changing it"),
+    BoxKind("step", False, "1 where x > 0, else 0 (Heaviside); JumpReLU is relu(x) step(x - θ)"),
     BoxKind("softmax", True, "exp(x) / Σ exp(x) along the legs; masked entries get 0"),
     BoxKind("layernorm", True, "(x - mean) / sqrt(var + 1e-5) along the legs, no affine part"),
     BoxKind("rmsnorm", True, "x / sqrt(mean(x²) + 1e-5) along the legs, no affine part"),
+    BoxKind("topk", True, "the k largest entries along the legs kept, the rest 0: "
+                          "`topk[f](x, k)` (a TopK sparse autoencoder)"),
 ]
 
 BOXES: dict[str, BoxKind] = {kind.name: kind for kind in _KINDS}

@@ -659,7 +659,17 @@ class _Elaborator:
 # ---- expression algebra helpers ---------------------------------------------------------
 
 def _box_eps(function: str, e: ast.LegBox, scalars: Scalars, env) -> float | None:
-    """`rmsnorm[m](x, 1e-6)`: a norm's second argument is its eps."""
+    """`rmsnorm[m](x, 1e-6)`: a norm's second argument is its eps; `topk[f](x, 32)`'s is
+    its count (kept in the same field: the box's one number)."""
+    if function == "topk":
+        if len(e.options) != 1:
+            raise TnError("`topk` takes an argument and the number of entries to keep, "
+                          "`topk[f](x, k)`", e.options[1].span if e.options else e.span)
+        k = scalars.real(e.options[0], env, "the count of `topk`")
+        if k != int(k) or k < 1:
+            raise SizeError(f"the count of `topk` must be a whole number >= 1, not {k:g}",
+                            e.options[0].span)
+        return int(k)
     if not e.options:
         return None
     if function not in ("layernorm", "rmsnorm") or len(e.options) > 1:

@@ -32,6 +32,7 @@ _ELEMENTWISE = {
     "silu": lambda x: x / (1 + torch.exp(-x)),
     "exp": torch.exp,
     "identity": lambda x: x,
+    "step": lambda x: torch.where(x > 0, torch.ones_like(x), torch.zeros_like(x)),
 }
 
 
@@ -138,6 +139,15 @@ class Reference:
             return (value - mean) / torch.sqrt(variance + eps)
         if factor.function == "rmsnorm":
             return value / torch.sqrt((value ** 2).sum(dim=axes, keepdim=True) / n + eps)
+        if factor.function == "topk":  # rank every entry by a stable descending sort
+            moved = value.movedim(axes, list(range(value.dim() - len(axes), value.dim())))
+            flat = moved.reshape(moved.shape[:moved.dim() - len(axes)] + (-1,))
+            order = torch.argsort(-flat, dim=-1, stable=True)
+            rank = torch.empty_like(order).scatter_(-1, order, torch.arange(
+                flat.size(-1)).expand_as(order).contiguous())
+            kept = torch.where(rank < int(factor.eps), flat, torch.zeros_like(flat))
+            return kept.reshape(moved.shape).movedim(
+                list(range(value.dim() - len(axes), value.dim())), axes)
         raise NotImplementedError(f"reference has no box {factor.function!r}")
 
     def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
