@@ -40,9 +40,10 @@ def _rotary(x, position, axis, rotated, base, inverse, cache=None):
 
 def _rotary_at(x, cache, rotated, base, inverse):
     """cos and signed sin at this call's positions (x: [..., n, rotated-or-more]): from a
-    table for a power-of-two number of positions, so a step of decoding reuses it."""
+    table for the cache's `max_length` positions (one size: torch.compile need not
+    specialise on the length), else for a power of two, so decoding steps reuse it."""
     n, start = x.size(-2), cache.length
-    size = 1 << max(start + n - 1, 1).bit_length()
+    size = cache.max_length or 1 << max(start + n - 1, 1).bit_length()
     cos, sin = _rotary_table(size, rotated, base, inverse, x.dtype, x.device)
     if cache.pad is None:
         return cos[start:start + n], sin[start:start + n]

@@ -200,11 +200,13 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 
 
 def _linear(x, weight, bias=None):
-    """F.linear(x, weight, bias); for plain float32 CPU tensors with no autograd graph to
-    record, through oneDNN's kernel."""
+    """F.linear(x, weight, bias); for plain float32 CPU tensors of at least four rows with
+    no autograd graph to record, through oneDNN's kernel (for one or two rows, a decoding
+    step, BLAS's matrix-vector product is faster: docs/performance.md)."""
     if (x.dtype is torch.float32 and x.device.type == "cpu" and type(x) is torch.Tensor
             and type(weight) in _PLAIN
             and (bias is None or type(bias) in _PLAIN) and x.dim() >= 2
+            and x.numel() >= 4 * x.size(-1)  # a row or two (a decoding step): BLAS's gemv
             and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))):
