@@ -220,3 +220,16 @@ def test_a_non_causal_file_cannot_generate_and_says_where(tmp_path):
     assert "bidirectional.tn:7" in str(info.value) and "causal" in str(info.value)
     assert tndsl.generate(model, torch.tensor([1, 2, 3]), 2, use_cache=False).tokens.shape \
         == (1, 5)
+
+
+def test_the_tutorial_steering_script_runs_on_the_documented_api(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "steering", __import__("pathlib").Path(__file__).resolve().parent.parent
+        / "examples" / "steering.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.main(tmp_path)
+    assert (tmp_path / "sae-steering.png").stat().st_size > 1000
+    assert result["steered"].tokens.tolist() != result["plain"].tokens.tolist()
+    assert result["steered"].text[0].startswith("<s> the golden gate bridge is")

@@ -217,7 +217,9 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
                        zip(_until_stop(sequence, tokens.size(1), stops), pad.tolist())]
         result.new_text = [tokenizer.decode(row) for row in _until_stop(new_tokens, 0, stops)]
     if names:
-        result.cache = {name: _assemble(values, plan, name) for name, values in captured.items()}
+        counts = [tokens.size(1)] + [1] * (len(next(iter(captured.values()))) - 1)
+        result.cache = {name: _assemble(values, plan, name, counts)
+                        for name, values in captured.items()}
     if return_logits:
         result.logits = torch.stack(step_logits, dim=1) if step_logits else None
     return result
@@ -371,15 +373,20 @@ def _store(values: list):
     return hook
 
 
-def _assemble(values: list[torch.Tensor], plan, name: str) -> torch.Tensor:
+def _assemble(values: list[torch.Tensor], plan, name: str, counts: list[int]
+              ) -> torch.Tensor:
     """One hook point's values from every step as one tensor over all positions:
     joined along its new-position legs, each step's key legs padded with zeros to the
-    final length. Without a plan (a model from elsewhere) the values stay a list."""
+    final length. The legs' roles come from the decoding plan; for a hook point the
+    program does not know (an attached SAE's), the new-position leg is the one whose
+    size was each step's number of new positions (`counts`)."""
     if len(values) == 1:
         return values[0]
     roles = plan.roles.get(name) if plan is not None else None
-    if roles is None or not any(r is not None for r in roles):
-        return values if roles is None else values[0]  # not position-dependent
+    if roles is None:
+        roles = _roles_from_shapes(values, counts)
+    if not any(r is not None for r in roles):
+        return values[-1]  # not position-dependent: the same every step
     n = len(roles)
     new_axes = [k - n for k, r in enumerate(roles) if r == NEW]
     key_axes = [k - n for k, r in enumerate(roles) if r is not None and r != NEW]
@@ -395,6 +402,15 @@ def _assemble(values: list[torch.Tensor], plan, name: str) -> torch.Tensor:
     if not new_axes:
         return parts[-1]
     return torch.cat(parts, dim=new_axes[0])
+
+
+def _roles_from_shapes(values: list[torch.Tensor], counts: list[int]) -> tuple:
+    """`new` for the first axis (batch excluded) sized as each step's new positions."""
+    rank = values[0].dim()
+    for axis in range(1, rank) if rank > 1 else range(rank):
+        if all(v.dim() == rank and v.size(axis) == c for v, c in zip(values, counts)):
+            return tuple(NEW if k == axis else None for k in range(rank))
+    return (None,) * rank
 
 
 def _progress(total: int, wanted: bool | None):
