@@ -212,7 +212,7 @@ def test_paths_through_rotary_and_grouping_sum_to_the_value(llama_attn, length):
 
 
 def test_llama_example_paths_read_its_fixed_tensors():
-    program = tndsl.load(ROOT / "examples" / "llama.tn", dims={
+    program = tndsl.load(ROOT / "examples" / "mistral.tn", dims={
         "Context": 6, "Vocab": 10, "Model": 16, "Heads": 4, "KVHeads": 2, "Head": 4,
         "Hidden": 8, "Layers": 2, "Window": 6})
     model = program.module(["logits", "blocks.1.attn.scores", "blocks.1.attn.z"]).double()

@@ -120,7 +120,7 @@ def test_a_dim_that_cannot_be_sharded_is_the_same_located_error_as_cost(capsys):
     code, _, err = run("compile", LLAMA, "--shard", "Heads", "--ranks", "4", "--dim", "Heads=8",
                        "--dim", "KVHeads=2")
     assert code == 1
-    assert "llama.tn:28:1: error: the grouping `group` cannot be split evenly" in err
+    assert "llama.tn:27:1: error: the grouping `group` cannot be split evenly" in err
 
 
 def test_a_top_level_name_that_would_hide_the_method_is_a_located_error():

@@ -6,114 +6,52 @@ logits must equal HF's on the same tokens: within 1e-4 in float32, and within 1e
 float64. For float64, HF is made a float64 oracle first: by design it computes rotary
 angles and RMS norms in float32 even in a float64 model (and eager attention's softmax,
 so SDPA is used), which alone differs by ~1e-7; the test replaces those two forwards
-with the same formulas in float64 (`_float64_oracle`), written here, independently.
+with the same formulas in float64 (`hf_models.float64_oracle`), written independently.
 """
-import math
-
 import pytest
 import torch
-import transformers  # a test dependency (pyproject's `test` extra): the oracle
+import transformers
 
 import tndsl
+from hf_models import CASES, FAMILY_OF, TOKENS, float64_oracle, save, tokens
 from tndsl.models import WeightsError, load_hf
-
-TOKENS = 10  # shorter than every config's context (and longer than Mistral's window)
-
-
-def _randomize(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return model
+from tndsl.models.tables import FAMILIES
 
 
-def _save(model_class, config, folder, seed=0):
-    model = _randomize(model_class(config), seed).eval()
-    model.save_pretrained(folder)
-    return model
-
-
-def _float64_oracle(model):
-    """HF's forwards with their float32 casts removed (see the module docstring)."""
-    for module in model.modules():
-        kind = type(module).__name__
-        if kind.endswith("RMSNorm"):
-            eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-            plus_one = kind.startswith("Gemma")
-
-            def norm(x, module=module, eps=eps, plus_one=plus_one):
-                y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-                return y * (1 + module.weight) if plus_one else y * module.weight
-            module.forward = norm
-        elif kind.endswith("RotaryEmbedding"):
-            rope = module.config.rope_parameters
-            dim = module.inv_freq.numel() * 2
-            inverse = 1 / rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64)
-                                                 / dim)
-
-            def rotary(x, position_ids, inverse=inverse):
-                angles = position_ids[..., None].to(torch.float64) * inverse
-                angles = torch.cat((angles, angles), dim=-1)
-                return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-            module.forward = rotary
-    return model
-
-
-def _tokens(vocab, seed=1):
-    return torch.randint(0, vocab, (2, TOKENS), generator=torch.Generator().manual_seed(seed))
-
-
-SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-             num_attention_heads=4, max_position_embeddings=64)
-
-CASES = {
-    "llama": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
-        **SMALL, num_key_value_heads=2, rope_theta=5000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=False)),
-    "llama_tied_mha": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
-        **SMALL, num_key_value_heads=4, tie_word_embeddings=True)),
-    "mistral_window": lambda: (transformers.MistralForCausalLM, transformers.MistralConfig(
-        **SMALL, num_key_value_heads=1, sliding_window=4, rope_theta=20000.0)),
-    "pythia": lambda: (transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig(
-        **{**SMALL, "intermediate_size": 256}, rotary_pct=0.5, rotary_emb_base=7000,
-        hidden_act="gelu", use_parallel_residual=True)),
-    "qwen2": lambda: (transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
-        **SMALL, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True)),
-    "gemma": lambda: (transformers.GemmaForCausalLM, transformers.GemmaConfig(
-        **SMALL, num_key_value_heads=1, head_dim=32, hidden_activation="gelu_pytorch_tanh")),
-}
+def test_every_family_has_a_case():
+    assert {f.name for f in FAMILIES} <= set(FAMILY_OF.values())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_family_equals_hugging_face_in_float32_and_float64(case, tmp_path):
+    from tndsl.models.tables import FAMILIES
+    tolerance = next(f.tolerance for f in FAMILIES if f.name == FAMILY_OF[case])
     model_class, config = CASES[case]()
-    config._attn_implementation = "sdpa"
-    hf = _save(model_class, config, tmp_path)
-    tokens = _tokens(config.vocab_size)
+    hf = save(model_class, config, tmp_path)
+    ids = tokens(config.vocab_size)
 
     module = tndsl.from_pretrained(tmp_path)
     with torch.no_grad():
-        expected = hf(tokens).logits
-        actual = module(tokens)
+        expected = hf(ids).logits
+        actual = module(ids)
     assert actual.dtype == torch.float32
     assert expected.abs().max() > 1  # random weights large enough to mean something
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
-    oracle = _float64_oracle(hf.to(torch.float64))
+    oracle = float64_oracle(hf.to(torch.float64))
     module64 = tndsl.from_pretrained(tmp_path, torch.float64)
     with torch.no_grad():
-        expected = oracle(tokens).logits
-        actual = module64(tokens)
+        expected = oracle(ids).logits
+        actual = module64(ids)
     assert actual.dtype == torch.float64
-    assert (actual - expected).abs().max().item() < 1e-10
+    assert (actual - expected).abs().max().item() < tolerance
 
 
 def test_gpt2_through_from_pretrained_with_a_shorter_context(tmp_path):
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=97,
                                      n_positions=32)
-    hf = _save(transformers.GPT2LMHeadModel, config, tmp_path).to(torch.float64)
-    tokens = _tokens(97)
+    hf = save(transformers.GPT2LMHeadModel, config, tmp_path).to(torch.float64)
+    tokens = tokens(97)
     module = tndsl.from_pretrained(tmp_path, torch.float64, context=TOKENS)
     with torch.no_grad():
         assert (module(tokens) - hf(tokens).logits).abs().max().item() < 1e-10
@@ -121,7 +59,7 @@ def test_gpt2_through_from_pretrained_with_a_shorter_context(tmp_path):
 
 def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
     model_class, config = CASES["llama"]()
-    hf = _save(model_class, config, tmp_path / "one")
+    hf = save(model_class, config, tmp_path / "one")
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     one, sharded = load_hf(tmp_path / "one")[1], load_hf(tmp_path / "sharded")[1]
@@ -130,11 +68,11 @@ def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
 
 
 def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     with pytest.raises(WeightsError) as info:
         tndsl.from_pretrained(tmp_path)
     message = str(info.value)
-    assert "'bert'" in message
+    assert '"t5"' in message
     for supported in ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma"):
         assert supported in message
 
@@ -142,7 +80,7 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
 def test_missing_extra_and_misshapen_tensors_are_one_error_listing_all(tmp_path):
     from safetensors.torch import load_file, save_file
     model_class, config = CASES["qwen2"]()
-    _save(model_class, config, tmp_path)
+    save(model_class, config, tmp_path)
     path = tmp_path / "model.safetensors"
     tensors = load_file(str(path))
     del tensors["model.layers.1.self_attn.k_proj.bias"]
@@ -160,9 +98,9 @@ def test_missing_extra_and_misshapen_tensors_are_one_error_listing_all(tmp_path)
 def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
     from tndsl.interp import circuits, hooks
     model_class, config = CASES["llama"]()  # 4 query heads on 2 key/value heads
-    hf = _save(model_class, config, tmp_path).to(torch.float64)
+    hf = save(model_class, config, tmp_path).to(torch.float64)
     module = tndsl.from_pretrained(tmp_path, torch.float64)
-    tokens = _tokens(config.vocab_size)
+    tokens = tokens(config.vocab_size)
     logits, cache = hooks.run_with_cache(module, tokens, names=["blocks.0.attn.k_pre",
                                                                 "blocks.0.attn.pattern"])
     assert cache["blocks.0.attn.k_pre"].shape == (2, TOKENS, 2, 16)  # [.., p, g, f]

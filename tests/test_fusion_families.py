@@ -10,7 +10,7 @@ from tndsl.interp.hooks import run_with_cache
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
 from conftest import ROOT
 
-LLAMA = ROOT / "examples" / "llama.tn"
+LLAMA = ROOT / "examples" / "mistral.tn"  # Llama with its sliding window
 # 3 query heads per key/value head; Context has no size (any length runs).
 SMALL = {"Vocab": 11, "Model": 24, "Heads": 6, "KVHeads": 2, "Head": 4, "Hidden": 10,
          "Layers": 2}

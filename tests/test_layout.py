@@ -64,8 +64,8 @@ def _copies(model, *args) -> set[str]:
 
 @pytest.mark.parametrize("example, dims", [
     ("gpt2_small.tn", {"Layers": 2, "Context": 16, "Model": 64, "Heads": 4, "Vocab": 50}),
-    ("llama.tn", {"Layers": 2, "Model": 64, "Heads": 4, "KVHeads": 2, "Head": 16,
-                  "Vocab": 50, "Hidden": 96, "Window": 16}),
+    ("mistral.tn", {"Layers": 2, "Model": 64, "Heads": 4, "KVHeads": 2, "Head": 16,
+                    "Vocab": 50, "Hidden": 96, "Window": 16}),
 ])
 def test_the_forward_copies_no_weight(example, dims):
     program = tndsl.load(ROOT / "examples" / example, dims=dims)

@@ -23,14 +23,14 @@ from tndsl.program import Program, load, parse
 __version__ = "0.1.0"
 
 
-def from_pretrained(folder, dtype=None, *, context=None):
+def from_pretrained(folder, dtype=None, *, context=None, tn=None):
     """The compiled model of a Hugging Face checkpoint folder with its weights loaded;
     see `tndsl.models` (docs/families.md lists the families). With the folder's
     tokenizer (`model.tokenizer`, None without a tokenizer.json) and the methods
     `generate`, `to_tokens`, `to_str_tokens`, `to_string` (`tndsl.interp.generate`)."""
     from tndsl.models import from_pretrained as load_family
     from tndsl.interp.generate import add_text_methods
-    return add_text_methods(load_family(folder, dtype, context=context))
+    return add_text_methods(load_family(folder, dtype, context=context, tn=tn))
 
 
 def generate(model, prompt, max_new_tokens=20, **options):

@@ -17,10 +17,20 @@ from tndsl.lang.syntax import parse_module
 
 
 def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None,
-          consts: Mapping[str, float] | None = None) -> "Program":
+          consts: Mapping[str, float] | None = None, *,
+          extra_dims: str = "error") -> "Program":
     """Parse, elaborate and check `.tn` text; raise `TnError` listing every mistake found.
-    `dims` gives or overrides dim sizes by name, `consts` the values of consts."""
+    `dims` gives or overrides dim sizes by name, `consts` the values of consts. A size
+    for a dim the file does not declare is an error, unless `extra_dims="ignore"`
+    (passing one file's `program.sizes` to another); a size of None is always an error
+    (leave the dim out to keep the file's own size)."""
+    if extra_dims not in ("error", "ignore"):
+        raise ValueError(f"extra_dims must be 'error' or 'ignore', not {extra_dims!r}")
     module = parse_module(text, name)
+    if extra_dims == "ignore" and dims:
+        from tndsl.lang.syntax import ast
+        declared = {s.name.name for s in module.statements if isinstance(s, ast.DimDecl)}
+        dims = {k: v for k, v in dims.items() if k in declared}
     elaborated = elaborate(module, dims, consts)
     checked = check(elaborated.network)
     errors = ErrorSink()
@@ -33,15 +43,18 @@ def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = No
 
 
 def load(path: str | Path, dims: Mapping[str, int] | None = None,
-         consts: Mapping[str, float] | None = None) -> "Program":
+         consts: Mapping[str, float] | None = None, *,
+         extra_dims: str = "error") -> "Program":
     """Read and check a `.tn` file. `dims` gives or overrides dim sizes by name, `consts`
-    the values of consts (`const Eps = 1e-5`)."""
+    the values of consts (`const Eps = 1e-5`). `extra_dims="ignore"` drops sizes for
+    dims the file does not declare (by default they are an error); a size of None is
+    always an error."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise TnError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else e}")
-    return parse(text, str(path), dims, consts)
+    return parse(text, str(path), dims, consts, extra_dims=extra_dims)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ def resolve_sizes(dims: Mapping[str, ir.Dim], overrides: Mapping[str, int] | Non
             del overrides[name]
         elif not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             sink.add(SizeError(f"size given for `{name}` must be a positive integer, "
-                               f"not {value!r}", dims[name].span))
+                               f"not {value!r}", dims[name].span,
+                               hint=None if value is not None else
+                               f"leave `{name}` out of the sizes to keep the file's own "
+                               "(a program's `sizes` holds None for a dim without one)"))
             del overrides[name]
         elif value > MAX_DIM_SIZE:
             sink.add(SizeError(f"size given for `{name}` is {format_count(value)}, more than "

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from tndsl.models.tables import FAMILIES, Family
+from tndsl.models.tables import FAMILIES, Edit, Family
 from tndsl.models.tokenizer import Tokenizer
 from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
 
-SUPPORTED = tuple(sorted({"gpt2", *(t for f in FAMILIES for t in f.model_types)}))
+SUPPORTED = tuple(sorted({t for f in FAMILIES for t in f.model_types}))
 
 
 def examples_dir() -> Path:
@@ -65,15 +67,18 @@ def read_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     return _read_tensors(folder)
 
 
-def family_of(config: Mapping) -> Family | None:
+def family_of(config: Mapping) -> Family:
     model_type = config.get("model_type")
-    if model_type == "gpt2":
-        return None
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
-    raise WeightsError(f"unsupported model_type {model_type!r}; supported: "
+    raise WeightsError(f"unsupported model_type {_shown(model_type)}; supported: "
                        + ", ".join(SUPPORTED))
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _config_value(config: Mapping, keys: tuple[str, ...]):
@@ -86,52 +91,163 @@ def _config_value(config: Mapping, keys: tuple[str, ...]):
     return None
 
 
-def sizes_from_config(family: Family, config: Mapping) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class Resolved:
+    """What a config means for a family: the dims and consts to load the `.tn` file
+    with, and the edits its settings make (in the table's order)."""
+    dims: dict
+    consts: dict
+    edits: tuple[tuple[str, object, Edit], ...]   # (key, value, edit)
+    ignored: tuple[str, ...]                       # keys no table lists (warned about)
+
+
+def rope_settings(family: Family, config: Mapping) -> dict:
+    """The rotary settings as transformers reads them: `rope_scaling` if given (and not
+    empty), else `rope_parameters`; `rope_theta` and `partial_rotary_factor` from there,
+    else the legacy top-level keys, else the family's defaults. A `rope_scaling` or
+    `rope_parameters` that is not an object is refused, as transformers refuses it."""
+    rope = family.rope
+    chosen = None
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if value is None or value == {}:
+            continue
+        if not isinstance(value, Mapping):
+            raise WeightsError(f"config.json: {key} = {_shown(value)} is not an object "
+                               "(transformers refuses it too)",
+                               hint='e.g. "rope_parameters": {"rope_type": "default", '
+                                    '"rope_theta": 10000.0}')
+        if chosen is None:
+            chosen = (key, dict(value))
+    key, params = chosen or ("rope_parameters", {})
+    nested = [k for k in params if k in ("full_attention", "sliding_attention")]
+    if nested:
+        raise WeightsError(f"config.json: {key} gives rotary settings per layer type "
+                           f"({', '.join(nested)}); supported: one setting for all layers")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise WeightsError(f"config.json: {key}.rope_type = {_shown(rope_type)} is not "
+                           "supported; supported: \"default\" (no rotary scaling)",
+                           hint="linear, dynamic, llama3, yarn and longrope scaling change "
+                                "the rotary angles, which the family files do not model")
+    theta = params.get("rope_theta", _config_value(config, rope.theta_keys))
+    out = {"Theta": rope.theta_default if theta is None else theta}
+    if rope.fraction_default is not None:
+        fraction = params.get("partial_rotary_factor",
+                              _config_value(config, rope.fraction_keys))
+        out["RotaryFraction"] = rope.fraction_default if fraction is None else fraction
+    else:
+        fraction = params.get("partial_rotary_factor",
+                              _config_value(config, rope.fraction_keys))
+        if fraction is not None and fraction != 1:
+            raise WeightsError(f"config.json: partial_rotary_factor = {_shown(fraction)} "
+                               f"is not supported by the {family.name} family; supported: 1")
+    for name, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise WeightsError(f"config.json: the rotary {'base' if name == 'Theta' else 'fraction'} "
+                               f"must be a positive number, not {_shown(value)}")
+    return out
+
+
+def setting_value(setting, config: Mapping):
+    if setting.derive is not None:
+        return setting.derive(config)
+    return config[setting.key] if setting.key in config else setting.default
+
+
+def resolve(family: Family, config: Mapping) -> Resolved:
+    """Every config key the family's table lists, applied or refused: the dims and
+    consts, the rotary settings, and each `Setting`'s value (a `WeightsError` naming the
+    key, its value and the supported values when the file does not implement it)."""
+    edits = []
+    for setting in family.settings:
+        value = setting_value(setting, config)
+        edit = setting.edit_for(value)
+        if edit is None:
+            raise WeightsError(
+                f"config.json: {setting.key} = {_shown(value)} is not supported by the "
+                f"{family.name} family ({setting.effect}); supported: "
+                + ", ".join(setting.supported()))
+        edits.append((setting.key, value, edit))
     dims, consts, missing = {}, {}, []
-    for name, keys in family.dims.items():
+    extra_dims = {dim: key for _, _, edit in edits for dim, key in edit.dims.items()}
+    sources = {**family.dims, **{dim: (key,) for dim, key in extra_dims.items()}}
+    for name, keys in sources.items():
         value = _config_value(config, keys)
+        if value is None:
+            defaults = [setting_value(s, config) for s in family.settings if s.key in keys]
+            value = next((v for v in defaults if v is not None), None)
         if value is None and name == "Head":  # older configs: the head is Model / Heads
             hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
-            value = hidden // heads if isinstance(hidden, int) and isinstance(heads, int) \
-                and heads else None
+            value = hidden // heads if type(hidden) is int and type(heads) is int \
+                and heads > 0 and hidden % heads == 0 else None
         if value is None:
             missing.append(" or ".join(keys))
-        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        elif type(value) is not int or value <= 0:
             raise WeightsError(f"config.json: {keys[0]} must be a positive integer, "
-                               f"not {value!r}")
+                               f"not {_shown(value)}")
         else:
             dims[name] = value
+    if missing:
+        raise WeightsError("config.json lacks " + ", ".join(missing))
     for name, keys in family.consts.items():
         value = _config_value(config, keys)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise WeightsError(f"config.json: {keys[0]} must be a number, not {value!r}")
+                raise WeightsError(f"config.json: {keys[0]} must be a number, not "
+                                   f"{_shown(value)}")
             consts[name] = value
-    if missing:
-        raise WeightsError("config.json lacks " + ", ".join(missing))
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) \
-        if isinstance(rope, Mapping) else "default"
-    if rope_type not in ("default", None):
-        raise WeightsError(f"rotary scaling {rope_type!r} is not supported; supported: "
-                           "default (no scaling)")
-    return dims, consts
+    if family.rope is not None:
+        consts.update(rope_settings(family, config))
+    ignored = tuple(sorted(k for k in config if k not in family.known_keys))
+    return Resolved(dims, consts, tuple(edits), ignored)
+
+
+def sizes_from_config(family: Family, config: Mapping) -> tuple[dict, dict]:
+    """The dims and consts a config gives the family's file (its settings checked)."""
+    resolved = resolve(family, config)
+    return resolved.dims, resolved.consts
+
+
+def edited_source(family: Family, text: str, edits, name: str) -> str:
+    """The family's `.tn` text with each setting's edit made; an edit whose text is not
+    in the file is a `WeightsError` naming the setting (a user's own file that does not
+    have the family file's wording, or a table out of step with its file)."""
+    for key, value, edit in edits:
+        for old, new in edit.replace:
+            if old not in text:
+                raise WeightsError(
+                    f"config.json: {key} = {_shown(value)} changes the {family.name} "
+                    f"model, and {name} does not contain the text that setting edits: "
+                    f"{old!r}",
+                    hint="write the variant into your file, or use the family's file")
+            text = text.replace(old, new)
+    return text
+
+
+def _rows_with_edits(family: Family, edits) -> tuple[tuple, tuple, dict]:
+    top, layer, tied = list(family.top), list(family.layer), dict(family.tied)
+    for _, _, edit in edits:
+        top = [r for r in top if r[0] not in edit.drop] + list(edit.top)
+        layer = [r for r in layer if r[0] not in edit.drop] + list(edit.layer)
+        tied.update(edit.tie)
+    return tuple(top), tuple(layer), tied
 
 
 # ---- layouts: an HF tensor → a param of `shape` ------------------------------------------
 
-def _heads_in(t, shape):          # nn.Linear [heads * head, model] → [heads, model, head]
+def _heads_in(t, shape, sizes=None):   # nn.Linear [heads * head, model] → [heads, model, head]
     heads, model, head = shape
     return t.reshape(heads, head, model).permute(0, 2, 1)
 
 
-def _heads_out(t, shape):         # nn.Linear [model, heads * head] → [heads, head, model]
+def _heads_out(t, shape, sizes=None):  # nn.Linear [model, heads * head] → [heads, head, model]
     heads, head, model = shape
     return t.reshape(model, heads, head).permute(1, 2, 0)
 
 
 def _neox(j):
-    def take(t, shape):           # fused rows h * 3 * head + j * head + e
+    def take(t, shape, sizes):    # fused rows h * 3 * head + j * head + e
         if len(shape) == 3:
             heads, model, head = shape
             return t.reshape(heads, 3, head, model)[:, j].permute(0, 2, 1)
@@ -140,96 +256,219 @@ def _neox(j):
     return take
 
 
+def _neox_shape(s, sizes):
+    return (3 * s[0] * s[2], s[1]) if len(s) == 3 else (3 * s[0] * s[1],)
+
+
+def _stacked_bounds(sizes, j):
+    """Rows of part j of a projection stacked as [queries | keys | values]: all query
+    heads, then the key/value heads (Phi-3's qkv_proj, GPT-BigCode's multi-query)."""
+    heads, groups, head = sizes["Heads"], sizes.get("KVHeads", sizes["Heads"]), sizes["Head"]
+    edges = (0, heads * head, (heads + groups) * head, (heads + 2 * groups) * head)
+    return edges[j], edges[j + 1]
+
+
+def _stacked(j):
+    def take(t, shape, sizes):
+        start, stop = _stacked_bounds(sizes, j)
+        part = t[start:stop]
+        return _heads_in(part, shape) if len(shape) == 3 else part.reshape(shape)
+    return take
+
+
+def _stacked_shape(s, sizes):
+    rows = _stacked_bounds(sizes, 2)[1]
+    return (rows, s[1]) if len(s) == 3 else (rows,)
+
+
+def _half(j):                     # nn.Linear [2 * hidden, model], [gate | up] → [model, hidden]
+    def take(t, shape, sizes):
+        model, hidden = shape
+        return t.reshape(2, hidden, model)[j].T
+    return take
+
+
+# name → (take(tensor, param shape, sizes) → the param, expected HF shape(param shape,
+# sizes); None in it: any size, checked by the take).
 LAYOUTS = {
-    "same": (lambda t, shape: t, lambda s: s),
-    "transpose": (lambda t, shape: t.T, lambda s: s[::-1]),
-    "heads_in": (_heads_in, lambda s: (s[0] * s[2], s[1])),
-    "heads_out": (_heads_out, lambda s: (s[2], s[0] * s[1])),
-    "heads_bias": (lambda t, shape: t.reshape(shape), lambda s: (s[0] * s[1],)),
-    "neox_q": (_neox(0), lambda s: (3 * s[0] * s[2], s[1]) if len(s) == 3 else (3 * s[0] * s[1],)),
-    "neox_k": (_neox(1), None),
-    "neox_v": (_neox(2), None),
+    "same": (lambda t, shape, sizes: t, lambda s, sizes: s),
+    "transpose": (lambda t, shape, sizes: t.T, lambda s, sizes: s[::-1]),
+    "heads_in": (_heads_in, lambda s, sizes: (s[0] * s[2], s[1])),
+    "heads_out": (_heads_out, lambda s, sizes: (s[2], s[0] * s[1])),
+    "heads_bias": (lambda t, shape, sizes: t.reshape(shape), lambda s, sizes: (s[0] * s[1],)),
+    "neox_q": (_neox(0), _neox_shape),
+    "neox_k": (_neox(1), _neox_shape),
+    "neox_v": (_neox(2), _neox_shape),
+    "stacked_q": (_stacked(0), _stacked_shape),
+    "stacked_k": (_stacked(1), _stacked_shape),
+    "stacked_v": (_stacked(2), _stacked_shape),
+    "gate_half": (_half(0), lambda s, sizes: (2 * s[1], s[0])),
+    "up_half": (_half(1), lambda s, sizes: (2 * s[1], s[0])),
+    # The first row of a table (BERT's token type 0, what a missing token_type_ids means).
+    "first_row": (lambda t, shape, sizes: t[0], lambda s, sizes: (None, *s)),
 }
-LAYOUTS["neox_k"] = (LAYOUTS["neox_k"][0], LAYOUTS["neox_q"][1])
-LAYOUTS["neox_v"] = (LAYOUTS["neox_v"][0], LAYOUTS["neox_q"][1])
 
 
-def _rows(family: Family, layers: int):
-    for tn, hf, layout in family.top:
+def _rows(family: Family, layers: int, top=None, layer=None):
+    for tn, hf, layout in family.top if top is None else top:
         # A name starting with "/" is outside the decoder: no prefix.
         yield tn, hf[1:] if hf.startswith("/") else family.prefix + hf, layout
     for l in range(layers):
-        for tn, hf, layout in family.layer:
+        for tn, hf, layout in family.layer if layer is None else layer:
             yield tn.format(l=l), family.prefix + hf.format(l=l), layout
 
 
-def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor]
-               ) -> dict[str, torch.Tensor]:
+def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
+               edits=(), *, own_file: bool = False) -> dict[str, torch.Tensor]:
     """The params of `program` from the checkpoint's tensors, after checking that the
-    table, the program and the checkpoint agree (one error listing every difference)."""
-    shapes = {p.name: tuple(program.sizes[leg.dim] for leg in p.legs) for p in program.params}
-    rows = list(_rows(family, program.sizes["Layers"]))
-    covered = {tn for tn, _, _ in rows}
-    if covered != set(shapes):  # the table and the .tn file disagree: our mistake
-        _compare(shapes, {tn: shapes.get(tn, ()) for tn in covered},
-                 f"the {family.name} table's params")
+    table, the program and the checkpoint agree (one error listing every difference).
+    `edits` are the settings' (`resolve`): rows added, dropped or tied."""
+    top, layer, tied = _rows_with_edits(family, edits)
+    params = {p.name: p for p in program.params}
+    shapes = {name: tuple(program.sizes[leg.dim] for leg in p.legs)
+              for name, p in params.items()}
+    rows = list(_rows(family, program.sizes["Layers"], top, layer))
+    _check_params(family, program, params, shapes, rows)
     expected: dict[str, tuple] = {}
     sources: dict[str, str] = {}
     for tn, hf, layout in rows:
-        if hf not in raw and tn in family.tied and family.tied[tn] in raw:
-            hf = family.tied[tn]  # tied: the unembedding is the embedding
+        if tn in tied and (tied[tn] in raw or hf not in raw):
+            hf = tied[tn]  # tied: the unembedding is the embedding
         sources[tn] = hf
-        expected.setdefault(hf, tuple(LAYOUTS[layout][1](shapes[tn])))
+        shape = tuple(LAYOUTS[layout][1](shapes[tn], program.sizes))
+        if hf in raw and len(shape) == raw[hf].dim():  # None: any size there
+            shape = tuple(n if e is None else e for e, n in zip(shape, raw[hf].shape))
+        expected.setdefault(hf, shape)
+    if own_file:
+        _check_shapes(family, params, shapes, rows, sources, expected, raw)
+    ignored = family.ignored + tuple(hf for tn, hf, _ in rows
+                                     if tn in tied and sources[tn] != hf)
     actual = {k: tuple(v.shape) for k, v in raw.items()
-              if not any(fnmatch.fnmatch(k, pattern) for pattern in family.ignored)}
+              if not any(fnmatch.fnmatch(k, pattern) for pattern in ignored)}
     _compare(expected, actual, "the checkpoint's tensors")
     state = {}
     for tn, hf, layout in rows:
-        state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn]).contiguous()
+        state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn],
+                                       program.sizes).contiguous()
     return state
 
 
-def load_hf(folder: str | Path, *, context: int | None = None):
+def _check_params(family: Family, program, params, shapes, rows) -> None:
+    """The program's params against the table's rows: a param no row fills, or a row
+    whose param the file does not declare, is an error at the file's declaration (a
+    user's own file) or naming the path, all listed at once."""
+    from tndsl.lang.errors import ErrorSink, Note, TnError
+    covered = {tn for tn, _, _ in rows}
+    if covered == set(params):
+        return
+    errors = ErrorSink()
+    name = program.network.source.name
+    for tn in sorted(set(params) - covered):
+        errors.add(WeightsError(
+            f"param `{tn}` {list(shapes[tn])} is not filled by any tensor of a "
+            f"{family.name} checkpoint", params[tn].span,
+            hint=f"the {family.name} table fills: " + _listing(sorted(covered))))
+    for tn in sorted(covered - set(params))[:20]:
+        hf = next(h for t, h, _ in rows if t == tn)
+        errors.add(WeightsError(
+            f"{name}: declares no param `{tn}`, which the {family.name} table fills from "
+            f"the checkpoint's {hf}",
+            hint="declare it with this path (a block instance's params are named under "
+                 "its `as` path), or use the family's file"))
+    errors.raise_if_any()
+
+
+def _check_shapes(family, params, shapes, rows, sources, expected, raw) -> None:
+    """A user's own file: each param whose shape does not fit its checkpoint tensor is
+    an error at the param's declaration."""
+    from tndsl.lang.errors import ErrorSink
+    errors = ErrorSink()
+    for tn, _, layout in rows:
+        hf = sources[tn]
+        if hf in raw and tuple(raw[hf].shape) != expected[hf]:
+            legs = ", ".join(f"{leg.name}: {leg.dim}" for leg in params[tn].legs)
+            errors.add(WeightsError(
+                f"param `{tn}` [{legs}] = {list(shapes[tn])} does not fit the checkpoint's "
+                f"{hf} of shape {list(raw[hf].shape)}", params[tn].span,
+                hint=f"the {family.name} table reads it with layout `{layout}`, which "
+                     f"needs the checkpoint's shape {list(expected[hf])}: check the legs' "
+                     "order and dims against the family's file"))
+    errors.raise_if_any()
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:6])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def _context(value, family: Family) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ValueError(f"context must be a positive integer, not {value!r}")
+    return value
+
+
+def load_hf(folder: str | Path, *, context: int | None = None,
+            tn: str | Path | None = None):
     """`(program, state_dict)` for a Hugging Face checkpoint folder: the family's `.tn`
-    compiled with the config's dims and consts, and its params from the checkpoint."""
-    from tndsl.program import load
+    (or the user's own file `tn`, read through the family's table) loaded with the
+    config's dims and consts and the edits its settings make, and its params from the
+    checkpoint. A config key the table does not list is warned about; one it lists with
+    a value the file does not implement is a `WeightsError`."""
+    from tndsl.program import parse
     folder = Path(folder)
     config = read_config(folder)
     family = family_of(config)
-    if family is None:
-        return _load_gpt2(folder, config, context)
-    dims, consts = sizes_from_config(family, config)
-    if context is not None:
+    resolved = resolve(family, config)
+    if resolved.ignored:
+        warnings.warn(f"{folder / 'config.json'}: keys the {family.name} table does not "
+                      f"list, ignored: {', '.join(resolved.ignored)}", ConfigWarning,
+                      stacklevel=3)
+    context = _context(context, family)
+    dims, consts = dict(resolved.dims), dict(resolved.consts)
+    if family.learnt_context is not None:
+        positions = dims[family.learnt_context]
+        if context is not None and context > positions:
+            raise WeightsError(f"context = {context} is longer than the {positions} "
+                               f"positions the checkpoint learnt")
+        dims[family.learnt_context] = context or positions
+    elif context is not None:
         dims["Context"] = context
-    program = load(examples_dir() / family.example, dims=dims, consts=consts)
-    return program, state_dict(family, program, read_checkpoint(folder))
-
-
-def _load_gpt2(folder: Path, config: Mapping, context: int | None):
-    """GPT-2 learns its positions: Context is fixed, `n_positions` or the `context`
-    given (the first rows of the position embedding)."""
-    from tndsl.program import load
-    state = load_hf_gpt2(folder)
+    path = Path(tn) if tn is not None else examples_dir() / family.example
     try:
-        dims = {"Vocab": config["vocab_size"], "Model": config["n_embd"],
-                "Heads": config["n_head"], "Layers": config["n_layer"],
-                "Context": context or config["n_positions"]}
-    except KeyError as e:
-        raise WeightsError(f"config.json lacks {e.args[0]}") from None
-    state["pos_embed.W_pos"] = state["pos_embed.W_pos"][:dims["Context"]].contiguous()
-    program = load(examples_dir() / "gpt2_small.tn", dims=dims,
-                   consts={})
-    return program, state
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from None
+    text = edited_source(family, text, resolved.edits, str(path))
+    # A user's file need not declare every dim the config sizes (KVHeads, Window...).
+    program = parse(text, str(path), dims, consts,
+                    extra_dims="error" if tn is None else "ignore")
+    if family.name == "gpt2":  # Conv1D layouts, read by tndsl.models.weights
+        state = load_hf_gpt2(folder)
+        state["pos_embed.W_pos"] = state["pos_embed.W_pos"][:dims["Context"]].contiguous()
+        _check_params(family, program, {p.name: p for p in program.params},
+                      {}, [(name, name, "same") for name in state])
+        return program, state
+    return program, state_dict(family, program, read_checkpoint(folder), resolved.edits,
+                               own_file=tn is not None)
+
+
+class ConfigWarning(UserWarning):
+    """A config.json key that no family table lists: read by nothing, said so."""
 
 
 def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
-                    context: int | None = None):
+                    context: int | None = None, tn: str | Path | None = None):
     """The compiled module of a Hugging Face checkpoint folder with its weights loaded,
-    in `dtype` (default: the checkpoint's). Families: gpt2, gpt_neox (Pythia), llama,
-    mistral, qwen2, gemma. `context` fixes the sequence length (needed only by GPT-2,
-    whose positions are learnt; the rotary families take any length)."""
+    in `dtype` (default: the checkpoint's). The family comes from config.json's
+    `model_type` (`tndsl families` lists them). `context` fixes the sequence length
+    (needed only by families with learnt positions, GPT-2 and BERT; the rotary families
+    take any length). `tn` loads the checkpoint into your own `.tn` file instead of the
+    family's: the family's table maps the checkpoint's tensors to its param paths, and a
+    param missing or misshapen is a located error."""
     from tndsl.models.weights import load_state
-    program, state = load_hf(folder, context=context)
+    program, state = load_hf(folder, context=context, tn=tn)
     module = program.module()
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)

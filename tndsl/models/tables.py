@@ -1,15 +1,168 @@
-"""Declarative per-family tables: Hugging Face config keys → dims and consts, and
-checkpoint tensor names → `.tn` param paths with the layout change between them.
+"""Declarative per-family tables: what a Hugging Face checkpoint's config.json and
+tensors mean for a family's `.tn` file.
 
-A row `(tn_path, hf_name, layout)` is written once; `{l}` in both names runs over the
-layers; the family's prefix (`model.`) is put before each HF name unless it starts
-with `/` (a name outside the decoder, such as `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.models.loading`) turn an HF tensor into the
-param's shape, read from the compiled program, so the table never states a size.
+A `Family` says, as data:
+
+- which config keys give each **dim** and **const** (`hidden_size` → `Model`), and how
+  the rotary settings are read (`Rope`: transformers' own precedence, `rope_scaling`
+  over `rope_parameters` over the legacy top-level keys);
+- every other config key that **changes the computation**, as a `Setting`: the value
+  transformers assumes when the key is absent, and for each value the `.tn` file
+  implements the `Edit` that makes the program compute it (a box swapped, a clause
+  dropped, a tensor read from elsewhere). A value with no entry is refused on load with
+  a `WeightsError` naming the key, the value and the supported values;
+- the keys that **do not** change the computation (`inert`: token ids, dropout, cache
+  and training settings): read and ignored on purpose;
+- a row per checkpoint tensor, `(tn_path, hf_name, layout)`, written once: `{l}` in
+  both names runs over the layers; the family's prefix (`model.`) is put before each HF
+  name unless it starts with `/` (a name outside the decoder, such as
+  `/lm_head.weight`). Layouts (`LAYOUTS` in `tndsl.models.loading`) turn an HF tensor
+  into the param's shape, read from the compiled program, so the table never states a
+  size.
+
+Adding a family is a `.tn` file in examples/ and an entry here (appended to
+`FAMILIES`); `tests/test_all_families.py` then runs it through everything else
+(verify, render, paths, hooks, the tensor-parallel plan, cost) and
+`tests/test_families.py` against transformers. docs/families.md is generated from this
+module (`tndsl families --markdown`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
+Row = tuple[str, str, str]   # (tn path, HF tensor name, layout)
+
+
+# ---- settings: config keys that change the computation -----------------------------
+
+@dataclass(frozen=True)
+class Edit:
+    """What one value of a config key does to the family's program and table.
+
+    replace: (text of the `.tn` file, its replacement), each text required to occur;
+    dims: dim → config key that sizes it under this value (`Window` ← `sliding_window`);
+    top, layer: tensor rows this value adds; drop: tn paths of rows it removes;
+    tie: tn path → HF tensor read instead of the row's own (tied embeddings)."""
+    replace: tuple[tuple[str, str], ...] = ()
+    dims: Mapping[str, str] = field(default_factory=dict)
+    top: tuple[Row, ...] = ()
+    layer: tuple[Row, ...] = ()
+    drop: tuple[str, ...] = ()
+    tie: Mapping[str, str] = field(default_factory=dict)
+
+
+KEEP = Edit()   # the value the `.tn` file computes as written
+
+POSITIVE_INT = "a positive integer"   # a `Setting.values` key matching any int > 0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A config key that changes the computation. `values` maps each value the family
+    implements to its `Edit`; `default` is transformers' value when the key is absent
+    (a null value is a value: Mistral's `sliding_window: null` means no window)."""
+    key: str
+    effect: str                                  # in words, for docs/families.md
+    default: object
+    values: tuple[tuple[object, Edit], ...]
+    # The value when it is not one key's: a function of the whole config (Qwen2's window).
+    derive: Callable[[Mapping], object] | None = None
+
+    def supported(self) -> list[str]:
+        return [v if v is POSITIVE_INT else _json(v) for v, _ in self.values]
+
+    def edit_for(self, value) -> Edit | None:
+        for candidate, edit in self.values:
+            if candidate is POSITIVE_INT:
+                if type(value) is int and value > 0:
+                    return edit
+            elif type(candidate) is type(value) and candidate == value:
+                return edit
+        return None
+
+
+def _json(value) -> str:
+    import json
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Rope:
+    """How the rotary settings are read. transformers merges them as: `rope_scaling`
+    if given, else `rope_parameters`; `rope_theta` and the rotary fraction from there,
+    else the legacy top-level keys, else the family's defaults. Only `rope_type:
+    default` (no scaling) is implemented; other types are refused by name."""
+    theta_keys: tuple[str, ...] = ("rope_theta",)
+    theta_default: float = 10000.0
+    fraction_keys: tuple[str, ...] = ("partial_rotary_factor",)
+    fraction_default: float | None = None   # None: the file has no RotaryFraction const
+
+
+# Activation names (transformers' ACT2FN) → the `.tn` box that computes the same
+# function. Others (quick_gelu, gelu_10, mish, relu6, leaky_relu, ...) are refused.
+ACTIVATIONS = {
+    "gelu": "gelu", "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_python_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "relu": "relu", "silu": "silu", "swish": "silu", "sigmoid": "sigmoid",
+    "tanh": "tanh", "linear": "identity",
+}
+
+
+def activation(key: str, default: str, *patterns: str,
+               aliases: Mapping[str, str] | None = None) -> Setting:
+    """A `Setting` for an activation key: each pattern is `.tn` text with `{box}` where
+    the box name stands (`"gate[p, f] = {box}("`); the file is written with `default`'s
+    box. `aliases` maps values this family reads as another (Gemma: `gelu` is taken as
+    `gelu_pytorch_tanh`, as transformers does)."""
+    names = {**{name: name for name in ACTIVATIONS}, **(aliases or {})}
+    written = ACTIVATIONS[names[default]]
+    values = []
+    for name, target in names.items():
+        box = ACTIVATIONS[target]
+        values.append((name, KEEP if box == written else Edit(replace=tuple(
+            (pattern.format(box=written), pattern.format(box=box)) for pattern in patterns))))
+    return Setting(key, "the MLP's activation", default, tuple(values))
+
+
+def flag(key: str, effect: str, default: bool, *, true: Edit | None = None,
+         false: Edit | None = None) -> Setting:
+    """A boolean key; a side left None is refused (not implemented)."""
+    values = tuple((v, e) for v, e in ((True, true), (False, false)) if e is not None)
+    return Setting(key, effect, default, values)
+
+
+def only(key: str, effect: str, default, *values) -> Setting:
+    """A key whose listed values (the default among them) the file computes as written."""
+    return Setting(key, effect, default, tuple((v, KEEP) for v in values))
+
+
+# Keys no family reads for the computation: bookkeeping, generation, training.
+COMMON_INERT = (
+    "_name_or_path", "architectures", "auto_map", "bos_token_id", "chunk_size_feed_forward",
+    "decoder_start_token_id", "dtype", "eos_token_id", "id2label", "initializer_range",
+    "is_encoder_decoder", "label2id", "model_type", "output_attentions",
+    "output_hidden_states", "pad_token_id", "problem_type", "return_dict", "sep_token_id",
+    "torch_dtype", "transformers_version", "use_cache", "attention_dropout",
+    "hidden_dropout", "classifier_dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "tokenizer_class",
+    "task_specific_params", "prefix", "finetuning_task", "num_labels",
+    "cross_attention_hidden_size", "tie_encoder_decoder",
+    "pruned_heads", "torchscript", "use_return_dict", "_attn_implementation",
+    "_experts_implementation",
+    "_attn_implementation_autoset", "_commit_hash", "max_length", "min_length",
+    "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "typical_p", "diversity_penalty", "num_beam_groups", "encoder_no_repeat_ngram_size",
+    "tf_legacy_loss", "use_bfloat16", "quantization_config", "max_position_embeddings",
+)
+
+
+# ---- the family --------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Family:
@@ -18,22 +171,44 @@ class Family:
     example: str                         # the .tn file in examples/
     prefix: str                          # of the decoder's names in the checkpoint
     dims: dict[str, tuple[str, ...]]     # dim → config keys, the first present wins
-    consts: dict[str, tuple[str, ...]]   # const → config keys (rope_parameters.* too)
-    top: tuple[tuple[str, str, str], ...]
-    layer: tuple[tuple[str, str, str], ...]
+    consts: dict[str, tuple[str, ...]]   # const → config keys, the first present wins
+    top: tuple[Row, ...]
+    layer: tuple[Row, ...]
     # Names that may be in a checkpoint and are not parameters (buffers, tied copies).
     ignored: tuple[str, ...] = ()
-    # tn path → HF name to read when the first is absent (tied embeddings).
+    # tn path → HF name to read when the first is absent.
     tied: dict[str, str] = field(default_factory=dict)
+    settings: tuple[Setting, ...] = ()
+    inert: tuple[str, ...] = ()          # family keys that do not change the computation
+    rope: Rope | None = None
+    hf_classes: tuple[str, ...] = ()     # the transformers classes it equals
+    what: str = ""                       # what the family shows, for docs/families.md
+    tolerance: float = 1e-10             # max |logits - HF| in float64, asserted in CI
+    # A dim that learnt positions fix (GPT-2's Context = n_positions unless given).
+    learnt_context: str | None = None
 
+    @property
+    def known_keys(self) -> set[str]:
+        keys = {k.split(".")[0] for keys in (*self.dims.values(), *self.consts.values())
+                for k in keys}
+        keys |= {s.key for s in self.settings} | set(self.inert) | set(COMMON_INERT)
+        if self.rope is not None:
+            keys |= {"rope_parameters", "rope_scaling", *self.rope.theta_keys,
+                     *self.rope.fraction_keys}
+        for setting in self.settings:
+            for _, edit in setting.values:
+                keys |= set(edit.dims.values())
+        return keys
+
+
+# ---- Llama, Mistral, Qwen2, Gemma ---------------------------------------------------
 
 _LLAMA_DIMS = {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
                "Heads": ("num_attention_heads",),
                "KVHeads": ("num_key_value_heads", "num_attention_heads"),
                "Head": ("head_dim",), "Hidden": ("intermediate_size",),
                "Layers": ("num_hidden_layers",)}
-_LLAMA_CONSTS = {"Theta": ("rope_parameters.rope_theta", "rope_theta"),
-                 "Eps": ("rms_norm_eps",)}
+_RMS_EPS = {"Eps": ("rms_norm_eps",)}
 _LLAMA_LAYER = (
     ("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
@@ -51,35 +226,131 @@ _LLAMA_TOP = (
     ("unembed.W_U", "/lm_head.weight", "transpose"),
 )
 _ROTARY_BUFFERS = ("*.rotary_emb.inv_freq",)
+_UNEMBED_TIED = Edit(tie={"unembed.W_U": "model.embed_tokens.weight"})
+
+
+def tie_word_embeddings(default: bool, embedding: str = "model.embed_tokens.weight",
+                        unembedding: str = "unembed.W_U") -> Setting:
+    """The unembedding is the embedding's transpose (True) or its own tensor (False)."""
+    return flag("tie_word_embeddings", "the unembedding reads the embedding", default,
+                true=Edit(tie={unembedding: embedding}), false=KEEP)
+
+
+def _llama_settings(act_default="silu", tie_default=False, **extra) -> tuple[Setting, ...]:
+    return (
+        activation("hidden_act", act_default, "gate[p, f] = {box}("),
+        tie_word_embeddings(tie_default),
+        flag("attention_bias", "biases on the q, k, v and o projections", False,
+             false=KEEP),
+        flag("mlp_bias", "biases on the MLP's projections", False, false=KEEP),
+        only("pretraining_tp", "tensor-parallel slicing at pretraining (transformers "
+             "5 ignores it)", 1, *range(1, 65)),
+        *extra.values(),
+    )
+
+
+_NO_WINDOW = Edit(replace=(("where s <= p and p - s < Window)", "where s <= p)"),))
 
 LLAMA = Family(
-    "llama", ("llama", "mistral"), "llama.tn", "model.",
-    {**_LLAMA_DIMS, "Window": ("sliding_window", "max_position_embeddings")},
-    _LLAMA_CONSTS, _LLAMA_TOP, _LLAMA_LAYER, _ROTARY_BUFFERS,
-    tied={"unembed.W_U": "model.embed_tokens.weight"})
+    "llama", ("llama",), "llama.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    _LLAMA_LAYER, _ROTARY_BUFFERS, settings=_llama_settings(), rope=Rope(),
+    hf_classes=("LlamaForCausalLM",),
+    what="RMSNorm, RoPE, GQA, SwiGLU")
+
+MISTRAL = Family(
+    "mistral", ("mistral",), "mistral.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    _LLAMA_LAYER, _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:2],
+              Setting("sliding_window", "each query reads at most this many keys back",
+                      4096, ((POSITIVE_INT, Edit(dims={"Window": "sliding_window"})),
+                             (None, _NO_WINDOW)))),
+    rope=Rope(), hf_classes=("MistralForCausalLM",),
+    what="Llama with a sliding-window attention")
+
+
+def _qwen_layer_types(config: Mapping) -> object:
+    """transformers' Qwen2/Qwen3 rule: the window is on only with `use_sliding_window`
+    (and a `sliding_window`), for the layers from `max_window_layers` on, unless
+    `layer_types` lists each layer's kind. "none", "all", or the list when mixed."""
+    kinds = config.get("layer_types")
+    if kinds is None:
+        window = config.get("sliding_window", 4096) if config.get("use_sliding_window") \
+            else None
+        layers, first = config.get("num_hidden_layers"), config.get("max_window_layers", 28)
+        if not isinstance(layers, int) or not isinstance(first, int):
+            return "none" if window is None else kinds
+        kinds = ["sliding_attention" if window is not None and i >= first
+                 else "full_attention" for i in range(layers)]
+    if not isinstance(kinds, list):
+        return kinds
+    if all(kind == "full_attention" for kind in kinds):
+        return "none"
+    if all(kind == "sliding_attention" for kind in kinds):
+        return "all"
+    return kinds
+
+
+def _qwen_window() -> tuple[Setting, ...]:
+    """A window on every layer or on none is implemented; a mix of windowed and full
+    layers (per-layer alternation) is refused."""
+    return (Setting("layer_types", "which layers attend within a window of "
+                    "`sliding_window` keys (from use_sliding_window, max_window_layers)",
+                    "none", (("none", _NO_WINDOW),
+                             ("all", Edit(dims={"Window": "sliding_window"}))),
+                    derive=_qwen_layer_types),)
+
 
 QWEN2 = Family(
-    "qwen2", ("qwen2",), "qwen2.tn", "model.", _LLAMA_DIMS, _LLAMA_CONSTS, _LLAMA_TOP,
+    "qwen2", ("qwen2",), "qwen2.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER + (
         ("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
         ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
         ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
-    ), _ROTARY_BUFFERS, tied={"unembed.W_U": "model.embed_tokens.weight"})
+    ), _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:2], *_qwen_window()),
+    inert=("use_sliding_window", "sliding_window", "max_window_layers"),  # layer_types
+    rope=Rope(), hf_classes=("Qwen2ForCausalLM",),
+    what="qkv biases, GQA, RoPE base 10⁶")
+
+_GEMMA_UNTIED = Edit(replace=(
+    ("param embed.W_E[v: Vocab, m: Model]",
+     "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
+    ("logits[p, v] = final[p, m] * embed.W_E[v, m]",
+     "logits[p, v] = final[p, m] * unembed.W_U[m, v]")),
+    top=(("unembed.W_U", "/lm_head.weight", "transpose"),))
 
 GEMMA = Family(
-    "gemma", ("gemma",), "gemma.tn", "model.", _LLAMA_DIMS, _LLAMA_CONSTS,
+    "gemma", ("gemma",), "gemma.tn", "model.", _LLAMA_DIMS, _RMS_EPS,
     tuple(row for row in _LLAMA_TOP if row[0] != "unembed.W_U"), _LLAMA_LAYER,
-    _ROTARY_BUFFERS + ("lm_head.weight",))
+    _ROTARY_BUFFERS,
+    settings=(
+        activation("hidden_act", "gelu_pytorch_tanh", "gate[p, f] = {box}(",
+                   aliases={"gelu": "gelu_pytorch_tanh"}),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", True,
+             true=KEEP, false=_GEMMA_UNTIED),
+        flag("attention_bias", "biases on the q, k, v and o projections", False,
+             false=KEEP),
+        Setting("use_bidirectional_attention", "attention without the causal mask", None,
+                ((None, KEEP), (False, KEEP))),
+    ),
+    inert=("hidden_activation",),   # read by no Gemma (1) class of transformers 5
+    rope=Rope(), hf_classes=("GemmaForCausalLM",),
+    what="GeGLU, scaled and tied embedding, `(1 + w)` norms, one KV head")
+
+# ---- Pythia (GPT-NeoX) ---------------------------------------------------------------
+
+_NEOX_SEQUENTIAL = Edit(replace=((
+    "    return resid_pre[p, m] + Attention(LayerNorm(resid_pre) as ln1) as attn\n"
+    "                           + MLP(LayerNorm(resid_pre) as ln2) as mlp",
+    "    resid_mid[p, m] = resid_pre[p, m] + Attention(LayerNorm(resid_pre) as ln1) as attn\n"
+    "    return resid_mid[p, m] + MLP(LayerNorm(resid_mid) as ln2) as mlp"),))
 
 PYTHIA = Family(
     "pythia", ("gpt_neox",), "pythia.tn", "gpt_neox.",
     {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
      "Heads": ("num_attention_heads",), "Hidden": ("intermediate_size",),
      "Layers": ("num_hidden_layers",)},
-    {"Theta": ("rope_parameters.rope_theta", "rope_theta", "rotary_emb_base"),
-     "RotaryFraction": ("rope_parameters.partial_rotary_factor", "partial_rotary_factor",
-                        "rotary_pct"),
-     "Eps": ("layer_norm_eps",)},
+    {"Eps": ("layer_norm_eps",)},
     (("embed.W_E", "embed_in.weight", "same"),
      ("ln_final.w", "final_layer_norm.weight", "same"),
      ("ln_final.b", "final_layer_norm.bias", "same"),
@@ -101,6 +372,250 @@ PYTHIA = Family(
      ("blocks.{l}.mlp.b_in", "layers.{l}.mlp.dense_h_to_4h.bias", "same"),
      ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.dense_4h_to_h.weight", "transpose"),
      ("blocks.{l}.mlp.b_out", "layers.{l}.mlp.dense_4h_to_h.bias", "same")),
-    _ROTARY_BUFFERS + ("*.attention.bias", "*.attention.masked_bias"))
+    _ROTARY_BUFFERS + ("*.attention.bias", "*.attention.masked_bias"),
+    settings=(
+        activation("hidden_act", "gelu", "post[p, f] = {box}("),
+        flag("use_parallel_residual", "attention and MLP read the same input (parallel) "
+             "or one after the other", True, true=KEEP, false=_NEOX_SEQUENTIAL),
+        tie_word_embeddings(False, "gpt_neox.embed_in.weight"),
+        flag("attention_bias", "biases on the fused qkv and output projections", True,
+             true=KEEP),
+    ),
+    rope=Rope(theta_keys=("rope_theta", "rotary_emb_base"),
+              fraction_keys=("partial_rotary_factor", "rotary_pct"),
+              fraction_default=0.25),
+    inert=("is_decoder",),   # GPTNeoXForCausalLM is causal either way
+    hf_classes=("GPTNeoXForCausalLM",),
+    what="parallel block, partial RoPE, LayerNorm with bias, untied unembedding")
 
-FAMILIES = (LLAMA, QWEN2, GEMMA, PYTHIA)
+# ---- GPT-2 -----------------------------------------------------------------------------
+
+GPT2 = Family(
+    "gpt2", ("gpt2",), "gpt2_small.tn", "",
+    {"Vocab": ("vocab_size",), "Model": ("n_embd",), "Heads": ("n_head",),
+     "Layers": ("n_layer",), "Context": ("n_positions",)},
+    {}, (), (),   # read by tndsl.models.weights.load_hf_gpt2 (Conv1D layouts)
+    settings=(
+        activation("activation_function", "gelu_new", "post[p, f] = {box}("),
+        flag("scale_attn_weights", "scores divided by sqrt(Head)", True, true=KEEP,
+             false=Edit(replace=(("* k[s, h, e] / sqrt(Head)", "* k[s, h, e]"),))),
+        flag("scale_attn_by_inverse_layer_idx", "scores of layer l divided by l + 1",
+             False, false=KEEP),
+        Setting("n_inner", "the MLP's width (null: 4 · n_embd)", None,
+                ((None, KEEP),)),
+        tie_word_embeddings(True, "wte.weight"),
+        # Numerics only: transformers computes the scores in float32 under half inputs.
+        only("reorder_and_upcast_attn", "float32 scores under half precision (the "
+             "compiled model's own precision is the module's dtype)", False, False, True),
+        only("layer_norm_epsilon", "LayerNorm's epsilon", 1e-5, 1e-5),
+        only("add_cross_attention", "cross-attention layers", False, False),
+    ),
+    inert=("summary_activation", "summary_first_dropout", "summary_proj_to_labels",
+           "summary_type", "summary_use_proj", "n_ctx"),
+    hf_classes=("GPT2LMHeadModel",),
+    what="LayerNorm, learnt positions, GELU (tanh)", learnt_context="Context")
+
+# ---- Qwen3, OLMo-2: norms on the queries and keys --------------------------------------
+
+_QK_NORM_ROWS = (
+    ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "same"),
+    ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "same"),
+)
+
+QWEN3 = Family(
+    "qwen3", ("qwen3",), "qwen3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    _LLAMA_LAYER + _QK_NORM_ROWS, _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:3], *_qwen_window()),
+    inert=("use_sliding_window", "sliding_window", "max_window_layers"),
+    rope=Rope(), hf_classes=("Qwen3ForCausalLM",),
+    what="RMSNorm on each query and key head, GQA, explicit head dim")
+
+OLMO2 = Family(
+    "olmo2", ("olmo2",), "olmo2.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    (("blocks.{l}.ln1_post.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2_post.w", "layers.{l}.post_feedforward_layernorm.weight", "same"),
+     *(row for row in _LLAMA_LAYER if ".ln" not in row[0]),
+     ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "heads_bias"),
+     ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "heads_bias")),
+    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(theta_default=10000.0),
+    hf_classes=("Olmo2ForCausalLM",),
+    what="norms after each sublayer, RMSNorm on the whole query and key")
+
+# ---- Phi-3: fused projections in the checkpoint ------------------------------------------
+
+PHI3 = Family(
+    "phi3", ("phi3",), "phi3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
+    (("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.attn.W_Q", "layers.{l}.self_attn.qkv_proj.weight", "stacked_q"),
+     ("blocks.{l}.attn.W_K", "layers.{l}.self_attn.qkv_proj.weight", "stacked_k"),
+     ("blocks.{l}.attn.W_V", "layers.{l}.self_attn.qkv_proj.weight", "stacked_v"),
+     ("blocks.{l}.attn.W_O", "layers.{l}.self_attn.o_proj.weight", "heads_out"),
+     ("blocks.{l}.mlp.W_gate", "layers.{l}.mlp.gate_up_proj.weight", "gate_half"),
+     ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.gate_up_proj.weight", "up_half"),
+     ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.down_proj.weight", "transpose")),
+    _ROTARY_BUFFERS,
+    settings=(*_llama_settings()[:2],
+              Setting("sliding_window", "each query reads at most this many keys back",
+                      None, ((None, _NO_WINDOW),
+                             (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
+    inert=("original_max_position_embeddings",),  # read only by longrope, refused
+    rope=Rope(fraction_default=1.0), hf_classes=("Phi3ForCausalLM",),
+    what="fused qkv and gate/up weights split on loading, partial RoPE")
+
+# ---- GPT-BigCode: multi-query ---------------------------------------------------------
+
+_BIGCODE_MHA_ROWS = tuple(
+    (f"blocks.{{l}}.attn.{w}_{x}", f"h.{{l}}.attn.c_attn.{kind}", f"neox_{x.lower()}")
+    for w, kind in (("W", "weight"), ("b", "bias")) for x in "QKV")
+
+GPT_BIGCODE = Family(
+    "gpt_bigcode", ("gpt_bigcode",), "gpt_bigcode.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("n_embd", "hidden_size"),
+     "Heads": ("n_head", "num_attention_heads"),
+     "Layers": ("n_layer", "num_hidden_layers"),
+     "Context": ("n_positions", "max_position_embeddings")},
+    {"Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "wte.weight", "same"), ("pos_embed.W_pos", "wpe.weight", "same"),
+     ("ln_final.w", "ln_f.weight", "same"), ("ln_final.b", "ln_f.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.ln_1.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.ln_1.bias", "same"),
+     ("blocks.{l}.ln2.w", "h.{l}.ln_2.weight", "same"),
+     ("blocks.{l}.ln2.b", "h.{l}.ln_2.bias", "same"),
+     # Multi-query: c_attn's rows are [queries (Model) | key (Head) | value (Head)].
+     ("blocks.{l}.attn.W_Q", "h.{l}.attn.c_attn.weight", "stacked_q"),
+     ("blocks.{l}.attn.W_K", "h.{l}.attn.c_attn.weight", "stacked_k"),
+     ("blocks.{l}.attn.W_V", "h.{l}.attn.c_attn.weight", "stacked_v"),
+     ("blocks.{l}.attn.b_Q", "h.{l}.attn.c_attn.bias", "stacked_q"),
+     ("blocks.{l}.attn.b_K", "h.{l}.attn.c_attn.bias", "stacked_k"),
+     ("blocks.{l}.attn.b_V", "h.{l}.attn.c_attn.bias", "stacked_v"),
+     ("blocks.{l}.attn.W_O", "h.{l}.attn.c_proj.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "h.{l}.attn.c_proj.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.c_fc.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.c_fc.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.c_proj.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.c_proj.bias", "same")),
+    ("lm_head.weight", "*.attn.bias", "*.attn.masked_bias"),
+    settings=(
+        activation("activation_function", "gelu_pytorch_tanh", "post[p, f] = {box}("),
+        # Without multi-query, c_attn is per head [q | k | v], as GPT-NeoX's.
+        flag("multi_query", "one key/value head shared by all query heads", True,
+             true=KEEP, false=Edit(dims={"KVHeads": "n_head"}, layer=_BIGCODE_MHA_ROWS,
+                                   drop=tuple(r[0] for r in _BIGCODE_MHA_ROWS))),
+        flag("scale_attn_weights", "scores divided by sqrt(Head)", True, true=KEEP,
+             false=Edit(replace=(("* k[s, g, e] / sqrt(Head)", "* k[s, g, e]"),))),
+        Setting("n_inner", "the MLP's width (null: 4 · n_embd)", None,
+                ((None, KEEP), (POSITIVE_INT, Edit(
+                    replace=(("dim Hidden = 4 * Model", "dim Hidden"),),
+                    dims={"Hidden": "n_inner"})))),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", True,
+             true=KEEP),
+        # Numerics only (float32 softmax under half inputs).
+        only("attention_softmax_in_fp32", "float32 softmax under half precision", True,
+             True, False),
+        only("scale_attention_softmax_in_fp32", "float32 scaling under half precision",
+             True, True, False),
+    ),
+    inert=("num_key_value_heads",),   # derived by transformers from multi_query
+    hf_classes=("GPTBigCodeForCausalLM",),
+    what="multi-query attention (one key/value head), learnt positions",
+    learnt_context="Context")
+
+# ---- StableLM -------------------------------------------------------------------------------
+
+_STABLELM_PARALLEL = Edit(replace=((
+    "    resid_mid[p, m] = resid_pre[p, m] + Attention(LayerNorm(resid_pre) as ln1) as attn\n"
+    "    return resid_mid[p, m] + MLP(LayerNorm(resid_mid) as ln2) as mlp",
+    "    normed[p, m] = LayerNorm(resid_pre) as ln1\n"
+    "    return resid_pre[p, m] + Attention(normed) as attn + MLP(normed) as mlp"),),
+    drop=("blocks.{l}.ln2.w", "blocks.{l}.ln2.b"))
+
+_STABLELM_QKV_BIAS = Edit(replace=(
+    ("    param W_O[h: Heads, e: Head, m: Model]\n",
+     "    param W_O[h: Heads, e: Head, m: Model]\n"
+     "    param b_Q[h: Heads, e: Head] init zeros\n"
+     "    param b_K[g: KVHeads, e: Head] init zeros\n"
+     "    param b_V[g: KVHeads, e: Head] init zeros\n"),
+    ("q_pre[p, h, f] = x[p, m] * W_Q[h, m, f]",
+     "q_pre[p, h, f] = x[p, m] * W_Q[h, m, f] + b_Q[h, f] * ones[p]"),
+    ("k_pre[p, g, f] = x[p, m] * W_K[g, m, f]",
+     "k_pre[p, g, f] = x[p, m] * W_K[g, m, f] + b_K[g, f] * ones[p]"),
+    ("v[p, g, e] = x[p, m] * W_V[g, m, e]",
+     "v[p, g, e] = x[p, m] * W_V[g, m, e] + b_V[g, e] * ones[p]")),
+    layer=(("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
+           ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
+           ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias")))
+
+STABLELM = Family(
+    "stablelm", ("stablelm",), "stablelm.tn", "model.",
+    {k: v for k, v in _LLAMA_DIMS.items() if k != "Head"}, {"Eps": ("layer_norm_eps",)},
+    (("embed.W_E", "embed_tokens.weight", "same"),
+     ("ln_final.w", "norm.weight", "same"), ("ln_final.b", "norm.bias", "same"),
+     ("unembed.W_U", "/lm_head.weight", "transpose")),
+    (("blocks.{l}.ln1.w", "layers.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "layers.{l}.input_layernorm.bias", "same"),
+     ("blocks.{l}.ln2.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "layers.{l}.post_attention_layernorm.bias", "same"),
+     *(row for row in _LLAMA_LAYER if ".ln" not in row[0])),
+    _ROTARY_BUFFERS,
+    settings=(
+        activation("hidden_act", "silu", "gate[p, f] = {box}("),
+        tie_word_embeddings(False),
+        flag("use_parallel_residual", "attention and MLP read one LayerNorm's output "
+             "(parallel) or one after the other", False, true=_STABLELM_PARALLEL,
+             false=KEEP),
+        flag("use_qkv_bias", "biases on the q, k and v projections", False,
+             true=_STABLELM_QKV_BIAS, false=KEEP),
+        flag("qk_layernorm", "a LayerNorm per query and key head", False, false=KEEP),
+    ),
+    rope=Rope(fraction_default=0.25), hf_classes=("StableLmForCausalLM",),
+    what="LayerNorm with bias, partial RoPE, optional parallel block and qkv biases")
+
+# ---- BERT ----------------------------------------------------------------------------------
+
+BERT = Family(
+    "bert", ("bert",), "bert.tn", "bert.",
+    {"Vocab": ("vocab_size",), "Model": ("hidden_size",),
+     "Heads": ("num_attention_heads",), "Hidden": ("intermediate_size",),
+     "Layers": ("num_hidden_layers",), "Context": ("max_position_embeddings",)},
+    {"Eps": ("layer_norm_eps",)},
+    (("embed.W_E", "embeddings.word_embeddings.weight", "same"),
+     ("embed.W_pos", "embeddings.position_embeddings.weight", "same"),
+     ("embed.W_type", "embeddings.token_type_embeddings.weight", "first_row"),
+     ("embed.ln.w", "embeddings.LayerNorm.weight", "same"),
+     ("embed.ln.b", "embeddings.LayerNorm.bias", "same"),
+     ("mlm_head.W", "/cls.predictions.transform.dense.weight", "transpose"),
+     ("mlm_head.b", "/cls.predictions.transform.dense.bias", "same"),
+     ("mlm_head.ln.w", "/cls.predictions.transform.LayerNorm.weight", "same"),
+     ("mlm_head.ln.b", "/cls.predictions.transform.LayerNorm.bias", "same"),
+     ("unembed.b_U", "/cls.predictions.bias", "same")),
+    (*((f"blocks.{{l}}.attn.{w}_{x}", f"encoder.layer.{{l}}.attention.self.{n}.{kind}",
+        layout) for x, n in (("Q", "query"), ("K", "key"), ("V", "value"))
+       for w, kind, layout in (("W", "weight", "heads_in"), ("b", "bias", "heads_bias"))),
+     ("blocks.{l}.attn.W_O", "encoder.layer.{l}.attention.output.dense.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "encoder.layer.{l}.attention.output.dense.bias", "same"),
+     ("blocks.{l}.ln1.w", "encoder.layer.{l}.attention.output.LayerNorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "encoder.layer.{l}.attention.output.LayerNorm.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "encoder.layer.{l}.intermediate.dense.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "encoder.layer.{l}.intermediate.dense.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "encoder.layer.{l}.output.dense.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "encoder.layer.{l}.output.dense.bias", "same"),
+     ("blocks.{l}.ln2.w", "encoder.layer.{l}.output.LayerNorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "encoder.layer.{l}.output.LayerNorm.bias", "same")),
+    # Buffers, and the decoder's tied copies of the word embedding and the bias.
+    ("*.position_ids", "*.token_type_ids", "cls.predictions.decoder.weight",
+     "cls.predictions.decoder.bias"),
+    settings=(
+        activation("hidden_act", "gelu", "post[p, f] = {box}(", "hidden[p, m] = {box}("),
+        flag("tie_word_embeddings", "the MLM decoder reads the word embedding", True,
+             true=KEEP),
+        only("is_decoder", "a causal decoder instead of the encoder", False, False),
+        only("add_cross_attention", "cross-attention layers", False, False),
+    ),
+    inert=("type_vocab_size", "position_embedding_type", "gradient_checkpointing"),
+    hf_classes=("BertForMaskedLM",),
+    what="bidirectional post-norm encoder, learnt positions, masked-LM head",
+    learnt_context="Context")
+
+FAMILIES = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, OLMO2, PHI3, PYTHIA, STABLELM,
+            GPT_BIGCODE, BERT)

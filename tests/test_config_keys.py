@@ -1,0 +1,189 @@
+"""The config-key differential test (issue 22): every config key a family's table lists
+as changing the computation, varied over values transformers accepts, either loads
+equal to transformers' float64 logits or is refused with a `WeightsError` naming the
+key; never a silent difference. The values come from transformers (its activation
+registry) and from its config classes' documented options, not from the tables; a
+test checks that every key the tables list is varied here, so a new setting cannot go
+untested. The first variant of each key is the family's own default or a common value
+and must load. The default run takes the first variant of one key per family and the
+second of every key; the rest (the full grid of activations) run with the slow tests."""
+import json
+import warnings
+
+import pytest
+import torch
+from transformers.activations import ACT2CLS
+
+import tndsl
+from hf_models import SPECS, build, float64_oracle, logits, save, tokens
+from tndsl.models import WeightsError
+from tndsl.models.loading import ConfigWarning
+from tndsl.models.tables import FAMILIES
+
+
+ACTIVATIONS = sorted(ACT2CLS)
+ROPE = [{"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}]
+BOOL = [True, False]
+
+
+def _values(key, values):
+    return [{key: value} for value in values]
+
+
+def _activation(key, default):
+    return _values(key, [default, "relu", "quick_gelu"]
+                   + [a for a in ACTIVATIONS if a not in (default, "relu", "quick_gelu")])
+
+
+def _llama_like(act="silu", tie=False):
+    return {"hidden_act": _activation("hidden_act", act),
+            "tie_word_embeddings": _values("tie_word_embeddings", [tie, not tie]),
+            "attention_bias": _values("attention_bias", [False, True]),
+            "rope": [{}] + ROPE,
+            # No window in Llama: a context shorter than the input changes nothing.
+            "max_position_embeddings": _values("max_position_embeddings", [64, 4])}
+
+
+_QWEN_WINDOW = [{}, {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0},
+                {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1},
+                {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 2},
+                {"use_sliding_window": False, "sliding_window": 3, "max_window_layers": 0},
+                {"layer_types": ["sliding_attention", "sliding_attention"],
+                 "use_sliding_window": True, "sliding_window": 2}]
+
+VARIED = {
+    "llama": {**_llama_like(), "mlp_bias": _values("mlp_bias", BOOL[::-1]),
+              "pretraining_tp": _values("pretraining_tp", [1, 2])},
+    "mistral": {**{k: v for k, v in _llama_like().items() if k != "attention_bias"},
+                "sliding_window": _values("sliding_window", [4, None, 1000, 1])},
+    "qwen2": {**{k: v for k, v in _llama_like().items() if k != "attention_bias"},
+              "layer_types": _QWEN_WINDOW},
+    "qwen3": {**_llama_like(), "layer_types": _QWEN_WINDOW},
+    "gemma": {**_llama_like("gelu_pytorch_tanh", True),
+              "use_bidirectional_attention": _values("use_bidirectional_attention",
+                                                     [None, False, True])},
+    "olmo2": _llama_like(),
+    "phi3": {**{k: v for k, v in _llama_like().items() if k != "attention_bias"},
+             "sliding_window": _values("sliding_window", [5, None, 1000]),
+             # Phi-3 accepts only longrope scaling (factors per rotated pair: 8 / 2).
+             "rope": [{}, {"rope_scaling": {"rope_type": "longrope",
+                                            "short_factor": [1.0, 1.5, 2.0, 2.5],
+                                            "long_factor": [2.0, 2.0, 3.0, 3.0]},
+                       "original_max_position_embeddings": 32}]},
+    "pythia": {"hidden_act": _activation("hidden_act", "gelu"),
+               "use_parallel_residual": _values("use_parallel_residual", BOOL),
+               "tie_word_embeddings": _values("tie_word_embeddings", BOOL[::-1]),
+               "attention_bias": _values("attention_bias", BOOL),
+               "rope": [{}] + ROPE},
+    "stablelm": {"hidden_act": _activation("hidden_act", "silu"),
+                 "tie_word_embeddings": _values("tie_word_embeddings", BOOL[::-1]),
+                 "use_parallel_residual": _values("use_parallel_residual", BOOL),
+                 "use_qkv_bias": _values("use_qkv_bias", BOOL),
+                 "qk_layernorm": _values("qk_layernorm", BOOL[::-1]),
+                 "rope": [{}] + ROPE},
+    "gpt2": {"activation_function": _activation("activation_function", "gelu_new"),
+             "scale_attn_weights": _values("scale_attn_weights", BOOL),
+             "scale_attn_by_inverse_layer_idx": _values("scale_attn_by_inverse_layer_idx",
+                                                        BOOL[::-1]),
+             "n_inner": _values("n_inner", [None, 80]),
+             "tie_word_embeddings": _values("tie_word_embeddings", BOOL),
+             "reorder_and_upcast_attn": _values("reorder_and_upcast_attn", BOOL[::-1]),
+             "layer_norm_epsilon": _values("layer_norm_epsilon", [1e-5, 1e-6]),
+             "add_cross_attention": _values("add_cross_attention", [False])},
+    "gpt_bigcode": {
+        "activation_function": _activation("activation_function", "gelu_pytorch_tanh"),
+        "multi_query": _values("multi_query", BOOL),
+        "scale_attn_weights": _values("scale_attn_weights", BOOL),
+        "n_inner": _values("n_inner", [None, 80]),
+        "tie_word_embeddings": _values("tie_word_embeddings", BOOL),
+        "attention_softmax_in_fp32": _values("attention_softmax_in_fp32", BOOL),
+        "scale_attention_softmax_in_fp32": _values("scale_attention_softmax_in_fp32",
+                                                   BOOL)},
+    "bert": {"hidden_act": _activation("hidden_act", "gelu"),
+             "tie_word_embeddings": _values("tie_word_embeddings", BOOL),
+             "is_decoder": _values("is_decoder", [False, True]),
+             "add_cross_attention": _values("add_cross_attention", [False])},
+}
+
+
+def _cases():
+    for family, keys in VARIED.items():
+        for n, (key, variants) in enumerate(keys.items()):
+            for i, overrides in enumerate(variants):
+                label = ",".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
+                fast = i == 1 or (i == 0 and n == 0)
+                yield pytest.param(family, key, overrides, i == 0,
+                                   id=f"{family}-{key}-{label or 'default'}",
+                                   marks=() if fast else (pytest.mark.slow,))
+
+
+def test_every_listed_setting_is_varied():
+    for family in FAMILIES:
+        if family.name not in SPECS:
+            continue   # families added without a case fail test_every_family_has_a_case
+        varied = VARIED.get(family.name, {})
+        missing = {s.key for s in family.settings} - set(varied)
+        assert not missing, f"{family.name}: settings not varied here: {missing}"
+        if family.rope is not None:
+            assert "rope" in varied, family.name
+
+
+@pytest.mark.parametrize("family, key, overrides, must_load", list(_cases()))
+def test_a_setting_is_honoured_or_refused(family, key, overrides, must_load, tmp_path):
+    model_class, config = build(family, **overrides)
+    hf = save(model_class, config, tmp_path)
+    oracle = float64_oracle(hf.to(torch.float64))
+    ids = tokens(config.vocab_size)
+    expected = logits(oracle, ids)
+    tolerance = next(f.tolerance for f in FAMILIES if f.name == family)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConfigWarning)
+            module = tndsl.from_pretrained(tmp_path, torch.float64)
+    except WeightsError as e:
+        assert not must_load, str(e)
+        message = str(e)
+        named = [k for k in (key, *overrides) if k in message]
+        assert named, f"the refusal names none of {key}, {list(overrides)}: {message}"
+        assert "supported" in message, message
+        return
+    with torch.no_grad():
+        difference = (module(ids) - expected).abs().max().item()
+    assert difference < tolerance, (overrides, difference)
+
+
+@pytest.mark.parametrize("value", ["linear", ["linear", 2.0], 3])
+def test_rope_scaling_that_is_not_an_object_is_refused_as_transformers_does(value, tmp_path):
+    model_class, config = build("llama")
+    save(model_class, config, tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["rope_scaling"] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="rope_scaling .* is not an object"):
+        tndsl.from_pretrained(tmp_path)
+
+
+def test_linear_rope_scaling_beside_rope_parameters_is_refused(tmp_path):
+    model_class, config = build("llama")
+    save(model_class, config, tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    assert data["rope_parameters"]["rope_type"] == "default"
+    data["rope_scaling"] = {"type": "linear", "factor": 4.0}   # wins in transformers
+    path.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match=r'rope_scaling.rope_type = "linear" is not '
+                                           r'supported; supported: "default"'):
+        tndsl.from_pretrained(tmp_path)
+
+
+def test_a_key_no_table_lists_is_warned_about(tmp_path):
+    model_class, config = build("llama")
+    save(model_class, config, tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["attn_logit_softcapping"] = 30.0
+    path.write_text(json.dumps(data))
+    with pytest.warns(ConfigWarning, match="attn_logit_softcapping"):
+        tndsl.from_pretrained(tmp_path)
