@@ -4,8 +4,8 @@ uncached model.
 Each family's random checkpoint is saved with a tiny word-level tokenizer built with the
 `tokenizers` library (no network) and loaded with `tndsl.from_pretrained`. The oracle
 is transformers' own `generate` (greedy, its default DynamicCache) on the float64 model
-made exact by `_float64_oracle` (tests/test_families.py); the tokens must be equal one
-for one, for a single prompt and for a left-padded batch.
+made exact by `float64_oracle` (tests/hf_models.py); the tokens must be equal one
+for one, for a single prompt and for a left-padded batch, for every causal family.
 """
 import json
 
@@ -19,7 +19,7 @@ from tndsl.interp.generate import GenerateError
 from tndsl.models.tokenizer import TokenizerError
 from tndsl.passes.decode import DecodeError
 
-from test_families import CASES, _float64_oracle, _save
+from hf_models import CASES, float64_oracle, save
 
 WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(93)]  # the 97 ids
 
@@ -39,25 +39,18 @@ def _checkpoint(case, folder, eos=2):
     model_class, config = CASES[case]()
     config._attn_implementation = "sdpa"
     config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, eos, 3
-    hf = _save(model_class, config, folder)
+    hf = save(model_class, config, folder)
     _save_tokenizer(folder, bos_processor=case.startswith("llama"))
-    return _float64_oracle(hf.to(torch.float64)).eval()
+    return float64_oracle(hf.to(torch.float64)).eval()
 
 
-def _gpt2_checkpoint(folder):
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=97,
-                                     n_positions=32, bos_token_id=1, eos_token_id=2,
-                                     pad_token_id=3)
-    hf = _save(transformers.GPT2LMHeadModel, config, folder)
-    _save_tokenizer(folder)
-    return hf.to(torch.float64).eval()
-
-
-FAMILIES = ["gpt2", "llama", "mistral_window", "pythia", "qwen2", "gemma"]
+# Every causal family (BERT is not one: see the last test).
+FAMILIES = ["gpt2", "llama", "mistral", "pythia", "qwen2", "gemma", "qwen3", "olmo2",
+            "phi3", "stablelm", "gpt_bigcode"]
 
 
 def _load(case, folder):
-    hf = _gpt2_checkpoint(folder) if case == "gpt2" else _checkpoint(case, folder)
+    hf = _checkpoint(case, folder)
     return hf, tndsl.from_pretrained(folder, torch.float64)
 
 
@@ -73,7 +66,7 @@ def test_greedy_equals_hugging_face_generate_token_for_token(case, tmp_path):
     assert out.new_tokens.shape == (1, expected.size(1) - 6)
 
 
-@pytest.mark.parametrize("case", ["gpt2", "llama", "mistral_window", "qwen2"])
+@pytest.mark.parametrize("case", ["gpt2", "llama", "mistral", "qwen2"])
 def test_left_padded_batch_equals_hugging_face(case, tmp_path):
     hf, model = _load(case, tmp_path)
     rows = [[5, 17, 9, 30, 12, 8, 4], [22, 6], [7, 7, 40, 11]]
@@ -88,7 +81,7 @@ def test_left_padded_batch_equals_hugging_face(case, tmp_path):
     assert out.pad.tolist() == [0, 5, 3]
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral_window", "pythia", "gemma"])
+@pytest.mark.parametrize("case", ["llama", "mistral", "pythia", "gemma"])
 def test_cached_and_uncached_logits_agree(case, tmp_path):
     _, model = _load(case, tmp_path)
     prompt = [[5, 17, 9, 30, 12, 8], [4, 4, 21]]
@@ -101,7 +94,7 @@ def test_cached_and_uncached_logits_agree(case, tmp_path):
 
 
 def test_incremental_calls_equal_one_call_and_a_static_cache_too(tmp_path):
-    _, model = _load("mistral_window", tmp_path)  # window 4 < the 11 positions
+    _, model = _load("mistral", tmp_path)  # window 4 < the 11 positions
     tokens = torch.randint(4, 44, (2, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         whole = model(tokens)
@@ -133,7 +126,7 @@ def test_gpt2_has_no_bos_unless_asked(tmp_path):
 
 def test_a_folder_without_tokenizer_loads_and_text_is_a_clear_error(tmp_path):
     model_class, config = CASES["qwen2"]()
-    _save(model_class, config, tmp_path)
+    save(model_class, config, tmp_path)
     model = tndsl.from_pretrained(tmp_path)
     assert model.tokenizer is None
     assert model.generate(torch.tensor([5, 6]), 2).tokens.shape == (1, 4)
@@ -233,3 +226,12 @@ def test_the_tutorial_steering_script_runs_on_the_documented_api(tmp_path):
     assert (tmp_path / "sae-steering.png").stat().st_size > 1000
     assert result["steered"].tokens.tolist() != result["plain"].tokens.tolist()
     assert result["steered"].text[0].startswith("<s> the golden gate bridge is")
+
+
+def test_a_masked_language_model_is_refused_with_its_reason(tmp_path):
+    model_class, config = CASES["bert"]()
+    save(model_class, config, tmp_path)
+    model = tndsl.from_pretrained(tmp_path, torch.float64)
+    with pytest.raises(DecodeError, match="without a causal mask") as info:
+        model.generate(torch.tensor([5, 6, 7]), 2)
+    assert "bert.tn:" in str(info.value)
