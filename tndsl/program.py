@@ -137,9 +137,11 @@ class Program:
 
     def module(self, outputs: Sequence[str] | None = None, **options):
         """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`, this
-        program `.tndsl_program` (what `tndsl.generate` reads the decoding plan from)."""
-        module = self.compile(outputs, **options).build()
-        module.tndsl_program = self
+        program `.tndsl_program` and its outputs `.tndsl_outputs` (what `tndsl.generate`
+        reads the decoding plan from)."""
+        compiled = self.compile(outputs, **options)
+        module = compiled.build()
+        module.tndsl_program, module.tndsl_outputs = self, compiled.outputs
         return module
 
     def verify_compiled(self, **options):

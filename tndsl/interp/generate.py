@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from tndsl.interp.hooks import hook_points, intervene
+from tndsl.lang import ir
 from tndsl.lang.errors import TnError
 from tndsl.models.tokenizer import Tokenizer, TokenizerError, require
 from tndsl.passes.decode import NEW, derive
@@ -187,7 +188,13 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     sequence, step_logits = tokens, []
     bar = _progress(max_new_tokens, progress)
     with intervene(model, all_hooks), torch.no_grad():
-        logits = _forward(model, sequence, cache, padding)
+        # The prompt's logits are needed at its last position only (Hugging Face's
+        # logits_to_keep): where the output is a per-position function of other values,
+        # those are cut to that position first, so the unembedding runs once, not per
+        # prompt position. Not while caching activations (they must be whole).
+        last_only = {} if names or cache is None else _last_position_hooks(model)
+        with intervene(model, last_only):
+            logits = _forward(model, sequence, cache, padding)
         for step in range(max_new_tokens):
             last = logits[..., -1, :]
             if return_logits:
@@ -223,6 +230,40 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     if return_logits:
         result.logits = torch.stack(step_logits, dim=1) if step_logits else None
     return result
+
+
+def _last_position_hooks(model) -> dict:
+    """{hook name: cut to the last position} for the values the output equation reads
+    per position, if it is one output computed position by position from equations
+    (`logits[p, v] = final[p, m] * W_U[m, v] + ...`); else {}."""
+    program = getattr(model, "tndsl_program", None)
+    outputs = getattr(model, "tndsl_outputs", ())
+    if program is None or len(outputs) != 1:
+        return {}
+    final = program.equation(outputs[0])
+    plan = _plan(model)
+    roles = plan.index_roles.get(final.name, {})
+    positions = [i for i, r in roles.items() if r is not None]
+    if len(positions) != 1 or positions[0] not in final.indices or \
+            roles[positions[0]] != NEW or _has_box_or_mask(final.rhs):
+        return {}
+    p = positions[0]
+    equations = {eq.name for eq in program.equations}
+    cuts = {}
+    for term in final.rhs.terms:
+        for factor in term.factors:
+            if not isinstance(factor, ir.Ref) or p not in factor.indices:
+                continue
+            if factor.name not in equations or factor.indices.count(p) != 1:
+                return {}  # a param or input indexed by position: not cut here
+            axis = factor.indices.index(p) - len(factor.indices)
+            cuts[factor.name] = lambda x, axis=axis: x.narrow(axis, x.size(axis) - 1, 1)
+    points = hook_points(model)
+    return cuts if cuts and all(name in points for name in cuts) else {}
+
+
+def _has_box_or_mask(node) -> bool:
+    return any(not isinstance(f, (ir.Ref,)) for t in node.terms for f in t.factors)
 
 
 def _forward(model, tokens, cache, pad):
@@ -361,10 +402,15 @@ def _cache_names(model, return_cache) -> list[str]:
 
 
 def _plan(model):
+    """The model's decoding plan (derived once per model and kept on it)."""
     program = getattr(model, "tndsl_program", None)
     if program is None:
         return None
-    return derive(program.network, program.sizes)
+    kept = model.__dict__.get("_tndsl_decode_plan")
+    if kept is None or kept[0] is not program:
+        kept = model.__dict__["_tndsl_decode_plan"] = (program, derive(program.network,
+                                                                       program.sizes))
+    return kept[1]
 
 
 def _store(values: list):
