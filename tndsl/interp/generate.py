@@ -252,7 +252,8 @@ def _last_position_hooks(model) -> dict:
     cuts = {}
     for term in final.rhs.terms:
         for factor in term.factors:
-            if not isinstance(factor, ir.Ref) or p not in factor.indices:
+            if not isinstance(factor, ir.Ref) or p not in factor.indices \
+                    or factor.name == ir.ONES:  # broadcasting: takes its length from the rest
                 continue
             if factor.name not in equations or factor.indices.count(p) != 1:
                 return {}  # a param or input indexed by position: not cut here
