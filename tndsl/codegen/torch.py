@@ -151,6 +151,8 @@ class _File:
         except DecodeError as e:
             self.decode_refused = str(e)
             return
+        if plan.dim not in self.runtime:  # every call has the whole sequence: no cache
+            return
         self.decode = plan
         self.positional = decode_code.positional(self.network, plan, self.order)
 
