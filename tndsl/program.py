@@ -130,8 +130,9 @@ class Program:
         equation). Options: optimizer, memory_budget, name; fuse / no_fuse (the
         optional passes, `tndsl.passes.fusion.PASSES`); vary (dims the inputs may have
         shorter, default the token positions); shard, ranks (dims to shard: the root
-        class gets a `parallelize(mesh)` method, docs/distributed.md). Does not import
-        torch."""
+        class gets a `parallelize(mesh)` method, docs/distributed.md); decode (default
+        True: a `cache=` argument and `new_cache()` for incremental decoding where the
+        file allows it, docs/compiling.md). Does not import torch."""
         from tndsl.codegen.torch import generate
         return generate(self, outputs, **options)
 
