@@ -13,10 +13,15 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@# Figures need Graphviz's `dot`; install it where we can (CI runs as root on Debian).
-	@command -v dot >/dev/null || (command -v apt-get >/dev/null && \
-	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null)) || \
-	    { echo "Graphviz is missing: install it (apt-get install graphviz, brew install graphviz)"; exit 1; }
+	@# Figures need Graphviz, a Times face (Nimbus Roman, TeX Gyre Termes) and, for the
+	@# TikZ tests, pdflatex with TikZ and Times; install them where we can (CI runs as
+	@# root on Debian).
+	@(command -v dot >/dev/null && command -v pdflatex >/dev/null && \
+	    fc-list | grep -q "Nimbus Roman" && kpsewhich tikz.sty mathptmx.sty >/dev/null) || \
+	    (command -v apt-get >/dev/null && (apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz fonts-urw-base35 \
+	    fonts-texgyre fonts-lmodern texlive-latex-base texlive-pictures texlive-fonts-recommended >/dev/null)) || \
+	    { echo "Graphviz, fonts or TeX are missing: install graphviz, fonts-urw-base35, texlive-latex-base, texlive-pictures and texlive-fonts-recommended (or brew install graphviz; a TeX distribution)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	echo '$(TORCH)' > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'

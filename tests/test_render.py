@@ -1,8 +1,8 @@
-"""Figures: golden DOT, structure of the rendered SVG, formats, and no-Graphviz errors."""
+"""Figures: golden DOT, formats, no-Graphviz errors, TikZ compiled (geometry: test_figure_geometry)."""
+import re
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -12,7 +12,6 @@ from tndsl.render import output
 from conftest import EXAMPLES, ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "dot"
-SVG = "{http://www.w3.org/2000/svg}"
 
 # (example, equation, depth): what the gallery draws.
 FIGURES = [
@@ -38,7 +37,8 @@ def test_dot_matches_golden(example, name, depth, golden):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_examples_final_equation_draws(path):
-    assert tndsl.load(path, dims={"Layers": 1} if "gpt2" in path.name else None
+    layered = any(line.startswith("dim Layers") for line in path.read_text().splitlines())
+    assert tndsl.load(path, dims={"Layers": 1} if layered else None
                       ).render().source.startswith("digraph tndsl {")
 
 
@@ -51,65 +51,11 @@ def test_dot_is_byte_identical_across_hash_seeds():
     assert len(outputs) == 1
 
 
-def svg(program, name=None, **options):
-    data = output.render_bytes(figure(program, name, **options).source, "svg", outline=False)
-    return ET.fromstring(data)
-
-
-def classes(root, prefix):
-    return [g for g in root.iter(f"{SVG}g") if g.get("class", "").startswith(prefix)]
-
-
-def wire_labels(root):
-    return [" ".join(t.text or "" for t in g.iter(f"{SVG}text")).strip()
-            for g in classes(root, "edge wire")]
-
-
-def test_one_node_per_tensor_instance_and_labelled_wires():
-    root = svg(load("attention_head"), "out", expand=True)
-    tensors = classes(root, "node tensor")
-    # x W_Q W_K x inside the softmax, then x W_V W_O: seven tensor instances.
-    assert len(tensors) == 7
-    assert len(classes(root, "node tensor param")) == 4
-    labels = wire_labels(root)
-    assert len(labels) == 8 and set(labels) == {"Context", "Model", "Head"}
-    assert labels.count("Context") == 2  # the query leg, and x's key leg out of the box
-
-
-def test_copy_dots_one_per_shared_leg():
-    # Multi-head: h meets W_Q and W_K inside the softmax (one dot) and the pattern, W_V
-    # and W_O outside (another): exactly two copy dots, every wire at them is `Heads`.
-    root = svg(load("multihead_attention"), "out", expand=True)
-    assert len(classes(root, "node copy")) == 2
-    assert wire_labels(root).count("Heads") == 5  # W_Q, W_K to one; it, W_V, W_O to the other
-
-
-def test_one_dashed_cluster_per_box():
-    assert len(classes(svg(load("nested_boxes"), "y"), "cluster box")) == 2
-    assert len(classes(svg(load("attention_head"), "out", expand=True), "cluster box")) == 1
-    assert len(classes(svg(load("orthodox"), "trace"), "cluster box")) == 0
-
-
-def test_qk_expansion_draws_four_terms_joined_by_plus():
-    root = svg(load("attn_only_2l"), "blocks.1.attn.scores", depth=1)
-    assert len(classes(root, "cluster term")) == 4
-    joiners = [" ".join(t.text for t in g.iter(f"{SVG}text")) for g in classes(root, "node joiner")]
-    assert joiners == ["+", "+", "+"]
-    # Each term: W_Q and W_K of layer 1 between two residual-stream reads.
-    assert len(classes(root, "node tensor param")) == 8
-
-
-def test_sum_shows_coefficients_and_minus():
-    program = tndsl.parse("dim N = 2\ninput a[i: N]\ninput b[i: N]\ny[i] = a[i] - 3 * b[i]\n")
-    root = svg(program)
-    texts = [" ".join(t.text for t in g.iter(f"{SVG}text")) for g in classes(root, "node")]
-    assert "−" in texts and "3" in texts
-
-
 def test_formats(tmp_path):
     fig = load("attention_head").render("out")
     for suffix, magic in ((".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG"),
-                          (".dot", b"digraph"), (".tex", b"\\IfFileExists{standalone.cls}")):
+                          (".dot", b"digraph"), (".tex", b"\\documentclass{article}"),
+                          (".tikz", b"% tndsl figure of out")):
         path = fig.save(tmp_path / f"fig{suffix}")
         assert path.read_bytes().startswith(magic), suffix
     small, large = fig.save(tmp_path / "a.png", dpi=72), fig.save(tmp_path / "b.png", dpi=216)
@@ -135,18 +81,23 @@ def test_without_graphviz_dot_output_works_and_others_say_how_to_install(monkeyp
     assert info.value.message.count("\n") == 0
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None,
-                    reason="pdflatex is not installed (TeX Live); the TikZ output is still "
-                           "written, only its compilation is not tested here")
+# pdflatex, TikZ and Times come with `make setup` (texlive-latex-base, texlive-pictures,
+# texlive-fonts-recommended), so these run on a fresh machine.
 @pytest.mark.parametrize("example, name, depth", [("multihead_attention", "out", None),
                                                   ("attn_only_2l", "blocks.1.attn.scores", 1)])
 def test_tikz_compiles_with_pdflatex(example, name, depth, tmp_path):
-    fig = figure(load(example), name, depth=depth or 0, expand=depth is None)
+    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in")
     fig.save(tmp_path / "fig.tex")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "fig.tex"],
+    # Uncompressed objects, so the page's size can be read back.
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             r"\pdfobjcompresslevel=0 \input{fig.tex}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
-    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    pdf = (tmp_path / "fig.pdf").read_bytes()
+    box = re.search(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", pdf)
+    # The page is the figure, in PostScript points as the layout: no margin, no crop.
+    assert abs(float(box.group(1)) - fig.scene.width) < 0.05
+    assert abs(float(box.group(2)) - fig.scene.height) < 0.05
 
 
 def test_cli_render(tmp_path):
@@ -162,3 +113,99 @@ def test_cli_render(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tndsl", "render", "examples/sum.tn", "nope"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "no equation `nope` to draw" in bad.stderr
+
+
+def test_tikz_snippet_inputs_into_a_paper_set_in_times(tmp_path):
+    """The .tikz needs nothing but \\usepackage{tikz}: it is \\input into an article in
+    Times and the labels come out in the paper's face."""
+    from tndsl.interp.paths import expand_paths
+    load("multihead_attention").render("out", expand=True).save(tmp_path / "head.tikz")
+    # a figure with term labels (L0H·→L1H·), Σ marks and a left-hand side
+    expand_paths(load("attn_only_2l"), "logits").figure(width="6.75in").save(
+        tmp_path / "paths.tikz")
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{mathptmx}\n\\usepackage{tikz}\n"
+        "\\begin{document}\nBefore.\n\n\\input{head.tikz}\n\n\\input{paths.tikz}\n\n"
+        "After.\n\\end{document}\n")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "paper.tex"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").read_bytes().startswith(b"%PDF")
+    # The fonts pdflatex embedded (its log lists their files): the labels are in the
+    # paper's Times (URW's utm*), the only text face the document has.
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "/urw/times/utmri8a.pfb" in log
+
+
+def test_pdf_embeds_a_times_face_and_a_missing_face_is_one_line(tmp_path):
+    from tndsl.render.fonts import FontError
+    fig = load("sum").render("total")
+    pdf = fig.save(tmp_path / "f.pdf").read_bytes()
+    assert b"NimbusRoman" in pdf or b"TeXGyreTermes" in pdf
+    assert b"DejaVu" not in pdf
+    with pytest.raises(FontError) as info:
+        load("sum").render("total", font="No Such Face Anywhere")
+    assert "not installed" in info.value.message and "\n" not in info.value.message
+
+
+def test_a_png_past_cairos_limit_is_refused_with_the_dpi_that_fits(tmp_path):
+    fig = load("attention_head").render("out", expand=True)
+    limit = output.CAIRO_MAX_PIXELS * 72 / fig.scene.width
+    with pytest.raises(RenderError, match=r"at most \d+ dpi fits"):
+        fig.save(tmp_path / "f.png", dpi=int(limit) + 1)
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_a_figure_too_costly_to_lay_out_is_refused_at_its_equation():
+    from tndsl.lang.errors import ResourceError
+    with pytest.raises(ResourceError) as info:
+        tndsl.load(ROOT / "examples" / "attn_only_2l.tn").render("logits", expand=True)
+    assert info.value.span is not None and "--depth" in info.value.hint
+
+
+def test_cli_render_options(tmp_path):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "tndsl", "render", *argv], cwd=ROOT,
+                              capture_output=True, text=True)
+    out = tmp_path / "head.pdf"
+    result = run("examples/attention_head.tn", "out", "--expand", "--width", "6.75in",
+                 "--font-size", "8", "--legs", "p/m", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().startswith(b"%PDF")
+    check = run("examples/sum.tn", "distributes", "--check", "-o", str(tmp_path / "c.tikz"))
+    assert check.returncode == 0, check.stderr
+    assert "$=$" in (tmp_path / "c.tikz").read_text()
+    hooks = run("examples/gpt2_small.tn", "blocks.0.out", "--depth", "1", "--hooks",
+                "--dim", "Layers=1")
+    assert hooks.returncode == 0 and "blocks.0.attn.out" in hooks.stdout
+    for argv, message in [
+            (["--width", "wide"], "width `wide` is not a length"),
+            (["--width", "1in", "--font-size", "10"], "does not fit in 1.00 in"),
+            (["--legs", "q/m"], "`q` is not an open leg"),
+            (["--font", "No Such Face Anywhere", "-o", str(tmp_path / "f.pdf")],
+             "font `No Such Face Anywhere` is not installed"),
+            (["nope", "--check"], "no check `nope` to draw")]:
+        bad = run("examples/attention_head.tn", *([] if argv[0] == "nope" else ["out"]),
+                  *argv)
+        assert bad.returncode == 1 and message in bad.stderr, (argv, bad.stderr)
+        assert "Traceback" not in bad.stderr
+
+
+def test_another_face_is_measured_and_embedded(tmp_path):
+    # Latin Modern (Debian fonts-lmodern, installed by `make setup`): measured from its own
+    # file, so a label is sized for it; the PDF embeds it and the .tex loads lmodern.
+    times = load("sum").render("total").scene
+    latin = load("sum").render("total", font="Latin Modern Roman").scene
+    assert latin.font.families == ("Latin Modern Roman",)
+    assert latin.width != times.width
+    pdf = load("sum").render("total", font="Latin Modern Roman").save(tmp_path / "f.pdf")
+    assert b"LMRoman" in pdf.read_bytes()
+    tex = load("sum").render("total", font="Latin Modern Roman").save(tmp_path / "f.tex")
+    assert r"\usepackage{lmodern}" in tex.read_text()
+
+
+def test_graphviz_runs_under_a_time_limit_with_a_clear_message():
+    fig = load("sum").render("total")
+    with pytest.raises(RenderError, match=r"did not finish drawing the figure in 1e-09 s"):
+        output.run_dot(fig.source, "-Tsvg", timeout=1e-9)

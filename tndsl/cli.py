@@ -90,9 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     render = commands.add_parser(
         "render", help="draw an equation's network in graphical tensor notation",
         description="Draw the network of equation NAME (default: the file's final "
-                    "equation). The output format follows -o's suffix: .svg (text outlined; "
-                    "--no-outline keeps it as text), .pdf (fonts embedded), .png (--dpi), "
-                    ".dot, or .tex (standalone TikZ). Without -o, DOT goes to standard output.")
+                    "equation), or check NAME with --check, as a typeset equation: every "
+                    "term on one baseline, rows wrapped at --width. The output format "
+                    "follows -o's suffix: .svg (text outlined; --no-outline keeps it as "
+                    "text), .pdf (fonts embedded), .png (--dpi), .dot (pinned positions, "
+                    "for neato -n2), .tex (a standalone LaTeX document) or .tikz (a "
+                    "tikzpicture to \\input into a paper after \\usepackage{tikz}). "
+                    "Without -o, DOT goes to standard output.")
     render.add_argument("file", metavar="FILE")
     render.add_argument("name", nargs="?", metavar="NAME")
     render.add_argument("-o", "--out", metavar="FIGURE", help="where to write the figure")
@@ -107,6 +111,25 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep SVG text as text (needs the fonts where it is shown)")
     render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="give or override a dim's size")
+    render.add_argument("--check", action="store_true",
+                        help="NAME is a check: draw it as lhs = rhs")
+    render.add_argument("--width", metavar="LENGTH",
+                        help="lay the figure out this wide (3.25in, 6.75in, 17cm, 480pt), "
+                             "wrapping sums into rows; without --font-size, type is set "
+                             "smaller (down to 7 pt) where that is needed to fit")
+    render.add_argument("--font-size", type=float, metavar="PT",
+                        help="label size in pt at the final size (default 10; wire "
+                             "labels 0.9 of it)")
+    render.add_argument("--font", metavar="FACE",
+                        help="the face (default Times: Nimbus Roman or TeX Gyre Termes), "
+                             "e.g. 'Latin Modern Roman'; it must be installed")
+    render.add_argument("--legs", metavar="LEFT/RIGHT",
+                        help="which side each open leg leaves on, e.g. p/m or p,h/s "
+                             "(default: the first left, the last right)")
+    render.add_argument("--hooks", action="store_true",
+                        help="label each intermediate with its hook-point name "
+                             "(blocks.0.attn.pattern): the map of what a compiled model "
+                             "lets you read and patch")
 
     cost = commands.add_parser(
         "cost", help="contraction orders, FLOPs and intermediate sizes, symbolically",
@@ -230,8 +253,17 @@ def _verify(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     try:
         program = load(args.file, dict(args.dim))
-        figure = program.render(args.name, expand=args.expand, depth=args.depth,
-                                indices=args.indices)
+        if args.check and not args.name:
+            raise TnError("--check needs the check's NAME",
+                          hint="checks: " + ", ".join(c.label for c in program.network.checks)
+                          if program.network.checks else "the file has no checks")
+        options = dict(expand=args.expand, depth=args.depth, indices=args.indices,
+                       width=args.width, font_size=args.font_size, font=args.font,
+                       legs=args.legs)
+        if args.check:
+            figure = program.render(check=args.name, **options)
+        else:
+            figure = program.render(args.name, hooks=args.hooks, **options)
         if args.out:
             figure.save(args.out, dpi=args.dpi, outline=not args.no_outline)
             print(f"{args.out}: written")
@@ -286,7 +318,8 @@ def _paths_parser(commands) -> None:
     paths.add_argument("-o", "--out", metavar="OUT.tn",
                        help="where to write the expansion (default: standard output)")
     paths.add_argument("--render", metavar="FIGURE",
-                       help="also draw the terms side by side (.svg/.pdf/.png/.dot/.tex)")
+                       help="also draw NAME = term + term + ..., each term labelled by "
+                            "its path (.svg/.pdf/.png/.dot/.tex/.tikz)")
     paths.add_argument("--prefix", help="name the terms PREFIX.direct, ... (default: the "
                                         "last segment of NAME)")
     paths.add_argument("--dim", action="append", default=[], type=_dim_assignment,

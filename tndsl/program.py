@@ -151,11 +151,16 @@ class Program:
         return compare_compiled(self, **options)
 
     def render(self, name: str | None = None, *, expand: bool = False, depth: int = 0,
-               indices: bool = False):
-        """The figure of equation `name` (default: the final one) as a graphviz object
-        (`.source` is its DOT; `.save("fig.pdf")`; shows inline in Jupyter)."""
-        from tndsl.render import figure
-        return figure(self, name, expand=expand, depth=depth, indices=indices)
+               indices: bool = False, check: str | None = None, **options):
+        """The figure of equation `name` (default: the final one), or of `check` drawn as
+        `lhs = rhs` (`.scene` holds its layout in pt, `.source` its DOT;
+        `.save("fig.pdf")`; shows inline in Jupyter). `options`: width ("3.25in"),
+        font_size, font, legs ("p/m"), hooks, lhs (tndsl.render.figure)."""
+        from tndsl.render import check_figure, figure
+        if check is not None:
+            return check_figure(self, check, expand=expand, depth=depth, indices=indices,
+                                **options)
+        return figure(self, name, expand=expand, depth=depth, indices=indices, **options)
 
     # ---- reports ---------------------------------------------------------------------
     def dump(self) -> str:

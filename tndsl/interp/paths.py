@@ -113,12 +113,15 @@ class PathExpansion:
         from tndsl.program import parse
         return parse(self.source, f"<paths of {self.name}>", dict(self.dims))
 
-    def figure(self):
-        """The terms side by side: a figure of their sum, each term drawn as its network."""
+    def figure(self, **options):
+        """`NAME = term + term + ...`, each term drawn as its network and labelled with its
+        path (direct, L0H·, virtual L0H·→L1H·). `options` as Program.render's (width=...)."""
         from tndsl.program import parse
         total = f"{self.check}_figure"
         text = self.source + f"\n{total}[{', '.join(self.indices)}] = {self._sum_text()}\n"
-        return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(total, depth=1)
+        return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(
+            total, depth=1, lhs=self.name, term_labels=[figure_label(t) for t in self.terms],
+            **options)
 
     def _sum_text(self) -> str:
         parts = []
@@ -126,6 +129,26 @@ class PathExpansion:
             ones = "".join(f" * ones[{h.index}]" for h in term.heads)
             parts.append(f"{term.name}[{', '.join(term.legs)}]{ones}")
         return " + ".join(parts)
+
+
+def figure_label(term: PathTerm) -> str:
+    """A path as a figure labels it: `direct`, `L0H·` (heads of layer 0's attention,
+    summed), `L0 MLP`, `virtual L0H·→L1H·`; with several reads, `p: direct, s: L0H·`."""
+    def short(read: Read) -> str:
+        steps = []
+        for instance in read.path:
+            match = re.fullmatch(r"(?:.*\.)?(\d+)\.(\w+)", instance)
+            if match and "attn" in match.group(2):
+                steps.append(f"L{match.group(1)}H·")
+            elif match:
+                steps.append(f"L{match.group(1)} {match.group(2).upper()}")
+            else:
+                steps.append(instance)
+        text = "→".join(steps) or DIRECT
+        return f"virtual {text}" if len(steps) > 1 else text
+    if len(term.reads) <= 1:
+        return short(term.reads[0]) if term.reads else DIRECT
+    return ", ".join(f"{r.side}: {short(r)}" for r in term.reads)
 
 
 # ---- the expansion -------------------------------------------------------------------

@@ -1,142 +1,94 @@
-"""Writing figures: DOT text as SVG, PDF, PNG, DOT or standalone TikZ.
+"""Writing figures: a scene as SVG, PDF, PNG, DOT, standalone LaTeX or a TikZ snippet.
 
-Everything but `.dot` runs Graphviz's `dot` program. SVG is rendered through cairo,
-which writes glyphs as paths, so the file looks the same without its fonts installed
-(`outline=False` keeps real, selectable text); PDF comes from cairo with its fonts
-embedded; PNG takes a DPI. TikZ is built from Graphviz's own layout (`dot -Tjson`):
-every node, wire and box at the coordinates Graphviz chose, with labels set by LaTeX in
-the paper's fonts.
+SVG, PDF and PNG come from Graphviz's `neato -n2` on the pinned DOT (it draws where it
+is told, so it takes milliseconds), through cairo: SVG text is outlined (glyphs as
+paths) unless `outline=False`, PDF embeds its fonts, PNG takes a DPI. Before Graphviz
+sets any text the face is checked to be installed (no silent substitute), Graphviz runs
+under a time limit, and a PNG past cairo's 32,767 px limit is refused with the largest
+DPI that fits. `.tex` and `.tikz` are written from the same coordinates.
 """
 from __future__ import annotations
 
-import html
-import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from tndsl.lang.errors import TnError
-from tndsl.lang.text import tex_comment
+from tndsl.render import fonts, tikz
+from tndsl.render.dot import to_dot
+from tndsl.render.layout import Scene
 
-FORMATS = (".svg", ".pdf", ".png", ".dot", ".tex")
+FORMATS = (".svg", ".pdf", ".png", ".dot", ".tex", ".tikz")
 INSTALL_HINT = ("install Graphviz, which provides it: `apt-get install graphviz` (Debian, "
                 "Ubuntu), `brew install graphviz` (macOS), or https://graphviz.org/download/")
+GRAPHVIZ_SECONDS = 60      # a pinned layout draws in well under a second
+CAIRO_MAX_PIXELS = 32_767  # cairo's largest image side
 
 
 class RenderError(TnError):
-    """A figure that cannot be written: an unknown format, or no Graphviz."""
+    """A figure that cannot be written: an unknown format, no Graphviz, a raster too big."""
 
 
-def run_dot(dot_text: str, *args: str) -> bytes:
-    executable = shutil.which("dot")
+def run_dot(dot_text: str, *args: str, timeout: float = GRAPHVIZ_SECONDS) -> bytes:
+    """Graphviz's `neato -n2` on pinned DOT (positions and wires as given)."""
+    executable = shutil.which("neato") or shutil.which("dot")
     if executable is None:
-        raise RenderError(f"Graphviz's `dot` program is not installed; {INSTALL_HINT}")
-    result = subprocess.run([executable, *args], input=dot_text.encode(), capture_output=True)
+        raise RenderError(f"Graphviz's `neato` program is not installed; {INSTALL_HINT}")
+    command = [executable] + (["-n2"] if executable.endswith("neato") else ["-Kneato", "-n2"])
+    try:
+        result = subprocess.run(command + list(args), input=dot_text.encode(),
+                                capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"Graphviz did not finish drawing the figure in {timeout:g} s; "
+                          f"draw fewer levels (--depth) or a narrower figure") from None
     if result.returncode != 0:
-        raise RenderError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
+        raise RenderError(f"Graphviz failed: {result.stderr.decode(errors='replace').strip()}")
     return result.stdout
 
 
-def render_bytes(dot_text: str, fmt: str, *, dpi: int = 300, outline: bool = True) -> bytes:
-    """The figure in `fmt` ("svg", "pdf", "png", "dot" or "tex")."""
+def render_bytes(scene: Scene, fmt: str, *, dpi: int = 300, outline: bool = True) -> bytes:
+    """The figure in `fmt` (a suffix of FORMATS without the dot)."""
+    if f".{fmt}" not in FORMATS:
+        raise RenderError(f"unknown figure format `{fmt}`; valid: {', '.join(FORMATS)}")
     if fmt == "dot":
-        return dot_text.encode()
-    if fmt == "svg":
-        return run_dot(dot_text, "-Tsvg:cairo" if outline else "-Tsvg")
-    if fmt == "pdf":
-        return run_dot(dot_text, "-Tpdf:cairo")
-    if fmt == "png":
-        return run_dot(dot_text, f"-Gdpi={int(dpi)}", "-Tpng:cairo")
+        return to_dot(scene).encode()
+    if fmt == "tikz":
+        return tikz.snippet(scene).encode()
     if fmt == "tex":
-        return tikz(dot_text).encode()
-    raise RenderError(f"unknown figure format `{fmt}`; valid: {', '.join(FORMATS)}")
+        return tikz.document(scene, _font_package(scene.font)).encode()
+    fonts.check_installed(scene.font)
+    if fmt == "svg":
+        return run_dot(to_dot(scene), "-Tsvg:cairo" if outline else "-Tsvg")
+    if fmt == "pdf":
+        pdf = run_dot(to_dot(scene), "-Tpdf:cairo")
+        fonts.check_embedded(scene.font, pdf)
+        return pdf
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+        raise RenderError(f"dpi must be a positive whole number, not {dpi!r}")
+    pixels = max(scene.width, scene.height) / 72 * dpi
+    if pixels > CAIRO_MAX_PIXELS:
+        fits = int(CAIRO_MAX_PIXELS * 72 / max(scene.width, scene.height))
+        raise RenderError(f"at {dpi} dpi the PNG would be {pixels:,.0f} px across, past "
+                          f"cairo's {CAIRO_MAX_PIXELS:,} px limit; at most {fits} dpi fits "
+                          f"(or write .pdf or .svg, or lay it out narrower with --width)")
+    return run_dot(to_dot(scene), f"-Gdpi={dpi}", "-Tpng:cairo")
 
 
-def write(dot_text: str, path: str | Path, *, dpi: int = 300, outline: bool = True) -> Path:
+def _font_package(font: fonts.Font) -> str:
+    if font.is_times:
+        return r"\usepackage{mathptmx}% Times, as the figure's other formats"
+    if font.is_latin_modern:
+        return r"\usepackage{lmodern}% Latin Modern, as the figure's other formats"
+    raise RenderError(f"a standalone .tex is set in Times or Latin Modern, not "
+                      f"`{font.families[0]}`: write .tikz and \\input it, and it takes the "
+                      f"paper's fonts")
+
+
+def write(scene: Scene, path: str | Path, *, dpi: int = 300, outline: bool = True) -> Path:
     path = Path(path)
     if path.suffix not in FORMATS:
         raise RenderError(f"cannot write `{path.name}`: unknown figure format "
                           f"`{path.suffix or '(none)'}`; valid: {', '.join(FORMATS)}")
-    data = render_bytes(dot_text, path.suffix[1:], dpi=dpi, outline=outline)
+    data = render_bytes(scene, path.suffix[1:], dpi=dpi, outline=outline)
     path.write_bytes(data)
     return path
-
-
-# ---- TikZ ----------------------------------------------------------------------------
-
-def tikz(dot_text: str) -> str:
-    """A standalone LaTeX document drawing the figure with TikZ at Graphviz's layout."""
-    layout = json.loads(run_dot(dot_text, "-Tjson"))
-    lines = [
-        # standalone crops to the picture; where it is missing (it is in TeX Live's
-        # latex-extra), a plain page still compiles.
-        r"\IfFileExists{standalone.cls}{\documentclass[tikz,border=2pt]{standalone}"
-        r"\newcommand\tndslfigure[1]{##1}}"
-        r"{\documentclass{article}\usepackage{tikz,graphicx}\pagestyle{empty}"
-        r"\newcommand\tndslfigure[1]{\noindent\resizebox{\linewidth}{!}{##1}}}",
-        "% " + tex_comment(html.unescape(layout.get("comment", ""))),
-        r"\usepackage{amsmath}",
-        r"\definecolor{param}{HTML}{DCE8F5}",
-        r"\definecolor{paramedge}{HTML}{1F4E79}",
-        r"\definecolor{wirelabel}{HTML}{444444}",
-        r"\begin{document}",
-        r"\tndslfigure{\begin{tikzpicture}[x=1pt, y=1pt, line width=0.8pt, line cap=round]",
-    ]
-    for graph in layout.get("objects", []):
-        if "bb" not in graph or not graph.get("name", "").startswith("cluster_box"):
-            continue  # the objects with a bounding box are clusters; only boxes are drawn
-        x0, y0, x1, y1 = (float(v) for v in graph["bb"].split(","))
-        lines.append(rf"\draw[dashed, rounded corners=6pt, gray] ({x0:.2f},{y0:.2f}) "
-                     rf"rectangle ({x1:.2f},{y1:.2f});")
-        label = graph.get("texlbl", "")
-        if label:
-            lines.append(rf"\node[anchor=north west, inner sep=2pt] at ({x0 + 2:.2f},"
-                         rf"{y1 - 1:.2f}) {{{label}}};")
-    for edge in layout.get("edges", []):
-        if edge.get("style") == "invis":
-            continue
-        points = _bezier(edge["pos"])
-        if len(points) >= 4:
-            path = f"({points[0][0]:.2f},{points[0][1]:.2f})"
-            for k in range(1, len(points) - 2, 3):
-                (ax, ay), (bx, by), (cx, cy) = points[k:k + 3]
-                path += (f" .. controls ({ax:.2f},{ay:.2f}) and ({bx:.2f},{by:.2f}) .. "
-                         f"({cx:.2f},{cy:.2f})")
-            lines.append(rf"\draw {path};")
-        if "lp" in edge and edge.get("texlbl"):
-            x, y = (float(v) for v in edge["lp"].split(","))
-            lines.append(rf"\node[text=wirelabel, font=\small] at ({x:.2f},{y:.2f}) "
-                         rf"{{{edge['texlbl']}}};")
-    for node in layout.get("objects", []):
-        if "bb" in node or "pos" not in node or node.get("style") == "invis":
-            continue
-        x, y = (float(v) for v in node["pos"].split(","))
-        width = float(node.get("width", 0.5)) * 72
-        height = float(node.get("height", 0.5)) * 72
-        shape, label = node.get("shape", ""), node.get("texlbl", "")
-        if shape == "point":
-            lines.append(rf"\fill ({x:.2f},{y:.2f}) circle ({width * 0.5:.2f});")
-        elif shape == "circle":
-            lines.append(rf"\node[draw, circle, minimum size={width:.2f}pt, inner sep=0pt] "
-                         rf"at ({x:.2f},{y:.2f}) {{{label}}};")
-        elif shape == "box":
-            fill = "fill=param, draw=paramedge" if "filled" in node.get("style", "") else "draw"
-            lines.append(rf"\node[{fill}, rounded corners=4pt, minimum width={width:.2f}pt, "
-                         rf"minimum height={height:.2f}pt, inner sep=1pt] at ({x:.2f},{y:.2f}) "
-                         rf"{{{label}}};")
-        else:  # plaintext: joiners and coefficients
-            lines.append(rf"\node at ({x:.2f},{y:.2f}) {{{label}}};")
-    lines += [r"\end{tikzpicture}}", r"\end{document}"]
-    return "\n".join(lines) + "\n"
-
-
-def _bezier(pos: str) -> list[tuple[float, float]]:
-    # "e,x,y s,x,y x1,y1 x2,y2 ...": end markers first, then the spline's points.
-    points = []
-    for part in pos.split():
-        if re.match(r"^[es],", part):
-            continue
-        x, y = part.split(",")[:2]
-        points.append((float(x), float(y)))
-    return points
