@@ -13,7 +13,7 @@ from tndsl.passes.decode import ALL, NEW, DecodeError, NoPositions, derive
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"Vocab": 50, "Model": 16, "Heads": 4, "KVHeads": 2, "Head": 4, "Hidden": 24,
-         "Layers": 2, "Window": 3}
+         "Layers": 2}
 
 HEAD = """dim Context = 12
 dim Model = 8
@@ -30,7 +30,7 @@ def _plan(text, name="t.tn"):
 
 
 def test_a_transformer_caches_its_keys_and_values_after_rotary():
-    program = tndsl.load(ROOT / "examples" / "llama.tn", dims=SMALL)
+    program = tndsl.load(ROOT / "examples" / "mistral.tn", dims={**SMALL, "Window": 3})
     plan = derive(program.network, program.sizes)
     assert plan.dim == "Context"
     assert plan.cached == tuple((f"blocks.{l}.attn.{t}", 0) for l in (0, 1) for t in "kv")
@@ -108,9 +108,10 @@ def test_a_users_own_causal_model_decodes_with_the_derived_cache():
     assert _incremental_equals_whole(program, tokens) < 1e-12
 
 
-@pytest.mark.parametrize("example", ["gpt2_small", "attn_only_2l", "llama"])
+@pytest.mark.parametrize("example", ["gpt2_small", "attn_only_2l", "mistral"])
 def test_examples_decode_incrementally_with_hooks_on_the_pattern(example):
-    dims = {"llama": SMALL, "gpt2_small": {"Vocab": 50, "Model": 16, "Heads": 4,
+    dims = {"mistral": {**SMALL, "Window": 3}, "gpt2_small": {"Vocab": 50, "Model": 16,
+                                                               "Heads": 4,
                                            "Layers": 2, "Context": 12}}.get(example, {})
     program = tndsl.load(ROOT / "examples" / f"{example}.tn", dims=dims)
     tokens = torch.randint(0, program.sizes["Vocab"], (2, 8),

@@ -81,12 +81,12 @@ def test_left_padded_batch_equals_hugging_face(case, tmp_path):
     assert out.pad.tolist() == [0, 5, 3]
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral", "pythia", "gemma"])
+@pytest.mark.parametrize("case", ["mistral", "pythia"])  # a window; partial rotary
 def test_cached_and_uncached_logits_agree(case, tmp_path):
     _, model = _load(case, tmp_path)
     prompt = [[5, 17, 9, 30, 12, 8], [4, 4, 21]]
-    cached = tndsl.generate(model, prompt, 10, return_logits=True, stop_at_eos=False)
-    uncached = tndsl.generate(model, prompt, 10, return_logits=True, stop_at_eos=False,
+    cached = tndsl.generate(model, prompt, 6, return_logits=True, stop_at_eos=False)
+    uncached = tndsl.generate(model, prompt, 6, return_logits=True, stop_at_eos=False,
                               use_cache=False)
     assert cached.tokens.tolist() == uncached.tokens.tolist()
     assert (cached.logits - uncached.logits).abs().max().item() < 1e-10
