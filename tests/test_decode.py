@@ -110,9 +110,8 @@ def test_a_users_own_causal_model_decodes_with_the_derived_cache():
 
 @pytest.mark.parametrize("example", ["gpt2_small", "attn_only_2l", "mistral"])
 def test_examples_decode_incrementally_with_hooks_on_the_pattern(example):
-    dims = {"mistral": {**SMALL, "Window": 3}, "gpt2_small": {"Vocab": 50, "Model": 16,
-                                                               "Heads": 4,
-                                           "Layers": 2, "Context": 12}}.get(example, {})
+    gpt2 = {"Vocab": 50, "Model": 16, "Heads": 4, "Layers": 2, "Context": 12}
+    dims = {"mistral": {**SMALL, "Window": 3}, "gpt2_small": gpt2}.get(example, {})
     program = tndsl.load(ROOT / "examples" / f"{example}.tn", dims=dims)
     tokens = torch.randint(0, program.sizes["Vocab"], (2, 8),
                            generator=torch.Generator().manual_seed(1))
