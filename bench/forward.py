@@ -4,25 +4,33 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
 (GQA 12/4) against LlamaForCausalLM, through from_pretrained.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
-                            [--compile] [--memory] [--matvec] [--no-fuse NAME] [--fuse NAME]
+                            [--compile | --steady] [--memory] [--matvec] [--no-fuse NAME]
+                            [--fuse NAME] [--baseline-tree DIR] [--plain-linear]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
 model is faster). --compile: torch.compile first-call times (cold and warm Inductor
 cache, fresh processes) and steady state of the compiled model and the hand-written
-one. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
+one; --steady: the steady state alone. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
 in a fresh process, from its peak resident size). --matvec: per-call time of a
 compiled 64 x 64 matrix-vector product against `W @ x`, a hand-written nn.Module, the
 minimal one and an empty module call.
 --profile: torch.profiler's top operators instead of the table (with --llama, of the
-Llama-shaped pair).
+Llama-shaped pair). --baseline-tree DIR: add the model that another tndsl checkout (an
+older commit: `git worktree add /tmp/old main`) compiles from the same .tn file, with the
+same weights, to the table and to the torch.compile steady state: old and new code in
+one run. --plain-linear: add the compiled model with `_linear` always F.linear (no
+oneDNN kernel, as TNDSL_AUTOTUNE=0 gives). The header names the CPU (`lscpu`'s model
+name).
 Needs `transformers` (the test extra).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -103,7 +111,37 @@ def median_times(fns: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(), **options):
+def cpu_name() -> str:
+    """The CPU's model name, as `lscpu` gives it (Linux), else the platform's word."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def baseline_module(tree: str, layers: int, context: int):
+    """The module the tndsl checkout at `tree` compiles from the example (its own
+    `tndsl compile`, in a subprocess), built from the file it writes."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "baseline.py"
+        subprocess.run([sys.executable, "-m", "tndsl", "compile", str(EXAMPLE), "--dim",
+                        f"Context={context}", "--dim", f"Layers={layers}", "-o", str(out)],
+                       env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
+                       check=True, capture_output=True)
+        source = out.read_text()
+    root = [n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)][-1]
+    namespace: dict = {"__name__": "tndsl_baseline"}
+    exec(compile(source, "<baseline>", "exec"), namespace)  # tndsl's generated code
+    return namespace[root]()
+
+
+def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(),
+          baseline_tree=None, plain_linear=False, **options):
     import transformers
     torch.manual_seed(0)
     models = {}
@@ -126,6 +164,13 @@ def build(layers: int, context: int, device: str = "cpu", no_fuse=(), fuse=(), *
         variants[f"tndsl --fuse {name}"] = program.module(
             **options, fuse=sorted(resolve(True) | {name}))
         load_state(variants[f"tndsl --fuse {name}"], state)
+    if plain_linear:  # its own generated namespace: only its `_linear` loses the kernel
+        variants["tndsl F.linear"] = program.module(**options)
+        type(variants["tndsl F.linear"]).forward.__globals__["_onednn_linear"] = None
+        load_state(variants["tndsl F.linear"], state)
+    if baseline_tree:
+        variants["baseline"] = baseline_module(baseline_tree, layers, context)
+        load_state(variants["baseline"], state)
     models = {"tndsl compiled": compiled.eval(), **models,
               "hand-written SDPA": HandWritten(state, layers, 12).eval(),
               **{k: m.eval() for k, m in variants.items()}}
@@ -140,7 +185,8 @@ def _logits(model, tokens):
 def table(args) -> list[tuple]:
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
     longest = max(c for _, c in rows)
-    models = build(args.layers, longest, args.device, args.no_fuse, args.fuse)
+    models = build(args.layers, longest, args.device, args.no_fuse, args.fuse,
+                   args.baseline_tree, args.plain_linear)
     results = []
     for batch, context in rows:
         tokens = torch.randint(0, 50257, (batch, context), device=args.device)
@@ -206,19 +252,23 @@ def compile_times(args) -> dict:
                 ).stdout.strip().splitlines()[-1]) for _ in range(2))
             runs[name].append({"cold": cold["first"], "warm": warm["first"]})
     steady = compiled_steady(args)
-    return {name: {key: statistics.median(r[key] for r in got) for key in ("cold", "warm")}
-            | {"steady": steady[name], "runs": got}
-            for name, got in runs.items()}
+    times = {name: {key: statistics.median(r[key] for r in got) for key in ("cold", "warm")}
+             | {"steady": steady[name], "runs": got}
+             for name, got in runs.items()}
+    if "baseline" in steady:  # steady state only: the old tree's first call is not at issue
+        times["baseline"] = {"cold": math.nan, "warm": math.nan, "steady": steady["baseline"],
+                             "runs": []}
+    return times
 
 
 def compiled_steady(args) -> dict[str, float]:
     """Steady-state time of each contender under torch.compile, both compiled in one
     process and timed round-robin (at least 9 rounds): separate processes run minutes
     apart, and this machine's speed drifts by more than the difference measured."""
-    models = build(args.layers, 128, args.device)
+    models = build(args.layers, 128, args.device, baseline_tree=args.baseline_tree)
     tokens = torch.randint(0, 50257, (4, 128), device=args.device)
-    compiled = {name: torch.compile(models[name])
-                for name in ("tndsl compiled", "hand-written SDPA")}
+    names = ("tndsl compiled", "hand-written SDPA") + (("baseline",) if args.baseline_tree else ())
+    compiled = {name: torch.compile(models[name]) for name in names}
     return median_times({name: (lambda m=m: _no_grad(m, tokens)) for name, m in compiled.items()},
                         max(args.repeat, 9))
 
@@ -374,6 +424,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steady", action="store_true",
+                        help="torch.compile steady state only (with --baseline-tree: old and new)")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--matvec", action="store_true")
     parser.add_argument("--profile", action="store_true")
@@ -382,6 +434,10 @@ def main() -> None:
     parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="add a contender: the model another tndsl checkout compiles")
+    parser.add_argument("--plain-linear", action="store_true",
+                        help="add a contender: the compiled model with F.linear only")
     parser.add_argument("--compile-runs", type=int, default=3,
                         help="fresh processes per contender for --compile (median)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -397,11 +453,13 @@ def main() -> None:
     if args.profile:
         profile(args)
         return
-    print(f"GPT-2 small shape, {args.layers} layers, {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat}")
+    print(f"GPT-2 small shape, {args.layers} layers, {args.device}, CPU {cpu_name()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat}")
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
              *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
-             *(f"tndsl --fuse {n}" for n in args.fuse)]
+             *(f"tndsl --fuse {n}" for n in args.fuse),
+             *(["tndsl F.linear"] if args.plain_linear else []),
+             *(["baseline"] if args.baseline_tree else [])]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
     for row, times in table(args):
@@ -422,6 +480,13 @@ def main() -> None:
         for name, t in times.items():
             print(f"{name}: runs " + "; ".join(
                 f"cold {r['cold']:.1f} s, warm {r['warm']:.1f} s" for r in t["runs"]))
+    if args.steady:
+        steady = compiled_steady(args)
+        print("\n| torch.compile steady state, 4x128 | " + " | ".join(steady) + " |")
+        print("| --- |" + " ---: |" * len(steady))
+        base = steady["tndsl compiled"]
+        print("| s (ratio to tndsl compiled) | " + " | ".join(
+            f"{t:.4f} ({t / base:.3f})" for t in steady.values()) + " |")
     if args.memory:
         for name, mb in memory(args).items():
             print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")

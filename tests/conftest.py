@@ -1,9 +1,14 @@
 """Shared fixtures. Golden files are rewritten, not compared, under `--update-golden`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Generated `_linear` picks its GEMM kernel by timing on first use (docs/compiling.md);
+# tests take F.linear always, so their results do not depend on the machine's load.
+os.environ.setdefault("TNDSL_AUTOTUNE", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.tn"))

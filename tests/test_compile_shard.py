@@ -88,7 +88,8 @@ def test_the_file_is_deterministic_and_standalone(tmp_path):
     text = outs[0].decode()
     imports = [line.strip() for line in text.splitlines()
                if line.strip().startswith(("import ", "from "))]
-    assert all(line.split()[1].split(".")[0] in ("math", "torch") for line in imports), imports
+    assert all(line.split()[1].split(".")[0] in ("math", "os", "time", "torch")
+               for line in imports), imports
     # torch.distributed.tensor is imported inside the method only: single-process use
     # (build, forward, hooks) never loads it.
     model = str(tmp_path / "model0.py")

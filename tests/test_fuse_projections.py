@@ -116,7 +116,8 @@ def test_gpt2_attention_packs_its_weights_once_and_slices_views():
         "            k = projected_1[..., 768:1536].unflatten(-1, (12, 64))",
         "            v = projected_1[..., 1536:].unflatten(-1, (12, 64))"]
     assert "permute" not in fused_branch and "reshape" not in fused_branch
-    pack = attention.split("_packed(self, 'q', (W_Q, W_K, W_V, b_Q, b_K, b_V), lambda: (")[1]
+    pack = attention.split("_packed(self, 'q', (self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, "
+                     "self.b_V), lambda: (")[1]
     assert pack.split(")))")[0].count("torch.cat") == 2   # one copy for the weights, one for the biases
     assert "def _apply(self, *args, **kwargs):" in attention
     off = tndsl.load(GPT2, dims={"Layers": 1}).compile().source

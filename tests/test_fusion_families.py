@@ -291,9 +291,9 @@ def test_norm_forms_that_are_not_a_weighted_norm_are_left_alone(body):
 
 
 @pytest.mark.parametrize("example, call", [
-    ("llama.tn", "F.rms_norm(x, (24,), w, eps=1e-05)"),
-    ("pythia.tn", "F.layer_norm(x, (24,), w, b, eps=1e-05)"),
-    ("gemma.tn", "F.rms_norm(x, (24,), (1 + w), eps=1e-06)"),
+    ("llama.tn", "F.rms_norm(x, (24,), self.w, eps=1e-05)"),
+    ("pythia.tn", "F.layer_norm(x, (24,), self.w, self.b, eps=1e-05)"),
+    ("gemma.tn", "F.rms_norm(x, (24,), (1 + self.w), eps=1e-06)"),
 ])
 def test_family_norms_compile_to_one_call_and_equal_the_unfused_norms(example, call):
     dims = {"Vocab": 11, "Model": 24, "Heads": 3, "Hidden": 10, "Layers": 1}

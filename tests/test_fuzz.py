@@ -263,10 +263,9 @@ def test_hostile_names_stay_inert_in_generated_code():
     # The generated classes are what the names reach; the helpers above them (HookPoint
     # among them) are fixed text.
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name != "HookPoint"]
-    # `type`: the inline input check (`type(x) is not torch.Tensor`); builtins are
-    # reserved by the namespace, so no `.tn` name becomes one.
-    allowed_calls = {"_param", "_check_input", "_attach", "HookPoint", "_hooks_on", "super",
-                     "zip", "range", "str", "getattr", "type"}
+    # Builtins are reserved by the namespace, so no `.tn` name becomes one.
+    allowed_calls = {"_param", "_check_input", "_attach", "HookPoint", "super",
+                     "zip", "range", "str", "getattr"}
     for node in (node for cls in classes for node in ast.walk(cls)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id in allowed_calls, ast.unparse(node)

@@ -72,10 +72,21 @@ def test_layer_norm_affine_is_matched_and_refused_when_the_weight_is_not_a_param
 
 def test_liveness_deletes_after_the_last_use_and_inside_branches():
     body = ["a = x + 1", "if h:", "    s = a * 2", "    z = s + 1", "else:", "    z = a",
-            "b = z * 2", "return b"]
-    assert insert_deletes(body, {"a", "s", "z", "b"}) == [
+            "b = z * 2", "c = b + 1", "return c"]
+    assert insert_deletes(body, {"a", "s", "z", "b", "c"}) == [
         "a = x + 1", "if h:", "    s = a * 2", "    z = s + 1", "    del s", "else:",
-        "    z = a", "del a", "b = z * 2", "del z", "return b"]
+        "    z = a", "del a", "b = z * 2", "del z", "c = b + 1", "return c"]
+
+
+def test_liveness_leaves_the_tail_alone():
+    # The last statement, the value passed through its hook point and the return: what
+    # the last statement read is dropped by the return as soon as by a `del`.
+    body = ["a = f(x)", "b = g(a)", "c = h(b)", "c = self.hook_c(c)", "return c"]
+    assert insert_deletes(body, {"a", "b", "c"}) == [
+        "a = f(x)", "b = g(a)", "del a", "c = h(b)", "c = self.hook_c(c)", "return c"]
+    # A call that is not a pass-through of one name ends the tail.
+    body = ["a = f(x)", "b = g(a)", "c = h(b, a)", "return c"]
+    assert insert_deletes(body, {"a", "b", "c"}) == body
 
 
 def test_pass_names_resolve():
@@ -92,7 +103,7 @@ def test_liveness_keeps_a_branch_local_del_inside_its_branch_when_the_if_ends_th
     # The else branch's last line also ends the `if`: `t` is local to the branch (it
     # does not exist when the other branch ran), `p` is dropped after the `if`.
     body = ["p = f()", "if p is None:", "    y = 1", "else:", "    t = g(p)", "    y = t[0]",
-            "return y"]
-    assert insert_deletes(body, {"p", "t", "y"}) == [
+            "w = y + 1", "return w"]
+    assert insert_deletes(body, {"p", "t", "y", "w"}) == [
         "p = f()", "if p is None:", "    y = 1", "else:", "    t = g(p)", "    y = t[0]",
-        "    del t", "del p", "return y"]
+        "    del t", "del p", "w = y + 1", "return w"]

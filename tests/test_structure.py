@@ -164,11 +164,11 @@ def test_each_pass_can_be_switched_off_and_unknown_names_list_the_valid_ones():
     program = tndsl.load(GPT2, dims={"Layers": 1})
     source = program.compile().source
     assert "F.scaled_dot_product_attention" in source and "del " in source
-    assert "F.layer_norm(x, (768,), w, b, eps=1e-05)" in source
+    assert "F.layer_norm(x, (768,), self.w, self.b, eps=1e-05)" in source
     assert "scaled_dot_product_attention" not in program.compile(no_fuse=["attention"]).source
     assert ", w, b, eps" not in program.compile(no_fuse=["layer_norm"]).source
     assert "del " not in program.compile(no_fuse=["liveness"]).source
-    assert "'normal', (0.02,), order=(1, 0, 2))" in source
+    assert "nn.init.normal_, 0.0, 0.02, order=(1, 0, 2))" in source
     assert ", order=(" not in program.compile(no_fuse=["layout"]).source
     everything = program.compile(fuse="all").source
     assert "_packed(" not in source  # opt-in: it keeps a packed copy of the weights
@@ -183,7 +183,8 @@ def test_liveness_drops_each_intermediate_after_its_last_use():
     source = tndsl.load(GPT2, dims={"Layers": 1}).compile().source
     attention = source.split("class Attention(")[1].split("\nclass ")[0]
     body = attention.split("def forward")[1].splitlines()
-    for name in ("q", "k", "v", "z"):
+    # (z's last use, the out projection, is the function's tail: the return drops it.)
+    for name in ("q", "k", "v"):
         token = re.compile(rf"\b{name}\b")
         uses = [k for k, line in enumerate(body)
                 if token.search(line) and not line.strip().startswith(("del ", "#"))]
@@ -251,26 +252,40 @@ def test_torch_compile_takes_the_whole_forward_as_one_graph(gpt2):
 
 
 def test_a_hook_registered_after_torch_compile_recompiles_and_fires(gpt2):
-    # Until a hook is registered the compiled graph skips every hook point on one test;
-    # registering one flips the flag torch.compile guards on.
+    # As for any nn.Module: torch.compile guards on module hooks when told to
+    # (skip_nnmodule_hook_guards=False); the fused attention's
+    # `if self.hook_pattern.hooked:` then recompiles to the explicit path.
     program, values, tokens = gpt2
     model = _loaded(program, values)
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
     uniform = torch.ones(8, 8, dtype=torch.float64).tril()
     uniform = (uniform / uniform.sum(-1, keepdim=True)).expand(2, 2, 8, 8)
-    with torch.no_grad():
+    unfused = _loaded(program, values, fuse=False)
+    with torch.no_grad(), intervene(unfused, {"blocks.1.attn.pattern": replace(uniform)}):
+        expected = unfused(tokens)
+    torch.compiler.reset()
+    with torch.no_grad(), torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
         plain = compiled(tokens)
         handle = model.get_submodule("blocks.1.attn.hook_pattern").register_forward_hook(
             lambda module, args, output: uniform)
         patched = compiled(tokens)
         handle.remove()
         again = compiled(tokens)
-        unfused = _loaded(program, values, fuse=False)
-        with intervene(unfused, {"blocks.1.attn.pattern": replace(uniform)}):
-            expected = unfused(tokens)
     assert torch.allclose(patched, expected, atol=1e-10, rtol=0)
     assert not torch.allclose(plain, patched)
     assert torch.allclose(again, plain, atol=1e-12, rtol=0)
+    # By default torch.compile does not guard on module hooks: after a reset, the hook
+    # registered before compiling fires.
+    torch.compiler.reset()
+    handle = model.get_submodule("blocks.1.attn.hook_pattern").register_forward_hook(
+        lambda module, args, output: uniform)
+    try:
+        with torch.no_grad():
+            hooked = torch.compile(model, fullgraph=True, backend="eager")(tokens)
+    finally:
+        handle.remove()
+        torch.compiler.reset()
+    assert torch.allclose(hooked, expected, atol=1e-10, rtol=0)
 
 
 def test_a_global_module_forward_hook_reaches_the_hook_points(gpt2):

@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser(
         "compile", help="write a standalone PyTorch module for a .tn file",
         description="Generate a readable Python module (imports torch only) with an "
-                    "nn.Module computing the requested outputs.")
+                    "nn.Module computing the requested outputs. Its matrix products pick "
+                    "F.linear or oneDNN's kernel by timing both on the first float32 CPU "
+                    "inference call of each shape; TNDSL_AUTOTUNE=0 in the environment "
+                    "keeps F.linear (reproducible to the bit; docs/compiling.md).")
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("-o", "--out", metavar="MODEL.py",
                           help="where to write the module (default: standard output)")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tndsl.lang import inits, ir, printer
 from tndsl.codegen import decode as decode_code, fused as fused_code, \
-    projections as projection_code, prologue
+    projections as projection_code
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
 from tndsl.codegen.names import Namespace, NN_MODULE_ATTRS, GENERATED_ATTRS, sanitize
@@ -41,6 +42,11 @@ def relative_equation(eq: ir.Equation, path: str) -> ir.Equation:
     instance = "" if eq.instance == path else relative(eq.instance, path)
     return ir.Equation(relative(eq.name, path), eq.indices, rhs, eq.span, eq.legs,
                        eq.index_dims, instance)
+
+
+def _plain_attribute(segment: str) -> bool:
+    """Whether `self.<segment>` spells the attribute (else getattr or an index does)."""
+    return attribute("self", segment, False) == f"self.{segment}"
 
 
 def attribute(base: str, segment: str, is_list: bool) -> str:
@@ -105,7 +111,7 @@ class ClassBuilder:
         self._counts: dict[str, str] = {}
         self.comments: list[str] = []
         self.methods: list[str] = []          # further methods of the class, unindented
-        self.dict_reads: set[str] = set()  # prologue.MODULES / PARAMETERS / HOOKS, if read
+        self._call_outputs: set[str] = set()  # variables assigned a child module's result
 
     # ---- what this class computes ------------------------------------------------------
     def _items(self) -> tuple:
@@ -173,8 +179,7 @@ class ClassBuilder:
                 var = self.ns(f"value:{name}", binding.input)
                 arguments.append(var)
                 lower.read_dims(var, file.equations[binding.tensor].legs)
-                hook = self._hook(name, "")
-                lower.emit(f"if {lower.hook_test(hook)}: {var} = {hook}({var})")
+                lower.through_hook(var, self._hook(name, ""))
                 lower.values[name] = Value(var, batched)
                 self._extend_cache(name)
         for tensor in file.network.tensors:
@@ -196,9 +201,7 @@ class ClassBuilder:
             self.methods += decode_code.new_cache_method(
                 None if self.file.decode else self.file.decode_refused)
         self._close_param_lines()
-        if lower.tests_hooks:
-            self.dict_reads.add(prologue.HOOKS)
-        body = prologue.local_bindings(self.dict_reads) + list(lower.lines) + [self._returns()]
+        body = lower.body() + [self._returns()]
         if "liveness" in file.options.passes:
             candidates = {v.var for v in lower.values.values()} | lower.temporaries
             candidates -= set(self._param_vars) | set(arguments)
@@ -310,7 +313,6 @@ class ClassBuilder:
         for param in params:
             shape = tuple(self.file.sizes[leg.dim] for leg in param.legs)
             init, args = (param.init.name, param.init.args) if param.init else inits.DEFAULT
-            self.file.helpers.add("_param")
             # Its place is kept; the line is written once the forward is lowered, when
             # the layout pass has chosen the param's storage order.
             self._param_lines[relative(param.name, self.path)] = (
@@ -326,20 +328,34 @@ class ClassBuilder:
             self._attach(loop.group, f"nn.ModuleList({name}() for _ in range({count}))")
 
     def _close_param_lines(self) -> None:
-        """Each `_param(...)` line, with the storage order passes.layout chose for it."""
+        """Each param's line, with the storage order passes.layout chose for it."""
         orders = storage_orders(self.lower.weight_merges) \
             if "layout" in self.file.options.passes else {}
+        made: set[str] = set()  # plain containers created so far (`self.embed = nn.Module()`)
         for name, (line, shape, init, args) in self._param_lines.items():
-            order = f", order={orders[name]!r}" if name in orders else ""
-            self.init_lines[line] = (f"_param(self, {name!r}, {shape!r}, {init!r}, {args!r}"
-                                     f"{order})")
+            code = _new_param(shape, init, args, orders.get(name))
+            if code.startswith("_param("):
+                self.file.helpers.add("_param")
+            *parents, leaf = name.split(".")
+            prefixes = [".".join(parents[:k + 1]) for k in range(len(parents))]
+            plain = all(_plain_attribute(part) for part in name.split(".")) and \
+                not any(p in self.modules.lists for p in prefixes)
+            if plain:
+                lines = [f"self.{p} = nn.Module()" for p in prefixes if p not in made]
+                made.update(prefixes)
+                self.init_lines[line] = "\n".join(lines + [f"self.{name} = {code}"])
+            elif parents:
+                self.file.helpers.add("_attach")
+                self.init_lines[line] = f"_attach(self, {name!r}, {code})"
+            else:
+                self.init_lines[line] = f"self.register_parameter({name!r}, {code})"
 
     def _loop_batched(self, loop: Loop) -> list[bool]:
         return [self._batched(eq) for eq in loop.calls[0].bindings]
 
     def _attach(self, path: str, code: str) -> None:
         if "." not in path:
-            plain = attribute("self", path, False) == f"self.{path}"
+            plain = _plain_attribute(path)
             self.init_lines.append(f"self.{path} = {code}" if plain else
                                    f"self.add_module({path!r}, {code})")
         else:
@@ -358,9 +374,7 @@ class ClassBuilder:
         self.file.helpers.add("HookPoint")
         self._attach(path, f"HookPoint({name!r})")
         self.hook_order.append(path)
-        code = prologue.hook_point(path, self.modules.access(path))
-        if prologue.own(path):
-            self.dict_reads.add(prologue.MODULES)
+        code = self.modules.access(path)
         self.hooks[name] = code
         return code
 
@@ -377,17 +391,14 @@ class ClassBuilder:
         at_most = tuple(k for k, leg in enumerate(legs) if leg.dim in self.file.options.varying)
         ids = tensor.onehot is not None
         extra = f", at_most={at_most!r}" if at_most else ""
-        # The common case tested inline (a call costs more than the test): the helper
-        # runs only to accept a tensor subclass or to say what is wrong.
-        lower.emit(f"if {prologue.input_guard(arg, shape, ids, at_most)}:")
-        lower.emit(f"    _check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
+        lower.emit(f"_check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
         lower.read_dims(arg, legs)
         onehot = [leg.name for leg in tensor.legs].index(tensor.onehot) if ids else None
         lower.values[tensor.name] = Value(arg, True, onehot)
 
     def _bind_params(self, items) -> None:
-        """A local per param used, read as an attribute once per call (sliced where a
-        leg's dim is shorter at run time)."""
+        """Each param used is read where it is used, as an attribute (`self.W_Q`), sliced
+        where a leg's dim is shorter at run time."""
         used: dict[str, None] = {}
         for item in items:
             if isinstance(item, ir.Equation):
@@ -405,30 +416,26 @@ class ClassBuilder:
         self._param_vars = []
         for name in used:
             param = self.file.param_by_relative(self.path)[name]
-            var = self.ns(f"value:{name}", name)
-            code = prologue.param_read(name, self.modules.access(name))
-            if prologue.own(name):
-                self.dict_reads.add(prologue.PARAMETERS)
+            code = self.modules.access(name)
             slices = [f":{self.lower.runtime_dims[leg.dim]}"
                       if leg.dim in self.file.options.varying and leg.dim in self.lower.runtime_dims
                       else ":" for leg in param.legs]
             rows = self._position_rows(name, param, code)
-            if rows is not None:
-                code, slices = rows, [":"] * len(slices)
-                self.lower.emit(f"{var} = {code}")
+            if rows is not None:  # a local: the rows are gathered once per call
+                var = self.ns(f"value:{name}", name)
+                self.lower.emit(f"{var} = {rows}")
                 self._param_vars.append(var)
                 self.lower.values[name] = Value(var, True)
                 continue
             if any(s != ":" for s in slices):
                 while slices[-1] == ":":
                     slices.pop()
-                code = f"({code})" if prologue.own(name) else code
                 code += f"[{', '.join(slices)}]"
-            self.lower.emit(f"{var} = {code}")
-            self._param_vars.append(var)
+            self._param_vars.append(code)
+            self.lower.param_reads.add(code)
             if all(s == ":" for s in slices):
-                self.lower.params[var] = name
-            self.lower.values[name] = Value(var, False)
+                self.lower.params[code] = name
+            self.lower.values[name] = Value(code, False)
 
     def _position_rows(self, name: str, param: ir.Tensor, code: str) -> str | None:
         """A position-indexed param read at this call's positions (codegen.decode)."""
@@ -448,7 +455,15 @@ class ClassBuilder:
         lower = self.lower
         if isinstance(item, ir.Equation):
             var = self.ns(f"value:{item.name}", item.name)
-            lower.equation(item, var, self._hook(item.name))
+            ref = _plain_ref(item)
+            later = {r for rest in self._later for r in _reads(rest)}
+            # `final = ln_final.out`, where nothing else reads ln_final.out: the call
+            # that made it assigns `final` itself.
+            renamed = ref if ref is not None and ref not in later and \
+                ref not in self.file.outputs else None
+            if renamed is None:
+                self._inline_call(item, later)
+            lower.equation(item, var, self._hook(item.name), renamed)
         elif isinstance(item, Call):
             self._call(item)
         elif isinstance(item, Loop):
@@ -471,12 +486,35 @@ class ClassBuilder:
         else:  # pragma: no cover - the passes make only these
             raise TypeError(item)
 
+    def _inline_call(self, eq: ir.Equation, later: set[str]) -> None:
+        """`resid + self.attn(...)`: a child module's result that the statement just
+        before assigned, read once by `eq` and by nothing after it, is read in place."""
+        lower = self.lower
+        reads = Counter(r.name for r in ir.refs(eq.rhs))
+        for name, count in reads.items():
+            value = lower.values.get(name)
+            if value is None or value.var not in self._call_outputs or count != 1 or \
+                    name in later or name in self.file.outputs:
+                continue
+            prefix = "    " * lower.indent + f"{value.var} = "
+            if lower.lines and lower.lines[-1].startswith(prefix):
+                lower.values[name] = Value(lower.lines.pop()[len(prefix):], value.batched)
+                return
+
     def _arguments(self, call: Call) -> list[str]:
         lower, args = self.lower, []
-        for eq in call.bindings:
+        later = {r for item in self._later for r in _reads(item)} | set(self.file.outputs)
+        for k, eq in enumerate(call.bindings):
             ref = _plain_ref(eq)
             if ref is not None and ref in lower.values and lower.values[ref].onehot is None:
-                args.append(lower.values[ref].var)
+                var = lower.values[ref].var
+                prefix = "    " * lower.indent + f"{var} = "
+                # `self.attn(self.ln1(x))`: the one argument the call just before made,
+                # read by nothing else.
+                if len(call.bindings) == 1 and var in self._call_outputs and \
+                        ref not in later and lower.lines[-1].startswith(prefix):
+                    var = lower.lines.pop()[len(prefix):]
+                args.append(var)
                 continue
             lower.index_dims = {leg.name: leg.dim for leg in eq.index_dims}
             lower.emit(f"# {python_comment(printer.equation_line(eq))}")
@@ -493,6 +531,7 @@ class ClassBuilder:
         self._attach(call.path, f"{name}()")
         lower.emit(f"{var} = {self.modules.access(call.path)}({', '.join(args)}"
                    f"{self._cache_argument(call.instance.path)})")
+        self._call_outputs.add(var)
         self.hook_order.append(call.path)
         lower.values[call.output] = Value(var, batched)
 
@@ -533,7 +572,7 @@ class ClassBuilder:
         lower.emit(f"{var} = {block}({', '.join(args)}"
                    f"{self._cache_argument(loop.calls[0].instance.path)})")
         for target in targets[1:]:
-            lower.emit(f"if {lower.hook_test(target)}: {var} = {target}({var})")
+            lower.through_hook(var, target)
         lower.indent -= 1
         batched = first.batched or any(lower.values[f].batched for f in loop.fixed if f)
         lower.values[loop.last] = Value(var, batched)
@@ -557,7 +596,7 @@ class ClassBuilder:
         lines = ["class {NAME}(nn.Module):", *doc, ""]
         lines += [f"    HOOK_ORDER = {tuple(self.hook_order)!r}", ""]
         lines += ["    def __init__(self):", "        super().__init__()"]
-        lines += ["        " + line for line in self.init_lines]
+        lines += ["        " + line for text in self.init_lines for line in text.split("\n")]
         extra = [f"{decode_code.CACHE}=None"] if self.takes_cache else []
         lines += ["", f"    def forward({', '.join(['self', *arguments, *extra])}):"]
         lines += ["        " + line for line in self.comments]
@@ -580,6 +619,28 @@ def _produces(item) -> list[str]:
 
 def _tensor(file, name: str) -> ir.Tensor:
     return next(t for t in file.network.tensors if t.name == name)
+
+
+# nn.init's function for each initialiser of tndsl.lang.inits, and the tensor it fills
+# where no storage order asks for `_param`.
+_NN_INIT = {"normal": "normal_", "uniform": "uniform_", "constant": "constant_",
+            "zeros": "zeros_", "ones": "ones_"}
+_FILLED = {"zeros": "torch.zeros({})", "ones": "torch.ones({})", "constant": "torch.full(({}), {})"}
+
+
+def _new_param(shape: tuple[int, ...], init: str, args: tuple, order) -> str:
+    """The expression making a param: `nn.Parameter(torch.zeros(768))` for a constant
+    one, else `_param(shape, nn.init.<init>_, *args, order=...)`."""
+    if init == "normal":  # normal(std) or normal(mean, std); nn.init takes (mean, std)
+        args = tuple(args) if len(args) == 2 else (0.0, args[0] if args else 0.02)
+    if init in _FILLED and order is None:
+        sizes = ", ".join(str(n) for n in shape) if shape else "()"
+        filled = _FILLED[init].format(sizes + ("," if len(shape) == 1 and init == "constant"
+                                               else ""), *(repr(float(a)) for a in args))
+        return f"nn.Parameter({filled})"
+    rest = "".join(f", {float(a)!r}" for a in args)
+    ordered = f", order={order!r}" if order is not None else ""
+    return f"_param({shape!r}, nn.init.{_NN_INIT[init]}{rest}{ordered})"
 
 
 def _plain_ref(eq: ir.Equation) -> str | None:

@@ -142,7 +142,9 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
                                           enable_gqa=groups > 1)
 ''',
 }
-DEPENDENCIES = {"_unpadded": ("_positions",), "_cached_attention": ("_windowed_attention",)}
+# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`).
+NEEDS = {"_unpadded": ("_unpadded", "_positions"),
+         "_cached_attention": ("_cached_attention", "_windowed_attention")}
 
 
 def positional(network: ir.Network, plan, order) -> set[str]:

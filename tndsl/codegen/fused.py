@@ -6,6 +6,7 @@ cache or a patch of the pattern sees exactly what the unfused model computes.
 """
 from __future__ import annotations
 
+from tndsl.codegen import decode as decode_code
 from tndsl.codegen.lower import EPS, Lowering, Value
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
@@ -70,7 +71,7 @@ def _move(var: str, roles: tuple[str, ...], want: tuple[str, ...]) -> str:
 def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> None:
     """`hooks`: equation name -> the code of its hook point (or None)."""
     checks = [hooks[n] for n in (fused.scores.name, fused.pattern.name) if hooks.get(n)]
-    condition = lower.hook_test(*checks) if checks else ""
+    condition = lower.hooked(*checks) if checks else ""
     if condition:
         lower.emit(f"if {condition}:")
         lower.indent += 1
@@ -94,7 +95,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention ({mask}"
                f"{'; grouped key/value heads' if grouped else ''}), pattern not materialised")
     if lower.cache is not None:  # decoding: the keys may start before the queries
-        lower.helpers.add("_cached_attention")
+        lower.helpers.update(decode_code.NEEDS["_cached_attention"])
         call = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
                 f"{scale}, {grouped}, {lower.cache})")
     elif fused.window is None:
@@ -107,8 +108,7 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
     if condition:
         lower.indent -= 1
-    if hooks.get(fused.out.name):
-        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+    lower.through_hook(var, hooks.get(fused.out.name))
     batched = any(lower.values[n].batched for n in fused.reads)
     lower.values[fused.out.name] = Value(var, batched)
 
@@ -126,7 +126,7 @@ def _grouped(lower: Lowering, fused: FusedAttention) -> bool:
 def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     hook = hooks.get(fused.normalized.name) if fused.normalized is not None else None
     if hook:
-        lower.emit(f"if {lower.hook_test(hook)}:")
+        lower.emit(f"if {lower.hooked(hook)}:")
         lower.indent += 1
         lower.equation(fused.normalized, lower.ns(f"value:{fused.normalized.name}",
                                                  fused.normalized.name), hook)
@@ -152,6 +152,5 @@ def norm(lower: Lowering, fused: FusedNorm, var: str, hooks: dict) -> None:
     lower.emit(f"{var} = {code}")
     if hook:
         lower.indent -= 1
-    if hooks.get(fused.out.name):
-        lower.emit(f"if {lower.hook_test(hooks[fused.out.name])}: {var} = {hooks[fused.out.name]}({var})")
+    lower.through_hook(var, hooks.get(fused.out.name))
     lower.values[fused.out.name] = Value(var, lower.values[fused.argument].batched)

@@ -9,53 +9,18 @@ from tndsl.codegen import decode as decode_forms, fixed as fixed_forms, fused as
 
 HELPERS = {
     "HookPoint": '''
-# The global hook dicts, by name: torch mutates them in place and never rebinds them. A
-# global name costs torch.compile one guard where `nn.modules.module._global_...` cost a
-# chain of them at every hook point (a third of its trace time, measured).
-from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pre_hooks,
-                                     _global_forward_hooks, _global_forward_pre_hooks)
-
 class HookPoint(nn.Identity):
-    """A named intermediate (its `.tn` name, relative to the enclosing generated class).
-    Register forward hooks on it with plain PyTorch to read or replace the value
-    (through its `register_*` methods, which also set `HookPoint.registered`)."""
-
-    # Set by the first hook registered on any hook point of this file, and never reset
-    # (a removed hook leaves it set, which costs only the per-point tests). Until then
-    # a forward skips all its hook points on one test (`_hooks_on()`) instead of testing
-    # each; torch.compile guards on it, so a hook registered after compiling recompiles.
-    registered = False
+    """A named intermediate (its `.tn` name, relative to the enclosing class): register
+    plain PyTorch hooks on it to read or replace the value."""
 
     def __init__(self, name):
         super().__init__()
         self.tn_name = name
 
-    def register_forward_hook(self, *args, **kwargs):
-        HookPoint.registered = True
-        return super().register_forward_hook(*args, **kwargs)
-
-    def register_forward_pre_hook(self, *args, **kwargs):
-        HookPoint.registered = True
-        return super().register_forward_pre_hook(*args, **kwargs)
-
-    def register_full_backward_hook(self, *args, **kwargs):
-        HookPoint.registered = True
-        return super().register_full_backward_hook(*args, **kwargs)
-
-    def register_full_backward_pre_hook(self, *args, **kwargs):
-        HookPoint.registered = True
-        return super().register_full_backward_pre_hook(*args, **kwargs)
-
-    def register_backward_hook(self, *args, **kwargs):
-        HookPoint.registered = True
-        return super().register_backward_hook(*args, **kwargs)
-
     @property
     def hooked(self):
-        """A hook that calling this module would run is attached, here or globally,
-        forward or backward: the generated code calls the hook point only then (a module
-        call costs as much as a small matmul), and fused paths that skip this value are
-        not taken."""
+        """Whether calling it would run a hook (its own or a global one, forward or
+        backward): the forward then computes the values a fused kernel would skip."""
         return bool(self._forward_hooks or self._forward_pre_hooks
                     or self._backward_hooks or self._backward_pre_hooks
                     or _global_forward_hooks or _global_forward_pre_hooks
@@ -63,60 +28,36 @@ class HookPoint(nn.Identity):
 
     def extra_repr(self):
         return repr(self.tn_name)
-
-
-def _hooks_on():
-    """Whether any hook point may have a hook to run: one was registered on a hook point
-    of this file, or a global module hook is set. The forward tests each hook point
-    (`.hooked`) only then."""
-    return bool(HookPoint.registered or _global_forward_hooks or _global_forward_pre_hooks
-                or _global_backward_hooks or _global_backward_pre_hooks)
 ''',
     "_param": '''
-def _param(module, path, shape, init, args, order=None):
-    """Register an nn.Parameter under a dotted path, creating containers on the way.
-    `order`: the storage order of its legs, where the forward reads it merged in that
-    order (tndsl.passes.layout): same shape and values, strides of the permuted order."""
-    *parents, leaf = path.split(".")
-    for part in parents:
-        if part not in module._modules:
-            module.add_module(part, nn.Module())
-        module = module._modules[part]
-    tensor = torch.empty(shape)
-    with torch.no_grad():
-        if init == "normal":
-            mean, std = args if len(args) == 2 else (0.0, args[0] if args else 0.02)
-            tensor.normal_(mean, std)
-        elif init == "uniform":
-            tensor.uniform_(*args)
-        elif init == "constant":
-            tensor.fill_(args[0])
-        elif init == "zeros":
-            tensor.zero_()
-        elif init == "ones":
-            tensor.fill_(1.0)
-        else:
-            raise ValueError(f"unknown initialiser {init!r}")
-        if order is not None:  # initialised in declared order: the same values either way
-            stored = torch.empty([shape[k] for k in order])
-            tensor = stored.permute([order.index(k) for k in range(len(order))]).copy_(tensor)
-    module.register_parameter(leaf, nn.Parameter(tensor))
+def _param(shape, init, *args, order=None):
+    """A new nn.Parameter of `shape`, filled by `init` (an nn.init function) with `args`.
+    `order`: the storage order of its legs, where the forward reads them merged in that
+    order (tndsl.passes.layout): the same shape and values, strided as that order."""
+    tensor = init(torch.empty(shape), *args)
+    if order is not None:
+        back = [order.index(k) for k in range(len(order))]
+        tensor = tensor.permute(order).contiguous().permute(back)
+    return nn.Parameter(tensor)
 ''',
     "_attach": '''
 def _attach(module, path, child):
-    """Register a submodule under a dotted path, creating containers on the way."""
+    """Register a submodule or parameter under a dotted path, making containers on the way."""
     *parents, leaf = path.split(".")
     for part in parents:
         if part not in module._modules:
             module.add_module(part, nn.Module())
         module = module._modules[part]
-    module.add_module(leaf, child)
+    if isinstance(child, nn.Parameter):
+        module.register_parameter(leaf, child)
+    else:
+        module.add_module(leaf, child)
 ''',
     "_check_input": '''
 def _check_input(value, name, shape, ids, at_most=()):
-    """Trailing dims must match the declared legs (None: any size; a position listed in
-    `at_most` may be shorter, as a sequence is); ids must be integers. The forward tests
-    the common case inline and calls this for the rest."""
+    """Raise a clear error unless `value` is a tensor whose trailing dims match the
+    declared legs (None: any size; a position listed in `at_most` may be shorter, as a
+    sequence is), and of an integer dtype if it holds ids."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")
     if ids and (value.dtype.is_floating_point or value.dtype.is_complex):
@@ -150,7 +91,7 @@ def _masked_softmax(t, keep, legs):
     """Softmax over the last `legs` dims where `keep` holds; masked entries, and rows with
     nothing kept, are exactly 0."""
     t = t.masked_fill(~keep, float("-inf"))
-    return _softmax(t, legs).masked_fill(~keep, 0.0)
+    return torch.softmax(t.flatten(-legs), dim=-1).view(t.shape).masked_fill(~keep, 0.0)
 ''',
     "_softmax": '''
 def _softmax(t, legs):
@@ -191,49 +132,69 @@ def _packed(module, key, params, pack):
     return entry[2]
 ''',
     "_linear": '''
-# oneDNN's linear kernel (the one Inductor uses on CPU), where this torch has it: on some
-# CPUs it is much faster than the BLAS behind F.linear (docs/performance.md). It has no
-# autograd formula, so it runs only where no graph is needed.
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) \\
     if torch.backends.mkldnn.is_available() else None
-_PLAIN = (torch.Tensor, nn.Parameter)
+_onednn_faster = {}  # (x shape, weight shape and strides, bias?) -> oneDNN measured faster
 
 
 def _linear(x, weight, bias=None):
-    """F.linear(x, weight, bias); for plain float32 CPU tensors of at least four rows with
-    no autograd graph to record, through oneDNN's kernel (for one or two rows, a decoding
-    step, BLAS's matrix-vector product is faster: docs/performance.md)."""
-    if (x.dtype is torch.float32 and x.device.type == "cpu" and type(x) is torch.Tensor
-            and type(weight) in _PLAIN
-            and (bias is None or type(bias) in _PLAIN) and x.dim() >= 2
-            and x.numel() >= 4 * x.size(-1)  # a row or two (a decoding step): BLAS's gemv
-            and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))):
+    """F.linear(x, weight, bias). oneDNN's kernel (Inductor's on CPU) beats the BLAS
+    behind F.linear on some CPUs and not on others, so the first float32 CPU call of each
+    shape with no autograd graph to record (the kernel has no backward) times both and
+    keeps the faster. TNDSL_AUTOTUNE=0 in the environment: F.linear always."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if (_onednn_linear is None or x.device.type != "cpu" or x.dtype is not torch.float32
+            or x.dim() < 2 or torch.compiler.is_compiling()
+            or any(type(t) is not torch.Tensor and type(t) is not nn.Parameter for t in tensors)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            or os.environ.get("TNDSL_AUTOTUNE") == "0"):
+        return F.linear(x, weight, bias)
+    key = (x.shape, weight.shape, weight.stride(), bias is None)
+    if key not in _onednn_faster:
+        _onednn_faster[key] = _time_linear(x, weight, bias)
+    if _onednn_faster[key]:
         return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
-if _onednn_linear is None:  # nothing to choose between: no tests per call
-    _linear = F.linear
+def _time_linear(x, weight, bias):
+    """Whether oneDNN's kernel beats F.linear here: the best of two calls each, alternated."""
+    best = [math.inf, math.inf]
+    for k in (0, 1, 0, 1):
+        start = time.perf_counter()
+        if k == 0:
+            _onednn_linear(x, weight, bias, "none", [], "")
+        else:
+            F.linear(x, weight, bias)
+        best[k] = min(best[k], time.perf_counter() - start)
+    return best[0] < best[1]
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
     **decode_forms.HELPERS,
 }
-HELPER_DEPENDENCIES = {"_masked_softmax": ("_softmax",), **decode_forms.DEPENDENCIES}
+# What a helper needs imported beyond the file's own (math; torch, F, nn): standard
+# library modules, and names from torch.
+STDLIB_IMPORTS = {"_linear": ("os", "time")}
+TORCH_IMPORTS = {"HookPoint": (
+    "from torch.nn.modules.module import (_global_backward_hooks, _global_backward_pre_hooks,",
+    "                                     _global_forward_hooks, _global_forward_pre_hooks)")}
 # Emitted first: the classes below use it at construction.
 FIRST = ("HookPoint",)
 
 
-def helper_source(names) -> list[str]:
-    """The helpers' text, dependencies included, in a fixed order."""
-    names = set(names)
-    for name in list(names):
-        names.update(HELPER_DEPENDENCIES.get(name, ()))
-    order = [n for n in FIRST if n in names] + sorted(n for n in names if n not in FIRST)
-    lines = []
-    for name in order:
-        lines.append(HELPERS[name].strip("\n"))
-        lines.append("")
+def helper_imports(names) -> list[str]:
+    """The file's imports, for helpers `names`: the standard library's, then torch's."""
+    stdlib = {"math"} | {m for n in names for m in STDLIB_IMPORTS.get(n, ())}
+    lines = [f"import {m}" for m in sorted(stdlib)]
+    lines += ["", "import torch", "import torch.nn.functional as F", "from torch import nn"]
+    for name in sorted(names):
+        lines += TORCH_IMPORTS.get(name, ())
     return lines
+
+
+def helper_source(names) -> list[str]:
+    """The helpers' texts, in a fixed order."""
+    names = set(names)
+    order = [n for n in FIRST if n in names] + sorted(n for n in names if n not in FIRST)
+    return [HELPERS[name].strip("\n") for name in order]

@@ -17,6 +17,7 @@ Names from the `.tn` file reach the code only as identifiers made by
 from __future__ import annotations
 
 import math
+import re
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,9 +26,7 @@ from typing import Mapping, Sequence
 import sympy
 
 from tndsl.lang import dims as dimmod, ir, printer
-from tndsl.codegen import fixed as fixed_forms
-from tndsl.codegen import prologue
-from tndsl.codegen.prologue import matrix_vector
+from tndsl.codegen import decode as decode_code, fixed as fixed_forms
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.lang.errors import SizeError, TnError
@@ -92,14 +91,15 @@ class Lowering:
         self.ns = ns
         self.values: dict[str, Value] = {}
         self.runtime_dims: dict[str, str] = {}  # dim read at run time -> its variable
+        self.dim_reads: dict[str, int] = {}     # that variable -> the line reading it
         self.index_dims: dict[str, str] = {}     # of the equation being generated
         self.temporaries: set[str] = set()
         self.lines: list[str] = []
         self.indent = 0
-        self.params: dict[str, str] = {}  # variable -> the param it holds, unsliced
+        self.params: dict[str, str] = {}  # read (`self.W_Q`) -> the param it is, unsliced
+        self.param_reads: set[str] = set()  # every param read, sliced or not: used in place
         # (param, order) per GEMM that merges a param's permuted legs: for passes.layout
         self.weight_merges: list[tuple[str, tuple[int, ...]]] = []
-        self.tests_hooks = False  # a hook test was emitted: the body binds prologue.HOOKS
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
         # Incremental decoding (codegen.decode): the plan, this class's path, the cache
         # argument's name (None: this class takes no cache), the equation being lowered.
@@ -125,13 +125,29 @@ class Lowering:
         index runs over this call's new positions."""
         return f", {self.cache}" if self.position_role(index) == "new" else ""
 
-    def hook_test(self, *hook_points: str) -> str:
-        """The condition to call these hook points under (`prologue.hook_test`)."""
-        self.tests_hooks = True
-        return prologue.hook_test(*hook_points)
+    @staticmethod
+    def hooked(*hook_points: str) -> str:
+        """The condition for computing a value a fused kernel would skip: a hook would
+        run on one of these hook points."""
+        return " or ".join(f"{h}.hooked" for h in hook_points)
+
+    def through_hook(self, var: str, hook: str | None) -> None:
+        """`var = hook(var)`: the value passes through its hook point (code `hook`)."""
+        if hook:
+            self.emit(f"{var} = {hook}({var})")
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
+
+    def body(self) -> list[str]:
+        """The lines, less the run-time dim reads nothing uses."""
+        unused = set()
+        for name, at in self.dim_reads.items():
+            word = re.compile(rf"\b{re.escape(name)}\b")
+            if not any(word.search(line) for k, line in enumerate(self.lines)
+                       if k != at and not line.lstrip().startswith("#")):
+                unused.add(at)
+        return [line for k, line in enumerate(self.lines) if k not in unused]
 
     # ---- bindings --------------------------------------------------------------------
     def read_dims(self, var: str, legs: Sequence[ir.Leg]) -> None:
@@ -141,19 +157,41 @@ class Lowering:
                 name = self.ns(f"dim:{leg.dim}", leg.dim)
                 self.runtime_dims[leg.dim] = name
                 self.emit(f"{name} = {var}.shape[{k - len(legs)}]")
+                self.dim_reads[name] = len(self.lines) - 1
 
     def is_runtime(self, dim: str) -> bool:
         return self.sizes.get(dim) is None or dim in self.options.varying
 
-    def equation(self, eq: ir.Equation, var: str, hook: str | None) -> None:
-        """`var = <eq's value>`, then through its hook point (code `hook`, if any)."""
+    def equation(self, eq: ir.Equation, var: str, hook: str | None,
+                 renamed: str | None = None) -> None:
+        """`var = <eq's value>`, then through its hook point (code `hook`, if any).
+        `renamed`: the value eq copies, if nothing else reads it; where the statement
+        just emitted assigned it, that statement assigns `var` instead."""
         self.index_dims = {leg.name: leg.dim for leg in eq.index_dims}
         self.current = eq.name
-        self.emit(f"# {python_comment(printer.equation_line(eq))}")
+        comment = f"# {python_comment(printer.equation_line(eq))}"
+        value = self.values.get(renamed) if renamed is not None else None
+        prefix = "    " * self.indent + f"{value.var} = " if value is not None else None
+        if value is not None and value.var.isidentifier() and self.lines and \
+                self.lines[-1].startswith(prefix) and value.var not in self.dim_reads:
+            statement = self.lines.pop()
+            self.emit(comment)
+            self.emit(f"{var} = {statement[len(prefix):]}")
+            self.temporaries.discard(value.var)
+            self.through_hook(var, hook)
+            self.values[eq.name] = Value(var, value.batched)
+            return
+        self.emit(comment)
         expr, batched = self._sum(eq.rhs, eq.indices, eq.name, eq.span)
-        self.emit(f"{var} = {expr}")
-        if hook is not None:
-            self.emit(f"if {self.hook_test(hook)}: {var} = {hook}({var})")
+        last = self.lines[-1] if self.lines else ""
+        prefix = "    " * self.indent + f"{expr} = "
+        if expr in self.temporaries and last.startswith(prefix):
+            # `t = code; var = t`: the value is assigned to its own name at once.
+            self.temporaries.discard(expr)
+            self.lines[-1] = "    " * self.indent + f"{var} = {last[len(prefix):]}"
+        else:
+            self.emit(f"{var} = {expr}")
+        self.through_hook(var, hook)
         self.values[eq.name] = Value(var, batched)
 
     def _sum(self, expr: ir.Sum, layout: Sequence[str], hint: str, span
@@ -253,7 +291,7 @@ class Lowering:
             partner = partners[0]
             position = partner.indices.index(leg)
             table = as_primary(partner.var) + ("" if position == 0 else f".movedim({position}, 0)")
-            gathered = self._temp(hint, f"{table}[{value.var}]")
+            gathered = f"{table}[{value.var}]"  # an operand: used once
             indices = rest + [i for i in partner.indices if i != leg]
             return [op for op in operands if op is not partner] + \
                 [_Operand(gathered, indices, True, partner.size)]
@@ -285,7 +323,9 @@ class Lowering:
             if specs[0] == output:
                 return operands[0].var
             return f"torch.einsum({('...' + specs[0] + '->...' + output)!r}, {operands[0].var})"
-        operands = [_Operand(self._temp(hint, op.var), op.indices, op.batched, op.size)
+        # Several steps: each operand computed once, first; one step: each read in place.
+        operands = [_Operand(self._temp(hint, op.var) if len(operands) > 2 else
+                             as_primary(op.var), op.indices, op.batched, op.size)
                     for op in operands]
         if len(operands) == 2 and _elementwise(specs, output):
             return " * ".join(_broadcast_view(op, spec, output)
@@ -329,13 +369,13 @@ class Lowering:
             kp = math.prod(sizes[c] for c in k)
             np_ = math.prod(sizes[c] for c in nn_)
             left = x if len(k) == 1 else f"{x}.flatten(-{len(k)})"
-            # x is a vector (at least without batch dims): mv, not F.linear's matrix path.
+            # x is a vector (at least without batch dims): `torch.mv` where it has none.
             vector = not m and len(k) == 1
             if nn_ and ws == "".join(nn_ + k):
                 # Stored as (out, in), which is F.linear's layout: no permute, and a
                 # reshape only to merge legs (a view of the contiguous param).
                 weight_t = w if len(k) == 1 and len(nn_) == 1 else f"{w}.reshape({np_}, {kp})"
-                code = matrix_vector(weight_t, left, xb) if vector else None
+                code = f"torch.mv({weight_t}, {left})" if vector and not xb else None
             else:
                 want = "".join(k + nn_)
                 weight = w
@@ -356,8 +396,8 @@ class Lowering:
             if last and nn_ and not vector:
                 self.linear = (left, weight_t, tuple(names[c] for c in nn_),
                                tuple(sizes[c] for c in nn_))
-            if len(nn_) > 1:  # (matrix_vector's conditional comes bracketed)
-                code = f"{code if vector else f'({code})'}.unflatten(-1, {tuple(sizes[c] for c in nn_)})"
+            if len(nn_) > 1:
+                code = f"{code}.unflatten(-1, {tuple(sizes[c] for c in nn_)})"
             return code
         return None
 
@@ -395,7 +435,7 @@ class Lowering:
         k = len(factor.legs)
         mask = _direct_mask(factor.argument)
         if factor.function == "softmax" and mask is not None:
-            self.helpers.update(("_masked_softmax", "_softmax"))
+            self.helpers.add("_masked_softmax")
             code, batched = self._sum(mask.argument, layout, hint, span)
             tmp = self._temp(hint, code)
             keep = self._keep(mask.conditions, tmp, layout)
@@ -436,7 +476,7 @@ class Lowering:
                 if self.position_role(a) == "all" and self.position_role(b) == "new":
                     pairs.append((a, b))
         if pairs:  # keys of a decoding call: never a row's left padding
-            self.helpers.add("_unpadded")
+            self.helpers.update(decode_code.NEEDS["_unpadded"])
             key, query = pairs[0]
             parts.append(f"_unpadded({self.cache}, {var}, {layout.index(key) - len(layout)}, "
                          f"{layout.index(query) - len(layout)})")
@@ -469,7 +509,7 @@ class Lowering:
         return sympy.pycode(value.subs(names), fully_qualified_modules=True)
 
     def _temp(self, hint: str, code: str) -> str:
-        if code.isidentifier():
+        if code.isidentifier() or code in self.param_reads:
             return code
         var = self.ns.fresh(hint.rsplit(".", 1)[-1] if "." in hint else hint)
         self.temporaries.add(var)

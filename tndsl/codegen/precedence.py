@@ -23,7 +23,19 @@ def _top(code: str) -> ast.expr:
 
 
 def _wrap(code: str) -> str:
-    return f"({code})"
+    return code if _bracketed(code) else f"({code})"
+
+
+def _bracketed(code: str) -> bool:
+    """Whether `code` is one bracketed expression already: `(a * b)`, not `(a) * (b)`."""
+    if not (code.startswith("(") and code.endswith(")")):
+        return False
+    depth = 0
+    for k, char in enumerate(code):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return k == len(code) - 1
+    return False
 
 
 def as_primary(code: str) -> str:

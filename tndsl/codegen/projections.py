@@ -126,7 +126,5 @@ def projections(lower: Lowering, fused: FusedProjections, variables: list[str],
     lower.indent -= 1
     batched = lower.values[fused.argument].batched
     for projection, var in zip(fused.parts, variables):
-        hook = hooks.get(projection.name)
-        if hook:
-            lower.emit(f"if {lower.hook_test(hook)}: {var} = {hook}({var})")
+        lower.through_hook(var, hooks.get(projection.name))
         lower.values[projection.name] = Value(var, batched)
