@@ -116,7 +116,8 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
     cached ones first, then the new. Without a cache (or on a cache's first, unpadded
     call) queries and keys are one sequence and the plain causal kernel runs; a single
     new query sees every key, so needs no mask unless a window or padding applies;
-    otherwise the boolean mask is built at the cached offset."""
+    otherwise the boolean mask is built at the cached offset (grouped key/value heads
+    go in as they are: `enable_gqa`)."""
     if cache is None or (cache.length == 0 and cache.pad is None):
         if window is None:
             return F.scaled_dot_product_attention(
@@ -125,9 +126,6 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
         return _windowed_attention(q, k, v, window, causal, scale, grouped)
     n, total = q.size(-2), k.size(-2)
     groups = q.size(-3) // k.size(-3) if grouped else 1
-    if groups > 1 and q.device.type != "cpu":
-        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
-        groups = 1
     if n == 1 and (window is None or total <= window) and cache.pad is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=groups > 1)
     s = torch.arange(total, device=q.device)
@@ -142,7 +140,8 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
                                           enable_gqa=groups > 1)
 ''',
 }
-# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`).
+# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`;
+# `_cached_attention` calls `_windowed_attention` only for a window).
 NEEDS = {"_unpadded": ("_unpadded", "_positions"),
          "_cached_attention": ("_cached_attention", "_windowed_attention")}
 

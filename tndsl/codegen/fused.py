@@ -95,7 +95,8 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention ({mask}"
                f"{'; grouped key/value heads' if grouped else ''}), pattern not materialised")
     if lower.cache is not None:  # decoding: the keys may start before the queries
-        lower.helpers.update(decode_code.NEEDS["_cached_attention"])
+        lower.helpers.update(decode_code.NEEDS["_cached_attention"] if fused.window is not None
+                             else ("_cached_attention",))
         call = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
                 f"{scale}, {grouped}, {lower.cache})")
     elif fused.window is None:
