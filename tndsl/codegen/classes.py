@@ -423,7 +423,12 @@ class ClassBuilder:
             rows = self._position_rows(name, param, code)
             if rows is not None:  # a local: the rows are gathered once per call
                 var = self.ns(f"value:{name}", name)
-                self.lower.emit(f"{var} = {rows}")
+                plain = code
+                if any(s != ":" for s in slices):
+                    while slices[-1] == ":":
+                        slices.pop()
+                    plain += f"[{', '.join(slices)}]"
+                self.lower.emit(f"{var} = {plain} if {decode_code.CACHE} is None else {rows}")
                 self._param_vars.append(var)
                 self.lower.values[name] = Value(var, True)
                 continue

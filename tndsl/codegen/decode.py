@@ -28,7 +28,7 @@ HELPERS = {
 class KVCache:
     """What incremental decoding keeps between calls: the tensors tndsl derived from the
     diagram as read at earlier positions (a causal attention's keys and values). Pass
-    the same cache to each call of the model with only the new positions; each call
+    the same cache to each forward call, with only the new positions; each call
     appends them (`length` counts the positions so far).
 
     `pad`: per batch row, how many of the first positions are padding (left padding):
@@ -63,7 +63,7 @@ class KVCache:
         return kept.narrow(axis, 0, self.length + n)
 
     def advance(self, n):
-        """Called by the model at the end of each call: `n` positions were appended."""
+        """Called at the end of each forward call: `n` positions were appended."""
         self.length += n
 
     def reorder(self, rows):
@@ -90,7 +90,7 @@ def _position_rows(t, axis, n, cache, every=False):
         n, start = start + n, 0
     if start + n > t.size(axis):
         raise ValueError(f"position {start + n - 1} is past the {t.size(axis)} positions "
-                         "this model has")
+                         "the network has")
     if cache is None or cache.pad is None:
         return t.narrow(axis, start, n)
     positions = (torch.arange(start, start + n, device=t.device)
