@@ -8,7 +8,8 @@ all with the same weights, interleaved in one run; with --llama, a Llama-shaped 
                             [--fuse NAME] [--baseline-tree DIR] [--plain-linear]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
-loss, backward) at the first size. Ratio = contender / compiled (above 1: the compiled
+loss, backward) at the first size; then what the token-id check (ids in [0, Vocab), one
+min and one max per call) costs of each compiled forward. Ratio = contender / compiled (above 1: the compiled
 model is faster). --compile: torch.compile first-call times (cold and warm Inductor
 cache, fresh processes) and steady state of the compiled model and the hand-written
 one; --steady: the steady state alone. --memory: peak memory above the weights of one 1 x 1024 forward (each contender
@@ -182,7 +183,8 @@ def _logits(model, tokens):
     return out.logits if hasattr(out, "logits") else out
 
 
-def table(args) -> list[tuple]:
+def table(args) -> tuple[list[tuple], nn.Module]:
+    """The timed rows, and the compiled model they timed."""
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",")]
     longest = max(c for _, c in rows)
     models = build(args.layers, longest, args.device, args.no_fuse, args.fuse,
@@ -202,7 +204,27 @@ def table(args) -> list[tuple]:
         model.train()
     fns = {name: (lambda m=model: _step(m, tokens)) for name, model in models.items()}
     results.append((f"training step {batch}x{context}", median_times(fns, args.repeat)))
-    return results
+    return results, models["tndsl compiled"]
+
+
+def id_check_cost(args, results, compiled) -> list[str]:
+    """The token-id check every compiled forward runs (the generated module's own
+    `_check_ids`: one min and one max of the ids), timed alone at each forward row, as a
+    share of the compiled forward's median time from the same run."""
+    check_ids = compiled.forward.__globals__["_check_ids"]
+    lines = []
+    for row, times in results:
+        if not row.startswith("forward "):
+            continue
+        batch, context = (int(x) for x in row.split()[1].split("x"))
+        tokens = torch.randint(0, 50257, (batch, context), device=args.device)
+        calls = 200
+        seconds = median_times({"check": lambda: [check_ids(tokens, "tokens", 50257)
+                                                  for _ in range(calls)]},
+                               args.repeat)["check"] / calls
+        lines.append(f"| {row} | {seconds * 1e6:.1f} us | "
+                     f"{100 * seconds / times['tndsl compiled']:.3f}% |")
+    return lines
 
 
 def _no_grad(model, tokens):
@@ -462,10 +484,14 @@ def main() -> None:
              *(["baseline"] if args.baseline_tree else [])]
     print("| row | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
-    for row, times in table(args):
+    results, compiled = table(args)
+    for row, times in results:
         base = times["tndsl compiled"]
         print(f"| {row} | " + " | ".join(f"{times[n]:.4f} s ({times[n] / base:.2f})"
                                          for n in names) + " |")
+    print("\n| token-id check (inside the compiled forward) | per call | share of the forward |")
+    print("| --- | ---: | ---: |")
+    print("\n".join(id_check_cost(args, results, compiled)))
     if args.compile:
         times = compile_times(args)
         base = times["hand-written SDPA"]

@@ -3,8 +3,10 @@ float64 oracle: the shared ground of test_families, test_config_keys and
 test_all_families.
 
 By design transformers computes rotary angles and RMS norms in float32 even in a
-float64 model, which alone differs by ~1e-7; `float64_oracle` replaces those forwards
-with the same formulas in float64, written here, independently of tndsl.
+float64 model, which alone differs by ~1e-7, and keeps Gemma's embedding scale
+sqrt(hidden) as a float32 buffer; `float64_oracle` replaces those forwards with the same
+formulas in float64 (and the scale by its float64 value), written here, independently
+of tndsl.
 """
 import torch
 import transformers  # a test dependency (pyproject's `test` extra): the oracle
@@ -14,6 +16,10 @@ TOKENS = 10  # shorter than every config's context (and longer than Mistral's wi
 SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=64)
 GPT_LIKE = dict(vocab_size=97, n_embd=64, n_layer=2, n_head=4, n_positions=32)
+# Sizes that are not powers of two: sqrt(Model) irrational, 3 query heads per KV head,
+# odd head dims where no rotation needs them even, 3 layers.
+ODD = dict(vocab_size=53, hidden_size=60, intermediate_size=70, num_hidden_layers=3,
+           num_attention_heads=6, max_position_embeddings=40)
 
 # case → (model class, config class, config kwargs): one checkpoint per family at least,
 # with non-default settings where the family has them.
@@ -47,6 +53,19 @@ SPECS = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(GPT_LIKE)),
     "bert": ("BertForMaskedLM", "BertConfig", dict(
         **{**SMALL, "max_position_embeddings": 32}, layer_norm_eps=1e-6)),
+    "gemma_odd_untied": ("GemmaForCausalLM", "GemmaConfig", dict(
+        **ODD, num_key_value_heads=2, head_dim=18, tie_word_embeddings=False)),
+    "phi3_odd_tied": ("Phi3ForCausalLM", "Phi3Config", dict(
+        **ODD, num_key_value_heads=2, partial_rotary_factor=0.4, tie_word_embeddings=True,
+        pad_token_id=0)),
+    "stablelm_odd_parallel": ("StableLmForCausalLM", "StableLmConfig", dict(
+        **ODD, num_key_value_heads=3, partial_rotary_factor=0.4, use_parallel_residual=True,
+        tie_word_embeddings=True)),
+    "gpt_bigcode_odd_mha_untied": ("GPTBigCodeForCausalLM", "GPTBigCodeConfig", dict(
+        vocab_size=53, n_embd=60, n_layer=3, n_head=4, n_positions=40, multi_query=False,
+        tie_word_embeddings=False)),
+    "bert_odd_untied": ("BertForMaskedLM", "BertConfig", dict(
+        **ODD, tie_word_embeddings=False)),
 }
 
 
@@ -60,7 +79,9 @@ def build(case, **overrides):
 CASES = {case: (lambda case=case: build(case)) for case in SPECS}
 
 # The family each case checks (a case named after its family, or with a suffix).
-FAMILY_OF = {case: case if case in ("gpt_bigcode",) else case.split("_")[0]
+_FAMILIES = ("gpt_bigcode", "llama", "mistral", "pythia", "qwen2", "qwen3", "gemma",
+             "olmo2", "phi3", "stablelm", "gpt2", "bert")
+FAMILY_OF = {case: next(f for f in _FAMILIES if case == f or case.startswith(f + "_"))
              for case in CASES}
 
 
@@ -83,6 +104,8 @@ def float64_oracle(model):
     """HF's forwards with their float32 casts removed (see the module docstring)."""
     for module in model.modules():
         kind = type(module).__name__
+        if hasattr(module, "scalar_embed_scale"):   # Gemma's scaled embedding
+            module.embed_scale = torch.tensor(module.scalar_embed_scale, dtype=torch.float64)
         if kind.endswith("RMSNorm"):
             eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
             plus_one = kind.startswith("Gemma")

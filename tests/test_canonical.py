@@ -282,5 +282,5 @@ def test_a_box_is_shown_with_its_slots_where_they_belong():
     (result,) = prove_all(program)
     assert result.status == "refuted", result.render()
     assert set(result.residual) == {
-        "B[i1, i2, i3] * softmax[i2]((A[i1, i2, i3] where i2 <= i1))",
-        "-B[i1, i2, i3] * softmax[i2]((A[i2, i1, i3] where i2 <= i1))"}
+        "B[i1, i2, i3] * softmax[i2](A[i1, i2, i3] where i2 <= i1)",
+        "-B[i1, i2, i3] * softmax[i2](A[i2, i1, i3] where i2 <= i1)"}

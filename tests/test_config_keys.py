@@ -5,8 +5,9 @@ key; never a silent difference. The values come from transformers (its activatio
 registry) and from its config classes' documented options, not from the tables; a
 test checks that every key the tables list is varied here, so a new setting cannot go
 untested. The first variant of each key is the family's own default or a common value
-and must load. The default run takes the first variant of one key per family and the
-second of every key; the rest (the full grid of activations) run with the slow tests."""
+and must load, as must the values in MUST_LOAD. The default run takes each family's
+default, the values that must load and one refusal per family; the rest (the full grid
+of activations, every flag) run with the slow tests."""
 import json
 import warnings
 
@@ -17,7 +18,7 @@ from transformers.activations import ACT2CLS
 import tndsl
 from hf_models import SPECS, build, float64_oracle, logits, save, tokens
 from tndsl.models import WeightsError
-from tndsl.models.loading import ConfigWarning
+from tndsl.models import ConfigWarning
 from tndsl.models.tables import FAMILIES
 
 
@@ -99,7 +100,8 @@ VARIED = {
         "tie_word_embeddings": _values("tie_word_embeddings", BOOL),
         "attention_softmax_in_fp32": _values("attention_softmax_in_fp32", BOOL),
         "scale_attention_softmax_in_fp32": _values("scale_attention_softmax_in_fp32",
-                                                   BOOL)},
+                                                   BOOL),
+        "add_cross_attention": _values("add_cross_attention", [False])},
     "bert": {"hidden_act": _activation("hidden_act", "gelu"),
              "tie_word_embeddings": _values("tie_word_embeddings", BOOL),
              "is_decoder": _values("is_decoder", [False, True]),
@@ -107,13 +109,42 @@ VARIED = {
 }
 
 
+# Values that must be honoured, not refused: issue 22's silent wrong answers, and the
+# variants the families implement.
+MUST_LOAD = {
+    ("llama", "hidden_act", '"gelu"'), ("llama", "max_position_embeddings", "4"),
+    ("llama", "tie_word_embeddings", "true"), ("mistral", "sliding_window", "null"),
+    ("pythia", "use_parallel_residual", "false"), ("pythia", "hidden_act", '"gelu_new"'),
+    ("pythia", "tie_word_embeddings", "true"), ("gpt2", "activation_function", '"relu"'),
+    ("gpt2", "scale_attn_weights", "false"), ("gemma", "tie_word_embeddings", "false"),
+    ("gpt_bigcode", "multi_query", "false"), ("gpt_bigcode", "n_inner", "80"),
+    ("gpt_bigcode", "tie_word_embeddings", "false"), ("bert", "tie_word_embeddings", "false"),
+    ("bert", "hidden_act", '"relu"'), ("stablelm", "use_parallel_residual", "true"),
+    ("phi3", "sliding_window", "null"), ("qwen3", "tie_word_embeddings", "true"),
+    ("olmo2", "tie_word_embeddings", "true"), ("llama", "attention_bias", "true"),
+    ("llama", "mlp_bias", "true"), ("qwen3", "attention_bias", "true"),
+    ("olmo2", "attention_bias", "true"), ("gemma", "attention_bias", "true"),
+}
+MUST_LOAD_WINDOWS = ({"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 0},
+                     {"use_sliding_window": False, "sliding_window": 3, "max_window_layers": 0})
+
+
+def _must_load(family, key, overrides) -> bool:
+    if key == "layer_types":
+        return not overrides or overrides in MUST_LOAD_WINDOWS
+    return len(overrides) == 1 and (family, key, json.dumps(overrides.get(key))) in MUST_LOAD
+
+
 def _cases():
     for family, keys in VARIED.items():
         for n, (key, variants) in enumerate(keys.items()):
             for i, overrides in enumerate(variants):
                 label = ",".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-                fast = i == 1 or (i == 0 and n == 0)
-                yield pytest.param(family, key, overrides, i == 0,
+                must = i == 0 or _must_load(family, key, overrides)
+                # The default run: each family's default, the values that must load,
+                # one refused value (rotary scaling); the rest with the slow tests.
+                fast = (i == 0 and n == 0) or (must and i > 0) or (key == "rope" and i == 1)
+                yield pytest.param(family, key, overrides, must,
                                    id=f"{family}-{key}-{label or 'default'}",
                                    marks=() if fast else (pytest.mark.slow,))
 
@@ -187,3 +218,10 @@ def test_a_key_no_table_lists_is_warned_about(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.warns(ConfigWarning, match="attn_logit_softcapping"):
         tndsl.from_pretrained(tmp_path)
+
+
+def test_every_must_load_value_is_varied():
+    varied = {(family, key, json.dumps(overrides[key]))
+              for family, keys in VARIED.items() for key, variants in keys.items()
+              for overrides in variants if len(overrides) == 1 and key in overrides}
+    assert MUST_LOAD <= varied, MUST_LOAD - varied

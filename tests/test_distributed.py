@@ -21,7 +21,7 @@ from distributed_workers import ATTN_ONLY_DIMS, CACHED, GPT2_DIMS, ROOT, attn_on
 from tndsl.parallel import distributed as tdist
 from tndsl.lang.dims import evaluate
 from networks import ring_of_six
-from test_families import _float64_oracle, _randomize
+from hf_models import float64_oracle, randomize
 
 # Grouped-query attention: 4 query heads over 2 KV heads, one KV head per rank.
 LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -53,7 +53,7 @@ def run(tmp_path_factory):
                                    dtype=torch.float64) for t in ring.params}
     llama_config = transformers.LlamaConfig(**LLAMA)
     llama_config._attn_implementation = "sdpa"  # eager's softmax is float32 (test_families)
-    llama = _randomize(transformers.LlamaForCausalLM(llama_config), 4)
+    llama = randomize(transformers.LlamaForCausalLM(llama_config), 4)
     llama.save_pretrained(folder / "llama")
     llama_tokens = torch.randint(0, LLAMA["vocab_size"], (2, 10), generator=generator)
     compiled = folder / "gpt2_tp.py"
@@ -80,7 +80,7 @@ def run(tmp_path_factory):
         return torch.load(folder / "out" / f"rank{rank}" / f"{scenario}.pt", weights_only=True)
 
     return {"hf": hf.double(), "job": job, "result": result,
-            "llama": _float64_oracle(llama.eval().to(torch.float64))}
+            "llama": float64_oracle(llama.eval().to(torch.float64))}
 
 
 def single_process_gpt2(run):

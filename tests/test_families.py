@@ -51,10 +51,10 @@ def test_gpt2_through_from_pretrained_with_a_shorter_context(tmp_path):
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=97,
                                      n_positions=32)
     hf = save(transformers.GPT2LMHeadModel, config, tmp_path).to(torch.float64)
-    tokens = tokens(97)
+    ids = tokens(97)
     module = tndsl.from_pretrained(tmp_path, torch.float64, context=TOKENS)
     with torch.no_grad():
-        assert (module(tokens) - hf(tokens).logits).abs().max().item() < 1e-10
+        assert (module(ids) - hf(ids).logits).abs().max().item() < 1e-10
 
 
 def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
@@ -100,9 +100,9 @@ def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
     model_class, config = CASES["llama"]()  # 4 query heads on 2 key/value heads
     hf = save(model_class, config, tmp_path).to(torch.float64)
     module = tndsl.from_pretrained(tmp_path, torch.float64)
-    tokens = tokens(config.vocab_size)
-    logits, cache = hooks.run_with_cache(module, tokens, names=["blocks.0.attn.k_pre",
-                                                                "blocks.0.attn.pattern"])
+    ids = tokens(config.vocab_size)
+    logits, cache = hooks.run_with_cache(module, ids, names=["blocks.0.attn.k_pre",
+                                                             "blocks.0.attn.pattern"])
     assert cache["blocks.0.attn.k_pre"].shape == (2, TOKENS, 2, 16)  # [.., p, g, f]
     pattern = cache["blocks.0.attn.pattern"]
     assert torch.allclose(pattern.sum(-1), torch.ones(2, 4, TOKENS, dtype=torch.float64))
@@ -110,7 +110,7 @@ def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
     changed = hooks.intervene(module, {"blocks.0.attn.pattern": lambda p: p * torch.tensor(
         [1.0, 1, 1, 0], dtype=p.dtype)[:, None, None]})
     with changed:
-        assert not torch.allclose(module(tokens), logits)
+        assert not torch.allclose(module(ids), logits)
     weights = circuits.named_weights(module)
     attention = hf.model.layers[0].self_attn
     w_q = attention.q_proj.weight.detach()  # [heads * head, model]
@@ -119,3 +119,14 @@ def test_hooks_and_gqa_circuits_on_a_loaded_llama(tmp_path):
         expected = w_q[16 * head:16 * head + 16].T @ w_k[16 * (head // 2):16 * (head // 2) + 16]
         qk = circuits.qk_matrix(weights["blocks.0.attn.W_Q"], weights["blocks.0.attn.W_K"], head)
         torch.testing.assert_close(qk.materialize(), expected)
+
+
+def test_a_context_is_a_positive_integer_within_the_learnt_positions(tmp_path):
+    model_class, config = CASES["bert"]()   # 32 learnt positions
+    save(model_class, config, tmp_path)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="context must be a positive integer"):
+            tndsl.from_pretrained(tmp_path, context=bad)
+    with pytest.raises(WeightsError, match="context = 33 is longer than the 32 positions"):
+        tndsl.from_pretrained(tmp_path, context=33)
+    assert tndsl.from_pretrained(tmp_path, context=32).tndsl_program.sizes["Context"] == 32

@@ -128,8 +128,10 @@ l[n, m] = layernorm[m](x[n, m], Eps / 5)
 def test_rope_folded_vs_unfolded_is_proven_and_its_twin_refuted():
     results = {r.label: r for r in prove_all(tndsl.load(ROOT / "examples" / "rotary_proof.tn"))}
     assert results["folded"].status == "proven", results["folded"].render()
-    assert results["folded_wrong"].status == "refuted"
-    assert results["folded_wrong"].residual
+    wrong = {r.label: r for r in prove_all(tndsl.load(ROOT / "examples" /
+                                                      "rotary_proof_wrong.tn"))}
+    assert wrong["folded_wrong"].status == "refuted"
+    assert wrong["folded_wrong"].residual and wrong["folded_wrong"].counterexample
 
 
 def test_a_fixed_tensor_is_drawn_as_its_own_node():

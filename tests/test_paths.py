@@ -205,3 +205,32 @@ def test_cli_prefix_with_a_line_break_is_one_clear_error():
     assert result.stdout == ""
     assert result.stderr.splitlines()[0] == \
         "examples/attn_only_2l.tn: error: the prefix `a\\nlogits[p, v] = 0\\n# ` is not a .tn name"
+
+
+VALUE_BIAS = """
+dim Context = 6
+dim Model = 8
+dim Heads = 2
+dim Head = 4
+input x[p: Context, m: Model]
+block Attention(x[p: Context, m: Model]) -> [p: Context, m: Model] {
+    param W_V[h: Heads, m: Model, e: Head]
+    param b_V[h: Heads, e: Head]
+    param W_O[h: Heads, e: Head, m: Model]
+    param scores[h: Heads, p: Context, s: Context]
+    pattern[h, p, s] = softmax[s](scores[h, p, s] where s <= p)
+    v[s, h, e] = x[s, m] * W_V[h, m, e] + b_V[h, e] * ones[s]
+    return pattern[h, p, s] * v[s, h, e] * W_O[h, e, m]
+}
+out[p, m] = x[p, m] + Attention(x) as attn
+"""
+
+
+def test_a_value_bias_read_through_the_pattern_keeps_its_sum_over_keys():
+    # pattern[h, p, s] * b_V[h, e] * ones[s]: the ones[s] is the sum over the keys; it
+    # used to be dropped, leaving `s` open, and the written expansion did not check.
+    expansion = expand_paths(tndsl.parse(VALUE_BIAS), "out")
+    bias = [t for t in expansion.terms if "b_V" in t.equation]
+    assert bias and all("ones[s]" in t.equation for t in bias)
+    results = prove_all(expansion.program())
+    assert [r.status for r in results] == ["proven"]

@@ -74,3 +74,132 @@ def test_misuse_is_a_located_error(ring):
         contract_sliced(plan, {k: v for k, v in tensors.items() if k != "F"})
     with pytest.raises(TnError, match="`A` has shape"):
         contract_sliced(plan, {**tensors, "A": tensors["A"][:1]})
+
+
+# ---- exactness on random programs ---------------------------------------------------------
+
+import json
+from collections import Counter
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from fuzzing import FUZZ_DIMS, bounded, valid_programs
+from tndsl.lang import ir
+from tndsl.lang.printer import expression
+from tndsl.verify.numeric import random_tensors
+from tndsl.verify.reference import Reference
+
+SLICING_CASES = 40
+SLICED = Counter()  # what the fuzz run compared, checked by the test after it
+
+
+def _single_products(program) -> list[str]:
+    """Each term of each equation that is one product of declared tensors and `ones`,
+    written as an equation of its own (`S0[a, b] = -2 * T0[a, k1] * T1[k1, b] / 4`)."""
+    tensors = {t.name for t in program.network.tensors}
+    lines = []
+    for eq in program.equations:
+        for term in eq.rhs.terms:
+            if not all(isinstance(f, ir.Ref) and (f.name in tensors or f.name == ir.ONES)
+                       for f in term.factors):
+                continue
+            carried = {i for f in term.factors if f.name != ir.ONES for i in f.indices}
+            if carried and carried >= {i for f in term.factors for i in f.indices}:
+                # (an index only `ones` has takes its dim from another term: alone, the
+                # term would not check)
+                lines.append(f"S{len(lines)}[{', '.join(eq.indices)}] = "
+                             f"{expression(ir.Sum((term,)))}")
+    return lines
+
+
+@settings(max_examples=SLICING_CASES, deadline=None, derandomize=True, database=None,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(valid_programs())
+def test_sliced_contractions_of_random_programs_equal_the_compiled_module_and_reference(text):
+    """Every single-product term of a random program (coefficients, signs, division by
+    numbers and dims, `ones`, diagonals, copy legs, fixed tensors), contracted whole and
+    with every contracted index sliced, equals the reference evaluator (float64) and
+    the compiled module on the same data."""
+    with bounded(60):
+        program = tndsl.parse(text, "random.tn", FUZZ_DIMS)
+        lines = _single_products(program)
+        if not lines:
+            return
+        program = tndsl.parse(text + "\n".join(lines) + "\n", "random.tn", FUZZ_DIMS)
+        names = [f"S{k}" for k in range(len(lines))]
+        values = random_tensors(program, torch.Generator().manual_seed(0))
+        reference = Reference(program, values)
+        generated = program.compile(names)
+        module = generated.build().to(torch.float64)
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                param.copy_(values[name])
+            compiled = module(*(values[n] for n in generated.inputs))
+        if len(names) == 1:
+            compiled = {names[0]: compiled}
+        dense = {}  # contract_sliced takes one-hot inputs as tensors with the one-hot leg
+        for tensor in program.network.tensors:
+            if tensor.kind == "fixed":
+                continue  # built by contract_sliced from the definition
+            dense[tensor.name] = reference.values[tensor.name]
+        for name in names:
+            expected = reference[name]
+            scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+            assert (compiled[name] - expected).abs().max() <= 1e-9 * scale, name
+            whole = plan_slices(program, name, memory_budget=10**9)
+            # these networks are too small for a budget to force slicing: slice every
+            # contracted index (in a plan as another rank would send it)
+            contracted = [i for i in whole.sizes if i not in whole.output
+                          and any(i in idx for _, idx in whole.operands)]
+            for plan in (whole, whole.with_json(json.dumps(
+                    {"path": [list(p) for p in whole.path], "sliced": contracted}))):
+                value = contract_sliced(plan, dense)
+                assert value.shape == expected.shape, name
+                assert (value - expected).abs().max() <= 1e-9 * scale, \
+                    f"{name} sliced over {plan.sliced}: {program.equation(name).rhs}"
+            SLICED["terms"] += 1
+            SLICED["sliced"] += plan.nslices > 1
+            SLICED["coefficient"] += program.equation(name).rhs.terms[0].coefficient != 1
+
+
+def test_the_slicing_fuzz_run_exercised_slicing_and_coefficients():
+    if not SLICED["terms"]:
+        test_sliced_contractions_of_random_programs_equal_the_compiled_module_and_reference()
+    assert SLICED["terms"] >= 30 and SLICED["sliced"] >= 5 and SLICED["coefficient"] >= 5, \
+        dict(SLICED)
+
+
+def test_the_coefficient_survives_slicing():
+    """The issue's case: `v[i] = 2 * A[i, j] * x[j]` was returned as `A @ x`."""
+    program = tndsl.parse("dim I = 3\ndim J = 40\nparam A[i: I, j: J]\ninput x[j: J]\n"
+                          "v[i] = 2 * A[i, j] * x[j]\nw[i] = -A[i, j] * x[j] / J / 2\n")
+    A = torch.randn(3, 40, dtype=torch.float64)
+    x = torch.randn(40, dtype=torch.float64)
+    for name, expected in (("v", 2 * A @ x), ("w", -(A @ x) / 80)):
+        plan = plan_slices(program, name, memory_budget=10**6)
+        sliced = plan.with_json('{"path": [[0, 1]], "sliced": ["j"]}')  # 40 slices
+        assert sliced.nslices == 40
+        for p in (plan, sliced):
+            assert torch.allclose(contract_sliced(p, {"A": A, "x": x}), expected)
+
+
+@pytest.mark.parametrize("argument", ["memory_budget", "bytes_per_entry"])
+@pytest.mark.parametrize("value", [0, -8, 2.5, True])
+def test_budget_arguments_are_checked(ring, argument, value):
+    program, _ = ring
+    options = {"memory_budget": 10**6, argument: value}
+    with pytest.raises(ValueError, match=f"{argument} must be a positive integer"):
+        plan_slices(program, "total", **options)
+
+
+def test_tensors_of_the_wrong_kind_are_argument_errors(ring):
+    program, tensors = ring
+    plan = plan_slices(program, "total", memory_budget=10**6)
+    with pytest.raises(ValueError, match="`A` must be a floating-point torch.Tensor, got list"):
+        contract_sliced(plan, {**tensors, "A": [[1.0]]})
+    with pytest.raises(ValueError, match="`A` must be a floating-point torch.Tensor, got "
+                                         "torch.int64"):
+        contract_sliced(plan, {**tensors, "A": tensors["A"].long()})
+    with pytest.raises(ValueError, match="share one dtype"):
+        contract_sliced(plan, {**tensors, "A": tensors["A"].float()})

@@ -244,9 +244,9 @@ IDS = "dim V = 5\ndim C = 4\ndim D = 3\ninput tokens[p: C, v: onehot V]\nparam E
 def test_ids_inputs_refuse_floats_and_accept_shorter_sequences():
     program, values, module = _setup(IDS, "ids.tn")
     text = _forward_text(module)
-    assert "_check_input(tokens, 'tokens', (4,), ids=True, at_most=(0,))" in text
-    with pytest.raises(TypeError, match="input tokens holds token ids and must be an integer "
-                                        "tensor, got torch.float32"):
+    assert "_check_input(tokens, 'tokens', (4,), ids=5, at_most=(0,))" in text
+    with pytest.raises(TypeError, match=r"input tokens holds token ids in \[0, 5\) and must "
+                                        "be an integer tensor, got torch.float32"):
         module(torch.zeros(4))
     with pytest.raises(TypeError, match="must be an integer tensor, got torch.complex64"):
         module(torch.zeros(4, dtype=torch.complex64))

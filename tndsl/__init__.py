@@ -24,9 +24,10 @@ __version__ = "0.1.0"
 
 
 def from_pretrained(folder, dtype=None, *, context=None, tn=None):
-    """The compiled model of a Hugging Face checkpoint folder with its weights loaded;
-    see `tndsl.models` (docs/families.md lists the families). With the folder's
-    tokenizer (`model.tokenizer`, None without a tokenizer.json) and the methods
+    """The compiled model of a Hugging Face checkpoint folder with its weights loaded
+    (`tn`: into your own `.tn` file instead of the family's); see
+    `tndsl.models.from_pretrained` (docs/families.md lists the families). With the
+    folder's tokenizer (`model.tokenizer`, None without a tokenizer.json) and the methods
     `generate`, `to_tokens`, `to_str_tokens`, `to_string` (`tndsl.interp.generate`)."""
     from tndsl.models import from_pretrained as load_family
     from tndsl.interp.generate import add_text_methods

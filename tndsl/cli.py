@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tndsl.lang.errors import TnError, TnErrors
+from tndsl.lang.text import terminal, terminal_output
 from tndsl.passes.fusion import OPT_IN, PASSES, resolve
 from tndsl.program import load
+from tndsl.render.output import FORMATS
 
 REPORT_URL = "https://github.com/tndsl/tndsl/issues"
+MAX_SEED = 2**63 - 1   # the largest int64, which torch.manual_seed takes
+MAX_RANKS = 1 << 20    # a mesh larger than any machine, well within every size
 
 
 def _dim_assignment(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {terminal(repr(text))}")
+    _name(name)
     try:
         size = int(value)
     except ValueError:
@@ -29,13 +35,94 @@ def _dim_assignment(text: str) -> tuple[str, int]:
     return name.strip(), size
 
 
+def _bounded_int(low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` to `high` (None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got "
+                                             f"{terminal(repr(text))}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... " \
+                f"({len(str(value))} digits)"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {shown}")
+        return value
+    return parse
+
+
+def _name(text: str) -> str:
+    """An argparse type for a name, list of names or option word (NAME, --output,
+    --vary, --shard, --through, ...): no .tn name holds a control character, so one
+    here is refused before it can reach a message (where a line break would forge a
+    line of output). (`paths --prefix` is checked as a .tn path by `paths` itself.)"""
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"`{terminal(text)}` holds a control character "
+                                         "(a line break, ESC, ...); names are printable")
+    return text
+
+
+def _output_problem(text: str, suffixes: Sequence[str] = (), folder: bool = False
+                    ) -> str | None:
+    """Why an output path cannot be written, found before any work (None if it can be
+    tried): a figure's format unknown, a file that is a directory, a FIFO or in a
+    folder that does not exist, a report folder that is a file. Writing can still fail (a full
+    disk, /dev/full): that is `error: cannot write ...` too, exit 1."""
+    path = Path(text)
+    if folder:
+        for ancestor in (path, *path.parents):
+            if ancestor.exists() and not ancestor.is_dir():
+                return f"cannot write into {terminal(text)}: {terminal(ancestor)} is not a folder"
+        return None
+    if suffixes and path.suffix not in suffixes:
+        return (f"cannot write {terminal(text)}: unknown figure format "
+                f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(suffixes)}")
+    if path.is_dir():
+        return f"cannot write {terminal(text)}: it is a directory"
+    if path.is_fifo() or path.is_socket():  # opening one to write waits for a reader
+        return f"cannot write {terminal(text)}: it is a {'FIFO' if path.is_fifo() else 'socket'}"
+    if not path.parent.is_dir():
+        return f"cannot write {terminal(text)}: there is no folder {terminal(path.parent)}"
+    return None
+
+
+# The output paths of each command: (argument, figure formats or (), whether a folder).
+OUTPUTS = {"compile": [("out", (), False)], "render": [("out", FORMATS, False)],
+           "paths": [("out", (), False), ("render", FORMATS, False)],
+           "study": [("out", (), True)]}
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise TnError(f"cannot write {terminal(path)}: {e.strerror}") from None
+
+
+class _Terminal:
+    """sys.stdout or sys.stderr with everything written through the one sanitiser for
+    terminals (tndsl.lang.text.terminal_output): only the line breaks and tabs tndsl
+    writes itself survive; ESC, `\\r` and the like from anywhere are shown escaped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_output(text))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _report(error: TnError, path: str) -> None:
     """Print an error on stderr. One without a place in the file (it concerns the whole
     file, or a command-line argument such as NAME or --dim) is prefixed with the file,
     so every error line starts with where it comes from."""
     for e in (error.errors if isinstance(error, TnErrors) else [error]):
         text = e.render()
-        print(text if e.span is not None else f"{path}: {text}", file=sys.stderr)
+        print(text if e.span is not None else f"{terminal(path)}: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,30 +151,31 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("-o", "--out", metavar="MODEL.py",
                           help="where to write the module (default: standard output)")
-    compile_.add_argument("--output", action="append", metavar="NAME", dest="outputs",
+    compile_.add_argument("--output", type=_name, action="append", metavar="NAME", dest="outputs",
                           help="an equation to return (repeatable; default: the final one)")
     compile_.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                           metavar="NAME=SIZE", help="give or override a dim's size")
-    compile_.add_argument("--optimizer", default="auto",
+    compile_.add_argument("--optimizer", type=_name, default="auto",
                           help="contraction-path optimiser: auto, optimal, dp, greedy, "
                                "random-greedy (default: auto)")
-    compile_.add_argument("--no-fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--no-fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="leave out an optional pass (repeatable): "
                                f"{', '.join(p for p in PASSES if p not in OPT_IN)}; "
                                "`all` leaves out every one")
-    compile_.add_argument("--fuse", action="append", default=[], metavar="NAME",
+    compile_.add_argument("--fuse", type=_name, action="append", default=[], metavar="NAME",
                           help="add an opt-in pass to the defaults (repeatable): "
                                f"{', '.join(sorted(OPT_IN))}")
-    compile_.add_argument("--vary", action="append", metavar="DIM",
+    compile_.add_argument("--vary", type=_name, action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
     compile_.add_argument("--no-decode", action="store_true",
                           help="leave out incremental decoding (the forward's cache= "
                                "argument and new_cache(), derived from the causal masks)")
-    compile_.add_argument("--shard", metavar="DIM,...",
+    compile_.add_argument("--shard", type=_name, metavar="DIM,...",
                           help="add a parallelize(mesh) method applying the tensor-parallel "
                                "plan for sharding these dims (tndsl cost --shard prints it)")
-    compile_.add_argument("--ranks", type=int, default=2, metavar="N",
+    compile_.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                          metavar="N",
                           help="mesh size --shard's plan is checked for (default 2)")
 
     render = commands.add_parser(
@@ -101,15 +189,19 @@ def _parser() -> argparse.ArgumentParser:
                     "tikzpicture to \\input into a paper after \\usepackage{tikz}). "
                     "Without -o, DOT goes to standard output.")
     render.add_argument("file", metavar="FILE")
-    render.add_argument("name", nargs="?", metavar="NAME")
-    render.add_argument("-o", "--out", metavar="FIGURE", help="where to write the figure")
+    render.add_argument("name", type=_name, nargs="?", metavar="NAME")
+    render.add_argument("-o", "--out", metavar="FIGURE",
+                        help="where to write the figure (" + ", ".join(FORMATS) + ")")
     depth = render.add_mutually_exclusive_group()
     depth.add_argument("--expand", action="store_true",
                        help="inline every definition down to params and inputs")
-    depth.add_argument("--depth", type=int, default=0, metavar="N",
+    depth.add_argument("--depth", type=_bounded_int(0), default=0,
+                       metavar="N",
                        help="inline N levels of definitions (default 0)")
     render.add_argument("--indices", action="store_true", help="label wires with index names")
-    render.add_argument("--dpi", type=int, default=300, help="PNG resolution (default 300)")
+    render.add_argument("--dpi", type=_bounded_int(1), default=300,
+                        help="PNG resolution, at least 1 (default 300; a PNG wider than "
+                             "cairo's 32,767 px is refused, naming the dpi that fits)")
     render.add_argument("--no-outline", action="store_true",
                         help="keep SVG text as text (needs the fonts where it is shown)")
     render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
@@ -140,17 +232,21 @@ def _parser() -> argparse.ArgumentParser:
                     "instance path such as blocks.3), the planned contraction order, FLOPs "
                     "and the largest intermediate as polynomials in the dim names, their "
                     "values at the file's sizes, the naive left-to-right cost, per-instance "
-                    "totals and the dominant term.")
+                    "totals and the dominant term: the leading term as the dims without a "
+                    "size grow (highest total degree in them), ties broken by the value at "
+                    "the file's sizes with each unsized dim at 128; with every dim sized, "
+                    "the largest term.")
     cost.add_argument("file", metavar="FILE")
-    cost.add_argument("name", nargs="?", metavar="NAME")
+    cost.add_argument("name", type=_name, nargs="?", metavar="NAME")
     cost.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                       metavar="NAME=SIZE", help="give or override a dim's size")
     cost.add_argument("--json", action="store_true", help="machine-readable output")
-    cost.add_argument("--shard", metavar="DIM,...",
+    cost.add_argument("--shard", type=_name, metavar="DIM,...",
                       help="instead, the tensor-parallel plan for sharding these dims: "
                            "sharded params and the collectives per forward, in bytes "
                            "(NAME, if given, is the output)")
-    cost.add_argument("--ranks", type=int, default=2, metavar="N",
+    cost.add_argument("--ranks", type=_bounded_int(1, MAX_RANKS), default=2,
+                      metavar="N",
                       help="mesh size for --shard (default 2)")
 
     study = commands.add_parser(
@@ -164,28 +260,50 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("name", choices=["induction"])
     study.add_argument("-o", "--out", default="examples/induction/report",
                        help="report folder (default: examples/induction/report)")
-    study.add_argument("--steps", type=int, default=2500, help="training steps (default 2500)")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--steps", type=_bounded_int(1), default=2500,
+                       help="training steps, at least 1 (default 2500)")
+    study.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0,
+                       help="random seed, 0 to 2**63 - 1 (default 0)")
     study.add_argument("--weights", metavar="FILE",
                        help="re-run the analysis on saved weights (a study's "
                             "weights.safetensors, its config beside it) without training")
 
     _paths_parser(commands)
+    _families_parser(commands)
 
     verify = commands.add_parser(
-        "verify", help="prove the file's checks; optionally check the compiled module",
-        description="Prove every `check A == B` of the file and report each as proven, "
-                    "refuted (with the residual and a counterexample) or unknown; exit 1 "
-                    "if any is refuted. With --compiled, also run the compiled module and "
-                    "the independent reference evaluator on the same random data at small "
-                    "sizes in float64 (fails above 1e-9).")
-    verify.add_argument("file", metavar="FILE")
-    verify.add_argument("--compiled", action="store_true",
-                        help="also compare the compiled module with the reference evaluator")
+        "verify", help="prove the files' checks; optionally check the compiled module",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prove every `check A == B` of each file and report each as proven (by "
+                    "the symbolic tier, for every size and value), refuted (with the "
+                    "residual and a counterexample: a real instance of the file, fixed "
+                    "tensors at their built-in values), supported (it held on every "
+                    "evaluation tried: evidence, not proof) or unknown. With --compiled, "
+                    "also run the compiled module and the independent reference evaluator "
+                    "on the same random data at small sizes in float64 (fails above 1e-9 "
+                    "relative); --compiled-only runs only that comparison.",
+        epilog="exit codes:\n"
+               "  0  every check proven (and, with --compiled, the compiled module matches)\n"
+               "  1  a check refuted, the compiled module does not match, or an input error\n"
+               "  2  with --strict: no refutation, but a check is supported or unknown,\n"
+               "     or the compiled comparison was incomplete (overflow, unreachable mask)\n"
+               "     (2 is also argparse's code for a usage mistake)\n"
+               "  3  an internal error (please report it)\n"
+               "Without --strict, supported and unknown checks exit 0.")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    compiled = verify.add_mutually_exclusive_group()
+    compiled.add_argument("--compiled", action="store_true",
+                          help="also compare the compiled module with the reference evaluator")
+    compiled.add_argument("--compiled-only", action="store_true",
+                          help="only compare the compiled module with the reference evaluator "
+                               "(the exit code says only whether they match)")
+    verify.add_argument("--strict", action="store_true",
+                        help="exit 2 if any check is only supported or unknown")
     verify.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="sizes to verify at (default: small ones "
                                                   "chosen automatically)")
-    verify.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    verify.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0,
+                        help="random seed of --compiled's data, 0 to 2**63 - 1 (default 0)")
     return parser
 
 
@@ -204,7 +322,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.dump:
             print(program.dump(), end="")
         elif not args.quiet:
-            print(f"{path}: ok")
+            print(f"{terminal(path)}: ok")
             print(program.summary())
     return 1 if failed else 0
 
@@ -218,39 +336,56 @@ def _compile(args: argparse.Namespace) -> int:
                                     fuse=sorted(fuse), no_fuse=no_fuse,
                                     vary=args.vary, shard=args.shard, ranks=args.ranks,
                                     decode=not args.no_decode)
+        if args.out:
+            _write_text(args.out, generated.source)
     except TnError as e:
         _report(e, args.file)
         return 1
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(generated.source)
-        print(f"{args.out}: class {generated.class_name}({', '.join(generated.arguments)}) "
-              f"-> {', '.join(generated.outputs)}")
+        print(f"{terminal(args.out)}: class {generated.class_name}"
+              f"({', '.join(generated.arguments)}) -> {', '.join(generated.outputs)}")
     else:
         sys.stdout.write(generated.source)
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Exit codes: see the `verify` parser's epilog (and docs/verification.md)."""
     from tndsl.verify import prove_all
-    try:
-        program = load(args.file)
-        results = prove_all(program, dims=dict(args.dim) or None)
-        report = (program.verify_compiled(dims=dict(args.dim) or None, seed=args.seed)
-                  if args.compiled else None)
-    except TnError as e:
-        _report(e, args.file)
+    from tndsl.verify.prove import STATUSES
+    failed = doubtful = False
+    dims = dict(args.dim) or None
+    totals = dict.fromkeys(STATUSES, 0)
+    for path in args.files:
+        shown = terminal(path)
+        try:
+            program = load(path)
+            results = [] if args.compiled_only else prove_all(program, dims=dims)
+            report = (program.verify_compiled(dims=dims, seed=args.seed)
+                      if args.compiled or args.compiled_only else None)
+        except TnError as e:
+            _report(e, path)
+            failed = True
+            continue
+        for result in results:
+            print(result.render())
+        counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+        for status, n in counts.items():
+            totals[status] += n
+        if not args.compiled_only:
+            print(f"{shown}: {len(results)} check{'s' if len(results) != 1 else ''}: "
+                  + ", ".join(f"{n} {status}" for status, n in counts.items()))
+        if report is not None:
+            print(f"{shown}: {report.render()}")
+        failed |= counts["refuted"] > 0 or (report is not None and not report.ok)
+        doubtful |= counts["supported"] + counts["unknown"] > 0 or \
+            (report is not None and not report.complete)
+    if len(args.files) > 1 and not args.compiled_only:
+        print(f"{len(args.files)} files: {sum(totals.values())} checks: "
+              + ", ".join(f"{n} {status}" for status, n in totals.items()))
+    if failed:
         return 1
-    for result in results:
-        print(result.render())
-    counts = {status: sum(r.status == status for r in results)
-              for status in ("proven", "refuted", "unknown")}
-    print(f"{args.file}: {len(results)} check{'s' if len(results) != 1 else ''}: "
-          + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    if report is not None:
-        print(f"{args.file}: {report.render()}")
-    failed = counts["refuted"] > 0 or (report is not None and not report.ok)
-    return 1 if failed else 0
+    return 2 if args.strict and doubtful else 0
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -269,7 +404,7 @@ def _render(args: argparse.Namespace) -> int:
             figure = program.render(args.name, hooks=args.hooks, **options)
         if args.out:
             figure.save(args.out, dpi=args.dpi, outline=not args.no_outline)
-            print(f"{args.out}: written")
+            print(f"{terminal(args.out)}: written")
         else:
             sys.stdout.write(figure.source)
     except TnError as e:
@@ -289,7 +424,7 @@ def _study(args: argparse.Namespace) -> int:
     i_layer, i_head = report["induction_head"]
     p_layer, p_head = report["previous_token_head"]
     heads = report["heads"]
-    print(f"{args.out}/report.md: previous-token head {p_layer}.{p_head} "
+    print(f"{terminal(args.out)}/report.md: previous-token head {p_layer}.{p_head} "
           f"({heads['layer0']['previous_token'][p_head]:.2f}), induction head {i_layer}.{i_head} "
           f"({heads['layer1']['induction'][i_head]:.2f}, copying "
           f"{heads['layer1']['copying'][i_head]:.2f}); {report['total_seconds']:.0f} s")
@@ -315,8 +450,8 @@ def _paths_parser(commands) -> None:
                     "open where a block sums over heads, and a `check` that NAME equals the "
                     "sum of the paths (prove it with `tndsl verify`).")
     paths.add_argument("file", metavar="FILE")
-    paths.add_argument("name", metavar="NAME")
-    paths.add_argument("--through", metavar="PATH,...",
+    paths.add_argument("name", type=_name, metavar="NAME")
+    paths.add_argument("--through", type=_name, metavar="PATH,...",
                        help="the block instances paths may pass, comma-separated")
     paths.add_argument("-o", "--out", metavar="OUT.tn",
                        help="where to write the expansion (default: standard output)")
@@ -337,9 +472,8 @@ def _paths(args: argparse.Namespace) -> int:
                                  prefix=args.prefix)
         expansion.program()  # the written file must check
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(expansion.source)
-            print(f"{args.out}: {len(expansion.terms)} paths of {args.name}, "
+            _write_text(args.out, expansion.source)
+            print(f"{terminal(args.out)}: {len(expansion.terms)} paths of {args.name}, "
                   f"check {expansion.check}")
             for term in expansion.terms:
                 print(f"  {term.name}  ({term.label})")
@@ -347,7 +481,8 @@ def _paths(args: argparse.Namespace) -> int:
             sys.stdout.write(expansion.source)
         if args.render:
             expansion.figure().save(args.render)
-            print(f"{args.render}: written", file=sys.stderr if not args.out else sys.stdout)
+            print(f"{terminal(args.render)}: written",
+                  file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:
         _report(e, args.file)
         return 1
@@ -371,13 +506,51 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families_parser(commands) -> None:
+    families = commands.add_parser(
+        "families", help="list the model families from_pretrained loads",
+        description="List each model family: its .tn file, the Hugging Face model_type and "
+                    "transformers classes it loads, and the float64 tolerance against "
+                    "transformers asserted in CI. With NAME (a family or a model_type), "
+                    "that family's config keys: the sizes and consts it reads, each key "
+                    "that changes the computation with the values it implements, and the "
+                    "keys that do not.")
+    families.add_argument("name", nargs="?", metavar="NAME")
+    families.add_argument("--markdown", action="store_true",
+                          help="print the generated tables of docs/families.md")
+
+
+def _families(args: argparse.Namespace) -> int:
+    from tndsl.models import listing
+    if args.markdown:
+        print(listing.markdown())
+    elif args.name is not None:
+        try:
+            family = listing.find(args.name)
+        except KeyError as e:
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 1
+        print(listing.settings_text(family))
+    else:
+        print(listing.text())
+    return 0
+
+
 COMMANDS = {"check": _check, "compile": _compile, "verify": _verify, "cost": _cost,
-            "render": _render, "study": _study, "paths": _paths}
+            "render": _render, "study": _study, "paths": _paths, "families": _families}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Terminal(stdout), _Terminal(stderr)
     try:
+        args = _parser().parse_args(argv)
+        for name, suffixes, folder in OUTPUTS.get(args.command, ()):
+            value = getattr(args, name, None)
+            problem = value is not None and _output_problem(value, suffixes, folder)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return 1
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -387,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tndsl: internal error ({type(e).__name__}: {e}); please report it at "
               f"{REPORT_URL} with the input that caused it", file=sys.stderr)
         return 3
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,9 +11,12 @@ import sympy
 from tndsl.lang import dims as dimmod, ir, printer
 from tndsl.lang.check import check
 from tndsl.lang.elaborate import elaborate
-from tndsl.lang.errors import ErrorSink, TnError, TnWarning
+from tndsl.lang.errors import ArgumentError, ErrorSink, TnError, TnWarning
+from tndsl.lang.files import read_limited
 from tndsl.lang.finite import coefficient_errors
 from tndsl.lang.syntax import parse_module
+from tndsl.lang.syntax.parser import MAX_SOURCE_CHARS
+from tndsl.lang.text import terminal
 
 
 def parse(text: str, name: str = "<string>", dims: Mapping[str, int] | None = None,
@@ -50,10 +53,13 @@ def load(path: str | Path, dims: Mapping[str, int] | None = None,
     dims the file does not declare (by default they are an error); a size of None is
     always an error."""
     path = Path(path)
+    # UTF-8 takes at most 4 bytes a character: no file within the character limit is
+    # refused here, and no read goes past 4 bytes a character (tndsl.lang.files).
+    data = read_limited(path, 4 * MAX_SOURCE_CHARS, what=".tn source")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TnError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) else e}")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TnError(f"cannot read {terminal(path)}: {e}") from None
     return parse(text, str(path), dims, consts, extra_dims=extra_dims)
 
 
@@ -154,9 +160,13 @@ class Program:
                indices: bool = False, check: str | None = None, **options):
         """The figure of equation `name` (default: the final one), or of `check` drawn as
         `lhs = rhs` (`.scene` holds its layout in pt, `.source` its DOT;
-        `.save("fig.pdf")`; shows inline in Jupyter). `options`: width ("3.25in"),
-        font_size, font, legs ("p/m"), hooks, lhs (tndsl.render.figure)."""
+        `.save("fig.pdf")`; shows inline in Jupyter). `depth` is a whole number ≥ 0.
+        `options`: width ("3.25in"), font_size, font, legs ("p/m"), hooks, lhs
+        (tndsl.render.figure)."""
         from tndsl.render import check_figure, figure
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ArgumentError(f"depth must be a whole number of levels, at least 0, got "
+                                f"{terminal(repr(depth))}")
         if check is not None:
             return check_figure(self, check, expand=expand, depth=depth, indices=indices,
                                 **options)

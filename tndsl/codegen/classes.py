@@ -390,8 +390,17 @@ class ClassBuilder:
         shape = tuple(self.file.sizes.get(leg.dim) for leg in legs)
         at_most = tuple(k for k, leg in enumerate(legs) if leg.dim in self.file.options.varying)
         ids = tensor.onehot is not None
+        vocab = self.file.sizes.get(next(l.dim for l in tensor.legs
+                                         if l.name == tensor.onehot)) if ids else None
         extra = f", at_most={at_most!r}" if at_most else ""
-        lower.emit(f"_check_input({arg}, {tensor.name!r}, {shape!r}, ids={ids}{extra})")
+        if not ids and self.file.params:  # a float input must have the params' dtype
+            first = self.modules.access(relative(self.file.params[0].name, self.path))
+            extra += f", dtype={first}.dtype"
+        lower.emit(f"_check_input({arg}, {tensor.name!r}, {shape!r}, "
+                   f"ids={vocab if ids and vocab is not None else ids}{extra})")
+        if ids:  # token ids checked against the vocabulary: one min and one max per call
+            self.file.helpers.add("_check_ids")
+            lower.emit(f"{arg} = _check_ids({arg}, {tensor.name!r}, {vocab!r})")
         lower.read_dims(arg, legs)
         onehot = [leg.name for leg in tensor.legs].index(tensor.onehot) if ids else None
         lower.values[tensor.name] = Value(arg, True, onehot)

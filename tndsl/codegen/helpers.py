@@ -54,20 +54,56 @@ def _attach(module, path, child):
         module.add_module(leaf, child)
 ''',
     "_check_input": '''
-def _check_input(value, name, shape, ids, at_most=()):
+class TokenIdError(ValueError, TypeError):
+    """Token ids that cannot index the vocabulary: a ValueError (and a TypeError, where
+    the dtype is not an integer one)."""
+
+
+def _check_input(value, name, shape, ids, at_most=(), dtype=None):
     """Raise a clear error unless `value` is a tensor whose trailing dims match the
     declared legs (None: any size; a position listed in `at_most` may be shorter, as a
-    sequence is), and of an integer dtype if it holds ids."""
+    sequence is), of an integer dtype if it holds ids (`ids`: the vocabulary's size, or
+    True), and, for a float input given the params' `dtype`, of that dtype: PyTorch's
+    layers do not mix them (autocast converts them itself)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"input {name} must be a torch.Tensor, got {type(value).__name__}")
     if ids and (value.dtype.is_floating_point or value.dtype.is_complex):
-        raise TypeError(f"input {name} holds token ids and must be an integer tensor, got {value.dtype}")
+        valid = f" in [0, {ids})" if type(ids) is int else ""  # ids: the vocabulary's size
+        raise TokenIdError(f"input {name} holds token ids{valid} and must be an integer tensor, got {value.dtype}")
     actual = tuple(value.shape[value.dim() - len(shape):]) if value.dim() >= len(shape) else None
     if actual is None or any(want is not None and (got > want if k in at_most else got != want)
                              for k, (want, got) in enumerate(zip(shape, actual))):
         want = ", ".join("?" if s is None else f"<={s}" if k in at_most else str(s)
                          for k, s in enumerate(shape))
         raise ValueError(f"input {name} must have shape (..., {want}), got {tuple(value.shape)}")
+    if dtype is not None and value.dtype is not dtype and not torch.is_autocast_enabled(
+            value.device.type):
+        raise TypeError(f"input {name} is {value.dtype} but the model's params are {dtype}: "
+                        f"convert the input ({name}.to({dtype})) or the model "
+                        f"(model.to({value.dtype}))")
+''',
+    "_check_ids": '''
+def _check_ids(ids, name, vocab):
+    """The ids, checked to be in [0, vocab) with one min and one max: a negative id
+    would silently read one of the last rows, and an id past the end would fail deep
+    inside the forward. Ids of another integer dtype than int64 are returned as int64.
+    Under torch.compile, where a branch on the ids' values would break the graph, the
+    range is an assert op (a RuntimeError with the same message)."""
+    valid = f"[0, {vocab})" if vocab is not None else "[0, ...)"
+    if ids.dtype is torch.bool:
+        raise TokenIdError(f"input {name} holds token ids in {valid} and must be an integer "
+                           f"tensor, got torch.bool")
+    if torch.compiler.is_compiling():
+        kept = ids >= 0 if vocab is None else (ids >= 0) & (ids < vocab)
+        torch._assert_async(kept.all(), f"input {name} holds token ids, which must be in {valid}")
+        return ids.long()
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab is not None and high >= vocab):
+            bad = low if low < 0 else high
+            raise TokenIdError(f"input {name} holds token ids, which must be in {valid}; "
+                               f"got {bad} (its ids range from {low} to {high})")
+    return ids.long()
 ''',
     "_positions": '''
 def _positions(t, axis, cache=None):

@@ -33,7 +33,9 @@ import torch
 import tndsl
 from tndsl.interp import circuits
 from tndsl.interp.attribution import attribute
-from tndsl.lang.errors import TnError
+from tndsl.lang.errors import ArgumentError, TnError
+from tndsl.lang.files import read_json
+from tndsl.lang.text import terminal
 from tndsl.interp.hooks import intervene
 from tndsl.interp.induction_report import markdown, plots
 from tndsl.interp.paths import expand_paths
@@ -61,6 +63,26 @@ class Config:
     eval_sequences: int = 256
     seed: int = 0
     model_file: str = str(MODEL_FILE)
+
+    def __post_init__(self):
+        """Each field in its domain (a saved config.json is read back through here too),
+        checked before any folder is made or any step run."""
+        for name in ("context", "vocab", "model", "heads", "steps", "batch", "min_period",
+                     "eval_sequences"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"study config: {name} must be a whole number, at "
+                                    f"least 1, got {terminal(repr(value))}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < 2**63:
+            raise ArgumentError(f"study config: seed must be a whole number from 0 to "
+                                f"2**63 - 1, got {terminal(repr(self.seed))[:60]}")
+        for name in ("lr", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value < math.inf:
+                raise ArgumentError(f"study config: {name} must be a positive number, got "
+                                    f"{terminal(repr(value))}")
 
 
 def _progress(step: int, total: int, loss: float, start: float, stream) -> None:
@@ -159,12 +181,11 @@ def load_saved(weights: str | Path) -> tuple[Config, torch.nn.Module, object, st
     if not weights.is_file():
         raise TnError(f"no weights file {weights}",
                       hint="give the weights.safetensors a study wrote (with its config.json)")
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-        source = raw.pop(SOURCE_KEY)
-    except (OSError, ValueError, KeyError) as e:
-        raise TnError(f"cannot read the study's config.json next to {weights}: "
-                      f"{e if not isinstance(e, KeyError) else 'no ' + SOURCE_KEY}") from None
+    raw = read_json(folder / "config.json", what="study config")  # bounded, never blocks
+    if not isinstance(raw, dict) or not isinstance(raw.get(SOURCE_KEY), str):
+        raise TnError(f"cannot read the study's config.json next to {terminal(weights)}: "
+                      f"no {SOURCE_KEY}")
+    source = raw.pop(SOURCE_KEY)
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -400,16 +400,20 @@ def _identifier(read_path: tuple[str, ...]) -> str:
     return "__".join(p.replace(".", "_") for p in read_path) if read_path else DIRECT
 
 
-def _simplify(mono: _Mono) -> _Mono:
-    """Drop `ones[i]` where another factor carries i (multiplying by 1 at every i)."""
-    kept = []
-    for k, (name, indices) in enumerate(mono.factors):
-        if name == ir.ONES:
-            others = {i for j, (n, idx) in enumerate(mono.factors) if j != k and n != ir.ONES
-                      for i in idx}
-            if set(indices) <= others:
-                continue
-        kept.append((name, indices))
+def _simplify(mono: _Mono, free: Sequence[str]) -> _Mono:
+    """Drop `ones[i]` where it multiplies by 1 at every i: where another factor carries
+    i and i stays a leg of the term without it (free, or carried twice more). A bias
+    read through an attention pattern, `pattern[p, s] * b[e] * ones[s]`, keeps its
+    `ones[s]`: it is the sum over s."""
+    open_legs = set(free) | {h.index for h in mono.heads}
+    kept = list(mono.factors)
+    for factor in mono.factors:
+        name, indices = factor
+        if name != ir.ONES:
+            continue
+        rest = [i for (n, idx) in kept if not (n == name and idx == indices) for i in idx]
+        if all(i in rest and (i in open_legs or rest.count(i) >= 2) for i in indices):
+            kept.remove(factor)
     return _Mono(mono.coefficient, tuple(kept), mono.heads)
 
 
@@ -445,7 +449,7 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
     prefix = check_prefix(prefix) if prefix is not None else name.rsplit(".", 1)[-1]
     groups: dict[tuple, list[_Mono]] = {}
     for mono, reads in monos:
-        mono = _simplify(mono)
+        mono = _simplify(mono, eq.indices)
         key = (reads, tuple((h.dim, h.instance) for h in mono.heads))
         groups.setdefault(key, []).append(mono)
     per_label: dict[tuple, int] = {}

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable, Sequence
 
+from tndsl.lang.text import printable, terminal
+
 
 @dataclass(frozen=True, eq=False)
 class Source:
@@ -61,24 +63,43 @@ class Span:
         return self.source.line_col(self.start)[1]
 
     def __str__(self) -> str:
-        return f"{self.source.name}:{self.line}:{self.col}"
+        return f"{terminal(self.source.name)}:{self.line}:{self.col}"
 
     def to(self, other: "Span") -> "Span":
         """The span covering both."""
         return Span(self.source, min(self.start, other.start), max(self.end, other.end))
 
 
+# The most characters of a source line an error shows: a longer line is cut to a window
+# around the caret, marked `...` where it is cut (a one-line 3 MB file must not be
+# echoed whole).
+EXCERPT_WIDTH = 160
+
+
 def excerpt(span: Span) -> str:
-    """The source line of a span with a caret line under it."""
+    """The source line of a span with a caret line under it; a long line is cut to
+    EXCERPT_WIDTH characters around the caret, and a character a terminal would act on
+    (ESC, `\\r`, ...) is shown as its escape, the caret still under its place."""
     line, col = span.source.line_col(span.start)
-    text = span.source.line_text(line).expandtabs(1)
+    text = span.source.line_text(line)
     end_line, end_col = span.source.line_col(max(span.start, span.end - 1))
     width = (end_col - col + 1) if end_line == line else len(text) - col + 1
-    width = max(1, width)
+    width = max(1, min(width, EXCERPT_WIDTH))
+    start = 0
+    if len(text) > EXCERPT_WIDTH:  # a window holding the caret's start, ends marked
+        start = max(0, min(col - 1 - EXCERPT_WIDTH // 4, len(text) - EXCERPT_WIDTH))
+        shown = text[start:start + EXCERPT_WIDTH]
+        width = min(width, start + EXCERPT_WIDTH - (col - 1))
+        text = ("..." if start else "") + shown + \
+            ("..." if start + EXCERPT_WIDTH < len(text) else "")
+        col = col - start + (3 if start else 0)
+    cells = [printable(ch.expandtabs(1)) for ch in text]  # each character as shown
     gutter = str(line)
     pad = " " * len(gutter)
-    return (f"    {gutter} | {text}\n"
-            f"    {pad} | {' ' * (col - 1)}{'^' * width}")
+    before = sum(len(c) for c in cells[:col - 1])
+    under = sum(len(c) for c in cells[col - 1:col - 1 + width])
+    return (f"    {gutter} | {''.join(cells)}\n"
+            f"    {pad} | {' ' * before}{'^' * max(1, under)}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,11 @@ class BlockError(TnError):
 
 class SizeError(TnError):
     """A dimension size that is not a positive integer, or is unknown where needed."""
+
+
+class ArgumentError(TnError, ValueError):
+    """An argument of the Python API outside its domain (`context=2.5`, a budget of 0
+    bytes): a TnError, and a ValueError as Python callers expect."""
 
 
 class ResourceError(TnError):

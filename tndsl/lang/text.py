@@ -14,6 +14,16 @@ so the reader still sees what was there.
     dot_text(text)           inside a DOT "quoted string" or an HTML-like <label>
     tex_comment(text)        after `% ` on one line of LaTeX
     tex_math_name(text)      a name set in LaTeX math mode (letters, digits, Greek)
+    terminal(text)           a file name, path or value placed in a line on a terminal
+    printable(text)          a line of user text (a source line) shown whole
+    terminal_output(text)    everything the CLI prints, as a last line of defence
+
+A terminal is another language: ESC starts a control sequence (colours, cursor moves,
+a window title, a hyperlink), `\r` and `\b` overwrite what was printed, a line break
+forges a line of the report (`1 proven`), a bidirectional override reorders it. So
+user text reaches the terminal only through `terminal` or `printable`, and the CLI
+passes all it prints through `terminal_output`, which keeps only the line breaks and
+tabs tndsl wrote itself.
 
 Python reads a coding declaration (`# coding: utf-7`) from the first two lines of a
 file, so a comment built from user text must not be one of them; the generated
@@ -97,3 +107,31 @@ def tex_math_name(text: str) -> str:
         else:
             out.append("?")
     return "".join(out)
+
+
+def terminal(text) -> str:
+    """User text (a file name, a path, a name, a value) placed in a line printed on a
+    terminal: one line of printable characters (`one_line`), so nothing in it can end
+    the line, move the cursor, recolour or reorder what follows."""
+    return one_line(text)
+
+
+def printable(text) -> str:
+    """A line of user text shown whole (a source line under an error): every
+    non-printable character as its escape, backslashes kept as they are (the line is
+    shown, not quoted)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def terminal_output(text: str) -> str:
+    """What the CLI prints, made safe whatever it holds: line breaks (`\\n`) and tabs
+    kept, every other non-printable character (ESC, `\\r`, `\\b`, NUL, bidirectional
+    controls) written as its escape. User text was already made one line by `terminal`;
+    this catches what passes through from elsewhere (an operating-system or library
+    message quoting a path)."""
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape(ch) for ch in text)

@@ -3,7 +3,8 @@
 Offline and safe: `config.json`, then `model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` read with `weights_only=True`.
 The family comes from `model_type`; its table (`tndsl.models.tables`) gives the dims,
-the consts and every tensor's name and layout, and is checked against the program's
+the consts and every tensor's name and layout; what the config's settings do to the
+family's file is `tndsl.models.settings`. The table is checked against the program's
 params and the checkpoint's tensors before anything is copied: every difference is
 listed in one error.
 """
@@ -12,17 +13,21 @@ from __future__ import annotations
 import fnmatch
 import json
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from tndsl.models.tables import FAMILIES, Edit, Family
+from tndsl.lang.errors import ArgumentError, TnErrors
+from tndsl.lang.files import read_json, read_limited, require_regular
+from tndsl.lang.syntax.parser import MAX_SOURCE_CHARS
+from tndsl.lang.text import terminal
+from tndsl.models.settings import (SUPPORTED, ConfigWarning, edited_source,  # noqa: F401
+                                   family_of, resolve)
+from tndsl.models.tables import Family
 from tndsl.models.tokenizer import Tokenizer
-from tndsl.models.weights import WeightsError, _compare, _read_tensors, load_hf_gpt2
-
-SUPPORTED = tuple(sorted({t for f in FAMILIES for t in f.model_types}))
+from tndsl.models.weights import (WeightsError, _compare, _read_tensors, check_weights,
+                                  load_hf_gpt2)
 
 
 def examples_dir() -> Path:
@@ -35,12 +40,11 @@ def examples_dir() -> Path:
 
 
 def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    """config.json as a dict, read bounded (a regular file, at most JSON_LIMIT bytes,
+    nested no deeper than the parser goes: tndsl.lang.files)."""
+    config = read_json(folder / "config.json", what="config", error=WeightsError)
     if not isinstance(config, dict):
-        raise WeightsError(f"{folder / 'config.json'} is not a JSON object")
+        raise WeightsError(f"{terminal(folder / 'config.json')} is not a JSON object")
     return config
 
 
@@ -50,188 +54,48 @@ def read_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.exists() and not (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"cannot read {index}: {e}") from None
+        data = read_json(index, what="checkpoint index", error=WeightsError)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise WeightsError(f"{terminal(index)}: `weight_map` must be an object mapping "
+                               f"tensor names to shard file names, got "
+                               f"{_json_kind(weight_map, data)}")
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             path = (folder / shard).resolve()
             if path.parent != folder.resolve():  # a shard name must not leave the folder
-                raise WeightsError(f"{index} names a shard outside the folder: {shard!r}")
+                raise WeightsError(f"{terminal(index)} names a shard outside the folder: "
+                                   f"{terminal(repr(shard))}")
+            require_regular(path, what="shard", error=WeightsError)
             try:
                 tensors.update(load_file(str(path)))
             except Exception as e:
-                raise WeightsError(f"cannot read shard {path}: {e}") from None
+                raise WeightsError(f"cannot read shard {terminal(path)}: {e}") from None
         return tensors
     return _read_tensors(folder)
 
 
-def family_of(config: Mapping) -> Family:
-    model_type = config.get("model_type")
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            return family
-    raise WeightsError(f"unsupported model_type {_shown(model_type)}; supported: "
-                       + ", ".join(SUPPORTED))
+def _json_kind(value, document) -> str:
+    """What a JSON value is, for an error: `a list`, `null`, or `no weight_map`."""
+    if not isinstance(document, dict) or "weight_map" not in document:
+        return "no `weight_map`" if isinstance(document, dict) else \
+            f"a {type(document).__name__} instead of an object"
+    names = {list: "a list", str: "a string", int: "a number", float: "a number",
+             bool: "a boolean", type(None): "null", dict: "an object with a non-string "
+                                                          "name or shard"}
+    return names.get(type(value), type(value).__name__)
 
 
-def _shown(value) -> str:
-    text = json.dumps(value) if not isinstance(value, float) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _config_value(config: Mapping, keys: tuple[str, ...]):
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if value is not None:
-            return value
-    return None
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a config means for a family: the dims and consts to load the `.tn` file
-    with, and the edits its settings make (in the table's order)."""
-    dims: dict
-    consts: dict
-    edits: tuple[tuple[str, object, Edit], ...]   # (key, value, edit)
-    ignored: tuple[str, ...]                       # keys no table lists (warned about)
-
-
-def rope_settings(family: Family, config: Mapping) -> dict:
-    """The rotary settings as transformers reads them: `rope_scaling` if given (and not
-    empty), else `rope_parameters`; `rope_theta` and `partial_rotary_factor` from there,
-    else the legacy top-level keys, else the family's defaults. A `rope_scaling` or
-    `rope_parameters` that is not an object is refused, as transformers refuses it."""
-    rope = family.rope
-    chosen = None
-    for key in ("rope_scaling", "rope_parameters"):
-        value = config.get(key)
-        if value is None or value == {}:
-            continue
-        if not isinstance(value, Mapping):
-            raise WeightsError(f"config.json: {key} = {_shown(value)} is not an object "
-                               "(transformers refuses it too)",
-                               hint='e.g. "rope_parameters": {"rope_type": "default", '
-                                    '"rope_theta": 10000.0}')
-        if chosen is None:
-            chosen = (key, dict(value))
-    key, params = chosen or ("rope_parameters", {})
-    nested = [k for k in params if k in ("full_attention", "sliding_attention")]
-    if nested:
-        raise WeightsError(f"config.json: {key} gives rotary settings per layer type "
-                           f"({', '.join(nested)}); supported: one setting for all layers")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise WeightsError(f"config.json: {key}.rope_type = {_shown(rope_type)} is not "
-                           "supported; supported: \"default\" (no rotary scaling)",
-                           hint="linear, dynamic, llama3, yarn and longrope scaling change "
-                                "the rotary angles, which the family files do not model")
-    theta = params.get("rope_theta", _config_value(config, rope.theta_keys))
-    out = {"Theta": rope.theta_default if theta is None else theta}
-    if rope.fraction_default is not None:
-        fraction = params.get("partial_rotary_factor",
-                              _config_value(config, rope.fraction_keys))
-        out["RotaryFraction"] = rope.fraction_default if fraction is None else fraction
-    else:
-        fraction = params.get("partial_rotary_factor",
-                              _config_value(config, rope.fraction_keys))
-        if fraction is not None and fraction != 1:
-            raise WeightsError(f"config.json: partial_rotary_factor = {_shown(fraction)} "
-                               f"is not supported by the {family.name} family; supported: 1")
-    for name, value in out.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise WeightsError(f"config.json: the rotary {'base' if name == 'Theta' else 'fraction'} "
-                               f"must be a positive number, not {_shown(value)}")
-    return out
-
-
-def setting_value(setting, config: Mapping):
-    if setting.derive is not None:
-        return setting.derive(config)
-    return config[setting.key] if setting.key in config else setting.default
-
-
-def resolve(family: Family, config: Mapping) -> Resolved:
-    """Every config key the family's table lists, applied or refused: the dims and
-    consts, the rotary settings, and each `Setting`'s value (a `WeightsError` naming the
-    key, its value and the supported values when the file does not implement it)."""
-    edits = []
-    for setting in family.settings:
-        value = setting_value(setting, config)
-        edit = setting.edit_for(value)
-        if edit is None:
-            raise WeightsError(
-                f"config.json: {setting.key} = {_shown(value)} is not supported by the "
-                f"{family.name} family ({setting.effect}); supported: "
-                + ", ".join(setting.supported()))
-        edits.append((setting.key, value, edit))
-    dims, consts, missing = {}, {}, []
-    extra_dims = {dim: key for _, _, edit in edits for dim, key in edit.dims.items()}
-    sources = {**family.dims, **{dim: (key,) for dim, key in extra_dims.items()}}
-    for name, keys in sources.items():
-        value = _config_value(config, keys)
-        if value is None:
-            defaults = [setting_value(s, config) for s in family.settings if s.key in keys]
-            value = next((v for v in defaults if v is not None), None)
-        if value is None and name == "Head":  # older configs: the head is Model / Heads
-            hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
-            value = hidden // heads if type(hidden) is int and type(heads) is int \
-                and heads > 0 and hidden % heads == 0 else None
-        if value is None:
-            missing.append(" or ".join(keys))
-        elif type(value) is not int or value <= 0:
-            raise WeightsError(f"config.json: {keys[0]} must be a positive integer, "
-                               f"not {_shown(value)}")
-        else:
-            dims[name] = value
-    if missing:
-        raise WeightsError("config.json lacks " + ", ".join(missing))
-    for name, keys in family.consts.items():
-        value = _config_value(config, keys)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise WeightsError(f"config.json: {keys[0]} must be a number, not "
-                                   f"{_shown(value)}")
-            consts[name] = value
-    if family.rope is not None:
-        consts.update(rope_settings(family, config))
-    ignored = tuple(sorted(k for k in config if k not in family.known_keys))
-    return Resolved(dims, consts, tuple(edits), ignored)
-
-
-def sizes_from_config(family: Family, config: Mapping) -> tuple[dict, dict]:
-    """The dims and consts a config gives the family's file (its settings checked)."""
-    resolved = resolve(family, config)
-    return resolved.dims, resolved.consts
-
-
-def edited_source(family: Family, text: str, edits, name: str) -> str:
-    """The family's `.tn` text with each setting's edit made; an edit whose text is not
-    in the file is a `WeightsError` naming the setting (a user's own file that does not
-    have the family file's wording, or a table out of step with its file)."""
-    for key, value, edit in edits:
-        for old, new in edit.replace:
-            if old not in text:
-                raise WeightsError(
-                    f"config.json: {key} = {_shown(value)} changes the {family.name} "
-                    f"model, and {name} does not contain the text that setting edits: "
-                    f"{old!r}",
-                    hint="write the variant into your file, or use the family's file")
-            text = text.replace(old, new)
-    return text
-
-
-def _rows_with_edits(family: Family, edits) -> tuple[tuple, tuple, dict]:
+def _rows_with_edits(family: Family, edits) -> tuple[tuple, tuple, dict, tuple]:
     top, layer, tied = list(family.top), list(family.layer), dict(family.tied)
+    ignored = list(family.ignored)
     for _, _, edit in edits:
         top = [r for r in top if r[0] not in edit.drop] + list(edit.top)
         layer = [r for r in layer if r[0] not in edit.drop] + list(edit.layer)
         tied.update(edit.tie)
-    return tuple(top), tuple(layer), tied
+        ignored += edit.ignore
+    return tuple(top), tuple(layer), tied, tuple(ignored)
 
 
 # ---- layouts: an HF tensor → a param of `shape` ------------------------------------------
@@ -323,7 +187,7 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
     """The params of `program` from the checkpoint's tensors, after checking that the
     table, the program and the checkpoint agree (one error listing every difference).
     `edits` are the settings' (`resolve`): rows added, dropped or tied."""
-    top, layer, tied = _rows_with_edits(family, edits)
+    top, layer, tied, ignored = _rows_with_edits(family, edits)
     params = {p.name: p for p in program.params}
     shapes = {name: tuple(program.sizes[leg.dim] for leg in p.legs)
               for name, p in params.items()}
@@ -341,10 +205,10 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
         expected.setdefault(hf, shape)
     if own_file:
         _check_shapes(family, params, shapes, rows, sources, expected, raw)
-    ignored = family.ignored + tuple(hf for tn, hf, _ in rows
-                                     if tn in tied and sources[tn] != hf)
-    actual = {k: tuple(v.shape) for k, v in raw.items()
-              if not any(fnmatch.fnmatch(k, pattern) for pattern in ignored)}
+    ignored += tuple(hf for tn, hf, _ in rows if tn in tied and sources[tn] != hf)
+    # A name the rows read is never ignored (BERT's untied decoder).
+    actual = {k: tuple(v.shape) for k, v in raw.items() if k in expected
+              or not any(fnmatch.fnmatch(k, pattern) for pattern in ignored)}
     _compare(expected, actual, "the checkpoint's tensors")
     state = {}
     for tn, hf, layout in rows:
@@ -357,43 +221,60 @@ def _check_params(family: Family, program, params, shapes, rows) -> None:
     """The program's params against the table's rows: a param no row fills, or a row
     whose param the file does not declare, is an error at the file's declaration (a
     user's own file) or naming the path, all listed at once."""
-    from tndsl.lang.errors import ErrorSink, Note, TnError
     covered = {tn for tn, _, _ in rows}
     if covered == set(params):
         return
-    errors = ErrorSink()
+    errors = []
     name = program.network.source.name
     for tn in sorted(set(params) - covered):
-        errors.add(WeightsError(
+        errors.append(WeightsError(
             f"param `{tn}` {list(shapes[tn])} is not filled by any tensor of a "
             f"{family.name} checkpoint", params[tn].span,
             hint=f"the {family.name} table fills: " + _listing(sorted(covered))))
     for tn in sorted(covered - set(params))[:20]:
         hf = next(h for t, h, _ in rows if t == tn)
-        errors.add(WeightsError(
+        errors.append(WeightsError(
             f"{name}: declares no param `{tn}`, which the {family.name} table fills from "
             f"the checkpoint's {hf}",
             hint="declare it with this path (a block instance's params are named under "
                  "its `as` path), or use the family's file"))
-    errors.raise_if_any()
+    _raise(errors)
 
 
 def _check_shapes(family, params, shapes, rows, sources, expected, raw) -> None:
     """A user's own file: each param whose shape does not fit its checkpoint tensor is
     an error at the param's declaration."""
-    from tndsl.lang.errors import ErrorSink
-    errors = ErrorSink()
+    errors = []
     for tn, _, layout in rows:
         hf = sources[tn]
         if hf in raw and tuple(raw[hf].shape) != expected[hf]:
             legs = ", ".join(f"{leg.name}: {leg.dim}" for leg in params[tn].legs)
-            errors.add(WeightsError(
+            errors.append(WeightsError(
                 f"param `{tn}` [{legs}] = {list(shapes[tn])} does not fit the checkpoint's "
                 f"{hf} of shape {list(raw[hf].shape)}", params[tn].span,
                 hint=f"the {family.name} table reads it with layout `{layout}`, which "
                      f"needs the checkpoint's shape {list(expected[hf])}: check the legs' "
                      "order and dims against the family's file"))
-    errors.raise_if_any()
+    _raise(errors)
+
+
+class WeightsErrors(TnErrors, WeightsError):
+    """Several weights errors, reported together."""
+
+
+def _raise(errors: list) -> None:
+    """Raise the errors, one per place in the file (a block's param is one declaration
+    for every layer: its first instance stands for the rest)."""
+    seen, shown = set(), []
+    for error in errors:
+        key = (error.span.source.name, error.span.start) if error.span else id(error)
+        if key not in seen:
+            seen.add(key)
+            shown.append(error)
+    if len(shown) == 1:
+        raise shown[0]
+    if shown:
+        raise WeightsErrors(shown)
 
 
 def _listing(names: list[str]) -> str:
@@ -404,18 +285,20 @@ def _listing(names: list[str]) -> str:
 def _context(value, family: Family) -> int | None:
     if value is None:
         return None
-    if type(value) is not int or value < 1:
-        raise ValueError(f"context must be a positive integer, not {value!r}")
+    if type(value) is not int or value < 1:  # bool, float, 0: refused, never "the maximum"
+        raise ArgumentError(f"context must be a positive whole number of positions (or "
+                            f"None: the checkpoint's), got {terminal(repr(value))}")
     return value
 
 
 def load_hf(folder: str | Path, *, context: int | None = None,
-            tn: str | Path | None = None):
+            tn: str | Path | None = None, allow_nonfinite: bool = False):
     """`(program, state_dict)` for a Hugging Face checkpoint folder: the family's `.tn`
     (or the user's own file `tn`, read through the family's table) loaded with the
     config's dims and consts and the edits its settings make, and its params from the
     checkpoint. A config key the table does not list is warned about; one it lists with
-    a value the file does not implement is a `WeightsError`."""
+    a value the file does not implement is a `WeightsError`. The params must be floating
+    point and finite unless `allow_nonfinite` (`tndsl.models.weights.check_weights`)."""
     from tndsl.program import parse
     folder = Path(folder)
     config = read_config(folder)
@@ -436,39 +319,44 @@ def load_hf(folder: str | Path, *, context: int | None = None,
     elif context is not None:
         dims["Context"] = context
     path = Path(tn) if tn is not None else examples_dir() / family.example
+    data = read_limited(path, 4 * MAX_SOURCE_CHARS, what=".tn source", error=WeightsError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WeightsError(f"cannot read {path}: {e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WeightsError(f"cannot read {terminal(path)}: {e}") from None
     text = edited_source(family, text, resolved.edits, str(path))
     # A user's file need not declare every dim the config sizes (KVHeads, Window...).
     program = parse(text, str(path), dims, consts,
                     extra_dims="error" if tn is None else "ignore")
     if family.name == "gpt2":  # Conv1D layouts, read by tndsl.models.weights
-        state = load_hf_gpt2(folder)
+        state = load_hf_gpt2(folder, allow_nonfinite=allow_nonfinite)
         state["pos_embed.W_pos"] = state["pos_embed.W_pos"][:dims["Context"]].contiguous()
         _check_params(family, program, {p.name: p for p in program.params},
                       {}, [(name, name, "same") for name in state])
         return program, state
-    return program, state_dict(family, program, read_checkpoint(folder), resolved.edits,
-                               own_file=tn is not None)
-
-
-class ConfigWarning(UserWarning):
-    """A config.json key that no family table lists: read by nothing, said so."""
+    state = state_dict(family, program, read_checkpoint(folder), resolved.edits,
+                       own_file=tn is not None)
+    check_weights(state, folder, allow_nonfinite=allow_nonfinite)
+    return program, state
 
 
 def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
-                    context: int | None = None, tn: str | Path | None = None):
+                    context: int | None = None, tn: str | Path | None = None,
+                    allow_nonfinite: bool = False):
     """The compiled module of a Hugging Face checkpoint folder with its weights loaded,
     in `dtype` (default: the checkpoint's). The family comes from config.json's
     `model_type` (`tndsl families` lists them). `context` fixes the sequence length
     (needed only by families with learnt positions, GPT-2 and BERT; the rotary families
     take any length). `tn` loads the checkpoint into your own `.tn` file instead of the
     family's: the family's table maps the checkpoint's tensors to its param paths, and a
-    param missing or misshapen is a located error."""
+    param missing or misshapen is a located error. `context` is a positive integer and
+    `dtype` a floating torch.dtype. Weights must be floating point and finite:
+    `allow_nonfinite=True` loads NaN and infinite values all the same."""
     from tndsl.models.weights import load_state
-    program, state = load_hf(folder, context=context, tn=tn)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentError(f"dtype must be a floating torch.dtype (torch.float32, ...), "
+                            f"got {terminal(repr(dtype))}")
+    program, state = load_hf(folder, context=context, tn=tn, allow_nonfinite=allow_nonfinite)
     module = program.module()
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)

@@ -43,13 +43,15 @@ class Edit:
     replace: (text of the `.tn` file, its replacement), each text required to occur;
     dims: dim → config key that sizes it under this value (`Window` ← `sliding_window`);
     top, layer: tensor rows this value adds; drop: tn paths of rows it removes;
-    tie: tn path → HF tensor read instead of the row's own (tied embeddings)."""
+    tie: tn path → HF tensor read instead of the row's own (tied embeddings);
+    ignore: checkpoint names (patterns) present but unused under this value."""
     replace: tuple[tuple[str, str], ...] = ()
     dims: Mapping[str, str] = field(default_factory=dict)
     top: tuple[Row, ...] = ()
     layer: tuple[Row, ...] = ()
     drop: tuple[str, ...] = ()
     tie: Mapping[str, str] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
 
 
 KEEP = Edit()   # the value the `.tn` file computes as written
@@ -158,8 +160,10 @@ COMMON_INERT = (
     "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
     "typical_p", "diversity_penalty", "num_beam_groups", "encoder_no_repeat_ngram_size",
-    "tf_legacy_loss", "use_bfloat16", "quantization_config", "max_position_embeddings",
+    "tf_legacy_loss", "use_bfloat16",
 )
+# Rotary families take any sequence length: the learnt-position limit is not used.
+_ROTARY_INERT = ("max_position_embeddings",)
 
 
 # ---- the family --------------------------------------------------------------------
@@ -186,6 +190,8 @@ class Family:
     tolerance: float = 1e-10             # max |logits - HF| in float64, asserted in CI
     # A dim that learnt positions fix (GPT-2's Context = n_positions unless given).
     learnt_context: str | None = None
+    # The dims its tensor-parallel plan shards (`tndsl cost --shard`), tested for each.
+    shard: tuple[str, ...] = ("Heads", "Hidden")
 
     @property
     def known_keys(self) -> set[str]:
@@ -236,16 +242,57 @@ def tie_word_embeddings(default: bool, embedding: str = "model.embed_tokens.weig
                 true=Edit(tie={unembedding: embedding}), false=KEEP)
 
 
-def _llama_settings(act_default="silu", tie_default=False, **extra) -> tuple[Setting, ...]:
+def attention_bias(q: str = "q_pre", k: str = "k_pre") -> Edit:
+    """Biases on the q, k, v and o projections of a Llama-style attention whose query
+    and key projections are the equations `q` and `k` (`q_pre`, or `q_proj` before a
+    norm)."""
+    return Edit(replace=(
+        ("    param W_O[h: Heads, e: Head, m: Model]\n",
+         "    param W_O[h: Heads, e: Head, m: Model]\n"
+         "    param b_Q[h: Heads, e: Head] init zeros\n"
+         "    param b_K[g: KVHeads, e: Head] init zeros\n"
+         "    param b_V[g: KVHeads, e: Head] init zeros\n"
+         "    param b_O[m: Model] init zeros\n"),
+        (f"{q}[p, h, f] = x[p, m] * W_Q[h, m, f]",
+         f"{q}[p, h, f] = x[p, m] * W_Q[h, m, f] + b_Q[h, f] * ones[p]"),
+        (f"{k}[p, g, f] = x[p, m] * W_K[g, m, f]",
+         f"{k}[p, g, f] = x[p, m] * W_K[g, m, f] + b_K[g, f] * ones[p]"),
+        ("v[p, g, e] = x[p, m] * W_V[g, m, e]",
+         "v[p, g, e] = x[p, m] * W_V[g, m, e] + b_V[g, e] * ones[p]"),
+        ("    return z[p, h, e] * W_O[h, e, m]\n",
+         "    return z[p, h, e] * W_O[h, e, m] + b_O[m] * ones[p]\n")),
+        layer=(("blocks.{l}.attn.b_Q", "layers.{l}.self_attn.q_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_K", "layers.{l}.self_attn.k_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
+               ("blocks.{l}.attn.b_O", "layers.{l}.self_attn.o_proj.bias", "same")))
+
+
+_MLP_BIAS = Edit(replace=(
+    ("    param W_out[f: Hidden, m: Model]\n",
+     "    param W_out[f: Hidden, m: Model]\n"
+     "    param b_gate[f: Hidden] init zeros\n"
+     "    param b_in[f: Hidden] init zeros\n"
+     "    param b_out[m: Model] init zeros\n"),
+    ("x[p, m] * W_gate[m, f])", "x[p, m] * W_gate[m, f] + b_gate[f] * ones[p])"),
+    ("pre[p, f] = x[p, m] * W_in[m, f]", "pre[p, f] = x[p, m] * W_in[m, f] + b_in[f] * ones[p]"),
+    ("    return post[p, f] * W_out[f, m]\n",
+     "    return post[p, f] * W_out[f, m] + b_out[m] * ones[p]\n")),
+    layer=(("blocks.{l}.mlp.b_gate", "layers.{l}.mlp.gate_proj.bias", "same"),
+           ("blocks.{l}.mlp.b_in", "layers.{l}.mlp.up_proj.bias", "same"),
+           ("blocks.{l}.mlp.b_out", "layers.{l}.mlp.down_proj.bias", "same")))
+
+
+def _llama_settings(act_default="silu", tie_default=False, q="q_pre",
+                    k="k_pre") -> tuple[Setting, ...]:
     return (
         activation("hidden_act", act_default, "gate[p, f] = {box}("),
         tie_word_embeddings(tie_default),
         flag("attention_bias", "biases on the q, k, v and o projections", False,
-             false=KEEP),
-        flag("mlp_bias", "biases on the MLP's projections", False, false=KEEP),
+             false=KEEP, true=attention_bias(q, k)),
+        flag("mlp_bias", "biases on the MLP's projections", False, false=KEEP,
+             true=_MLP_BIAS),
         only("pretraining_tp", "tensor-parallel slicing at pretraining (transformers "
              "5 ignores it)", 1, *range(1, 65)),
-        *extra.values(),
     )
 
 
@@ -254,6 +301,7 @@ _NO_WINDOW = Edit(replace=(("where s <= p and p - s < Window)", "where s <= p)")
 LLAMA = Family(
     "llama", ("llama",), "llama.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER, _ROTARY_BUFFERS, settings=_llama_settings(), rope=Rope(),
+    inert=_ROTARY_INERT,
     hf_classes=("LlamaForCausalLM",),
     what="RMSNorm, RoPE, GQA, SwiGLU")
 
@@ -264,7 +312,7 @@ MISTRAL = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       4096, ((POSITIVE_INT, Edit(dims={"Window": "sliding_window"})),
                              (None, _NO_WINDOW)))),
-    rope=Rope(), hf_classes=("MistralForCausalLM",),
+    inert=_ROTARY_INERT, rope=Rope(), hf_classes=("MistralForCausalLM",),
     what="Llama with a sliding-window attention")
 
 
@@ -308,16 +356,23 @@ QWEN2 = Family(
         ("blocks.{l}.attn.b_V", "layers.{l}.self_attn.v_proj.bias", "heads_bias"),
     ), _ROTARY_BUFFERS,
     settings=(*_llama_settings()[:2], *_qwen_window()),
-    inert=("use_sliding_window", "sliding_window", "max_window_layers"),  # layer_types
+    inert=("use_sliding_window", "sliding_window", "max_window_layers",  # layer_types
+           *_ROTARY_INERT),
     rope=Rope(), hf_classes=("Qwen2ForCausalLM",),
     what="qkv biases, GQA, RoPE base 10⁶")
 
-_GEMMA_UNTIED = Edit(replace=(
-    ("param embed.W_E[v: Vocab, m: Model]",
-     "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
-    ("logits[p, v] = final[p, m] * embed.W_E[v, m]",
-     "logits[p, v] = final[p, m] * unembed.W_U[m, v]")),
-    top=(("unembed.W_U", "/lm_head.weight", "transpose"),))
+def untied(unembedding: str = "/lm_head.weight", **more) -> Edit:
+    """A file whose logits read the embedding (`final[p, m] * embed.W_E[v, m]`) given
+    its own unembedding `unembed.W_U`, read from the checkpoint's `unembedding`."""
+    return Edit(replace=(
+        ("param embed.W_E[v: Vocab, m: Model]",
+         "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
+        ("logits[p, v] = final[p, m] * embed.W_E[v, m]",
+         "logits[p, v] = final[p, m] * unembed.W_U[m, v]")),
+        top=(("unembed.W_U", unembedding, "transpose"), *more.pop("top", ())), **more)
+
+
+_GEMMA_UNTIED = untied()
 
 GEMMA = Family(
     "gemma", ("gemma",), "gemma.tn", "model.", _LLAMA_DIMS, _RMS_EPS,
@@ -329,11 +384,11 @@ GEMMA = Family(
         flag("tie_word_embeddings", "the unembedding reads the embedding", True,
              true=KEEP, false=_GEMMA_UNTIED),
         flag("attention_bias", "biases on the q, k, v and o projections", False,
-             false=KEEP),
+             false=KEEP, true=attention_bias()),
         Setting("use_bidirectional_attention", "attention without the causal mask", None,
                 ((None, KEEP), (False, KEEP))),
     ),
-    inert=("hidden_activation",),   # read by no Gemma (1) class of transformers 5
+    inert=("hidden_activation", *_ROTARY_INERT),  # the first: read by no Gemma (1) class
     rope=Rope(), hf_classes=("GemmaForCausalLM",),
     what="GeGLU, scaled and tied embedding, `(1 + w)` norms, one KV head")
 
@@ -384,7 +439,7 @@ PYTHIA = Family(
     rope=Rope(theta_keys=("rope_theta", "rotary_emb_base"),
               fraction_keys=("partial_rotary_factor", "rotary_pct"),
               fraction_default=0.25),
-    inert=("is_decoder",),   # GPTNeoXForCausalLM is causal either way
+    inert=("is_decoder", *_ROTARY_INERT),   # GPTNeoXForCausalLM is causal either way
     hf_classes=("GPTNeoXForCausalLM",),
     what="parallel block, partial RoPE, LayerNorm with bias, untied unembedding")
 
@@ -425,8 +480,9 @@ _QK_NORM_ROWS = (
 QWEN3 = Family(
     "qwen3", ("qwen3",), "qwen3.tn", "model.", _LLAMA_DIMS, _RMS_EPS, _LLAMA_TOP,
     _LLAMA_LAYER + _QK_NORM_ROWS, _ROTARY_BUFFERS,
-    settings=(*_llama_settings()[:3], *_qwen_window()),
-    inert=("use_sliding_window", "sliding_window", "max_window_layers"),
+    settings=(*_llama_settings(q="q_proj", k="k_proj")[:3], *_qwen_window()),
+    inert=("use_sliding_window", "sliding_window", "max_window_layers",  # layer_types
+           *_ROTARY_INERT),
     rope=Rope(), hf_classes=("Qwen3ForCausalLM",),
     what="RMSNorm on each query and key head, GQA, explicit head dim")
 
@@ -437,8 +493,12 @@ OLMO2 = Family(
      *(row for row in _LLAMA_LAYER if ".ln" not in row[0]),
      ("blocks.{l}.attn.q_norm.w", "layers.{l}.self_attn.q_norm.weight", "heads_bias"),
      ("blocks.{l}.attn.k_norm.w", "layers.{l}.self_attn.k_norm.weight", "heads_bias")),
-    _ROTARY_BUFFERS, settings=_llama_settings()[:3], rope=Rope(theta_default=10000.0),
+    _ROTARY_BUFFERS, settings=_llama_settings(q="q_proj", k="k_proj")[:3], rope=Rope(),
+    inert=_ROTARY_INERT,
     hf_classes=("Olmo2ForCausalLM",),
+    # Its q/k norms normalise over all heads at once: sharding heads would need a
+    # gather inside the norm, so its plan shards the MLP's width only.
+    shard=("Hidden",),
     what="norms after each sublayer, RMSNorm on the whole query and key")
 
 # ---- Phi-3: fused projections in the checkpoint ------------------------------------------
@@ -459,7 +519,9 @@ PHI3 = Family(
               Setting("sliding_window", "each query reads at most this many keys back",
                       None, ((None, _NO_WINDOW),
                              (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
-    inert=("original_max_position_embeddings",),  # read only by longrope, refused
+    # original_max_position_embeddings: read only by longrope scaling, refused;
+    # attention_bias: in Phi-3 checkpoints, read by no Phi-3 class (no biases).
+    inert=("original_max_position_embeddings", "attention_bias", *_ROTARY_INERT),
     rope=Rope(fraction_default=1.0), hf_classes=("Phi3ForCausalLM",),
     what="fused qkv and gate/up weights split on loading, partial RoPE")
 
@@ -509,12 +571,13 @@ GPT_BIGCODE = Family(
                     replace=(("dim Hidden = 4 * Model", "dim Hidden"),),
                     dims={"Hidden": "n_inner"})))),
         flag("tie_word_embeddings", "the unembedding reads the embedding", True,
-             true=KEEP),
+             true=KEEP, false=untied()),
         # Numerics only (float32 softmax under half inputs).
         only("attention_softmax_in_fp32", "float32 softmax under half precision", True,
              True, False),
         only("scale_attention_softmax_in_fp32", "float32 scaling under half precision",
              True, True, False),
+        only("add_cross_attention", "cross-attention layers", False, False),
     ),
     inert=("num_key_value_heads",),   # derived by transformers from multi_query
     hf_classes=("GPTBigCodeForCausalLM",),
@@ -568,7 +631,8 @@ STABLELM = Family(
              true=_STABLELM_QKV_BIAS, false=KEEP),
         flag("qk_layernorm", "a LayerNorm per query and key head", False, false=KEEP),
     ),
-    rope=Rope(fraction_default=0.25), hf_classes=("StableLmForCausalLM",),
+    inert=_ROTARY_INERT, rope=Rope(fraction_default=0.25),
+    hf_classes=("StableLmForCausalLM",),
     what="LayerNorm with bias, partial RoPE, optional parallel block and qkv biases")
 
 # ---- BERT ----------------------------------------------------------------------------------
@@ -607,8 +671,12 @@ BERT = Family(
      "cls.predictions.decoder.bias"),
     settings=(
         activation("hidden_act", "gelu", "post[p, f] = {box}(", "hidden[p, m] = {box}("),
+        # Untied, the decoder has its own weight and bias (cls.predictions.bias unused).
         flag("tie_word_embeddings", "the MLM decoder reads the word embedding", True,
-             true=KEEP),
+             true=KEEP, false=untied(
+                 "/cls.predictions.decoder.weight", drop=("unembed.b_U",),
+                 top=(("unembed.b_U", "/cls.predictions.decoder.bias", "same"),),
+                 ignore=("cls.predictions.bias",))),
         only("is_decoder", "a causal decoder instead of the encoder", False, False),
         only("add_cross_attention", "cross-attention layers", False, False),
     ),

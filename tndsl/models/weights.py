@@ -13,21 +13,22 @@ import torch
 from torch import nn
 
 from tndsl.lang.errors import TnError
+from tndsl.lang.files import read_json, require_regular
+from tndsl.lang.text import terminal
 
 
 class WeightsError(TnError):
     """Weights that do not match the model: names, shapes, or an unreadable file."""
 
 
-def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
+def load_hf_gpt2(folder: str | Path, *, allow_nonfinite: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """Read a Hugging Face GPT-2 checkpoint folder (config.json and model.safetensors
     or pytorch_model.bin), offline, into a state dict keyed by the parameter paths of
-    `examples/gpt2_small.tn` (TransformerLens's names and layouts)."""
+    `examples/gpt2_small.tn` (TransformerLens's names and layouts). The weights must
+    be floating point and finite (`check_weights`)."""
     folder = Path(folder)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {folder / 'config.json'}: {e}") from None
+    config = read_json(folder / "config.json", what="config", error=WeightsError)
     sizes = _gpt2_sizes(config, folder / "config.json")
     raw = _read_tensors(folder)
     raw = {k.removeprefix("transformer."): v for k, v in raw.items()}
@@ -74,7 +75,34 @@ def load_hf_gpt2(folder: str | Path) -> dict[str, torch.Tensor]:
         state[b + "mlp.W_in"], state[b + "mlp.b_in"] = raw[h + "mlp.c_fc.weight"], raw[h + "mlp.c_fc.bias"]
         state[b + "mlp.W_out"] = raw[h + "mlp.c_proj.weight"]
         state[b + "mlp.b_out"] = raw[h + "mlp.c_proj.bias"]
-    return {k: v.contiguous() for k, v in state.items()}
+    state = {k: v.contiguous() for k, v in state.items()}
+    check_weights(state, folder, allow_nonfinite=allow_nonfinite)
+    return state
+
+
+def check_weights(state: Mapping[str, torch.Tensor], source, *,
+                  allow_nonfinite: bool = False) -> None:
+    """Weights must be floating point (an integer, boolean or complex tensor would be
+    cast silently, or fail deep in the forward) and finite: a NaN or an infinity is
+    refused unless `allow_nonfinite=True`. `source` (a file or folder) is named in the
+    error with the param."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise WeightsError(
+                f"{terminal(source)}: the weights of `{terminal(name)}` are {tensor.dtype}; "
+                "weights must be floating point (float32, float16, bfloat16 or float64)",
+                hint="convert the checkpoint to a floating dtype")
+        if allow_nonfinite:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            inf = int((~finite).sum()) - nan
+            first = tuple(int(i) for i in (~finite).nonzero()[0])
+            raise WeightsError(
+                f"{terminal(source)}: the weights of `{terminal(name)}` hold {nan} NaN and "
+                f"{inf} infinite values (the first at index {first})",
+                hint="pass allow_nonfinite=True to load them all the same")
 
 
 GPT2_SIZES = ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
@@ -135,11 +163,14 @@ def _shown(value) -> str:
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
+        require_regular(folder / "model.safetensors", what="weights", error=WeightsError)
         try:
             raw = load_file(str(folder / "model.safetensors"))
         except Exception as e:  # a damaged header, a truncated file, a foreign format
-            raise WeightsError(f"cannot read {folder / 'model.safetensors'}: {e}") from None
+            raise WeightsError(f"cannot read {terminal(folder / 'model.safetensors')}: "
+                               f"{e}") from None
     elif (folder / "pytorch_model.bin").exists():
+        require_regular(folder / "pytorch_model.bin", what="weights", error=WeightsError)
         try:
             raw = torch.load(folder / "pytorch_model.bin", map_location="cpu",
                              weights_only=True)
@@ -184,12 +215,17 @@ def save_safetensors(module: nn.Module, path: str | Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in module.named_parameters()}, str(path))
 
 
-def load_safetensors(module: nn.Module, path: str | Path) -> None:
+def load_safetensors(module: nn.Module, path: str | Path, *,
+                     allow_nonfinite: bool = False) -> None:
+    """Load a safetensors file into the module's params: every name and shape must
+    match, and the weights be floating point and finite (`check_weights`)."""
     from safetensors.torch import load_file
+    require_regular(path, what="weights", error=WeightsError)
     try:
         state = load_file(str(path))
     except Exception as e:
-        raise WeightsError(f"cannot read {path}: {e}") from None
+        raise WeightsError(f"cannot read {terminal(path)}: {e}") from None
+    check_weights(state, path, allow_nonfinite=allow_nonfinite)
     load_state(module, state)
 
 

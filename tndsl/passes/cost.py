@@ -51,9 +51,18 @@ class CostReport:
         return sympy.expand(sympy.Add(*(t.flops for t in self.terms)))
 
     def dominant(self, expr: sympy.Expr) -> sympy.Expr:
-        """The monomial of `expr` with the largest value at the file's sizes."""
+        """The leading term of `expr` as the symbolic dims (those without a size) grow:
+        the monomial of highest total degree in them, ties broken by the value at the
+        file's sizes with each symbolic dim at PLANNING_SIZE (then by sympy's order).
+        With every dim sized, it is the largest term at the file's sizes."""
         terms = sympy.Add.make_args(sympy.expand(expr))
-        return max(terms, key=lambda t: (_number(self.value(t)), sympy.default_sort_key(t)))
+        symbolic = {dimmod.symbol(n) for n, v in self.sizes.items() if v is None}
+        at = {n: (v if v is not None else PLANNING_SIZE) for n, v in self.sizes.items()}
+
+        def key(term):
+            degree = sum(sympy.degree(term, s) for s in symbolic if term.has(s))
+            return (degree, _number(dimmod.evaluate(term, at)), sympy.default_sort_key(term))
+        return max(terms, key=key)
 
     def by_instance(self) -> dict[str, sympy.Expr]:
         totals: dict[str, sympy.Expr] = {}

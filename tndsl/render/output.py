@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from tndsl.lang.errors import TnError
+from tndsl.lang.text import terminal
 from tndsl.render import fonts, tikz
 from tndsl.render.dot import to_dot
 from tndsl.render.layout import Scene
@@ -64,7 +65,7 @@ def render_bytes(scene: Scene, fmt: str, *, dpi: int = 300, outline: bool = True
         fonts.check_embedded(scene.font, pdf)
         return pdf
     if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise RenderError(f"dpi must be a positive whole number, not {dpi!r}")
+        raise RenderError(f"dpi must be a positive whole number, not {terminal(repr(dpi))}")
     pixels = max(scene.width, scene.height) / 72 * dpi
     if pixels > CAIRO_MAX_PIXELS:
         fits = int(CAIRO_MAX_PIXELS * 72 / max(scene.width, scene.height))
@@ -87,8 +88,11 @@ def _font_package(font: fonts.Font) -> str:
 def write(scene: Scene, path: str | Path, *, dpi: int = 300, outline: bool = True) -> Path:
     path = Path(path)
     if path.suffix not in FORMATS:
-        raise RenderError(f"cannot write `{path.name}`: unknown figure format "
-                          f"`{path.suffix or '(none)'}`; valid: {', '.join(FORMATS)}")
+        raise RenderError(f"cannot write `{terminal(path.name)}`: unknown figure format "
+                          f"`{terminal(path.suffix or '(none)')}`; valid: {', '.join(FORMATS)}")
     data = render_bytes(scene, path.suffix[1:], dpi=dpi, outline=outline)
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise RenderError(f"cannot write {terminal(path)}: {e.strerror}") from None
     return path

@@ -43,9 +43,11 @@ class Reference:
     one-hot input as integer ids without its one-hot leg). Sizes must all be known."""
 
     def __init__(self, program, tensors: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype = torch.float64, budget: Budget = UNLIMITED):
+                 dtype: torch.dtype = torch.float64, budget: Budget = UNLIMITED,
+                 eps_scale: float = 1.0):
         self.program = program
         self.budget = budget
+        self.eps_scale = eps_scale  # 0: the norms without their eps (the verifier's probe)
         self.sizes = program.sizes
         self.dtype = dtype
         self.declared = {t.name: t for t in program.network.tensors}
@@ -105,18 +107,31 @@ class Reference:
                 value = self.composite(factor, indices, owner)
             operands.append(value)
             subscripts.append(indices)
-        coefficient = float(dimmod.evaluate(term.coefficient, self.sizes))
+        coefficient = self.coefficient(term.coefficient)
         if not operands:
             return torch.tensor(coefficient, dtype=self.dtype)
         return coefficient * contract(subscripts, layout, operands, self.budget)
 
+    def coefficient(self, expr) -> float:
+        """A term's coefficient at these sizes (memoised: sympy substitution is slow)."""
+        cache = self.__dict__.setdefault("_coefficients", {})
+        if expr not in cache:
+            cache[expr] = float(expr) if expr.is_Number else \
+                float(dimmod.evaluate(expr, self.sizes))
+        return cache[expr]
+
     def composite(self, factor, legs: list[str], owner) -> torch.Tensor:
         if isinstance(factor, ir.Sum):
             return self.sum(factor, legs, owner)
-        value = self.sum(factor.argument, legs, owner)
+        return self.apply(factor, self.sum(factor.argument, legs, owner), legs, owner)
+
+    def apply(self, factor, value: torch.Tensor, legs: list[str], owner) -> torch.Tensor:
+        """A box or mask applied to its argument's value (with `legs` in order)."""
         if isinstance(factor, ir.Mask):
             return value * self._mask(factor, legs, owner).to(self.dtype)
         if not factor.legs:
+            if factor.function not in _ELEMENTWISE:
+                raise NotImplementedError(f"reference has no box {factor.function!r}")
             return _ELEMENTWISE[factor.function](value)
         axes = [legs.index(leg) for leg in factor.legs]
         if factor.function == "softmax":
@@ -132,7 +147,7 @@ class Reference:
             return torch.where(total > 0, weights / torch.where(total > 0, total, 1),
                                torch.zeros_like(value))
         n = math.prod(value.shape[a] for a in axes)
-        eps = EPS if factor.eps is None else factor.eps
+        eps = (EPS if factor.eps is None else factor.eps) * self.eps_scale
         if factor.function == "layernorm":
             mean = value.sum(dim=axes, keepdim=True) / n
             variance = ((value - mean) ** 2).sum(dim=axes, keepdim=True) / n
@@ -152,21 +167,31 @@ class Reference:
 
     def _mask(self, mask: ir.Mask, legs: list[str], owner) -> torch.Tensor:
         shape = [self._size(i, owner) for i in legs]
-        self.budget.allow([len(shape), *shape], "a mask")
-        grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
-        position = dict(zip(legs, grids))
-        keep = torch.ones(shape, dtype=torch.bool)
-        compare = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
-                   "==": torch.eq, "!=": torch.ne}
-        for cond in mask.conditions:
-            offset = int(dimmod.evaluate(cond.offset, self.sizes))
-            keep &= compare[cond.op](position[cond.left], position[cond.right] + offset)
-        return keep
+        return mask_values(mask, legs, shape, self.sizes, self.budget)
 
     def _size(self, index: str, owner) -> int:
         """`owner` is the equation or check the index belongs to."""
         dims = {leg.name: leg.dim for leg in owner.index_dims}
         return self.sizes[dims[index]]
+
+def mask_values(mask: ir.Mask, legs: list[str], shape: list[int], sizes,
+                budget: Budget = UNLIMITED) -> torch.Tensor:
+    """Where the mask keeps entries (bool), over `legs` of sizes `shape`."""
+    budget.allow([len(shape), *shape], "a mask")
+    grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
+    position = dict(zip(legs, grids))
+    keep = torch.ones(shape, dtype=torch.bool)
+    compare = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
+               "==": torch.eq, "!=": torch.ne}
+    for cond in mask.conditions:
+        offset = int(dimmod.evaluate(cond.offset, sizes))
+        # Positions lie in [0, n): an offset beyond ±(the largest size + 1) decides the
+        # same as that bound, which cannot wrap in int64 as 2**63 - 1 would.
+        reach = max(shape, default=0) + 1
+        offset = max(-reach, min(reach, offset))
+        keep &= compare[cond.op](position[cond.left], position[cond.right] + offset)
+    return keep
+
 
 def _is_mask(argument: ir.Sum) -> bool:
     terms = argument.terms

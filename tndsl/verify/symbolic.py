@@ -30,7 +30,8 @@ from typing import Mapping
 import sympy
 
 from tndsl.lang import dims as dimmod, ir
-from tndsl.verify import canon
+from tndsl.verify import canon, masks
+from tndsl.verify.lemmas import REL, BoxInfo, Lemmas
 
 MAX_MONOMIALS = 20_000      # beyond this, the symbolic tier gives up (unknown)
 
@@ -59,13 +60,14 @@ class Expander:
         self.opaque: dict[tuple, tuple[str, tuple[int, ...]]] = {}
         self.box_names: dict[tuple, str] = {}   # a box's identity -> its name, box:N
         self.display = BoxTexts()
+        self.lemmas = Lemmas(self.tensors)
 
     def side(self, expr: ir.Sum, legs: tuple[str, ...], index_dims: Mapping[str, str]
              ) -> Polynomial:
         """One side of a check with free legs `legs`."""
         free = set(legs)
         return _collect(self.expand(expr, {i: i for i in legs}, index_dims, free), free,
-                        self.deadline)
+                        self.deadline, self.lemmas, {i: index_dims[i] for i in legs})
 
     # ---- expansion ---------------------------------------------------------------------
     def expand(self, expr: ir.Sum, subst: dict[str, str], dims: Mapping[str, str],
@@ -115,6 +117,13 @@ class Expander:
             return self.expand(factor, {i: subst[i] for i in legs}, dims, legs)
         self.has_boxes = True
         legs = list(ir.free_legs(factor, outside))
+        if isinstance(factor, ir.Mask):
+            # A mask is its argument times one indicator per condition (masks.py).
+            conditions = tuple(masks.indicator(subst[c.left], c.op, subst[c.right], c.offset)
+                               for c in factor.conditions)
+            self.lemmas.used.add("mask normal form")
+            inner = self.expand(factor.argument, {i: subst[i] for i in legs}, dims, set(legs))
+            return [(c, f + conditions) for c, f in inner]
         return [(one, (self._opaque(factor, legs, subst, dims),))]
 
     def _opaque(self, factor, legs: list[str], subst, dims) -> tuple:
@@ -141,29 +150,86 @@ class Expander:
         whose arguments have the same canonical form share a name."""
         key = (id(factor), tuple(legs))
         if key not in self.opaque:
-            if isinstance(factor, ir.Mask):
-                # An affine condition's offset (`p < s + Window`) travels with its op.
-                kind = ("where", tuple((legs.index(c.left), (c.op, str(c.offset)),
-                                        legs.index(c.right)) for c in factor.conditions))
-                roles = ["slot"] * len(legs)
-            else:
-                axes = {leg: p for p, leg in enumerate(factor.legs)}
-                kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
-                        factor.eps)
-                roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
+            argument, conditions = factor.argument, ()
+            if factor.function == "softmax" and _is_mask(argument):
+                # A masked softmax: masked entries get probability 0, not exp(0), so
+                # its conditions belong to the function, not to its argument.
+                mask = argument.terms[0].factors[0]
+                argument = mask.argument
+                conditions = tuple(
+                    (legs.index(b), masks.parse(n), legs.index(c)) for n, (b, c) in
+                    (masks.indicator(c.left, c.op, c.right, c.offset) for c in mask.conditions))
+                conditions = tuple((l, (op, str(offset)), r) for l, (op, offset), r in conditions)
+            axes = {leg: p for p, leg in enumerate(factor.legs)}
+            kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
+                    factor.eps, conditions)
+            roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
             # When the function alone tells the slots apart (softmax[s](... where s <= p)
             # over h, p, s), expand with them already in canonical order.
             invariant = _slot_invariants(roles, kind)
             legs, kind, roles, back = _presort(legs, kind, roles, invariant)
             written = {leg: f"#{j}" for j, leg in enumerate(legs)}
-            poly = _collect(self.expand(factor.argument, dict(written), dims, set(legs)),
-                            set(written.values()), self.deadline)
+            slots = set(written.values())
+            poly = _collect(self.expand(argument, dict(written), dims, set(legs)), slots,
+                            self.deadline, self.lemmas, {written[l]: dims[l] for l in legs})
+            poly = self._shift_invariance(factor.function, kind, poly)
             identity, order = _box_identity(poly, roles, kind, self.deadline)
             name = self.box_names.setdefault(identity, f"box:{len(self.box_names)}")
             if name not in self.display.boxes:  # in the numbering `poly` uses
                 self.display.boxes[name] = (factor, kind, poly, order)
+                slot_of = {j: n for n, j in enumerate(order)}
+                self.lemmas.boxes[name] = BoxInfo(
+                    factor.function, tuple(sorted(slot_of[a] for a in kind[1])),
+                    bool(kind[3]), _rows_nonempty(kind, [dims[legs[j]] for j in range(len(legs))]),
+                    tuple(dims[legs[j]] for j in order))
+                symmetries = self._symmetries(poly, kind, order)
+                if symmetries:
+                    self.lemmas.symmetries[name] = symmetries
             self.opaque[key] = (name, tuple(back[j] for j in order))
         return self.opaque[key]
+
+    def _shift_invariance(self, function: str, kind: tuple, poly: Polynomial) -> Polynomial:
+        """softmax and layernorm along their legs do not change when a term constant
+        along those legs is added (masked softmax too): such terms of the argument (no
+        factor but `ones` on an axis slot) are dropped, unless nothing would remain."""
+        if function not in ("softmax", "layernorm") or not kind[1]:
+            return poly
+        axes = {f"#{a}" for a in kind[1]}
+        kept = {m: c for m, c in poly.items()
+                if any(axes & set(i) for n, i in m if not n.startswith("ones:"))}
+        if kept and len(kept) < len(poly):
+            self.lemmas.used.add(f"{function} shift invariance")
+            return kept
+        return poly
+
+    def _symmetries(self, poly: Polynomial, kind: tuple, order) -> list[tuple[int, ...]]:
+        """Permutations of a box's canonical slots that leave it unchanged: those of its
+        argument that keep its axes and conditions (exp(X + Xᵀ) is symmetric)."""
+        k = len(order)
+        if k < 2 or k > 4 or len(poly) > 64:
+            return []
+        found = []
+        for perm in itertools.permutations(range(k)):
+            if perm == tuple(range(k)):
+                continue
+            if any(perm[a] != a for a in kind[1]):
+                continue
+            if kind[3] and sorted((perm[l], c, perm[r]) for l, c, r in kind[3]) != \
+                    sorted(kind[3]):
+                continue
+            rename = {f"#{j}": f"#{perm[j]}" for j in range(k)}
+            renamed: Polynomial = {}
+            for monomial, coefficient in poly.items():
+                factors = tuple((n, tuple(rename.get(i, i) for i in idx)) for n, idx in monomial)
+                key = canonical(factors, set(rename.values()), self.deadline, self.lemmas)
+                renamed[key] = renamed.get(key, 0) + coefficient
+            if renamed == poly:
+                # written slot j ↔ perm[j]; in canonical slots n = order⁻¹(written)
+                at = {j: n for n, j in enumerate(order)}
+                found.append(tuple(at[perm[order[n]]] for n in range(k)))
+        if found:
+            self.lemmas.used.add("box symmetry")
+        return found
 
 
 class BoxTexts(Mapping):
@@ -189,11 +255,11 @@ class BoxTexts(Mapping):
             renamed[canonical(factors, set(slot.values()))] = coefficient
         inner = BoxTexts(self.depth + 1, self.named, self.boxes)
         argument = render_polynomial(renamed, dummy="j" * self.depth, display=inner)
-        if kind[0] == "where":
+        if kind[3]:
             conds = " and ".join(
-                ir.Condition(slot[f'#{l}'], op, slot[f'#{r}'], sympy.sympify(offset)).text()
-                for l, (op, offset), r in kind[1])
-            return f"({argument} where {conds})"
+                masks.text(masks.factor_name(op, sympy.sympify(offset)),
+                           (slot[f'#{l}'], slot[f'#{r}'])) for l, (op, offset), r in kind[3])
+            argument = f"{argument} where {conds}"
         if kind[1]:
             eps = f"; eps={kind[2]!r}" if kind[2] is not None else ""
             return f"{kind[0]}[{', '.join(slot[f'#{j}'] for j in kind[1])}{eps}]({argument})"
@@ -253,11 +319,10 @@ def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
         adjacency[u].append((v, label))
         adjacency[v].append((u, label))
 
-    if kind[0] == "where":
-        for left, op, right in kind[1]:
-            c = vertex((1, op))
-            edge(c, left, -2)
-            edge(c, right, -3)
+    for left, op, right in kind[3]:
+        c = vertex((1, op))
+        edge(c, left, -2)
+        edge(c, right, -3)
     for monomial, coefficient in poly.items():
         # An invariant of the monomial in its colours (which factors, the coefficient)
         # splits most of the graph before refinement has to.
@@ -293,7 +358,7 @@ def _box_identity(poly: Polynomial, roles: list[str], kind: tuple, deadline
 
 def _slot_invariants(roles: list[str], kind: tuple) -> list[tuple]:
     """What the function says about each slot: its role and the conditions it is in."""
-    conditions = kind[1] if kind[0] == "where" else ()
+    conditions = kind[3]
     return [(roles[j], tuple(sorted((op, side) for left, op, right in conditions
                                     for side, slot in (("left", left), ("right", right))
                                     if slot == j)))
@@ -308,34 +373,101 @@ def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tup
         return legs, kind, roles, list(range(k))
     back = sorted(range(k), key=invariant.__getitem__)
     new = {j: n for n, j in enumerate(back)}
-    if kind[0] == "where":
-        kind = ("where", tuple((new[l], op, new[r]) for l, op, r in kind[1]))
-    else:
-        kind = (kind[0], tuple(new[j] for j in kind[1]), *kind[2:])
+    kind = (kind[0], tuple(new[j] for j in kind[1]), kind[2],
+            tuple((new[l], op, new[r]) for l, op, r in kind[3]))
     return [legs[j] for j in back], kind, [roles[j] for j in back], back
 
 
 def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
-    """The function with its axes (or a mask's conditions) in canonical slot numbers."""
-    if kind[0] == "where":
-        return ("where", tuple(sorted((slot_of[l], op, slot_of[r]) for l, op, r in kind[1])))
-    return (kind[0], tuple(slot_of[j] for j in kind[1]), *kind[2:])
+    """The function with its axes and a masked softmax's conditions in canonical slot
+    numbers (an equality with offset 0 is symmetric: its slots in order)."""
+    conditions = []
+    for l, (op, offset), r in kind[3]:
+        l, r = slot_of[l], slot_of[r]
+        if op in ("==", "!=") and offset == "0":
+            l, r = min(l, r), max(l, r)
+        conditions.append((l, (op, offset), r))
+    return (kind[0], tuple(slot_of[j] for j in kind[1]), kind[2], tuple(sorted(conditions)))
 
 
-def _collect(monomials, free: set[str], deadline: float | None = None) -> Polynomial:
+def _collect(monomials, free: set[str], deadline: float | None = None,
+             lemmas: Lemmas | None = None, free_dims=None) -> Polynomial:
     poly: Polynomial = {}
     for coefficient, factors in monomials:
         coefficient, factors = _drop_ones(coefficient, factors, free)
-        key = canonical(factors, free, deadline)
+        if lemmas is not None:
+            had = {i for _, idx in factors for i in idx if i in free}
+            coefficient, factors = lemmas.apply(coefficient, factors, free, free_dims)
+            if factors is None:
+                continue
+            # A free leg whose factors a lemma consumed is still a leg: ones on it.
+            lost = had - {i for _, idx in factors for i in idx}
+            factors += tuple((f"ones:{free_dims[i]}", (i,)) for i in sorted(lost)
+                             if free_dims and i in free_dims)
+            coefficient, factors = _drop_ones(coefficient, factors, free)
+        key = canonical(factors, free, deadline, lemmas)
         poly[key] = poly.get(key, 0) + coefficient
     expanded = {k: sympy.expand(c) for k, c in poly.items()}
-    return {k: c for k, c in expanded.items() if c != 0}
+    return complements({k: c for k, c in expanded.items() if c != 0}, free, deadline, lemmas,
+                       free_dims)
+
+
+def complements(poly: Polynomial, free: set[str], deadline=None, lemmas=None,
+                free_dims=None) -> Polynomial:
+    """A condition and its complement add up to one: c·(m where a) + c·(m where not a)
+    is c·m, repeatedly (masks.py). `free_dims` gives the free legs' dims, for a free
+    leg that only the condition had (it then gets its `ones` back); without it, such
+    pairs are left alone."""
+    if not any(masks.is_indicator(n) for key in poly for n, _ in key):
+        return poly
+    poly = dict(poly)
+    partner: dict[tuple, tuple] = {}  # (key, k) -> the key with indicator k negated
+    changed = True
+    while changed:
+        changed = False
+        for key in sorted(poly, key=repr):
+            if key not in poly:
+                continue
+            for k, (name, indices) in enumerate(key):
+                if not masks.is_indicator(name):
+                    continue
+                rest = key[:k] + key[k + 1:]
+                have = {i for _, idx in rest for i in idx}
+                lost = [i for i in indices if i in free and i not in have]
+                if lost and (free_dims is None or any(i not in free_dims for i in lost)):
+                    continue
+                if (key, k) not in partner:
+                    partner[key, k] = canonical(rest + (masks.complement(name, indices),),
+                                                free, deadline, lemmas)
+                other = partner[key, k]
+                if other == key or other not in poly or \
+                        sympy.expand(poly[other] - poly[key]) != 0:
+                    continue
+                coefficient = poly.pop(key)
+                poly.pop(other)
+                rest += tuple((f"ones:{free_dims[i]}", (i,)) for i in dict.fromkeys(lost))
+                coefficient, rest = _drop_ones(coefficient, rest, free)
+                merged = canonical(rest, free, deadline, lemmas)
+                total = sympy.expand(poly.get(merged, 0) + coefficient)
+                if total == 0:
+                    poly.pop(merged, None)
+                else:
+                    poly[merged] = total
+                if lemmas is not None:
+                    lemmas.used.add("complementary masks")
+                changed = True
+                break
+    return poly
 
 
 def _drop_ones(coefficient, factors: tuple, free: set[str]):
     """Normal form for `ones`: it changes nothing on a leg another factor has; a free leg
-    only ones have keeps one; summing ones over a leg nothing else has is its size."""
-    others = {i for name, indices in factors if not name.startswith("ones:") for i in indices}
+    only ones have keeps one (a free leg's dim is the check's), and so does a summed leg
+    only masks' indicators have (they carry no dim); summing ones over a leg nothing
+    else has is its size."""
+    others = {i for name, indices in factors
+              if not name.startswith("ones:") and not masks.is_indicator(name) for i in indices}
+    conditioned = {i for name, indices in factors if masks.is_indicator(name) for i in indices}
     kept, seen = [], set()
     for name, indices in factors:
         if not name.startswith("ones:"):
@@ -346,10 +478,38 @@ def _drop_ones(coefficient, factors: tuple, free: set[str]):
             continue
         seen.add(index)
         if index in free:
+            if index not in conditioned:
+                kept.append((name, indices))
+        elif index in conditioned:
             kept.append((name, indices))
         else:
             coefficient *= dimmod.symbol(name[len("ones:"):])
     return coefficient, tuple(kept)
+
+
+def _is_mask(argument: ir.Sum) -> bool:
+    """The argument is exactly one mask (a masked softmax)."""
+    terms = argument.terms
+    return (len(terms) == 1 and terms[0].coefficient == 1 and len(terms[0].factors) == 1
+            and isinstance(terms[0].factors[0], ir.Mask))
+
+
+def _rows_nonempty(kind: tuple, slot_dims: list[str]) -> bool:
+    """Every row of a masked softmax keeps an entry: one axis, and each condition joins
+    it to another slot of the same dim and holds where the two positions are equal."""
+    if len(kind[1]) != 1:
+        return False
+    (axis,) = kind[1]
+    for left, (op, offset), right in kind[3]:
+        if axis not in (left, right) or left == right:
+            return False
+        other = right if left == axis else left
+        if slot_dims[other] != slot_dims[axis]:
+            return False
+        value = sympy.sympify(offset)
+        if not ((op == "<=" and value.is_nonnegative) or (op == "==" and value == 0)):
+            return False
+    return True
 
 
 def _single_box(eq: ir.Equation):
@@ -360,7 +520,7 @@ def _single_box(eq: ir.Equation):
     if term.coefficient != 1 or len(term.factors) != 1:
         return None
     factor = term.factors[0]
-    if not isinstance(factor, (ir.Box, ir.Mask)):
+    if not isinstance(factor, ir.Box):  # a mask is its argument times indicators
         return None
     if set(ir.free_legs(factor, set(eq.indices))) != set(eq.indices):
         return None
@@ -369,11 +529,21 @@ def _single_box(eq: ir.Equation):
 
 # ---- canonical form ---------------------------------------------------------------------
 
-def canonical(factors: tuple, free: set[str], deadline: float | None = None) -> tuple:
+def canonical(factors: tuple, free: set[str], deadline: float | None = None,
+              lemmas: Lemmas | None = None) -> tuple:
     """The canonical serialisation of a monomial (see the module docstring): factors in
-    the order of a canonical labelling, dummies renamed ~0, ~1, ... by first use."""
+    the order of a canonical labelling, dummies renamed ~0, ~1, ... by first use. With
+    `lemmas`, the least over the monomial's equal variants (symmetric slots)."""
     if not factors:
         return ()
+    if lemmas is not None:
+        variants = lemmas.variants(factors)
+        if len(variants) > 1:
+            return min(_canonical(v, free, deadline) for v in variants)
+    return _canonical(factors, free, deadline)
+
+
+def _canonical(factors: tuple, free: set[str], deadline: float | None = None) -> tuple:
     # Identical factors (x[i] * x[i] * ..., a star of one copy dot) are one vertex with
     # a multiplicity: any permutation of them is a symmetry the search need not find.
     count: dict[tuple, int] = {}
@@ -472,6 +642,12 @@ def _render_monomial(key: tuple, coefficient, dummy: str, display, first: int
         shown = ", ".join(index(i) for i in indices)
         if name.startswith("ones:"):
             parts.append(f"ones[{shown}]")
+        elif masks.is_indicator(name):
+            parts.append(f"(ones[{', '.join(dict.fromkeys(index(i) for i in indices))}] "
+                         f"where {masks.text(name, tuple(index(i) for i in indices))})")
+        elif name.startswith(REL):  # R(s - p)[f, g], the relative rotary map
+            p, s_, f, g = (index(i) for i in indices)
+            parts.append(f"{name[len(REL):]}[{s_} - {p}, {f}, {g}]")
         elif name.startswith("box:"):  # an opaque box or mask: put its legs into its slots
             name = (display or {}).get(name, name)
             # Dummies inside the box are local to it in its canonical name; written out,
@@ -513,3 +689,61 @@ def render_polynomial(poly: Polynomial, *, dummy: str = "i",
         used += n
     text = " + ".join(terms) if terms else "0"
     return text.replace("+ -", "- ")
+
+
+# ---- case split on mask conditions --------------------------------------------------------
+
+MAX_SPLIT_CONDITIONS = 8
+
+
+def case_split(poly: Polynomial, free_dims: Mapping[str, str], deadline=None,
+               lemmas: Lemmas | None = None) -> bool:
+    """Whether `poly` is zero by cases on its masks' conditions: when every indicator is
+    on free legs, each assignment of true or false to the conditions that can hold
+    together (masks.simplify) leaves a polynomial without masks, which must cancel.
+    False when it does not, or the split does not apply (too many conditions, a
+    condition on a summed index)."""
+    free = set(free_dims)
+    parts = []
+    conditions: dict[tuple, None] = {}
+    for key, coefficient in poly.items():
+        core, conds = [], []
+        for name, indices in key:
+            if masks.is_indicator(name):
+                if not set(indices) <= free:
+                    return False
+                if masks.symmetric(name):
+                    indices = tuple(sorted(indices))
+                conds.append((name, indices))
+                conditions.setdefault((name, indices))
+            else:
+                core.append((name, indices))
+        parts.append((tuple(core), frozenset(conds), coefficient))
+    conditions = list(conditions)
+    if not conditions or len(conditions) > MAX_SPLIT_CONDITIONS:
+        return False
+    cores: dict[tuple, tuple] = {}
+
+    def core_key(core: tuple) -> tuple:
+        if core not in cores:
+            have = {i for _, idx in core for i in idx}
+            ones = tuple((f"ones:{free_dims[i]}", (i,)) for i in sorted(free - have))
+            coefficient, factors = _drop_ones(sympy.Integer(1), core + ones, free)
+            cores[core] = (canonical(factors, free, deadline, lemmas), coefficient)
+        return cores[core]
+
+    for truth in itertools.product((True, False), repeat=len(conditions)):
+        literals = tuple(c if t else masks.complement(*c) for c, t in zip(conditions, truth))
+        if masks.simplify(literals) is None:
+            continue  # these conditions cannot hold together
+        holding = {c for c, t in zip(conditions, truth) if t}
+        region: Polynomial = {}
+        for core, conds, coefficient in parts:
+            if conds <= holding:
+                key, factor = core_key(core)
+                region[key] = region.get(key, 0) + coefficient * factor
+        if any(sympy.expand(c) != 0 for c in region.values()):
+            return False
+    if lemmas is not None:
+        lemmas.used.add("case split on mask conditions")
+    return True
