@@ -1,4 +1,4 @@
-"""Text in, text out, and a steered feature: the workflow of docs/tutorial.md §12 on a
+"""Text in, text out, and a steered feature: the workflow of docs/tutorial.md §13 on a
 random checkpoint (no download), end to end.
 
     python examples/steering.py [OUT_DIR]

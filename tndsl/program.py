@@ -143,9 +143,10 @@ class Program:
         return generate(self, outputs, **options)
 
     def module(self, outputs: Sequence[str] | None = None, **options):
-        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`, this
-        program `.tndsl_program` and its outputs `.tndsl_outputs` (what `tndsl.generate`
-        reads the decoding plan from)."""
+        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`,
+        `.tndsl_program` is this program (what `tndsl.interp.cache` reads the residual
+        stream from, and `tndsl.generate` the decoding plan) and `.tndsl_outputs` its
+        outputs."""
         compiled = self.compile(outputs, **options)
         module = compiled.build()
         module.tndsl_program, module.tndsl_outputs = self, compiled.outputs

@@ -193,8 +193,15 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
         # those are cut to that position first, so the unembedding runs once, not per
         # prompt position. Not while caching activations (they must be whole).
         last_only = {} if names or cache is None else _last_position_hooks(model)
-        with intervene(model, last_only):
+        points = hook_points(model) if last_only else {}
+        # Plain forward hooks: a cut changes the shape, which intervene() refuses.
+        handles = [points[name].register_forward_hook(lambda module, args, x, cut=cut: cut(x))
+                   for name, cut in last_only.items()]
+        try:
             logits = _forward(model, sequence, cache, padding)
+        finally:
+            for handle in handles:
+                handle.remove()
         for step in range(max_new_tokens):
             last = logits[..., -1, :]
             if return_logits:
