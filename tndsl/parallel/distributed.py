@@ -25,7 +25,7 @@ Launch with `torchrun --nproc_per_node N script.py` (docs/distributed.md).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -194,7 +194,7 @@ def gather(values):
     a sharded activation is all-gathered on request, a partial one all-reduced."""
     if isinstance(values, DTensor):
         return values.full_tensor()
-    if isinstance(values, dict):
+    if isinstance(values, Mapping):   # a dict, or a run_with_cache ActivationCache
         return {k: gather(v) for k, v in values.items()}
     return values
 
