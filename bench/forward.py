@@ -1,11 +1,15 @@
 """GPT-2-small-shaped forward pass and training step: the compiled .tn model against
 Hugging Face's GPT2LMHeadModel (sdpa and eager attention) and a hand-written SDPA model,
 all with the same weights, interleaved in one run; with --llama, a Llama-shaped row
-(GQA 12/4) against LlamaForCausalLM, through from_pretrained.
+(GQA 12/4) against LlamaForCausalLM, through from_pretrained; --gemma2, a Gemma-2-shaped
+row (soft-capped attention) against Gemma2ForCausalLM; --moe, a small Mixtral (expert
+dispatch) against MixtralForCausalLM and the same model computing every expert.
 
     python bench/forward.py [--layers 12] [--repeat 5] [--threads 2] [--rows 4x128,1x512,1x1024]
                             [--compile | --steady] [--memory] [--matvec] [--no-fuse NAME]
                             [--fuse NAME] [--baseline-tree DIR] [--plain-linear]
+                            [--llama] [--gemma2] [--moe] [--moe-block] [--experts N]
+                            [--only-families]
 
 Rows: forward under no_grad at each batch x context, and one training step (forward,
 loss, backward) at the first size; then what the token-id check (ids in [0, Vocab), one
@@ -438,6 +442,131 @@ def profile(args) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def _family_pair(config, hf_class: str, attention: str, args, **options):
+    """A family's pair at one shape: HF's model (random init) and the compiled module
+    loaded from its checkpoint by tndsl.from_pretrained (and, as `fuse=False` or
+    similar `options` say, another compiled contender); tokens 1 x 128."""
+    import transformers
+    torch.manual_seed(0)
+    config._attn_implementation = attention
+    hf = getattr(transformers, hf_class)(config).eval()
+    models = {}
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        models["tndsl compiled"] = tndsl.from_pretrained(folder, torch.float32)
+        for name, fuse in options.items():
+            program = models["tndsl compiled"].tndsl_program
+            module = program.module(**fuse).eval()
+            module.load_state_dict(models["tndsl compiled"].state_dict())
+            models[name] = module
+    device = torch.device(args.device)
+    models = {name: m.to(device).eval() for name, m in models.items()}
+    hf = hf.to(device)
+    tokens = torch.randint(0, config.vocab_size, (1, 128), device=device)
+    with torch.inference_mode():
+        for model in models.values():
+            assert (model(tokens) - hf(tokens).logits).abs().max() < 1e-3
+    return {**models, f"HF {hf_class} ({attention})": hf}, tokens
+
+
+def _print_row(title: str, models, tokens, args) -> None:
+    times = median_times({name: (lambda m=model: _no_grad(m, tokens))
+                          for name, model in models.items()}, args.repeat)
+    compiled = times["tndsl compiled"]
+    print(f"\n{title}, batch {tokens.shape[0]} x context {tokens.shape[1]}, "
+          f"{tokens.device.type}")
+    print(f"{'forward':<44}{'median s':>10}{'ratio to compiled':>20}")
+    for name, seconds in times.items():
+        print(f"{name:<44}{seconds:>10.4f}{seconds / compiled:>20.2f}")
+
+
+def gemma2_row(args) -> None:
+    """Gemma-2-shaped: soft-capped attention (no SDPA: the compiled model takes the
+    explicit path, q·k, tanh cap, masked softmax, ·v), alternating local (window 64) and
+    global layers, GQA 8/4, against HF's Gemma2ForCausalLM with eager attention (the
+    one that implements soft-capping)."""
+    import transformers
+    config = transformers.Gemma2Config(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, head_dim=96,
+        num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
+        sliding_window=64, max_position_embeddings=512)
+    models, tokens = _family_pair(config, "Gemma2ForCausalLM", "eager", args)
+    _print_row(f"Gemma 2 shape: {args.layers} layers, model 768, GQA 8/4, soft-capped",
+               models, tokens, args)
+
+
+def moe_row(args) -> None:
+    """A small Mixtral (--experts, 8 by default, top 2, model 256, hidden 512, 4 layers): expert
+    dispatch (each expert on its routed tokens) against HF's MixtralForCausalLM and
+    against the same compiled model computing every expert densely (--no-fuse experts)."""
+    import transformers
+    config = transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=4, num_local_experts=args.experts,
+        num_experts_per_tok=2, max_position_embeddings=512, sliding_window=None)
+    models, tokens = _family_pair(
+        config, "MixtralForCausalLM", "sdpa", args,
+        **{"tndsl dense experts (--no-fuse experts)": {"no_fuse": ["experts"]}})
+    _print_row(f"Mixtral shape: 4 layers, model 256, {args.experts} experts of hidden 512, "
+               "top 2", models, tokens, args)
+
+
+def moe_block_row(args) -> None:
+    """The mixture-of-experts layer alone (Mixtral's, model 256, hidden 512, top 2, 512
+    tokens), one thread, per-thread CPU time (robust to a loaded machine): expert dispatch
+    against the dense sum over every expert and HF's MixtralSparseMoeBlock, same weights."""
+    import transformers
+    torch.set_num_threads(1)
+    config = transformers.MixtralConfig(hidden_size=256, intermediate_size=512,
+                                        num_local_experts=args.experts,
+                                        num_experts_per_tok=2)
+    config._experts_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.normal_(0, 0.05)
+    text = (EXAMPLE.parent / "mixtral.tn").read_text()
+    program = tndsl.parse(text, "mixtral.tn", dims={
+        "Model": 256, "Hidden": 512, "Experts": args.experts, "Layers": 1, "Vocab": 8,
+        "Heads": 8, "KVHeads": 4, "Head": 32}, consts={"TopK": 2})
+    hidden = hf.experts.intermediate_dim
+    state = {"W_router": hf.gate.weight.T,
+             "W_gate": hf.experts.gate_up_proj[:, :hidden].transpose(1, 2),
+             "W_in": hf.experts.gate_up_proj[:, hidden:].transpose(1, 2),
+             "W_out": hf.experts.down_proj.transpose(1, 2)}
+    from tndsl.codegen.torch import generate
+    contenders = {}
+    for name, options in (("tndsl dispatch", {}), ("tndsl dense", {"no_fuse": ["experts"]})):
+        module = generate(program, ["blocks.0.mlp.out"], **options).build()
+        block = module.blocks[0].mlp
+        with torch.no_grad():
+            for key, value in state.items():
+                getattr(block, key).copy_(value)
+        contenders[name] = block.eval()
+    x = torch.randn(1, 512, 256)
+    with torch.no_grad():
+        expected = hf(x)
+        for name, block in contenders.items():
+            assert (block(x[0]) - expected[0]).abs().max() < 1e-4, name
+    contenders["HF MixtralSparseMoeBlock"] = lambda t: hf(t.unsqueeze(0))
+    times = {name: [] for name in contenders}
+    with torch.no_grad():
+        for fn in contenders.values():
+            fn(x[0])
+        for r in range(args.repeat):
+            for name, fn in contenders.items():
+                start = time.thread_time()
+                fn(x[0])
+                times[name].append(time.thread_time() - start)
+    base = statistics.median(times["tndsl dispatch"])
+    print(f"\nMoE layer alone: {args.experts} experts, top 2, model 256, hidden 512, 512 "
+          "tokens, one thread, CPU time")
+    for name, t in times.items():
+        print(f"{name:<28}{statistics.median(t) * 1e3:>10.2f} ms"
+              f"{statistics.median(t) / base:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -456,6 +585,15 @@ def main() -> None:
     parser.add_argument("--fuse", action="append", default=[], metavar="NAME",
                         help="add a contender: the compiled model with this opt-in pass")
     parser.add_argument("--llama", action="store_true", help="add the Llama-shaped row")
+    parser.add_argument("--gemma2", action="store_true",
+                        help="add the Gemma-2-shaped row (soft-capped attention)")
+    parser.add_argument("--moe", action="store_true",
+                        help="add the Mixtral-shaped row (expert dispatch vs HF and dense)")
+    parser.add_argument("--experts", type=int, default=8, help="experts in the --moe row")
+    parser.add_argument("--moe-block", action="store_true",
+                        help="the MoE layer alone: dispatch, dense and HF's, CPU time")
+    parser.add_argument("--only-families", action="store_true",
+                        help="skip the GPT-2 table: only the --llama/--gemma2/--moe rows")
     parser.add_argument("--baseline-tree", metavar="DIR",
                         help="add a contender: the model another tndsl checkout compiles")
     parser.add_argument("--plain-linear", action="store_true",
@@ -477,6 +615,12 @@ def main() -> None:
         return
     print(f"GPT-2 small shape, {args.layers} layers, {args.device}, CPU {cpu_name()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat}")
+    if args.only_families:
+        for flag, row in ((args.llama, llama_row), (args.gemma2, gemma2_row),
+                          (args.moe, moe_row), (args.moe_block, moe_block_row)):
+            if flag:
+                row(args)
+        return
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
              *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
              *(f"tndsl --fuse {n}" for n in args.fuse),
@@ -525,6 +669,10 @@ def main() -> None:
             f"{t * 1e6:.2f} ({t / base:.2f})" for t in times.values()) + " |")
     if args.llama:
         llama_row(args)
+    if args.gemma2:
+        gemma2_row(args)
+    if args.moe:
+        moe_row(args)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ SCALARS = ("2", "0.5", "3", "1.5e-1", "2e0", "-2", "A", "sqrt(B)", "(1 + 1 / 2)"
            "(C - 1)", "sqrt(A * 2)", "-(3 / 4)")
 DIVISORS = ("4", "sqrt(A)", "(B + 1)", "2.5")
 LEG_BOXES = ("softmax", "layernorm", "rmsnorm")
-ELEMENTWISE_BOXES = BOXES + ("gelu_tanh", "gelu_new", "σ")
+ELEMENTWISE_BOXES = BOXES + ("gelu_tanh", "gelu_new", "σ", "gelu_bloom")
 COMPARISONS = ("<=", "==", "<", "!=", ">=", ">")
 INITS = ("", " init normal()", " init normal(0.02)", " init normal(-1, 0.5)",
          " init uniform(-1, 1.5)", " init uniform(-2.5, 3)", " init constant(-2)",
@@ -147,7 +147,7 @@ class _ProgramWriter:
     def term(self, free: list[tuple[str, str]], depth: int) -> str:
         slots = []  # (kind, dims of its legs)
         for _ in range(self.draw(st.integers(1, 3 if depth == 0 else 2))):
-            if depth < MAX_NESTING and self.chance(30 if depth == 0 else 15):
+            if depth < MAX_NESTING and self.chance(30 if depth == 0 else 20):
                 kind = self.pick(tuple(COMPOSITES))
                 slots.append((kind, tuple(self.pick(LEG_DIMS[:4]) for _ in
                                           range(self.draw(st.integers(*COMPOSITES[kind]))))))
@@ -220,10 +220,16 @@ class _ProgramWriter:
             # exp only outermost: exp(exp(x)) overflows float64 on random data.
             boxes = ELEMENTWISE_BOXES if depth == 0 else tuple(
                 b for b in ELEMENTWISE_BOXES if b != "exp")
+            if self.chance(15):  # a box with a parameter: soft-capping at ±c
+                return f"softcap({inner}, {self.pick(('2.5', 'A', '0.5'))})"
             return f"{self.pick(boxes)}({inner})"
         if kind == "legbox":
             function = self.pick(LEG_BOXES)
             legs = names[:self.draw(st.integers(1, len(names)))]
+            if self.chance(20):  # top-k routing: the k largest kept, renormalised or not
+                k = self.pick(("1", "2", "A"))
+                routed = f"topk[{', '.join(legs)}](softmax[{', '.join(legs)}]({inner}), {k})"
+                return f"normalize[{', '.join(legs)}]({routed})" if self.chance(50) else routed
             if function == "softmax" and len(names) >= 2 and self.chance(50):
                 inner += f" where {self.conditions(names)}"  # a masked softmax
             return f"{function}[{', '.join(legs)}]({inner})"
@@ -286,6 +292,7 @@ class _ProgramWriter:
         way the compiler has a cheap form for: to one factor with the position leg."""
         heads = 2 * self.draw(st.integers(1, 2))       # rotated pairs need an even size
         rotated = self.pick(("", ", 0.5")) if heads == 4 else ""
+        rotated += self.pick(("", ", interleaved"))    # GPT-J's pairs (2i, 2i + 1)
         theta = self.pick(("10000", "100", "7.5"))
         return [f"dim Pos = {self.draw(st.integers(1, 4))}", f"dim Hd = {heads}",
                 "dim Kv = 2", f"dim Hq = {2 * self.draw(st.integers(1, 2))}",
@@ -294,7 +301,10 @@ class _ProgramWriter:
                 "param Tr[l0: Pos, l1: Hd]", "param Tk[l0: Kv, l1: Hd]",
                 f"R0[p, e] = {self.pick(('', '2 * ', '-'))}Rot[p, e, f] * Tr[p, f]",
                 "R1[p, f] = Rot[p, e, f] * Tr[p, e]",  # the inverse rotation
-                f"G0[h, e] = Grp[h, g] * Tk[g, e]{self.pick(('', ' + Grp[h, g] * Tk[g, e]'))}"]
+                f"G0[h, e] = Grp[h, g] * Tk[g, e]{self.pick(('', ' + Grp[h, g] * Tk[g, e]'))}",
+                "fixed Ali[h: Hq, p: Pos, s: Pos] = alibi",  # ALiBi: a bias added to scores
+                f"A0[h, p, s] = {self.pick(('', '2 * '))}Ali[h, p, s]"
+                f"{self.pick(('', ' + Tr[p, f] * Tr[s, f] * ones[h]'))}"]
 
     def free_legs(self) -> list[tuple[str, str]]:
         free = []
@@ -318,8 +328,17 @@ class _ProgramWriter:
         lines.append(f"acc[{index}] = {source}[{index}]")
         bound = self.pick(("1", "2", "3", "A", "B"))
         scale = self.pick(("", "l * ", "(l + 1) * "))
-        lines.append(f"for l in 0..{bound} {{\n"
-                     f"    acc[{index}] = acc[{index}] + {scale}Scale(acc) as layers.{{l}}\n}}")
+        if self.chance(50):
+            lines.append(f"for l in 0..{bound} {{\n"
+                         f"    acc[{index}] = acc[{index}] + {scale}Scale(acc) as layers.{{l}}\n}}")
+        else:  # a per-layer choice, decided at unrolling
+            condition = self.pick(("l % 2 == 0", "(l + 1) % 2 != 0 and l < A", "l >= 1",
+                                   "l % B == 1"))
+            lines.append(f"for l in 0..{bound} {{\n    if {condition} {{\n"
+                         f"        acc[{index}] = acc[{index}] + {scale}Scale(acc) as layers.{{l}}\n"
+                         f"    }} else {{\n"
+                         f"        acc[{index}] = acc[{index}] - Scale(acc) as layers.{{l}}\n"
+                         f"    }}\n}}")
         lines.append(f"final[{index}] = 2 * acc[{index}] - layers.0.w[{index}]")
         if self.chance(60):
             first = legs[0]
@@ -572,6 +591,8 @@ def _factor_kinds(expr: ir.Sum, inside: bool, found: Counter) -> None:
             elif isinstance(factor, ir.Box):
                 found["Box"] += 1
                 found[f"Box: {factor.function}"] += 1
+                if factor.args:
+                    found["Box: with a parameter"] += 1
                 if len(argument.terms) > 1:
                     found["Box: over a sum"] += 1
                 if factor.function == "softmax" and len(argument.terms) == 1 and \
@@ -605,6 +626,8 @@ def ir_kinds(program) -> Counter:
         if tensor.fixed is not None:
             found["Fixed"] += 1
             found[f"Fixed: {tensor.fixed.function}"] += 1
+            for option in tensor.fixed.options:
+                found[f"Fixed: {tensor.fixed.function} {option}"] += 1
         if tensor.init is not None:
             found["Init"] += 1
             found[f"Init: {tensor.init.name}"] += 1
@@ -639,7 +662,8 @@ def ir_kind_names() -> list[str]:
                      if isinstance(value, type) and dataclasses.is_dataclass(value)
                      and value.__module__ == ir.__name__)
     shapes = ["Dim: sized", "Dim: derived", "Dim: no size", "Tensor: param", "Tensor: input",
-              "Tensor: fixed", "Fixed: rotary", "Fixed: grouping",
+              "Tensor: fixed", "Fixed: rotary", "Fixed: grouping", "Fixed: alibi",
+              "Fixed: rotary interleaved", "Box: with a parameter",
               "Tensor: one-hot input", "Tensor: scalar", "Equation: scalar",
               "Equation: rebound in a loop", "Equation: in a block instance",
               "Check: explicit legs", "Term: coefficient ≠ 1", "Term: coefficient with a dim",

@@ -19,7 +19,11 @@ from tndsl.models.tables import FAMILIES
 
 
 def test_every_family_has_a_case():
-    assert {f.name for f in FAMILIES} <= set(FAMILY_OF.values())
+    # The families of issue 26's constructs need oracles of their own (eager attention
+    # for soft-capping, BLOOM's and the routers' float32 softmax): test_families_constructs.
+    from test_families_constructs import CASES as CONSTRUCT_CASES
+    constructs = {case.split("_uncapped")[0].split("_normalized")[0] for case in CONSTRUCT_CASES}
+    assert {f.name for f in FAMILIES} <= set(FAMILY_OF.values()) | constructs
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -125,7 +129,7 @@ def test_a_context_is_a_positive_integer_within_the_learnt_positions(tmp_path):
     model_class, config = CASES["bert"]()   # 32 learnt positions
     save(model_class, config, tmp_path)
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="context must be a positive integer"):
+        with pytest.raises(ValueError, match="context must be a positive whole number"):
             tndsl.from_pretrained(tmp_path, context=bad)
     with pytest.raises(WeightsError, match="context = 33 is longer than the 32 positions"):
         tndsl.from_pretrained(tmp_path, context=33)

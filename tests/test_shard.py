@@ -242,7 +242,7 @@ def test_a_grouping_that_cannot_be_split_evenly_is_an_error_at_the_grouping():
     text = error.render()
     assert "the grouping `group` cannot be split evenly over 4 ranks" in text
     assert "KVHeads = 2 is not divisible by 4" in text
-    assert "llama.tn:28:1" in text and "^^^^" in text
+    assert "llama.tn:27:1" in text and "^^^^" in text
     # A mesh of one rank per KV head is fine.
     assert shard_plan(program, ["Heads"], 2).param("blocks.0.attn.W_K").axis == 0
 

@@ -41,7 +41,8 @@ _PUBLIC = {
     # the modules users call by their short names
     "hooks": "tndsl.interp.hooks", "circuits": "tndsl.interp.circuits",
     "attribution": "tndsl.interp.attribution", "paths": "tndsl.interp.paths",
-    "induction": "tndsl.interp.induction",
+    "induction": "tndsl.interp.induction", "patching": "tndsl.interp.patching",
+    "plots": "tndsl.interp.plots",
     "weights": "tndsl.models", "families": "tndsl.models",
     "distributed": "tndsl.parallel.distributed", "slicing": "tndsl.parallel.slicing",
     "errors": "tndsl.lang.errors",

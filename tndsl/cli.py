@@ -437,6 +437,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _paths_parser(commands) -> None:
+    from tndsl.interp.paths import FREEZABLE
     paths = commands.add_parser(
         "paths", help="expand an equation into a sum over paths through the blocks",
         description="Write the path expansion of equation NAME as a .tn file: the input "
@@ -444,7 +445,9 @@ def _paths_parser(commands) -> None:
                     "instances (default: every instance added to a residual sum), with "
                     "attention patterns and the embedding kept whole and a head leg kept "
                     "open where a block sums over heads, and a `check` that NAME equals the "
-                    "sum of the paths (prove it with `tndsl verify`).")
+                    "sum of the paths (prove it with `tndsl verify`). A name a loop rebinds "
+                    "is expanded as text after the loop names it (`resid@2` of a 2-layer "
+                    "loop is `resid`); an earlier version is refused.")
     paths.add_argument("file", metavar="FILE")
     paths.add_argument("name", type=_name, metavar="NAME")
     paths.add_argument("--through", type=_name, metavar="PATH,...",
@@ -456,6 +459,12 @@ def _paths_parser(commands) -> None:
                             "its path (.svg/.pdf/.png/.dot/.tex/.tikz)")
     paths.add_argument("--prefix", help="name the terms PREFIX.direct, ... (default: the "
                                         "last segment of NAME)")
+    paths.add_argument("--freeze", action="append", default=[], metavar="WHAT",
+                       choices=FREEZABLE,
+                       help="`norms`: make each layernorm / rmsnorm its input times a frozen "
+                            "per-position scale (a param `frozen_scale` per instance, filled "
+                            "from a run by tndsl.interp.attribution), so paths run through "
+                            "the norms")
     paths.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                        metavar="NAME=SIZE", help="give or override a dim's size")
 
@@ -465,12 +474,13 @@ def _paths(args: argparse.Namespace) -> int:
     try:
         program = load(args.file, dict(args.dim))
         expansion = expand_paths(program, args.name, parse_through(args.through),
-                                 prefix=args.prefix)
+                                 prefix=args.prefix, freeze=args.freeze)
         expansion.program()  # the written file must check
         if args.out:
             _write_text(args.out, expansion.source)
-            print(f"{terminal(args.out)}: {len(expansion.terms)} paths of {args.name}, "
-                  f"check {expansion.check}")
+            print(f"{terminal(args.out)}: {len(expansion.terms)} paths of "
+                  f"{terminal(expansion.name)}, check {expansion.check}"
+                  + (f", {len(expansion.frozen)} norms frozen" if expansion.frozen else ""))
             for term in expansion.terms:
                 print(f"  {term.name}  ({term.label})")
         else:

@@ -142,8 +142,12 @@ class Program:
         return generate(self, outputs, **options)
 
     def module(self, outputs: Sequence[str] | None = None, **options):
-        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`."""
-        return self.compile(outputs, **options).build()
+        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`, and
+        `.tndsl_program` is this program (what `tndsl.interp.cache` reads the residual
+        stream from)."""
+        module = self.compile(outputs, **options).build()
+        module.tndsl_program = self
+        return module
 
     def verify_compiled(self, **options):
         """Compare the compiled module with the reference evaluator at small sizes."""

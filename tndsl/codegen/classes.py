@@ -15,12 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tndsl.lang import inits, ir, printer
-from tndsl.codegen import fused as fused_code, projections as projection_code
+from tndsl.codegen import experts as expert_code, fused as fused_code, \
+    projections as projection_code
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
 from tndsl.codegen.names import Namespace, NN_MODULE_ATTRS, GENERATED_ATTRS, sanitize
 from tndsl.codegen.structure import Structure, parent_path, within
 from tndsl.passes.fuse_attention import FusedAttention, fuse_attention
+from tndsl.passes.fuse_experts import FusedExperts, fuse_experts
 from tndsl.passes.fuse_layer_norm import FusedNorm, fuse_layer_norm
 from tndsl.passes.fuse_projections import FusedProjections, fuse_projections
 from tndsl.passes.layout import storage_orders
@@ -151,6 +153,10 @@ class ClassBuilder:
                                    file.options.varying)
         if "layer_norm" in file.options.passes:
             items = fuse_layer_norm(items, keep, values, param_names)
+        if "experts" in file.options.passes:
+            # The experts' input may also be a float input (the root's own).
+            items = fuse_experts(items, keep, values | {t.name for t in file.inputs
+                                                        if t.onehot is None}, param_names)
         if "projections" in file.options.passes:
             # The shared activation may also be a float input (the root's own).
             sources = values | {t.name for t in file.inputs if t.onehot is None}
@@ -407,6 +413,11 @@ class ClassBuilder:
                 self._hook(eq.name)
             var = self.ns(f"value:{item.name}", item.name)
             fused_code.norm(lower, item, var, self.hooks)
+        elif isinstance(item, FusedExperts):
+            for eq in item.equations:
+                self._hook(eq.name)
+            var = self.ns(f"value:{item.name}", item.name)
+            expert_code.experts(lower, item, var, self.hooks)
         elif isinstance(item, FusedProjections):
             for name in item.names:
                 self._hook(name)
@@ -573,7 +584,7 @@ def _reads(item) -> list[str]:
 def _equations(item) -> list[ir.Equation]:
     if isinstance(item, FusedAttention):
         return [item.scores, item.pattern, item.out]
-    if isinstance(item, (FusedNorm, FusedProjections)):
+    if isinstance(item, (FusedNorm, FusedProjections, FusedExperts)):
         return list(item.equations)
     return []
 

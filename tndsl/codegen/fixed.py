@@ -18,17 +18,23 @@ from tndsl.lang.errors import SizeError, TnError
 
 HELPERS = {
     "_rotary": '''
-def _rotary(x, position, axis, rotated, base, inverse):
+def _rotary(x, position, axis, rotated, base, inverse, interleaved=False):
     """x turned by the rotary map along `axis`, at the positions along `position` (both
     negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
-    the angle p * base**(-2i/rotated); the rest pass through. `inverse`: the transpose.
+    the angle p * base**(-2i/rotated) (`interleaved`: the pairs (2i, 2i + 1), GPT-J's);
+    the rest pass through. `inverse`: the transpose.
     As `x * cos + rotate_half(x) * (-sin, sin)`: four kernels, with the same roundings
     as `x1 cos - x2 sin, x2 cos + x1 sin`."""
     x = x.movedim((position, axis), (-2, -1))
-    cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device)
+    cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device,
+                             interleaved)
     half = rotated // 2
     turned = x[..., :rotated] if rotated < x.size(-1) else x
-    out = turned * cos + torch.cat((turned[..., half:], turned[..., :half]), dim=-1) * sin
+    if interleaved:  # each pair swapped: (x1, x0, x3, x2, ...)
+        partner = turned.unflatten(-1, (half, 2)).flip(-1).flatten(-2)
+    else:
+        partner = torch.cat((turned[..., half:], turned[..., :half]), dim=-1)
+    out = turned * cos + partner * sin
     if rotated < x.size(-1):
         out = torch.cat((out, x[..., rotated:]), dim=-1)
     return out.movedim((-2, -1), (position, axis))
@@ -37,28 +43,46 @@ def _rotary(x, position, axis, rotated, base, inverse):
 _ROTARY_TABLES = {}
 
 
-def _rotary_table(n, rotated, base, inverse, dtype, device):
+def _rotary_table(n, rotated, base, inverse, dtype, device, interleaved=False):
     """cos and signed sin (-sin, sin; the inverse: sin, -sin) of the rotary angles for
     positions 0..n-1, each `rotated` wide, computed once in float64 on the CPU (so every
     device and dtype gets correctly rounded values) and cached: made outside inference
     mode, whose tensors could not be used by a later training step."""
-    key = (n, rotated, base, inverse, dtype, str(device))
+    key = (n, rotated, base, inverse, dtype, str(device), interleaved)
     if key not in _ROTARY_TABLES:
         if len(_ROTARY_TABLES) > 64:
             _ROTARY_TABLES.clear()
         with torch.inference_mode(False):
-            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, inverse, dtype, device)
+            _ROTARY_TABLES[key] = _rotary_angles(n, rotated, base, inverse, dtype, device,
+                                                 interleaved)
     return _ROTARY_TABLES[key]
 
 
-def _rotary_angles(n, rotated, base, inverse, dtype, device):
+def _rotary_angles(n, rotated, base, inverse, dtype, device, interleaved=False):
     frequencies = base ** (-torch.arange(0, rotated, 2, dtype=torch.float64) / rotated)
     angles = torch.arange(n, dtype=torch.float64)[:, None] * frequencies
     cos, sin = angles.cos(), angles.sin()
     if inverse:
         sin = -sin
+    if interleaved:  # (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...)
+        cos = torch.stack((cos, cos), dim=-1).flatten(-2)
+        sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
+        return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
     return (torch.cat((cos, cos), dim=-1).to(device=device, dtype=dtype),
             torch.cat((-sin, sin), dim=-1).to(device=device, dtype=dtype))
+''',
+    "_alibi": '''
+def _alibi(heads, queries, keys, like):
+    """ALiBi's bias slope[h] * (key - query), (heads, queries, keys), in like's dtype and
+    on its device: for heads a power of two p, slope[h] = 2**(-8 (h + 1) / p); else p's
+    slopes and then 2**(-4 (2k - 1) / p) for the rest (BLOOM's build_alibi_tensor)."""
+    power = 2 ** (heads.bit_length() - 1)
+    exponents = torch.cat((torch.arange(1, power + 1, dtype=torch.float64) * 8,
+                           torch.arange(1, 2 * (heads - power) + 1, 2, dtype=torch.float64) * 4))
+    slopes = 2.0 ** (-exponents / power)
+    distance = (torch.arange(keys, dtype=torch.float64)[None, :]
+                - torch.arange(queries, dtype=torch.float64)[:, None])
+    return (slopes[:, None, None] * distance).to(device=like.device, dtype=like.dtype)
 ''',
 }
 
@@ -67,8 +91,9 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
           ) -> list:
     """The term's operands with `ref` (a fixed tensor) applied to the operand it meets."""
     function = tensor.fixed.function
-    # A rotary map's position leg may be read at run time; every other size is built in.
-    needed = tensor.legs[1:] if function == "rotary" else tensor.legs
+    # Position legs (a rotary map's, ALiBi's two) may be read at run time; every other
+    # size is built in.
+    needed = {"rotary": tensor.legs[1:], "alibi": tensor.legs[:1]}.get(function, tensor.legs)
     unsized = [leg.dim for leg in needed if generator.sizes.get(leg.dim) is None]
     if unsized:  # the cheap forms are built from these sizes at compile time
         raise SizeError(f"the compiled form of `{ref.name}` needs the size of "
@@ -85,7 +110,8 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
                 code = (f"_rotary({var}, {x.indices.index(position) - n}, "
                         f"{x.indices.index(contracted) - n}, "
                         f"{fixed.rotated(tensor, generator.sizes)}, "
-                        f"{tensor.fixed.args[0]!r}, {inverse})")
+                        f"{tensor.fixed.args[0]!r}, {inverse}"
+                        + (", interleaved=True)" if fixed.interleaved(tensor) else ")"))
                 return _replace(operands, x, code, contracted, result)
         raise TnError(
             f"the compiler applies the rotary map `{ref.name}` to one factor that has the "
@@ -93,6 +119,15 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
             "with it", ref.span,
             hint=f"name that product in its own equation, e.g. `q[p, h, {out}] = "
                  f"{ref.name}[p, {out}, {into}] * q_pre[p, h, {into}]`")
+    if function == "alibi":  # a bias added to the scores: built (heads × P × S) per call
+        generator.helpers.add("_alibi")
+        like = generator.float_value(operands)
+        if like is None:
+            raise TnError(f"`{ref.name}` needs a tensor beside it to take its dtype from",
+                          ref.span)
+        heads, queries, keys = (generator._size_code(leg.dim) for leg in tensor.legs)
+        var = generator._temp(hint, f"_alibi({heads}, {queries}, {keys}, {like})")
+        return operands + [generator._operand(var, list(ref.indices), False)]
     if function == "grouping":
         head, group = ref.indices
         size = fixed.group_size(tensor, generator.sizes)

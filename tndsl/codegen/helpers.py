@@ -5,7 +5,7 @@ only as identifiers (`codegen.names`) or `repr()` literals, never through here.
 """
 from __future__ import annotations
 
-from tndsl.codegen import fixed as fixed_forms, fused as fused_forms
+from tndsl.codegen import experts as expert_forms, fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
@@ -130,6 +130,19 @@ def _rmsnorm(t, legs, eps):
     dims = tuple(range(-legs, 0))
     return t * torch.rsqrt(t.pow(2).mean(dim=dims, keepdim=True) + eps)
 ''',
+    "_gelu_bloom": '''
+def _gelu_bloom(x):
+    """BLOOM's GELU: x/2 (1 + tanh(0.79788456 x (1 + 0.044715 x²))), its own constant."""
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+''',
+    "_top_k": '''
+def _top_k(t, k, legs):
+    """t where it is among the k largest over the last `legs` dims (the first in order
+    among equals: a stable sort), 0 elsewhere."""
+    flat = t.reshape(t.shape[:t.dim() - legs] + (-1,))
+    chosen = flat.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.zeros_like(flat).scatter(-1, chosen, flat.gather(-1, chosen)).reshape(t.shape)
+''',
     "_packed": '''
 def _packed(module, key, params, pack):
     """`pack()` builds one weight (and bias) from `params` for a fused projection. Kept on
@@ -196,6 +209,7 @@ def _time_linear(x, weight, bias):
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
+    **expert_forms.HELPERS,
 }
 # What a helper needs imported beyond the file's own (math; torch, F, nn): standard
 # library modules, and names from torch.

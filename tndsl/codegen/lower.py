@@ -42,6 +42,7 @@ ELEMENTWISE = {
     "relu": "torch.relu({})",
     "gelu": "F.gelu({})",
     "gelu_tanh": "F.gelu({}, approximate='tanh')",
+    "gelu_bloom": "_gelu_bloom({})",
     "tanh": "torch.tanh({})",
     "sigmoid": "torch.sigmoid({})",
     "silu": "F.silu({})",
@@ -248,6 +249,13 @@ class Lowering:
                 "None" if i in missing else ":" for i in layout) + "]"
         return code, missing, batched
 
+    def float_value(self, operands=()) -> str | None:
+        """Code for a float tensor in scope (an operand, else any value), whose dtype and
+        device a tensor built here takes: a float64 model must not compute in float32."""
+        return next((as_primary(v.var) for v in [*operands, *self.values.values()]
+                     if getattr(v, "onehot", None) is None and getattr(v, "fixed", None) is None
+                     and v.var), None)
+
     def _operand(self, var: str, indices: list[str], batched: bool) -> _Operand:
         size = 1
         for index in indices:
@@ -269,9 +277,8 @@ class Lowering:
             return [op for op in operands if op is not partner] + \
                 [_Operand(gathered, indices, True, partner.size)]
         # Else any float value in scope: a float64 model must not compute in float32.
-        dtype = next((f"{as_primary(v.var)}.dtype" for v in [*operands, *self.values.values()]
-                      if getattr(v, "onehot", None) is None and getattr(v, "fixed", None) is None
-                      and v.var), "torch.get_default_dtype()")
+        like = self.float_value(operands)
+        dtype = f"{like}.dtype" if like else "torch.get_default_dtype()"
         size = self._size_code(self._dim_of(leg))
         onehot = self._temp(hint, f"F.one_hot({value.var}, {size}).to({dtype})")
         return operands + [_Operand(onehot, rest + [leg], True, self._plan_size(leg))]
@@ -403,6 +410,12 @@ class Lowering:
             return f"{tmp}.masked_fill(~({keep}), 0.0)", list(legs), batched
         if not factor.legs:
             code, batched = self._sum(factor.argument, legs, hint, span)
+            if factor.function == "softcap":  # c · tanh(x / c); not SDPA-fusable
+                cap = repr(float(factor.args[0]))
+                return f"({cap} * torch.tanh({as_left_factor(code)} / {cap}))", list(legs), \
+                    batched
+            if factor.function == "gelu_bloom":
+                self.helpers.add("_gelu_bloom")
             return ELEMENTWISE[factor.function].format(code), list(legs), batched
         layout = [i for i in legs if i not in factor.legs] + list(factor.legs)
         k = len(factor.legs)
@@ -419,6 +432,13 @@ class Lowering:
                 return f"torch.softmax({code}, dim=-1)", layout, batched
             self.helpers.add("_softmax")
             return f"_softmax({code}, {k})", layout, batched
+        if factor.function == "topk":
+            self.helpers.add("_top_k")
+            return f"_top_k({code}, {int(factor.args[0])}, {k})", layout, batched
+        if factor.function == "normalize":
+            tmp = self._temp(hint, code)
+            dims = tuple(range(-k, 0))
+            return f"{tmp} / {tmp}.sum(dim={dims}, keepdim=True)", layout, batched
         if factor.function == "layernorm":
             shape = "".join(f"{self._size_code(self._dim_of(i))}, " for i in factor.legs)
             eps = EPS if factor.eps is None else factor.eps

@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import opt_einsum
 import torch
 
-from tndsl.lang import dims as dimmod, ir
+from tndsl.lang import ir
 from tndsl.lang.errors import TnError
 from tndsl.interp.hooks import run_with_cache
-from tndsl.verify import fixed_values
+from tndsl.interp.terms import Terms, legs_of, lengths_of
 
 Region = Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,10 +104,9 @@ def attribute(model: torch.nn.Module, expansion, *args, inputs: Mapping[str, tor
     its cached activations and weights, in float64. `inputs` gives input tensors by name
     where a path holds one (an embedding not kept whole). Runs the model once."""
     program = expansion.program()
-    sizes = program.sizes
     tensors = {t.name: t for t in program.network.tensors}
     equations = [program.equation(term.name) for term in expansion.terms]
-    needed = {expansion.name}
+    needed = {expansion.name} | {norm.argument for norm in expansion.frozen}
     for eq in equations:
         for ref in ir.refs(eq.rhs):
             if ref.name != ir.ONES and ref.name not in tensors:
@@ -121,85 +119,14 @@ def attribute(model: torch.nn.Module, expansion, *args, inputs: Mapping[str, tor
     if batch < 0:
         raise TnError(f"`{expansion.name}` has {value.dim()} dims in the model, fewer than "
                       f"its {len(expansion.indices)} legs")
-
-    def operand(name: str, indices: tuple[str, ...], dims: dict[str, str]):
-        if name == ir.ONES:
-            shape = [int(dimmod.evaluate(dimmod.symbol(dims[i]), sizes)) for i in indices]
-            return torch.ones(shape, dtype=torch.float64), False
-        if name in tensors and tensors[name].kind == "param":
-            if name not in weights:
-                raise TnError(f"the model has no param `{name}`")
-            return weights[name].double(), False
-        if name in tensors and tensors[name].kind == "fixed":
-            # A rotary map or a grouping: its dense value, as the reference evaluator
-            # builds it (the model applies it in a cheap form and never stores it).
-            return fixed_values.dense(tensors[name], sizes, torch.float64), False
-        if name in tensors:  # an input
-            given = dict(inputs or {})
-            if name not in given:
-                raise TnError(f"a path holds the input `{name}`: pass it as inputs={{'{name}': ...}}")
-            tensor = tensors[name]
-            data = given[name]
-            if tensor.onehot is not None:
-                size = int(dimmod.evaluate(dimmod.symbol(
-                    {l.name: l.dim for l in tensor.legs}[tensor.onehot]), sizes))
-                position = [leg.name for leg in tensor.legs].index(tensor.onehot)
-                data = torch.nn.functional.one_hot(data.long(), size).movedim(
-                    -1, data.dim() - len(tensor.legs) + 1 + position)
-            return data.double(), True
-        return cache[name].double(), True
+    # Frozen norms (expand_paths(..., freeze=["norms"])): each scale from this run.
+    scales = {norm.param: norm.scale(cache[norm.argument].double())
+              for norm in expansion.frozen}
+    terms = Terms(program, cache, weights, inputs, batch_shape=tuple(value.shape[:batch]),
+                  override=scales, lengths=lengths_of(program, expansion.name, value))
 
     values, heads = {}, {}
     for term, eq in zip(expansion.terms, equations):
-        dims = {leg.name: leg.dim for leg in eq.index_dims}
-        total = None
-        for t in eq.rhs.terms:
-            part = _contract(t, eq.indices, dims, operand, value.shape[:batch])
-            coefficient = float(dimmod.evaluate(t.coefficient, sizes))
-            part = part * coefficient
-            total = part if total is None else total + part
-        values[term.label] = total
+        values[term.label] = terms.sum(eq.rhs, eq.indices, legs_of(eq))
         heads[term.label] = tuple(h.instance for h in term.heads)
     return Attribution(expansion.name, expansion.indices, value, values, heads)
-
-
-def _contract(term: ir.Term, output: tuple[str, ...], dims, operand, batch_shape
-              ) -> torch.Tensor:
-    """One product of a path term, with the model's leading batch dims on activations
-    (a product of weights alone is the same for every batch entry)."""
-    batch = len(batch_shape)
-    letters: dict[str, str] = {}
-
-    def letter(index: str) -> str:
-        if index not in letters:
-            letters[index] = opt_einsum.get_symbol(batch + len(letters))
-        return letters[index]
-    batch_letters = "".join(opt_einsum.get_symbol(k) for k in range(batch))
-    factors, shape = [], None
-    for factor in term.factors:
-        if not isinstance(factor, ir.Ref):
-            raise TnError("a path term holds only tensors")  # guaranteed by tndsl.interp.paths
-        value, batched = operand(factor.name, factor.indices, dims)
-        if batched:
-            shape = value.shape[:batch]
-        factors.append(("".join(letter(i) for i in factor.indices), value, batched))
-    # A dim that varies at run time (the sequence) may be shorter in the activations than
-    # declared: weights, fixed tensors and ones cover its first positions, as the compiled
-    # model slices them.
-    run_time = {}
-    for legs, value, batched in factors:
-        if batched:
-            for c, size in zip(legs, value.shape[batch:]):
-                run_time[c] = min(run_time.get(c, size), size)
-    specs, operands = [], []
-    for legs, value, batched in factors:
-        if not batched:
-            for k, c in enumerate(legs):
-                if value.shape[k] > run_time.get(c, value.shape[k]):
-                    value = value.narrow(k, 0, run_time[c])
-        specs.append((batch_letters if batched else "") + legs)
-        operands.append(value)
-    lead = batch_letters if shape is not None else ""
-    spec = ",".join(specs) + "->" + lead + "".join(letter(i) for i in output)
-    result = opt_einsum.contract(spec, *operands, backend="torch")
-    return result if shape is not None else result.expand(*batch_shape, *result.shape)

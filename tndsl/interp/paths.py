@@ -35,6 +35,8 @@ from tndsl.lang.errors import TnError, UnknownNameError, did_you_mean
 from tndsl.lang.text import one_line
 
 DIRECT = "direct"
+FREEZABLE = ("norms",)
+BIAS = "bias"
 MAX_MONOMIALS = 4096  # paths double per layer: past this, ask for fewer blocks
 
 
@@ -70,14 +72,24 @@ class PathTerm:
     legs: tuple[str, ...]            # the expanded equation's legs, then the head legs
     heads: tuple[HeadLeg, ...]
     equation: str                    # its `.tn` text
+    # For each product of `equation`, for each factor: (the side of the read it lies on,
+    # the block instance it belongs to), None where it has none. Path patching reads it.
+    owners: tuple[tuple[tuple[str | None, str | None], ...], ...] = ()
+    bias: bool = False               # reads no stream while other terms do (b_U)
+    variant: int = 1                 # >1: a further term of the same reads, other heads
 
     @property
     def label(self) -> str:
         """`direct`, `blocks.0.attn->blocks.1.attn`; with several reads
-        `p: direct, s: blocks.0.attn`."""
-        if len(self.reads) <= 1:
-            return self.reads[0].label if self.reads else DIRECT
-        return ", ".join(f"{r.side}: {r.label}" for r in self.reads)
+        `p: direct, s: blocks.0.attn`; `bias` for the terms that read no stream where
+        others do (an unembedding bias, a frozen norm's bias through W_U)."""
+        if self.bias:
+            text = BIAS
+        elif len(self.reads) <= 1:
+            text = self.reads[0].label if self.reads else DIRECT
+        else:
+            text = ", ".join(f"{r.side}: {r.label}" for r in self.reads)
+        return text + (f" #{self.variant}" if self.variant > 1 else "")
 
     def passes(self, side: str, instance: str) -> bool:
         """Whether the read on `side` passes through `instance`."""
@@ -94,6 +106,7 @@ class PathExpansion:
     section: str                     # the generated `.tn` text
     original: str                    # the file it extends
     dims: tuple[tuple[str, int], ...] = ()   # sizes given to the program, re-applied
+    frozen: tuple = ()               # tndsl.interp.freeze.FrozenNorm, with --freeze norms
 
     @property
     def source(self) -> str:
@@ -111,7 +124,10 @@ class PathExpansion:
     def program(self):
         """The checked program of `source`, at the sizes of the program expanded."""
         from tndsl.program import parse
-        return parse(self.source, f"<paths of {self.name}>", dict(self.dims))
+        if "_program" not in self.__dict__:  # parsed once: patching asks several times
+            self.__dict__["_program"] = parse(self.source, f"<paths of {self.name}>",
+                                              dict(self.dims))
+        return self.__dict__["_program"]
 
     def figure(self, **options):
         """`NAME = term + term + ...`, each term drawn as its network and labelled with its
@@ -160,10 +176,21 @@ class _Mono:
     coefficient: sympy.Expr
     factors: tuple[tuple[str, tuple[str, ...]], ...]
     heads: tuple[HeadLeg, ...] = ()
+    owners: tuple = ()               # per factor: the instance it comes from ("" none),
+                                     # then (side, instance) once `top` knows the sides
+
+    def __post_init__(self):
+        if len(self.owners) != len(self.factors):
+            object.__setattr__(self, "owners", ("",) * len(self.factors))
 
     def times(self, other: "_Mono") -> "_Mono":
         return _Mono(self.coefficient * other.coefficient, self.factors + other.factors,
-                     self.heads + other.heads)
+                     self.heads + other.heads, self.owners + other.owners)
+
+    def owned(self, instance: str) -> "_Mono":
+        """The factors no inner instance claimed, claimed by `instance`."""
+        return _Mono(self.coefficient, self.factors, self.heads,
+                     tuple(o or instance for o in self.owners))
 
 
 _ONE = _Mono(sympy.Integer(1), ())
@@ -183,7 +210,17 @@ def default_through(network: ir.Network) -> tuple[str, ...]:
     return tuple(inst.path for inst in network.instances if inst.path in found)
 
 
-def _opaque(eq: ir.Equation) -> bool:
+def head_dims(network: ir.Network, instance: str) -> set[str]:
+    """The dims instance `instance` sums over heads by: those a softmax in it carries
+    besides the legs it normalises over (`Heads`)."""
+    dims: set[str] = set()
+    for eq in network.equations:
+        if eq.instance == instance or eq.instance.startswith(instance + "."):
+            dims |= _softmax_batch_dims(eq)
+    return dims
+
+
+def opaque(eq: ir.Equation) -> bool:
     """Has a box or a mask: a given tensor for path expansion."""
     def walk(node) -> bool:
         if isinstance(node, (ir.Box, ir.Mask)):
@@ -232,11 +269,7 @@ class _Expander:
                         if inst.path in through}
         self.head_dims: dict[str, set[str]] = {}
         for path in through:
-            dims = set()
-            for eq in network.equations:
-                if eq.instance == path or eq.instance.startswith(path + "."):
-                    dims |= _softmax_batch_dims(eq)
-            self.head_dims[path] = dims
+            self.head_dims[path] = head_dims(network, path)
         self.inputs = {f"{inst.path}.{b.input}" for inst in network.instances
                        if inst.path in through for b in inst.bindings}
         self.dims: dict[str, str] = {}      # every index name in use → its dim
@@ -260,7 +293,7 @@ class _Expander:
         result = False
         if name in self.outputs:
             result = True
-        elif name in self.equations and not _opaque(self.equations[name]):
+        elif name in self.equations and not opaque(self.equations[name]):
             self._depends[name] = False  # the network is acyclic; guards recursion anyway
             result = any(self.depends(r.name) for r in ir.refs(self.equations[name].rhs))
         self._depends[name] = result
@@ -276,7 +309,7 @@ class _Expander:
         if name in self.outputs or name in self.hidden:
             return True
         eq = self.equations.get(name)
-        return eq is not None and not _opaque(eq) and (self.depends(name) or self.inside(name))
+        return eq is not None and not opaque(eq) and (self.depends(name) or self.inside(name))
 
     def read_point(self, name: str) -> bool:
         """Where the residual stream is read: a chosen instance's input, or anything that
@@ -293,10 +326,10 @@ class _Expander:
         of each read of the stream inside it (exactly one at a read point)."""
         eq = self.equations[name]
         instance = self.outputs.get(name)
-        if _opaque(eq) and name not in self.outputs:
+        if opaque(eq) and name not in self.outputs:
             raise TnError(f"`{name}` is rebound later in its loop and has a box, so text after "
                           "the loop can neither name nor inline it", eq.span)
-        if _opaque(eq):  # a chosen instance returning a box: the path starts there
+        if opaque(eq):  # a chosen instance returning a box: the path starts there
             return [(_Mono(sympy.Integer(1), ((name, indices),)), [(instance,)])]
         mapping = dict(zip(eq.indices, indices))
         for leg in eq.index_dims:
@@ -312,7 +345,7 @@ class _Expander:
                                   "in its input are not supported", eq.span)
                 path = reads[0] if reads else ()
                 if instance is not None:
-                    mono = self._open_heads(mono, set(indices), instance)
+                    mono = self._open_heads(mono, set(indices), instance).owned(instance)
                     path = path + (instance,)
                 reads = [path]
             result.append((mono, reads))
@@ -327,7 +360,7 @@ class _Expander:
                     continue
                 if self.dims[index] in self.head_dims[instance]:
                     new.append(HeadLeg(index, self.dims[index], instance))
-        return _Mono(mono.coefficient, mono.factors, mono.heads + tuple(new))
+        return _Mono(mono.coefficient, mono.factors, mono.heads + tuple(new), mono.owners)
 
     def sum(self, node: ir.Sum, mapping: dict[str, str]) -> list[tuple[_Mono, list]]:
         out = []
@@ -384,13 +417,19 @@ class _Expander:
                 labels.append("".join(i for i in factor.indices if i in eq.indices)
                               if isinstance(factor, ir.Ref) else "")
             for choice in itertools.product(*options):
-                mono, reads, sides = _ONE, [], []
+                mono, reads, sides, spans = _ONE, [], [], []
                 for (m, r), label in zip(choice, labels):
+                    spans.append((len(mono.factors), len(m.factors), len(reads), len(r)))
                     mono = mono.times(m)
                     reads += r
                     sides += [label] * len(r)
                 if len(set(sides)) != len(sides) or not all(sides):
                     sides = [f"r{k + 1}" for k in range(len(reads))]
+                owners = list(mono.owners)
+                for start, count, first, n in spans:  # a factor's read: its side, instance
+                    for k in range(start, start + count):
+                        owners[k] = (sides[first] if n == 1 else None, owners[k] or None)
+                mono = _Mono(mono.coefficient, mono.factors, mono.heads, tuple(owners))
                 result.append((mono, tuple(Read(side, tuple(path))
                                            for side, path in zip(sides, reads))))
         return result
@@ -400,28 +439,48 @@ def _identifier(read_path: tuple[str, ...]) -> str:
     return "__".join(p.replace(".", "_") for p in read_path) if read_path else DIRECT
 
 
+def _constant_along(mono: _Mono, eq: ir.Equation) -> bool:
+    """Whether some output leg of the product is carried by `ones` alone (a bias that an
+    instance adds, `b_O[m] * ones[p]`): written as its own term it would have no dim."""
+    carried = {i for name, indices in mono.factors if name != ir.ONES for i in indices}
+    return any(i not in carried for i in eq.indices)
+
+
 def _simplify(mono: _Mono, free: Sequence[str]) -> _Mono:
     """Drop `ones[i]` where it multiplies by 1 at every i: where another factor carries
     i and i stays a leg of the term without it (free, or carried twice more). A bias
     read through an attention pattern, `pattern[p, s] * b[e] * ones[s]`, keeps its
-    `ones[s]`: it is the sum over s."""
+    `ones[s]`: it is the sum over s. Each factor keeps its owner (`_Mono.owners`)."""
     open_legs = set(free) | {h.index for h in mono.heads}
-    kept = list(mono.factors)
-    for factor in mono.factors:
-        name, indices = factor
+    keep = [True] * len(mono.factors)
+    for k, (name, indices) in enumerate(mono.factors):
         if name != ir.ONES:
             continue
-        rest = [i for (n, idx) in kept if not (n == name and idx == indices) for i in idx]
+        rest = [i for j, (n, idx) in enumerate(mono.factors)
+                if keep[j] and not (n == name and idx == indices) for i in idx]
         if all(i in rest and (i in open_legs or rest.count(i) >= 2) for i in indices):
-            kept.remove(factor)
-    return _Mono(mono.coefficient, tuple(kept), mono.heads)
+            keep[k] = False
+    return _Mono(mono.coefficient,
+                 tuple(f for f, kept in zip(mono.factors, keep) if kept), mono.heads,
+                 tuple(o for o, kept in zip(mono.owners, keep) if kept))
 
 
 def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
-                 prefix: str | None = None) -> PathExpansion:
+                 prefix: str | None = None, freeze: Sequence[str] = ()) -> PathExpansion:
     """The path expansion of equation `name` (see the module docstring). `through`
     chooses the block instances (default: `default_through`); `prefix` names the terms
-    (`prefix.direct`, ...; default: the equation's last path segment)."""
+    (`prefix.direct`, ...; default: the equation's last path segment). `freeze=("norms",)`
+    first makes every layernorm / rmsnorm linear with a frozen per-position scale
+    (`tndsl.interp.freeze`), so paths run through them; `.frozen` lists the scales."""
+    freeze = tuple(freeze)
+    for what in freeze:
+        if what not in FREEZABLE:
+            raise TnError(f"cannot freeze `{one_line(str(what))}`",
+                          hint="what can be frozen: " + ", ".join(FREEZABLE))
+    frozen = ()
+    if "norms" in freeze:
+        from tndsl.interp.freeze import freeze_norms
+        program, frozen = freeze_norms(program)
     network = program.network
     equations = {eq.name: eq for eq in network.equations}
     if name not in equations:
@@ -441,23 +500,38 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                                        "instances: " + (", ".join(instances) or "none"))
     expander = _Expander(program, tuple(through))
     eq = equations[{base: full for full, base in expander.spelling.items()}.get(name, name)]
-    if _opaque(eq):
+    spelled = expander.spelling.get(eq.name, eq.name)
+    if "@" in spelled:
+        raise TnError(f"`{name}` is a version of `{spelled.partition('@')[0]}` that its loop "
+                      "rebinds later, so text after the loop cannot name it", eq.span,
+                      hint="expand an equation that holds the same value under its own name "
+                           "(the block's output, such as `blocks.0.out`), or the last "
+                           f"version, `{spelled.partition('@')[0]}`")
+    name = spelled
+    if opaque(eq):
         raise TnError(f"`{name}` applies a box (a nonlinearity, softmax or mask); paths split "
                       "linear networks: expand the equation inside the box instead", eq.span)
     monos = expander.top(eq)
 
     prefix = check_prefix(prefix) if prefix is not None else name.rsplit(".", 1)[-1]
     groups: dict[tuple, list[_Mono]] = {}
+    # A product that reads no stream, or that only `ones` carries along an output leg (a
+    # bias), joins the direct path where there is one: alone, such a leg would have no dim.
+    direct = next((reads for _, reads in monos if reads and all(not r.path for r in reads)),
+                  None)
     for mono, reads in monos:
         mono = _simplify(mono, eq.indices)
+        if direct is not None and (not reads or (not mono.heads and _constant_along(mono, eq))):
+            reads = direct
         key = (reads, tuple((h.dim, h.instance) for h in mono.heads))
         groups.setdefault(key, []).append(mono)
     per_label: dict[tuple, int] = {}
     terms = []
     taken = {t.name for t in network.tensors} | set(equations)
+    any_reads = any(reads for reads, _ in groups)
     for (reads, _), members in groups.items():
         if len(reads) <= 1:
-            ident = _identifier(reads[0].path) if reads else DIRECT
+            ident = _identifier(reads[0].path) if reads else BIAS if any_reads else DIRECT
         else:
             ident = ".".join(f"{r.side}_{_identifier(r.path)}" for r in reads)
         count = per_label[reads] = per_label.get(reads, 0) + 1
@@ -466,7 +540,8 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
             raise TnError(f"`{term_name}` is already a name in this file",
                           hint="choose another prefix for the path terms (--prefix)")
         taken.add(term_name)
-        terms.append(_emit(term_name, reads, eq, members, expander.spelling))
+        terms.append(_emit(term_name, reads, eq, members, expander.spelling,
+                           bias=not reads and any_reads, variant=count))
 
     label = name.replace(".", "_") + "_paths"
     sides = " + ".join(
@@ -489,11 +564,11 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                  if program.sizes.get(d.name) is not None
                  and (d.size is None or not d.size.free_symbols))
     return PathExpansion(name, eq.indices, tuple(through), tuple(terms), label, section,
-                         original, dims)
+                         original, dims, tuple(frozen))
 
 
 def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
-          spelling: dict[str, str]) -> PathTerm:
+          spelling: dict[str, str], bias: bool = False, variant: int = 1) -> PathTerm:
     """One path equation, with readable index names: the equation's own legs, head legs
     `h1, h2...` (by their original name), summed indices by their original names."""
     outputs = tuple(eq.indices)
@@ -508,8 +583,9 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
         head_names[h.index] = f"{base}{k}"
         used.add(f"{base}{k}")
         heads.append(HeadLeg(f"{base}{k}", h.dim, h.instance))
-    ir_terms = []
+    ir_terms, owners = [], []
     for mono in members:
+        owners.append(tuple(mono.owners))
         rename = dict(zip((h.index for h in mono.heads), (h.index for h in heads)))
         local = set(used)
         factors = []
@@ -531,7 +607,7 @@ def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],
         ir_terms.append(ir.Term(mono.coefficient, tuple(factors)))
     legs = outputs + tuple(h.index for h in heads)
     text = f"{term_name}[{', '.join(legs)}] = {printer.expression(ir.Sum(tuple(ir_terms)))}"
-    return PathTerm(term_name, reads, legs, tuple(heads), text)
+    return PathTerm(term_name, reads, legs, tuple(heads), text, tuple(owners), bias, variant)
 
 
 def check_prefix(prefix: str) -> str:
@@ -558,5 +634,5 @@ def parse_through(text: str | None) -> tuple[str, ...] | None:
 
 
 __all__ = ["DIRECT", "HeadLeg", "PathExpansion", "PathTerm", "Read", "check_prefix",
-           "default_through", "expand_paths", "parse_through"]
+           "default_through", "expand_paths", "head_dims", "opaque", "parse_through"]
 

@@ -16,20 +16,30 @@ class BoxKind:
     name: str
     over_legs: bool      # True: applied along named legs, `softmax[s](...)`
     summary: str
+    # Names of the real-valued arguments written after the tensor (`softcap(x, 30)`,
+    # `topk[x](g, 2)`); a norm's optional eps is its own rule (`Box.eps`).
+    parameters: tuple[str, ...] = ()
 
 
 _KINDS = [
     BoxKind("relu", False, "max(x, 0)"),
     BoxKind("gelu", False, "x Φ(x), the exact Gaussian error linear unit"),
     BoxKind("gelu_tanh", False, "GPT-2's tanh approximation of gelu"),
+    BoxKind("gelu_bloom", False, "BLOOM's gelu: the tanh approximation with sqrt(2/π) "
+            "written 0.79788456"),
     BoxKind("tanh", False, "hyperbolic tangent"),
     BoxKind("sigmoid", False, "1 / (1 + exp(-x))"),
     BoxKind("silu", False, "x sigmoid(x)"),
     BoxKind("exp", False, "exponential"),
     BoxKind("identity", False, "x, drawn as a box: marks a sub-network without changing it"),
+    BoxKind("softcap", False, "c · tanh(x / c): soft-capping at ±c (Gemma 2's attention "
+            "and final logits)", ("cap",)),
     BoxKind("softmax", True, "exp(x) / Σ exp(x) along the legs; masked entries get 0"),
     BoxKind("layernorm", True, "(x - mean) / sqrt(var + 1e-5) along the legs, no affine part"),
     BoxKind("rmsnorm", True, "x / sqrt(mean(x²) + 1e-5) along the legs, no affine part"),
+    BoxKind("topk", True, "x where it is among the k largest along the legs (the first "
+            "in order among equals), 0 elsewhere: a mixture of experts' routing", ("k",)),
+    BoxKind("normalize", True, "x / Σ x along the legs: renormalised gates"),
 ]
 
 BOXES: dict[str, BoxKind] = {kind.name: kind for kind in _KINDS}
@@ -39,6 +49,12 @@ ALIASES: dict[str, str] = {"σ": "sigmoid", "gelu_new": "gelu_tanh"}
 
 # Functions of scalars (coefficients), not boxes.
 SCALAR_FUNCTIONS = ("sqrt",)
+
+
+def parameter_rule(kind: BoxKind) -> str:
+    """How a box with parameters is written, for messages."""
+    legs = "[legs]" if kind.over_legs else ""
+    return f"`{kind.name}{legs}(x, {', '.join(kind.parameters)})`"
 
 
 def lookup(name: str, span: Span | None, *, over_legs: bool) -> BoxKind:

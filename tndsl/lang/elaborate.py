@@ -171,8 +171,11 @@ class _Elaborator:
             value = self._dim_size(node)
             for op, operand in reversed(operands):
                 right = self._dim_size(operand)
-                value = {"+": value + right, "-": value - right, "*": value * right,
-                         "/": value / right}[op]
+                if op in "/%" and right == 0:
+                    raise TnError("division by zero", operand.span)
+                value = sympy.Mod(value, right) if op == "%" else \
+                    {"+": value + right, "-": value - right, "*": value * right,
+                     "/": value / right if op == "/" else None}[op]
             return value
         if isinstance(e, ast.Negate):
             return -self._dim_size(e.operand)
@@ -230,6 +233,9 @@ class _Elaborator:
             self._return(stmt, scope, env, depth)
         elif isinstance(stmt, ast.ForLoop):
             self._for_loop(stmt, scope, env, depth)
+        elif isinstance(stmt, ast.IfStmt):
+            branch = stmt.body if self._holds(stmt, env) else stmt.orelse
+            self._statements(branch, scope, env, depth)
         elif isinstance(stmt, ast.Check):
             self._check(stmt, scope, env)
         else:  # pragma: no cover - the parser produces nothing else
@@ -267,10 +273,23 @@ class _Elaborator:
         legs = self._leg_decls(stmt.legs)
         function = stmt.function.name
         what = f"an argument of `{function}`"
-        args = tuple(self.scalars.real(a, env, what) for a in stmt.args)
-        fixed.validate(function, legs, args, self.sizes, stmt.span, stmt.function.span)
+        kind = fixed.FIXED.get(function)
+        flags = kind.options if kind is not None else ()
+        # Flags are written by name, after the numbers: `rotary(Theta, interleaved)`.
+        options = []
+        for a in stmt.args:
+            if isinstance(a, ast.BareName) and a.path.is_simple and str(a.path) in flags \
+                    and str(a.path) not in self.consts and str(a.path) not in self.dims:
+                options.append(str(a.path))
+            elif options:
+                raise SizeError(f"the options of `{function}` come after its numbers",
+                                a.span)
+        numbers = stmt.args[:len(stmt.args) - len(options)]
+        args = tuple(self.scalars.real(a, env, what) for a in numbers)
+        fixed.validate(function, legs, args, self.sizes, stmt.span, stmt.function.span,
+                       tuple(options))
         self.tensors[full] = ir.Tensor(full, "fixed", legs, span=stmt.span,
-                                       fixed=ir.Fixed(function, args))
+                                       fixed=ir.Fixed(function, args, tuple(options)))
 
     def _leg_decls(self, decls) -> tuple[ir.Leg, ...]:
         seen: dict[str, Span] = {}
@@ -338,6 +357,19 @@ class _Elaborator:
                                 f"{MAX_STATEMENTS:,} statements are unrolled", stmt.span)
         for value in range(start, stop):
             self._statements(stmt.body, scope, {**env, var: value}, depth + 1)
+
+    def _holds(self, stmt: ast.IfStmt, env) -> bool:
+        """Whether every condition of an `if` holds: each side an exact number made of
+        numbers, dims with sizes, consts and loop variables."""
+        compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+                   ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+                   "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+        holds = True
+        for c in stmt.conditions:
+            left = self.scalars.value(c.left, env, "a side of an `if` condition")
+            right = self.scalars.value(c.right, env, "a side of an `if` condition")
+            holds = holds and bool(compare[c.op](sympy.nsimplify(left), sympy.nsimplify(right)))
+        return holds
 
     def _bound(self, bound, env) -> int:
         if isinstance(bound, ast.Number):
@@ -499,6 +531,15 @@ class _Elaborator:
             for operand in reversed(operands):
                 product = _multiply(product, self._expr(operand, scope, env), e.span)
             return product
+        if isinstance(e, ast.Binary) and e.op == "%":
+            left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
+            values = _scalar_value(left), _scalar_value(right)
+            if None in values:
+                raise LegError("`%` applies to scalars (numbers, dims, consts and loop "
+                               "variables)", (e.left if values[0] is None else e.right).span)
+            if values[1] == 0:
+                raise TnError("division by zero", e.right.span)
+            return _scalar(sympy.Mod(*values), e.span)
         if isinstance(e, ast.Binary):
             left, right = self._expr(e.left, scope, env), self._expr(e.right, scope, env)
             value = _scalar_value(right)
@@ -526,6 +567,9 @@ class _Elaborator:
             legs = self._lhs_indices(e.legs)
             if not legs:
                 raise LegError(f"`{name}` needs at least one leg", e.span)
+            if kind.parameters:
+                args = _box_parameters(kind, e.options, e.span, self.scalars, env)
+                return _factor(ir.Box(kind.name, legs, argument, e.span, args=args), e.span)
             eps = _box_eps(kind.name, e, self.scalars, env)
             return _factor(ir.Box(kind.name, legs, argument, e.span, eps), e.span)
         if isinstance(e, ast.Call):
@@ -559,7 +603,12 @@ class _Elaborator:
             what = "an instance path (`as ...`)" if e.instance is not None else "renamed legs"
             raise BlockError(f"only a block call takes {what}; `{name}` is not a block",
                              e.span, hint=did_you_mean(name, self.blocks))
-        if len(e.arguments) != 1:
+        kind = boxes.BOXES.get(boxes.ALIASES.get(name, name))
+        parameters = kind.parameters if kind is not None and not kind.over_legs else ()
+        if len(e.arguments) != 1 + len(parameters):
+            if parameters:
+                raise TnError(f"`{name}` takes a tensor and {', '.join(parameters)}: "
+                              f"{boxes.parameter_rule(kind)}", e.span)
             raise TnError(f"`{name}` takes one argument, got {len(e.arguments)}", e.span)
         argument = self._expr(e.arguments[0], scope, env)
         if name in boxes.SCALAR_FUNCTIONS:
@@ -580,7 +629,8 @@ class _Elaborator:
         if _scalar_value(argument) is not None:
             raise LegError(f"`{name}` is applied to a number; boxes apply to tensors",
                            e.arguments[0].span)
-        return _factor(ir.Box(kind.name, (), argument, e.span), e.span)
+        args = _box_parameters(kind, e.arguments[1:], e.span, self.scalars, env)
+        return _factor(ir.Box(kind.name, (), argument, e.span, args=args), e.span)
 
     def _instantiate(self, e: ast.Call, block: ast.BlockDef, scope: _Scope, env) -> ir.Sum:
         name = block.name.name
@@ -657,6 +707,26 @@ class _Elaborator:
 
 
 # ---- expression algebra helpers ---------------------------------------------------------
+
+def _box_parameters(kind: boxes.BoxKind, given, span: Span, scalars: Scalars, env
+                    ) -> tuple[float, ...]:
+    """A box's real-valued parameters (`softcap(x, 30)`, `topk[x](g, K)`): numbers, dims
+    and consts, each checked against its rule."""
+    if len(given) != len(kind.parameters):
+        raise TnError(f"`{kind.name}` takes a tensor and {', '.join(kind.parameters)}: "
+                      f"{boxes.parameter_rule(kind)}", span)
+    values = []
+    for name, e in zip(kind.parameters, given):
+        value = scalars.real(e, env, f"the {name} of `{kind.name}`")
+        if not value > 0 or value == float("inf"):
+            raise SizeError(f"the {name} of `{kind.name}` must be a positive number, "
+                            f"not {value:g}", e.span)
+        if name == "k" and value != int(value):
+            raise SizeError(f"the k of `{kind.name}` must be a whole number, not {value:g}",
+                            e.span)
+        values.append(value)
+    return tuple(values)
+
 
 def _box_eps(function: str, e: ast.LegBox, scalars: Scalars, env) -> float | None:
     """`rmsnorm[m](x, 1e-6)`: a norm's second argument is its eps."""

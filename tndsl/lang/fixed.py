@@ -25,15 +25,24 @@ class FixedKind:
     legs: str           # what the legs are, in order, for messages and docs
     arguments: str      # what the arguments are
     summary: str
+    options: tuple[str, ...] = ()  # flags written by name among the arguments
 
 
 _KINDS = [
     FixedKind("rotary", "[position, out, in] (out and in of one dim, the head)",
-              "(base) or (base, fraction): the rotary base θ; the fraction of the head "
-              "that rotates (default 1; GPT-NeoX's rotary_pct)",
+              "(base) or (base, fraction), and `interleaved` last if wanted: the rotary "
+              "base θ; the fraction of the head that rotates (default 1; GPT-NeoX's "
+              "rotary_pct)",
               "rotary position embedding: out = R[p] in, rotating the pairs (i, i + d/2) "
               "of the first d = int(fraction · head) entries (rounded down to even) by the "
-              "angle p θ^(-2i/d), as Llama and GPT-NeoX do; the rest pass through"),
+              "angle p θ^(-2i/d), as Llama and GPT-NeoX do; the rest pass through. "
+              "`interleaved`: the pairs (2i, 2i + 1) instead, as GPT-J does",
+              ("interleaved",)),
+    FixedKind("alibi", "[head, query position, key position] (the two positions of one "
+              "dim)", "none",
+              "ALiBi's position bias (BLOOM): slope_h · (key − query), the slopes "
+              "2^(-8(h+1)/n) for n heads a power of two (else those of the power of two "
+              "below, then every other one of twice that), as Press et al. and BLOOM"),
     FixedKind("grouping", "[head, group] (head's size a multiple of group's)", "none",
               "1 where head // (heads / groups) == group: query heads sharing a key/value "
               "head (grouped-query attention)"),
@@ -44,13 +53,21 @@ FIXED: dict[str, FixedKind] = {kind.name: kind for kind in _KINDS}
 
 def validate(function: str, legs: tuple[ir.Leg, ...], args: tuple[float, ...],
              sizes: Mapping[str, int | None], span: Span | None,
-             function_span: Span | None = None) -> None:
+             function_span: Span | None = None, options: tuple[str, ...] = ()) -> None:
     """Raise a located error if the legs or arguments do not fit the function."""
     if function not in FIXED:
         hint = did_you_mean(function, FIXED)
         raise UnknownNameError(f"unknown fixed tensor `{function}`", function_span or span,
                                hint=(hint + " " if hint else "") + "valid: " + ", ".join(FIXED))
     kind = FIXED[function]
+    for option in options:
+        if option not in kind.options:
+            raise UnknownNameError(
+                f"`{function}` has no option `{option}`", span,
+                hint=("valid: " + ", ".join(kind.options)) if kind.options
+                else f"`{function}` takes {kind.arguments}")
+    if len(set(options)) != len(options):
+        raise SizeError(f"an option of `{function}` is given twice", span)
     if function == "rotary":
         if len(legs) != 3 or legs[1].dim != legs[2].dim:
             raise LegError(f"`rotary` has legs {kind.legs}", span)
@@ -60,6 +77,11 @@ def validate(function: str, legs: tuple[ir.Leg, ...], args: tuple[float, ...],
             raise SizeError(f"the rotary base must be positive, not {args[0]:g}", span)
         if len(args) == 2 and not 0 < args[1] <= 1:
             raise SizeError(f"the rotated fraction is in (0, 1], not {args[1]:g}", span)
+    elif function == "alibi":
+        if len(legs) != 3 or legs[1].dim != legs[2].dim:
+            raise LegError(f"`alibi` has legs {kind.legs}", span)
+        if args:
+            raise SizeError("`alibi` takes no arguments", span)
     elif function == "grouping":
         if len(legs) != 2:
             raise LegError(f"`grouping` has legs {kind.legs}", span)
@@ -76,8 +98,24 @@ def rotated(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:
     rounded down to even, as pairs rotate (exact for checkpoints, where it is even)."""
     args = tensor.fixed.args
     head = sizes[tensor.legs[1].dim]
-    count = int(head * args[1]) if len(args) > 1 else head
+    # (rounded to 1e-9 first: RotaryDim / Head may come back a hair under a whole number)
+    count = int(round(head * args[1], 9)) if len(args) > 1 else head
     return count - count % 2
+
+
+def interleaved(tensor: ir.Tensor) -> bool:
+    """Whether a rotary map turns the pairs (2i, 2i + 1) (GPT-J) rather than (i, i + d/2)."""
+    return "interleaved" in tensor.fixed.options
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's per-head slopes (Press et al.; BLOOM's `build_alibi_tensor`): for n heads a
+    power of two, 2^(-8k/n) for k = 1..n; else those of the power of two p below n, then
+    2^(-4(2k-1)/p) for k = 1..n-p (every other slope of 2p heads)."""
+    power = 1 << (heads.bit_length() - 1)
+    slopes = [2.0 ** (-8 * k / power) for k in range(1, power + 1)]
+    slopes += [2.0 ** (-4 * (2 * k - 1) / power) for k in range(1, heads - power + 1)]
+    return slopes
 
 
 def group_size(tensor: ir.Tensor, sizes: Mapping[str, int | None]) -> int:

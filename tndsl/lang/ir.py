@@ -50,6 +50,7 @@ class Fixed:
 
     function: str
     args: tuple[float, ...] = ()
+    options: tuple[str, ...] = ()  # named flags (`rotary(Theta, interleaved)`)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Box:
     argument: "Sum"
     span: Span | None = _span()
     eps: float | None = None  # layernorm / rmsnorm: None is the default, 1e-5
+    args: tuple[float, ...] = ()  # the box's parameters (`BoxKind.parameters`): softcap's c
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,8 @@ def map_refs(node, fn):
     if isinstance(node, Term):
         return Term(node.coefficient, tuple(map_refs(f, fn) for f in node.factors), node.span)
     if isinstance(node, Box):
-        return Box(node.function, node.legs, map_refs(node.argument, fn), node.span, node.eps)
+        return Box(node.function, node.legs, map_refs(node.argument, fn), node.span, node.eps,
+                   node.args)
     if isinstance(node, Mask):
         return Mask(node.conditions, map_refs(node.argument, fn), node.span)
     raise TypeError(f"not an expression node: {node!r}")

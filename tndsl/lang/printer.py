@@ -3,6 +3,8 @@ as `.tn` (residuals of failed proofs). Deterministic: declaration order, no addr
 from __future__ import annotations
 
 import sympy
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
 
 from tndsl.lang import ir
 
@@ -51,7 +53,7 @@ def tensor_decl(tensor: ir.Tensor) -> str:
         args = ", ".join(repr(a) for a in tensor.init.args)
         text += f" init {tensor.init.name}" + (f"({args})" if args else "")
     if tensor.fixed is not None:
-        args = ", ".join(f"{a:g}" for a in tensor.fixed.args)
+        args = ", ".join([f"{a:g}" for a in tensor.fixed.args] + list(tensor.fixed.options))
         text += f" = {tensor.fixed.function}" + (f"({args})" if args else "")
     return text
 
@@ -81,8 +83,29 @@ def _scientific(n: int) -> str:
     return f"≈{sign}{lead // 100}.{lead % 100:02d}e+{exponent}"
 
 
+class _ScalarPrinter(StrPrinter):
+    """sympy's text, with powers written as the language can read them (it has no
+    `**`): `C**2` → `(C*C)`, `A**(3/2)` → `(A*sqrt(A))`; negative powers come out as
+    divisions by these."""
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.base, expr.exp
+        if exponent.is_Rational and exponent > 1 and exponent.q in (1, 2):
+            written = self.parenthesize(base, PRECEDENCE["Mul"], strict=False)
+            parts = [written] * int(exponent.p // exponent.q)
+            if exponent.q == 2:
+                parts.append(f"sqrt({self._print(base)})")
+            return "(" + "*".join(parts) + ")"
+        if exponent.is_Rational and exponent < -1 and exponent.q in (1, 2):
+            return "(1/" + self._print_Pow(sympy.Pow(base, -exponent, evaluate=False)) + ")"
+        return super()._print_Pow(expr, rational)
+
+
+_SCALARS = _ScalarPrinter({"order": "lex"})
+
+
 def format_scalar(value: sympy.Expr) -> str:
-    return sympy.sstr(value, order="lex")
+    return _SCALARS.doprint(value)
 
 
 def expression(node: ir.Sum) -> str:
@@ -117,6 +140,11 @@ def _term(term: ir.Term) -> str:
     return sign + coeff + " * " + " * ".join(factors)
 
 
+def format_box_argument(value: float) -> str:
+    """A box's parameter as source: `2` for a whole number, else `repr`."""
+    return str(int(value)) if value == int(value) and abs(value) < 2 ** 53 else repr(value)
+
+
 def _factor(factor: ir.Factor) -> str:
     if isinstance(factor, ir.Ref):
         return f"{factor.name}[{', '.join(factor.indices)}]"
@@ -124,9 +152,10 @@ def _factor(factor: ir.Factor) -> str:
         legs = f"[{', '.join(factor.legs)}]" if factor.legs else ""
         inner = factor.argument.terms
         if len(inner) == 1 and inner[0].coefficient == 1 and len(inner[0].factors) == 1 \
-                and isinstance(inner[0].factors[0], ir.Mask):
+                and isinstance(inner[0].factors[0], ir.Mask) and not factor.args:
             return f"{factor.function}{legs}{_factor(inner[0].factors[0])}"
         eps = f", {factor.eps!r}" if factor.eps is not None else ""
+        eps += "".join(f", {format_box_argument(a)}" for a in factor.args)
         return f"{factor.function}{legs}({expression(factor.argument)}{eps})"
     if isinstance(factor, ir.Mask):
         conds = " and ".join(c.text() for c in factor.conditions)

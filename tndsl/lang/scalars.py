@@ -74,8 +74,10 @@ class Scalars:
                                    hint=did_you_mean(name, list(self.dims) + list(self.consts)))
         if isinstance(e, ast.Binary):
             left, right = self.expr(e.left, env, what), self.expr(e.right, env, what)
-            if e.op == "/" and right == 0:
+            if e.op in "/%" and right == 0:
                 raise TnError("division by zero", e.right.span)
+            if e.op == "%":
+                return sympy.Mod(left, right)
             return {"+": left + right, "-": left - right, "*": left * right,
                     "/": left / right if e.op == "/" else None}[e.op]
         if isinstance(e, ast.Negate):
@@ -83,7 +85,7 @@ class Scalars:
         if isinstance(e, ast.Call) and str(e.function) == "sqrt" and len(e.arguments) == 1 \
                 and e.instance is None and e.rename is None:
             return sympy.sqrt(self.expr(e.arguments[0], env, what))
-        raise SizeError(f"{what} is a number: numbers, dims, consts, `sqrt` and + - * /",
+        raise SizeError(f"{what} is a number: numbers, dims, consts, `sqrt` and + - * / %",
                         e.span)
 
     # ---- mask conditions -------------------------------------------------------------

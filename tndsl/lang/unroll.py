@@ -3,7 +3,7 @@
 Loops multiply (`for a in 0..1000 { for b in 0..1000 { ... } }` is 10⁶ statements),
 a block call adds its block's statements once per call (so blocks calling blocks twice
 each, 64 deep, would be 2⁶⁴), and a loop's bounds may be an enclosing loop's variable.
-The count is exact and cheap: a loop whose body does not depend on its variable
+The count is exact (an `if` counts its larger branch: an upper bound) and cheap: a loop whose body does not depend on its variable
 multiplies, one whose inner bounds do (`for b in 0..a`) is summed run by run, and each
 block's count is computed once; counting stops as soon as the limit is passed (each
 run adds a statement, so it never does more than `limit` steps). Elaboration refuses
@@ -57,6 +57,11 @@ class _Counter:
                     self.stopped = True
                     break
             return total
+        if isinstance(stmt, ast.IfStmt):
+            # Either branch may be taken (the condition is decided later, with consts):
+            # the larger one counts, so the count is an upper bound here.
+            return 1 + max(self.statements(stmt.body, loops),
+                           self.statements(stmt.orelse, loops))
         if isinstance(stmt, (ast.DimDecl, ast.BlockDef)):
             return 1
         calls = 0
@@ -113,6 +118,8 @@ def _bounds_use(stmts: Sequence, var: str) -> bool:
             if any(isinstance(b, ast.Ident) and b.name == var for b in (stmt.start, stmt.stop)):
                 return True
             stack.extend(stmt.body)
+        elif isinstance(stmt, ast.IfStmt):
+            stack.extend(stmt.body + stmt.orelse)
     return False
 
 

@@ -167,6 +167,8 @@ LAYOUTS = {
     "stacked_v": (_stacked(2), _stacked_shape),
     "gate_half": (_half(0), lambda s, sizes: (2 * s[1], s[0])),
     "up_half": (_half(1), lambda s, sizes: (2 * s[1], s[0])),
+    # nn.Linear(model, 1) → [model] (a gate with one output: Qwen2-MoE's shared expert's)
+    "flatten": (lambda t, shape, sizes: t.reshape(shape), lambda s, sizes: (1, *s)),
     # The first row of a table (BERT's token type 0, what a missing token_type_ids means).
     "first_row": (lambda t, shape, sizes: t[0], lambda s, sizes: (None, *s)),
 }
@@ -178,7 +180,8 @@ def _rows(family: Family, layers: int, top=None, layer=None):
         yield tn, hf[1:] if hf.startswith("/") else family.prefix + hf, layout
     for l in range(layers):
         for tn, hf, layout in family.layer if layer is None else layer:
-            yield tn.format(l=l), family.prefix + hf.format(l=l), layout
+            # `{x}` (an expert) stays for state_dict to expand.
+            yield tn.format(l=l), family.prefix + hf.format(l=l, x="{x}"), layout
 
 
 def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
@@ -194,7 +197,15 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
     _check_params(family, program, params, shapes, rows)
     expected: dict[str, tuple] = {}
     sources: dict[str, str] = {}
+    experts: dict[str, list[str]] = {}
     for tn, hf, layout in rows:
+        if "{x}" in hf:  # one tensor per expert, stacked along the param's first leg
+            experts[tn] = [hf.format(x=e) for e in range(shapes[tn][0])]
+            sources[tn] = experts[tn][0]
+            for name in experts[tn]:
+                expected.setdefault(name, tuple(LAYOUTS[layout][1](shapes[tn][1:],
+                                                                    program.sizes)))
+            continue
         if tn in tied and (tied[tn] in raw or hf not in raw):
             hf = tied[tn]  # tied: the unembedding is the embedding
         sources[tn] = hf
@@ -211,6 +222,11 @@ def state_dict(family: Family, program, raw: Mapping[str, torch.Tensor],
     _compare(expected, actual, "the checkpoint's tensors")
     state = {}
     for tn, hf, layout in rows:
+        if tn in experts:
+            state[tn] = torch.stack([LAYOUTS[layout][0](raw[name], shapes[tn][1:],
+                                                        program.sizes)
+                                     for name in experts[tn]]).contiguous()
+            continue
         state[tn] = LAYOUTS[layout][0](raw[sources[tn]], shapes[tn],
                                        program.sizes).contiguous()
     return state

@@ -153,6 +153,10 @@ def resolve(family: Family, config: Mapping) -> Resolved:
             consts[name] = value
     if family.rope is not None:
         consts.update(rope_settings(family, config))
+    for name, (_, derive) in family.derived.items():
+        value = derive(config)
+        if value is not None:
+            (dims if name in family.dims else consts)[name] = value
     ignored = tuple(sorted(k for k in config if k not in family.known_keys))
     return Resolved(dims, consts, tuple(edits), ignored)
 

@@ -3,6 +3,9 @@ tensors mean for a family's `.tn` file.
 
 A `Family` says, as data:
 
+- (`derived`) a dim or const no single key holds, computed from the config (the period
+  of alternating layer types);
+
 - which config keys give each **dim** and **const** (`hidden_size` → `Model`), and how
   the rotary settings are read (`Rope`: transformers' own precedence, `rope_scaling`
   over `rope_parameters` over the legacy top-level keys);
@@ -190,6 +193,11 @@ class Family:
     tolerance: float = 1e-10             # max |logits - HF| in float64, asserted in CI
     # A dim that learnt positions fix (GPT-2's Context = n_positions unless given).
     learnt_context: str | None = None
+    # dim or const → (the config keys it reads, a function of the config giving its
+    # value, or None to keep the file's): values no single key holds, such as the period
+    # of alternating layer types (Gemma 2's local, global, local, ...).
+    derived: Mapping[str, tuple[tuple[str, ...], Callable[[Mapping], object]]] = \
+        field(default_factory=dict)
     # The dims its tensor-parallel plan shards (`tndsl cost --shard`), tested for each.
     shard: tuple[str, ...] = ("Heads", "Hidden")
 
@@ -204,6 +212,7 @@ class Family:
         for setting in self.settings:
             for _, edit in setting.values:
                 keys |= set(edit.dims.values())
+        keys |= {k for read, _ in self.derived.values() for k in read}
         return keys
 
 
@@ -685,5 +694,263 @@ BERT = Family(
     what="bidirectional post-norm encoder, learnt positions, masked-LM head",
     learnt_context="Context")
 
+# ---- Gemma 2 and 3: soft-capping, alternating local and global layers -------------------
+
+def _layer_period(config: Mapping):
+    """The period P of `layer_types` when layer l is global ("full_attention") exactly
+    where (l + 1) % P == 0 (Gemma 2: local, global, ...; Gemma 3: five local, one
+    global), or Layers + 1 when none is; None (the file's) without layer_types. Any other
+    pattern is refused: the family files choose the kind as (l + 1) % GlobalEvery == 0."""
+    from tndsl.models.weights import WeightsError
+    kinds = config.get("layer_types")
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or not kinds or any(
+            k not in ("full_attention", "sliding_attention") for k in kinds):
+        raise WeightsError(f"config.json: layer_types = {_json(kinds)[:60]} is not "
+                           "supported; supported: a list of \"sliding_attention\" and "
+                           "\"full_attention\"")
+    period = kinds.index("full_attention") + 1 if "full_attention" in kinds else len(kinds) + 1
+    if [k == "full_attention" for k in kinds] != [(l + 1) % period == 0
+                                                  for l in range(len(kinds))]:
+        raise WeightsError(
+            f"config.json: layer_types = {_json(kinds)[:60]} is not periodic; supported: "
+            "a global (\"full_attention\") layer every P layers, the rest "
+            "\"sliding_attention\" ((l + 1) % P == 0)")
+    return period
+
+
+def _capped(key: str, default):
+    """`key` is a soft-capping value: a number caps, null (or its absence, when the
+    default is null) does not."""
+    def derive(config):
+        value = config.get(key, default)
+        return "none" if value is None else "a number" if not isinstance(value, bool) and \
+            isinstance(value, (int, float)) and value > 0 else value
+    return derive
+
+
+def _cap(key: str, const: str, written: str, default) -> Setting:
+    return Setting(key, f"soft-capping at ±{key} (null: none)", default, (
+        ("a number", KEEP),
+        ("none", Edit(replace=((f"const {const} = {written}", f"const {const} = 0"),)))),
+        derive=_capped(key, default))
+
+
+_GEMMA2_LAYER = (
+    *(row for row in _LLAMA_LAYER if row[0] != "blocks.{l}.ln2.w"),
+    ("blocks.{l}.ln1_post.w", "layers.{l}.post_attention_layernorm.weight", "same"),
+    ("blocks.{l}.ln2.w", "layers.{l}.pre_feedforward_layernorm.weight", "same"),
+    ("blocks.{l}.ln2_post.w", "layers.{l}.post_feedforward_layernorm.weight", "same"),
+)
+_GEMMA_TOP = tuple(row for row in _LLAMA_TOP if row[0] != "unembed.W_U")
+_GEMMA2_UNTIED = Edit(replace=(
+    ("param embed.W_E[v: Vocab, m: Model]",
+     "param embed.W_E[v: Vocab, m: Model]\nparam unembed.W_U[m: Model, v: Vocab]"),
+    ("final[p, m] * embed.W_E[v, m]", "final[p, m] * unembed.W_U[m, v]")),
+    top=(("unembed.W_U", "/lm_head.weight", "transpose"),))
+
+
+def _gemma2_settings(attn_cap, final_cap, written_attn, written_final, bidirectional):
+    return (
+        activation("hidden_activation", "gelu_pytorch_tanh", "gate[p, f] = {box}("),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", True,
+             true=KEEP, false=_GEMMA2_UNTIED),
+        flag("attention_bias", "biases on the q, k, v and o projections", False,
+             false=KEEP),
+        Setting("sliding_window", "a local layer reads at most this many keys back", 4096,
+                ((POSITIVE_INT, Edit(dims={"Window": "sliding_window"})),)),
+        _cap("attn_logit_softcapping", "AttnCap", written_attn, attn_cap),
+        _cap("final_logit_softcapping", "FinalCap", written_final, final_cap),
+        Setting("use_bidirectional_attention", "attention without the causal mask",
+                bidirectional, ((None, KEEP), (False, KEEP))),
+    )
+
+
+GEMMA2 = Family(
+    "gemma2", ("gemma2",), "gemma2.tn", "model.", _LLAMA_DIMS,
+    {**_RMS_EPS, "QueryScale": ("query_pre_attn_scalar",),
+     "AttnCap": ("attn_logit_softcapping",), "FinalCap": ("final_logit_softcapping",)},
+    _GEMMA_TOP, _GEMMA2_LAYER, _ROTARY_BUFFERS + ("lm_head.weight",),
+    settings=_gemma2_settings(50.0, 30.0, "50", "30", None),
+    inert=("hidden_act", *_ROTARY_INERT),   # Gemma 2 reads hidden_activation
+    rope=Rope(), hf_classes=("Gemma2ForCausalLM",),
+    what="soft-capped attention and logits, local and global layers alternating "
+         "(`if`), norms after each sublayer, query scale",
+    derived={"GlobalEvery": (("layer_types",), _layer_period)})
+
+
+def _gemma3_rope(config: Mapping):
+    """The rotary type of each layer type's settings: only "default" is implemented."""
+    rope = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling")
+    kinds = {(part or {}).get("rope_type", "default") for part in rope.values()
+             if isinstance(part, Mapping)} if isinstance(rope, Mapping) else {rope}
+    if scaling:
+        kinds.add(scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, Mapping)
+                  else scaling)
+    return "default" if kinds <= {"default"} else sorted(map(str, kinds - {"default"}))[0]
+
+
+GEMMA3 = Family(
+    "gemma3", ("gemma3_text",), "gemma3.tn", "model.", _LLAMA_DIMS,
+    {**_RMS_EPS, "QueryScale": ("query_pre_attn_scalar",),
+     "AttnCap": ("attn_logit_softcapping",), "FinalCap": ("final_logit_softcapping",),
+     "LocalTheta": ("rope_parameters.sliding_attention.rope_theta", "rope_local_base_freq"),
+     "GlobalTheta": ("rope_parameters.full_attention.rope_theta", "rope_theta")},
+    _GEMMA_TOP, _GEMMA2_LAYER + _QK_NORM_ROWS, ("*.rotary_emb.*inv_freq", "lm_head.weight"),
+    settings=(*_gemma2_settings(None, None, "0", "0", False),
+              Setting("rope_parameters", "the rotary angles of each layer type", "default",
+                      (("default", KEEP),), derive=_gemma3_rope)),
+    inert=("hidden_act", *_ROTARY_INERT, "rope_scaling", "rope_local_base_freq", "rope_theta",
+           "sliding_window_pattern", "_sliding_window_pattern", "final_logit_softcapping"),
+    hf_classes=("Gemma3ForCausalLM",),
+    what="RMSNorm on each query and key head, a rotary base per layer type, five local "
+         "layers to one global",
+    derived={"GlobalEvery": (("layer_types",), _layer_period)})
+
+# ---- GPT-J: interleaved partial rotary ---------------------------------------------------
+
+def _gptj_fraction(config: Mapping):
+    """The rotated part of each head: rotary_dim over the head size (n_embd / n_head)."""
+    dim, model, heads = (config.get(k) for k in ("rotary_dim", "n_embd", "n_head"))
+    if not all(type(v) is int and v > 0 for v in (dim, model, heads)) or model % heads:
+        return None   # the file's; a bad value is refused by its Setting or by the dims
+    from tndsl.models.weights import WeightsError
+    if dim > model // heads:
+        raise WeightsError(f"config.json: rotary_dim = {dim} is more than a head's "
+                           f"{model // heads} entries; supported: at most the head size")
+    return dim / (model // heads)
+
+
+GPTJ = Family(
+    "gptj", ("gptj",), "gptj.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("n_embd",), "Heads": ("n_head",),
+     "Layers": ("n_layer",)},
+    {"Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "wte.weight", "same"),
+     ("ln_final.w", "ln_f.weight", "same"), ("ln_final.b", "ln_f.bias", "same"),
+     ("unembed.W_U", "/lm_head.weight", "transpose"),
+     ("unembed.b_U", "/lm_head.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.ln_1.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.ln_1.bias", "same"),
+     ("blocks.{l}.attn.W_Q", "h.{l}.attn.q_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_K", "h.{l}.attn.k_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_V", "h.{l}.attn.v_proj.weight", "heads_in"),
+     ("blocks.{l}.attn.W_O", "h.{l}.attn.out_proj.weight", "heads_out"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.fc_in.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.fc_in.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.fc_out.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.fc_out.bias", "same")),
+    ("*.attn.bias", "*.attn.masked_bias", "*.embed_positions"),
+    settings=(
+        activation("activation_function", "gelu_new", "post[p, f] = {box}("),
+        Setting("n_inner", "the MLP's width (null: 4 · n_embd)", None,
+                ((None, KEEP), (POSITIVE_INT, Edit(
+                    replace=(("dim Hidden = 4 * Model", "dim Hidden"),),
+                    dims={"Hidden": "n_inner"})))),
+        # null: transformers rotates over n_embd entries, more than a head has.
+        Setting("rotary_dim", "the rotated entries of each head", 64,
+                ((POSITIVE_INT, KEEP),)),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", False,
+             false=KEEP),
+    ),
+    inert=("n_positions",),
+    derived={"RotaryFraction": (("rotary_dim", "n_embd", "n_head"), _gptj_fraction)},
+    hf_classes=("GPTJForCausalLM",),
+    what="parallel attention and MLP, interleaved partial RoPE, unembedding bias")
+
+# ---- BLOOM: ALiBi ------------------------------------------------------------------------
+
+BLOOM = Family(
+    "bloom", ("bloom",), "bloom.tn", "transformer.",
+    {"Vocab": ("vocab_size",), "Model": ("hidden_size", "n_embed"),
+     "Heads": ("n_head", "num_attention_heads"), "Layers": ("n_layer", "num_hidden_layers")},
+    {"Eps": ("layer_norm_epsilon",)},
+    (("embed.W_E", "word_embeddings.weight", "same"),
+     ("embed_ln.w", "word_embeddings_layernorm.weight", "same"),
+     ("embed_ln.b", "word_embeddings_layernorm.bias", "same"),
+     ("ln_final.w", "ln_f.weight", "same"), ("ln_final.b", "ln_f.bias", "same")),
+    (("blocks.{l}.ln1.w", "h.{l}.input_layernorm.weight", "same"),
+     ("blocks.{l}.ln1.b", "h.{l}.input_layernorm.bias", "same"),
+     ("blocks.{l}.ln2.w", "h.{l}.post_attention_layernorm.weight", "same"),
+     ("blocks.{l}.ln2.b", "h.{l}.post_attention_layernorm.bias", "same"),
+     *((f"blocks.{{l}}.attn.{w}_{x}", f"h.{{l}}.self_attention.query_key_value.{kind}",
+        f"neox_{x.lower()}") for w, kind in (("W", "weight"), ("b", "bias")) for x in "QKV"),
+     ("blocks.{l}.attn.W_O", "h.{l}.self_attention.dense.weight", "heads_out"),
+     ("blocks.{l}.attn.b_O", "h.{l}.self_attention.dense.bias", "same"),
+     ("blocks.{l}.mlp.W_in", "h.{l}.mlp.dense_h_to_4h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_in", "h.{l}.mlp.dense_h_to_4h.bias", "same"),
+     ("blocks.{l}.mlp.W_out", "h.{l}.mlp.dense_4h_to_h.weight", "transpose"),
+     ("blocks.{l}.mlp.b_out", "h.{l}.mlp.dense_4h_to_h.bias", "same")),
+    ("lm_head.weight",),
+    settings=(
+        only("apply_residual_connection_post_layernorm", "the residual taken after the "
+             "LayerNorm", False, False),
+        flag("tie_word_embeddings", "the unembedding reads the embedding", True,
+             true=KEEP),
+    ),
+    # Numerics or training only: tensor-parallel slicing, fused softmax kernels.
+    inert=("pretraining_tp", "slow_but_exact", "masked_softmax_fusion", "offset_alibi",
+           "n_inner", "seq_length"),
+    hf_classes=("BloomForCausalLM",),
+    what="ALiBi position biases, LayerNorm after the embedding, fused per-head qkv")
+
+# ---- Mixtral and Qwen2-MoE: top-k routing over experts --------------------------------
+
+_LLAMA_ATTENTION = tuple(row for row in _LLAMA_LAYER if ".mlp." not in row[0])
+_MOE_INERT = ("router_aux_loss_coef", "output_router_logits", "router_jitter_noise")
+
+MIXTRAL = Family(
+    "mixtral", ("mixtral",), "mixtral.tn", "model.",
+    {**_LLAMA_DIMS, "Experts": ("num_local_experts",)},
+    {**_RMS_EPS, "TopK": ("num_experts_per_tok",)}, _LLAMA_TOP, _LLAMA_ATTENTION + (
+        ("blocks.{l}.mlp.W_router", "layers.{l}.block_sparse_moe.gate.weight", "transpose"),
+        ("blocks.{l}.mlp.W_gate", "layers.{l}.block_sparse_moe.experts.{x}.w1.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.W_out", "layers.{l}.block_sparse_moe.experts.{x}.w2.weight",
+         "transpose"),
+        ("blocks.{l}.mlp.W_in", "layers.{l}.block_sparse_moe.experts.{x}.w3.weight",
+         "transpose"),
+    ), _ROTARY_BUFFERS,
+    settings=(activation("hidden_act", "silu", "gate[p, x, f] = {box}("),
+              tie_word_embeddings(False),
+              Setting("sliding_window", "each query reads at most this many keys back",
+                      None, ((None, _NO_WINDOW),
+                             (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
+    inert=_MOE_INERT + _ROTARY_INERT, rope=Rope(), hf_classes=("MixtralForCausalLM",),
+    what="sparse mixture of SwiGLU experts (top-k routing, dispatched), sliding window")
+
+QWEN2_MOE = Family(
+    "qwen2_moe", ("qwen2_moe",), "qwen2_moe.tn", "model.",
+    {**_LLAMA_DIMS, "Hidden": ("moe_intermediate_size",),
+     "SharedHidden": ("shared_expert_intermediate_size",), "Experts": ("num_experts",)},
+    {**_RMS_EPS, "TopK": ("num_experts_per_tok",)}, _LLAMA_TOP,
+    tuple(row for row in QWEN2.layer if ".mlp." not in row[0]) + (
+        ("blocks.{l}.mlp.W_router", "layers.{l}.mlp.gate.weight", "transpose"),
+        ("blocks.{l}.mlp.W_gate", "layers.{l}.mlp.experts.{x}.gate_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_in", "layers.{l}.mlp.experts.{x}.up_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_out", "layers.{l}.mlp.experts.{x}.down_proj.weight", "transpose"),
+        ("blocks.{l}.mlp.W_shared_gate", "layers.{l}.mlp.shared_expert_gate.weight",
+         "flatten"),
+        *((f"blocks.{{l}}.mlp.shared.{w}", f"layers.{{l}}.mlp.shared_expert.{hf}.weight",
+           "transpose") for w, hf in (("W_gate", "gate_proj"), ("W_in", "up_proj"),
+                                      ("W_out", "down_proj"))),
+    ), _ROTARY_BUFFERS,
+    settings=(activation("hidden_act", "silu", "gate[p, x, f] = {box}(",
+                         "gate[p, u] = {box}("),
+              tie_word_embeddings(False),
+              flag("norm_topk_prob", "the top-k gates renormalised to sum to 1", False,
+                   false=KEEP, true=Edit(replace=(("const NormTopK = 0", "const NormTopK = 1"),))),
+              only("qkv_bias", "biases on the q, k and v projections", True, True),
+              only("use_sliding_window", "a sliding window on some layers", False, False),
+              only("decoder_sparse_step", "every how many layers is a mixture of experts",
+                   1, 1),
+              only("mlp_only_layers", "layers with a dense MLP instead", [], [])),
+    inert=_MOE_INERT + _ROTARY_INERT + ("intermediate_size", "sliding_window",
+                                        "max_window_layers", "layer_types"),
+    rope=Rope(), hf_classes=("Qwen2MoeForCausalLM",),
+    what="routed experts (top-k, renormalised or not) beside a sigmoid-gated shared expert")
+
 FAMILIES = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, OLMO2, PHI3, PYTHIA, STABLELM,
-            GPT_BIGCODE, BERT)
+            GPT_BIGCODE, BERT, GEMMA2, GEMMA3, GPTJ, BLOOM, MIXTRAL, QWEN2_MOE)

@@ -13,6 +13,8 @@ from tndsl.lang.errors import TnError, did_you_mean
 PASSES = {
     "attention": "softmax attention -> F.scaled_dot_product_attention (explicit path "
                  "kept for when a hook reads the scores or pattern)",
+    "experts": "a mixture of experts gated by `topk` -> each expert run on the tokens "
+               "routed to it (index_add_), not on every token",
     "layer_norm": "layernorm/rmsnorm times a weight (or 1 + w) plus a bias -> F.layer_norm / "
                   "F.rms_norm",
     "layout": "store a param whose legs a GEMM merges in another order with the strides "

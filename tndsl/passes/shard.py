@@ -342,6 +342,10 @@ class _Walker:
         self.contracted = ""
         self.legs_of[eq.name] = eq.legs
         self.dims = {leg.name: leg.dim for leg in eq.index_dims}
+        # A mixture of experts' routing (a `topk` box): its boxes over the sharded
+        # `Experts` leg read the router's scores gathered whole (tokens × experts, small)
+        self.routing = {leg for box in _boxes(eq.rhs) if box.function == "topk"
+                        for leg in box.legs}
         placement = self._sum(eq.rhs, list(eq.indices))
         if placement == PARTIAL:
             self._reduce("", eq.legs)
@@ -491,12 +495,28 @@ class _Walker:
         if inner == PARTIAL:
             self._reduce(f"before {name}", self._legs(legs))
             return None
+        if inner is not None and inner[1] in factor.legs and inner[1] in self.routing:
+            self.collectives.append(Collective("all-gather", self.eq.name, f"before {name}",
+                                               self._legs(legs), ""))
+            return None   # the routing gates are whole on every rank
         if inner is not None and inner[1] in factor.legs:
             self._error(f"`{self.eq.name}` applies {name} over the sharded leg "
                         f"{inner[1]}: {self.dims[inner[1]]}; it would need a gather inside "
                         "the box", factor.span, f"do not shard {self.dims[inner[1]]}")
             return None
         return inner
+
+
+def _boxes(node):
+    """Every box inside an expression."""
+    if isinstance(node, ir.Sum):
+        for term in node.terms:
+            for factor in term.factors:
+                yield from _boxes(factor)
+    elif isinstance(node, (ir.Box, ir.Mask)):
+        if isinstance(node, ir.Box):
+            yield node
+        yield from _boxes(node.argument)
 
 
 def describe_uses(uses) -> str:

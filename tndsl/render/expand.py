@@ -13,6 +13,7 @@ import sympy
 
 from tndsl.lang import ir
 from tndsl.lang.errors import ResourceError, TnError, UnknownNameError, did_you_mean
+from tndsl.lang.printer import format_box_argument
 from tndsl.lang.text import dot_text, tex_math_name
 
 
@@ -190,6 +191,10 @@ def _box_label(factor, subst) -> tuple[str, str, ir.Sum]:
     label = dot_text(name) + (f"<sub><i>{dot_text(legs)}</i></sub>" if legs else "")
     tex = tex_name + (f"_{{{','.join(_tex_index(subst[l]) for l in factor.legs)}}}"
                       if legs else "")
+    if factor.args:  # a box's parameters: softcap(30), topk(2)
+        written = ", ".join(format_box_argument(a) for a in factor.args)
+        label += dot_text(f"({written})")
+        tex += rf"({written})"
     argument = factor.argument
     inner = argument.terms[0].factors[0] if (
         len(argument.terms) == 1 and argument.terms[0].coefficient == 1

@@ -25,6 +25,7 @@ _ELEMENTWISE = {
     "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi)
                                                      * (x + 0.044715 * x ** 3))),
+    "gelu_bloom": lambda x: 0.5 * x * (1 + torch.tanh(0.79788456 * (x + 0.044715 * x ** 3))),
     # (e^x - e^-x) / (e^x + e^-x), written with e^-2|x| so that it cannot overflow.
     "tanh": lambda x: torch.sign(x) * (1 - torch.exp(-2 * x.abs()))
     / (1 + torch.exp(-2 * x.abs())),
@@ -129,6 +130,9 @@ class Reference:
         if isinstance(factor, ir.Mask):
             return value * self._mask(factor, legs, owner).to(self.dtype)
         if not factor.legs:
+            if factor.function == "softcap":  # c · tanh(x / c)
+                (cap,) = factor.args
+                return cap * _ELEMENTWISE["tanh"](value / cap)
             if factor.function not in _ELEMENTWISE:
                 raise NotImplementedError(f"reference has no box {factor.function!r}")
             return _ELEMENTWISE[factor.function](value)
@@ -145,6 +149,10 @@ class Reference:
             total = weights.sum(dim=axes, keepdim=True)
             return torch.where(total > 0, weights / torch.where(total > 0, total, 1),
                                torch.zeros_like(value))
+        if factor.function == "topk":
+            return _top_k(value, axes, int(factor.args[0]))
+        if factor.function == "normalize":
+            return value / value.sum(dim=axes, keepdim=True)
         n = math.prod(value.shape[a] for a in axes)
         eps = (EPS if factor.eps is None else factor.eps) * self.eps_scale
         if factor.function == "layernorm":
@@ -188,3 +196,20 @@ def _is_mask(argument: ir.Sum) -> bool:
     return (len(terms) == 1 and terms[0].coefficient == 1 and len(terms[0].factors) == 1
             and isinstance(terms[0].factors[0], ir.Mask))
 
+
+def _top_k(value: torch.Tensor, axes: list[int], k: int) -> torch.Tensor:
+    """The entries among the k largest along `axes` kept, others 0: each entry's rank is
+    the number of entries above it, or equal to it and earlier (the first in order among
+    equals wins), counted by comparing every pair (no sort, no torch.topk)."""
+    rest = [a for a in range(value.dim()) if a not in axes]
+    moved = value.permute(*rest, *axes)
+    flat = moved.reshape(*moved.shape[:len(rest)], -1)
+    n = flat.shape[-1]
+    a, b = flat.unsqueeze(-1), flat.unsqueeze(-2)  # a: the entry, b: every other
+    earlier = torch.arange(n).unsqueeze(0) < torch.arange(n).unsqueeze(1)
+    rank = ((b > a) | ((b == a) & earlier)).sum(-1)
+    kept = torch.where(rank < k, flat, torch.zeros_like(flat)).reshape(moved.shape)
+    inverse = [0] * value.dim()
+    for position, axis in enumerate([*rest, *axes]):
+        inverse[axis] = position
+    return kept.permute(*inverse)

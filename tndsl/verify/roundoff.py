@@ -30,7 +30,7 @@ import torch
 
 from tndsl.lang import ir
 from tndsl.verify.budget import contract
-from tndsl.verify.reference import _ELEMENTWISE, Reference
+from tndsl.verify.reference import Reference
 
 U = 2.0 ** -53
 
@@ -122,7 +122,9 @@ class RoundOff:
             keep = self.ref._mask(factor, legs, owner).to(e.dtype)
             return y, e * keep
         if not factor.legs:
-            return y, _elementwise_error(factor.function, x, e) + 4 * U * y.abs()
+            # (through `apply`, so a box's parameters count: softcap's c)
+            return y, _elementwise_error(lambda t: self.ref.apply(factor, t, legs, owner),
+                                         x, e) + 4 * U * y.abs()
         axes = [legs.index(leg) for leg in factor.legs]
         n = math.prod(x.shape[a] for a in axes)
         largest = e.amax(dim=axes, keepdim=True) if e.dim() else e
@@ -146,9 +148,8 @@ class RoundOff:
         return y, 4 * moved + (n + 8) * U * y.abs()
 
 
-def _elementwise_error(function: str, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """|f'| at both ends of [x - e, x + e], times e."""
-    f = _ELEMENTWISE[function]
+def _elementwise_error(f, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """|f'| at both ends of [x - e, x + e], times e (`f` the box's element-wise function)."""
     slope = torch.zeros_like(x)
     for point in (x - e, x, x + e):
         point = point.detach().clone().requires_grad_(True)

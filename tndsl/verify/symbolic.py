@@ -30,6 +30,7 @@ from typing import Mapping
 import sympy
 
 from tndsl.lang import dims as dimmod, ir
+from tndsl.lang.printer import format_scalar
 from tndsl.verify import canon, masks
 from tndsl.verify.lemmas import REL, BoxInfo, Lemmas
 
@@ -162,7 +163,7 @@ class Expander:
                 conditions = tuple((l, (op, str(offset)), r) for l, (op, offset), r in conditions)
             axes = {leg: p for p, leg in enumerate(factor.legs)}
             kind = (factor.function, tuple(legs.index(leg) for leg in factor.legs),
-                    factor.eps, conditions)
+                    factor.eps, conditions, factor.args)
             roles = [f"axis{axes[leg]}" if leg in axes else "slot" for leg in legs]
             # When the function alone tells the slots apart (softmax[s](... where s <= p)
             # over h, p, s), expand with them already in canonical order.
@@ -374,7 +375,7 @@ def _presort(legs: list[str], kind: tuple, roles: list[str], invariant: list[tup
     back = sorted(range(k), key=invariant.__getitem__)
     new = {j: n for n, j in enumerate(back)}
     kind = (kind[0], tuple(new[j] for j in kind[1]), kind[2],
-            tuple((new[l], op, new[r]) for l, op, r in kind[3]))
+            tuple((new[l], op, new[r]) for l, op, r in kind[3])) + kind[4:]  # box params
     return [legs[j] for j in back], kind, [roles[j] for j in back], back
 
 
@@ -387,7 +388,9 @@ def _box_head(kind: tuple, slot_of: Mapping[int, int]) -> tuple:
         if op in ("==", "!=") and offset == "0":
             l, r = min(l, r), max(l, r)
         conditions.append((l, (op, offset), r))
-    return (kind[0], tuple(slot_of[j] for j in kind[1]), kind[2], tuple(sorted(conditions)))
+    # kind[4:]: the box's parameters (softcap's c, topk's k): part of its identity
+    return (kind[0], tuple(slot_of[j] for j in kind[1]), kind[2], tuple(sorted(conditions))) \
+        + kind[4:]
 
 
 def _collect(monomials, free: set[str], deadline: float | None = None,
@@ -671,7 +674,7 @@ def _render_monomial(key: tuple, coefficient, dummy: str, display, first: int
         return body, len(names)
     if coefficient == -1:
         return "-" + body, len(names)
-    text = sympy.sstr(coefficient)
+    text = format_scalar(coefficient)   # `.tn` text: no `**`
     if isinstance(coefficient, sympy.Add):
         text = f"({text})"
     return f"{text} * {body}", len(names)

@@ -216,6 +216,16 @@ class ForLoop:
 
 
 @dataclass(frozen=True)
+class IfStmt:
+    """`if l % 2 == 0 { ... } else { ... }`: decided when the file is unrolled."""
+
+    conditions: tuple["Comparison", ...]
+    body: tuple["Statement", ...]
+    orelse: tuple["Statement", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class Check:
     label: Ident | None
     legs: tuple[Ident, ...] | None
@@ -224,7 +234,8 @@ class Check:
     span: Span
 
 
-Statement = Union[DimDecl, ConstDecl, FixedDecl, TensorDecl, Equation, BlockDef, ForLoop, Check, Return]
+Statement = Union[DimDecl, ConstDecl, FixedDecl, TensorDecl, Equation, BlockDef, ForLoop, IfStmt,
+                  Check, Return]
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,16 @@ class _ToAst(Transformer_NonRecursive):
         var, start, stop, *body = children
         return ast.ForLoop(self._tok(var), start, stop, tuple(body), self._span(meta))
 
+    def if_stmt(self, meta, children):
+        conditions, body, orelse = children
+        return ast.IfStmt(conditions, body, orelse or (), self._span(meta))
+
+    def if_body(self, meta, children):
+        return tuple(children)
+
+    def else_branch(self, meta, children):
+        return children[0]
+
     def bound(self, meta, children):
         token = children[0]
         if token.type == "INT":
@@ -312,7 +322,8 @@ class _ToAst(Transformer_NonRecursive):
             return ast.Binary(op, left, right, self._span(meta))
         return method
 
-    add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
+    add, sub, mul, div, mod = (_binary("+"), _binary("-"), _binary("*"), _binary("/"),
+                               _binary("%"))
 
     def neg(self, meta, children):
         return ast.Negate(children[-1], self._span(meta))
