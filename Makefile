@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/python examples/demo.py
 
+# One pytest worker per core (pytest-xdist); `make test PYTEST_ARGS=...` passes more options.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto $(PYTEST_ARGS)
 
 figures: setup
 	$(BIN)/python examples/figures.py

@@ -26,9 +26,19 @@ __version__ = "0.1.0"
 def from_pretrained(folder, dtype=None, *, context=None, tn=None):
     """The compiled model of a Hugging Face checkpoint folder with its weights loaded
     (`tn`: into your own `.tn` file instead of the family's); see
-    `tndsl.models.from_pretrained` (docs/families.md lists the families)."""
+    `tndsl.models.from_pretrained` (docs/families.md lists the families). With the
+    folder's tokenizer (`model.tokenizer`, None without a tokenizer.json) and the methods
+    `generate`, `to_tokens`, `to_str_tokens`, `to_string` (`tndsl.interp.generate`)."""
     from tndsl.models import from_pretrained as load_family
-    return load_family(folder, dtype, context=context, tn=tn)
+    from tndsl.interp.generate import add_text_methods
+    return add_text_methods(load_family(folder, dtype, context=context, tn=tn))
+
+
+def generate(model, prompt, max_new_tokens=20, **options):
+    """Continue a prompt (text or ids) with a compiled model, decoding incrementally
+    with the cache derived from its diagram; see `tndsl.interp.generate.generate`."""
+    from tndsl.interp.generate import generate as run
+    return run(model, prompt, max_new_tokens, **options)
 
 
 # Public names reached as attributes of `tndsl`, imported on first use.
@@ -41,7 +51,8 @@ _PUBLIC = {
     # the modules users call by their short names
     "hooks": "tndsl.interp.hooks", "circuits": "tndsl.interp.circuits",
     "attribution": "tndsl.interp.attribution", "paths": "tndsl.interp.paths",
-    "induction": "tndsl.interp.induction", "patching": "tndsl.interp.patching",
+    "induction": "tndsl.interp.induction", "sae": "tndsl.interp.sae",
+    "text": "tndsl.interp.generate", "patching": "tndsl.interp.patching",
     "plots": "tndsl.interp.plots",
     "weights": "tndsl.models", "families": "tndsl.models",
     "distributed": "tndsl.parallel.distributed", "slicing": "tndsl.parallel.slicing",

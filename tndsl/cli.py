@@ -168,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--vary", type=_name, action="append", metavar="DIM",
                           help="a sized dim the inputs may have shorter, params sliced to "
                                "it (repeatable; default: token positions)")
+    compile_.add_argument("--no-decode", action="store_true",
+                          help="leave out incremental decoding (the forward's cache= "
+                               "argument and new_cache(), derived from the causal masks)")
     compile_.add_argument("--shard", type=_name, metavar="DIM,...",
                           help="add a parallelize(mesh) method applying the tensor-parallel "
                                "plan for sharding these dims (tndsl cost --shard prints it)")
@@ -331,7 +334,8 @@ def _compile(args: argparse.Namespace) -> int:
         fuse = resolve("all" not in args.no_fuse) | resolve(args.fuse)
         generated = program.compile(args.outputs, optimizer=args.optimizer,
                                     fuse=sorted(fuse), no_fuse=no_fuse,
-                                    vary=args.vary, shard=args.shard, ranks=args.ranks)
+                                    vary=args.vary, shard=args.shard, ranks=args.ranks,
+                                    decode=not args.no_decode)
         if args.out:
             _write_text(args.out, generated.source)
     except TnError as e:

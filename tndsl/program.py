@@ -136,17 +136,20 @@ class Program:
         equation). Options: optimizer, memory_budget, name; fuse / no_fuse (the
         optional passes, `tndsl.passes.fusion.PASSES`); vary (dims the inputs may have
         shorter, default the token positions); shard, ranks (dims to shard: the root
-        class gets a `parallelize(mesh)` method, docs/distributed.md). Does not import
-        torch."""
+        class gets a `parallelize(mesh)` method, docs/distributed.md); decode (default
+        True: a `cache=` argument and `new_cache()` for incremental decoding where the
+        file allows it, docs/compiling.md). Does not import torch."""
         from tndsl.codegen.torch import generate
         return generate(self, outputs, **options)
 
     def module(self, outputs: Sequence[str] | None = None, **options):
-        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`, and
+        """A `torch.nn.Module` computing `outputs`; its source is `.tndsl_source`,
         `.tndsl_program` is this program (what `tndsl.interp.cache` reads the residual
-        stream from)."""
-        module = self.compile(outputs, **options).build()
-        module.tndsl_program = self
+        stream from, and `tndsl.generate` the decoding plan) and `.tndsl_outputs` its
+        outputs."""
+        compiled = self.compile(outputs, **options)
+        module = compiled.build()
+        module.tndsl_program, module.tndsl_outputs = self, compiled.outputs
         return module
 
     def verify_compiled(self, **options):

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tndsl.lang import inits, ir, printer
-from tndsl.codegen import experts as expert_code, fused as fused_code, \
+from tndsl.codegen import decode as decode_code, experts as expert_code, fused as fused_code, \
     projections as projection_code
 from tndsl.codegen.loops import Call, Loop, find_loops
 from tndsl.codegen.lower import Lowering, Value
@@ -96,8 +96,12 @@ class ClassBuilder:
         self.structure: Structure = file.structure
         self.instance = self.structure.instances.get(path)
         self.batched_args = batched_args
-        self.ns = Namespace({"self"})
+        # Incremental decoding (codegen.decode): the forward's `cache` argument.
+        self.takes_cache = file.takes_cache(path)
+        self.ns = Namespace({"self", decode_code.CACHE} if self.takes_cache else {"self"})
         self.lower = Lowering(file.options, self.ns)
+        if self.takes_cache:
+            self.lower.decoding(file.decode, path, decode_code.CACHE)
         self.modules = _Modules()
         self.hooks: dict[str, str] = {}       # equation (relative) -> code of its hook point
         self.hook_points: list[tuple[str, str]] = []  # (module path, .tn name), in order
@@ -168,8 +172,10 @@ class ClassBuilder:
         # Arguments (a block) or inputs (the root), then params, then the items.
         if self.instance is None:
             arguments = [self.ns(f"input:{t.name}", t.name) for t in file.inputs]
+            self._input_args = arguments
             for tensor, arg in zip(file.inputs, arguments):
                 self._bind_input(tensor, arg)
+                self._extend_cache(tensor.name)
         else:
             arguments = []
             bindings = [b for b in self.instance.bindings if b.tensor in file.needed]
@@ -180,6 +186,7 @@ class ClassBuilder:
                 lower.read_dims(var, file.equations[binding.tensor].legs)
                 lower.through_hook(var, self._hook(name, ""))
                 lower.values[name] = Value(var, batched)
+                self._extend_cache(name)
         for tensor in file.network.tensors:
             if tensor.kind == "fixed":  # applied where used (codegen.fixed), never stored
                 # Declared in this block: its equations name it relative to the block.
@@ -190,6 +197,14 @@ class ClassBuilder:
         for k, item in enumerate(items):
             self._later = items[k + 1:]
             self._item(item)
+            for name in _produces(item):
+                self._extend_cache(name)
+        if self.instance is None and self.takes_cache:
+            self._advance_cache()
+        if self.instance is None and (self.file.decode or self.file.decode_refused):
+            self.file.helpers.add("KVCache")
+            self.methods += decode_code.new_cache_method(
+                None if self.file.decode else self.file.decode_refused)
         self._close_param_lines()
         body = lower.body() + [self._returns()]
         if "liveness" in file.options.passes:
@@ -197,6 +212,49 @@ class ClassBuilder:
             candidates -= set(self._param_vars) | set(arguments)
             body = insert_deletes(body, candidates)
         return ClassSource(self._class_text(arguments, body), tuple(arguments))
+
+    # ---- incremental decoding (codegen.decode) ---------------------------------------
+    def _full(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _extend_cache(self, name: str) -> None:
+        """After a cached value's hook point: the positions kept from earlier calls, then
+        these."""
+        if not self.takes_cache or name not in self.lower.values:
+            return
+        for cached, leg in self.file.decode.cached:
+            if cached == self._full(name):
+                value = self.lower.values[name]
+                legs = self.file.equations[cached].legs if cached in self.file.equations \
+                    else [l for l in _tensor(self.file, cached).legs
+                          if l.name != _tensor(self.file, cached).onehot]
+                if cached not in self.file.equations:
+                    leg = [l.name for l in legs].index(_tensor(self.file, cached).legs[leg].name)
+                self.file.helpers.add("KVCache")
+                extend = (f"{decode_code.CACHE}.extend(self, {name!r}, {value.var}, "
+                          f"{leg - len(legs)})")
+                if cached not in self.file.decode.also_new:
+                    self.lower.emit(f"if {decode_code.CACHE} is not None: {value.var} = {extend}")
+                    continue
+                # Read at the new positions too: the whole sequence gets its own name.
+                every = self.ns(f"all:{name}", f"{name}_all")
+                self.lower.emit(f"{every} = {value.var} if {decode_code.CACHE} is None "
+                                f"else {extend}")
+                self.lower.all_values[name] = Value(every, value.batched)
+
+    def _advance_cache(self) -> None:
+        """The root, before returning: the cache now holds this call's positions too."""
+        for tensor, arg in zip(self.file.inputs, self._input_args):
+            legs = [l for l in tensor.legs if l.name != tensor.onehot]
+            for k, leg in enumerate(legs):
+                if leg.dim == self.file.decode.dim:
+                    self.lower.emit(f"if {decode_code.CACHE} is not None: "
+                                    f"{decode_code.CACHE}.advance({arg}.shape[{k - len(legs)}])")
+                    return
+
+    def _cache_argument(self, path: str) -> str:
+        return f", {decode_code.CACHE}={decode_code.CACHE}" \
+            if self.takes_cache and self.file.takes_cache(path) else ""
 
     def _returns(self) -> str:
         if self.instance is not None:
@@ -376,6 +434,18 @@ class ClassBuilder:
             slices = [f":{self.lower.runtime_dims[leg.dim]}"
                       if leg.dim in self.file.options.varying and leg.dim in self.lower.runtime_dims
                       else ":" for leg in param.legs]
+            rows = self._position_rows(name, param, code)
+            if rows is not None:  # a local: the rows are gathered once per call
+                var = self.ns(f"value:{name}", name)
+                plain = code
+                if any(s != ":" for s in slices):
+                    while slices[-1] == ":":
+                        slices.pop()
+                    plain += f"[{', '.join(slices)}]"
+                self.lower.emit(f"{var} = {plain} if {decode_code.CACHE} is None else {rows}")
+                self._param_vars.append(var)
+                self.lower.values[name] = Value(var, True)
+                continue
             if any(s != ":" for s in slices):
                 while slices[-1] == ":":
                     slices.pop()
@@ -385,6 +455,20 @@ class ClassBuilder:
             if all(s == ":" for s in slices):
                 self.lower.params[code] = name
             self.lower.values[name] = Value(code, False)
+
+    def _position_rows(self, name: str, param: ir.Tensor, code: str) -> str | None:
+        """A position-indexed param read at this call's positions (codegen.decode)."""
+        plan = self.file.decode
+        if not self.takes_cache:
+            return None
+        roles = plan.roles.get(param.name, ())
+        for k, (leg, role) in enumerate(zip(param.legs, roles)):
+            if role is not None and leg.dim in self.lower.runtime_dims:
+                self.file.helpers.add("_position_rows")
+                every = ", every=True" if role == "all" else ""
+                return (f"_position_rows({code}, {k - len(param.legs)}, "
+                        f"{self.lower.runtime_dims[leg.dim]}, {decode_code.CACHE}{every})")
+        return None
 
     def _item(self, item) -> None:
         lower = self.lower
@@ -469,7 +553,8 @@ class ClassBuilder:
         args = self._arguments(call)
         var = self.ns(f"value:{call.output}", call.output)
         self._attach(call.path, f"{name}()")
-        lower.emit(f"{var} = {self.modules.access(call.path)}({', '.join(args)})")
+        lower.emit(f"{var} = {self.modules.access(call.path)}({', '.join(args)}"
+                   f"{self._cache_argument(call.instance.path)})")
         self._call_outputs.add(var)
         self.hook_order.append(call.path)
         lower.values[call.output] = Value(var, batched)
@@ -508,7 +593,8 @@ class ClassBuilder:
         args = [var if k == loop.carry else lower.values[f].var
                 for k, f in enumerate(loop.fixed)]
         lower.indent += 1
-        lower.emit(f"{var} = {block}({', '.join(args)})")
+        lower.emit(f"{var} = {block}({', '.join(args)}"
+                   f"{self._cache_argument(loop.calls[0].instance.path)})")
         for target in targets[1:]:
             lower.through_hook(var, target)
         lower.indent -= 1
@@ -535,12 +621,28 @@ class ClassBuilder:
         lines += [f"    HOOK_ORDER = {tuple(self.hook_order)!r}", ""]
         lines += ["    def __init__(self):", "        super().__init__()"]
         lines += ["        " + line for text in self.init_lines for line in text.split("\n")]
-        lines += ["", f"    def forward({', '.join(['self', *arguments])}):"]
+        extra = [f"{decode_code.CACHE}=None"] if self.takes_cache else []
+        lines += ["", f"    def forward({', '.join(['self', *arguments, *extra])}):"]
         lines += ["        " + line for line in self.comments]
         lines += ["        " + line if line else "" for line in body]
         if self.methods:
             lines += [""] + ["    " + line for line in self.methods]
         return "\n".join(lines) + "\n"
+
+
+def _produces(item) -> list[str]:
+    """The names of the values an item binds (for the cache extends after it)."""
+    if isinstance(item, ir.Equation):
+        return [item.name]
+    if isinstance(item, Call):
+        return [item.output]
+    if isinstance(item, FusedProjections):
+        return list(item.names)
+    return [item.name] if isinstance(getattr(item, "name", None), str) else []
+
+
+def _tensor(file, name: str) -> ir.Tensor:
+    return next(t for t in file.network.tensors if t.name == name)
 
 
 # nn.init's function for each initialiser of tndsl.lang.inits, and the tensor it fills

@@ -18,16 +18,20 @@ from tndsl.lang.errors import SizeError, TnError
 
 HELPERS = {
     "_rotary": '''
-def _rotary(x, position, axis, rotated, base, inverse, interleaved=False):
+def _rotary(x, position, axis, rotated, base, inverse, interleaved=False, cache=None):
     """x turned by the rotary map along `axis`, at the positions along `position` (both
     negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
     the angle p * base**(-2i/rotated) (`interleaved`: the pairs (2i, 2i + 1), GPT-J's);
     the rest pass through. `inverse`: the transpose.
     As `x * cos + rotate_half(x) * (-sin, sin)`: four kernels, with the same roundings
-    as `x1 cos - x2 sin, x2 cos + x1 sin`."""
+    as `x1 cos - x2 sin, x2 cos + x1 sin`. With a decoding cache the positions follow
+    the ones it holds, each row's counted from its first token after left padding."""
     x = x.movedim((position, axis), (-2, -1))
-    cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device,
-                             interleaved)
+    if cache is None:
+        cos, sin = _rotary_table(x.size(-2), rotated, base, inverse, x.dtype, x.device,
+                                 interleaved)
+    else:
+        cos, sin = _rotary_at(x, cache, rotated, base, inverse, interleaved)
     half = rotated // 2
     turned = x[..., :rotated] if rotated < x.size(-1) else x
     if interleaved:  # each pair swapped: (x1, x0, x3, x2, ...)
@@ -38,6 +42,21 @@ def _rotary(x, position, axis, rotated, base, inverse, interleaved=False):
     if rotated < x.size(-1):
         out = torch.cat((out, x[..., rotated:]), dim=-1)
     return out.movedim((-2, -1), (position, axis))
+
+
+def _rotary_at(x, cache, rotated, base, inverse, interleaved=False):
+    """cos and signed sin at this call's positions (x: [..., n, rotated-or-more]): from a
+    table for the cache's `max_length` positions (one size: torch.compile need not
+    specialise on the length), else for a power of two, so decoding steps reuse it."""
+    n, start = x.size(-2), cache.length
+    size = cache.max_length or 1 << max(start + n - 1, 1).bit_length()
+    cos, sin = _rotary_table(size, rotated, base, inverse, x.dtype, x.device, interleaved)
+    if cache.pad is None:
+        return cos[start:start + n], sin[start:start + n]
+    positions = (torch.arange(start, start + n, device=x.device)
+                 - cache.pad.to(x.device)[:, None]).clamp(min=0)
+    shape = (positions.size(0),) + (1,) * (x.dim() - 3) + (n, cos.size(-1))
+    return cos[positions].view(shape), sin[positions].view(shape)
 
 
 _ROTARY_TABLES = {}
@@ -111,7 +130,8 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
                         f"{x.indices.index(contracted) - n}, "
                         f"{fixed.rotated(tensor, generator.sizes)}, "
                         f"{tensor.fixed.args[0]!r}, {inverse}"
-                        + (", interleaved=True)" if fixed.interleaved(tensor) else ")"))
+                        + (", interleaved=True" if fixed.interleaved(tensor) else "")
+                        + f"{generator.at_new_positions(position, keyword=True)})")
                 return _replace(operands, x, code, contracted, result)
         raise TnError(
             f"the compiler applies the rotary map `{ref.name}` to one factor that has the "

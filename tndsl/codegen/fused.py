@@ -6,6 +6,7 @@ cache or a patch of the pattern sees exactly what the unfused model computes.
 """
 from __future__ import annotations
 
+from tndsl.codegen import decode as decode_code
 from tndsl.codegen.lower import EPS, Lowering, Value
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
@@ -83,8 +84,9 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     lower.index_dims = {leg.name: leg.dim for leg in fused.scores.index_dims}
     heads = fused.heads
     q = _move(lower.values[fused.query].var, fused.query_roles, heads + ("p", "e"))
-    k = _move(lower.values[fused.key].var, fused.key_roles, heads + ("s", "e"))
-    v = _move(lower.values[fused.value].var, fused.value_roles, heads + ("s", "f"))
+    keys = lambda name: lower.all_values.get(name, lower.values[name]).var  # noqa: E731
+    k = _move(keys(fused.key), fused.key_roles, heads + ("s", "e"))
+    v = _move(keys(fused.value), fused.value_roles, heads + ("s", "f"))
     scale = lower._scalar_code(fused.scale)
     mask = "causal" if fused.causal else "unmasked"
     if fused.window is not None:
@@ -92,7 +94,12 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     grouped = _grouped(lower, fused)
     lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention ({mask}"
                f"{'; grouped key/value heads' if grouped else ''}), pattern not materialised")
-    if fused.window is None:
+    if lower.cache is not None:  # decoding: the keys may start before the queries
+        lower.helpers.update(decode_code.NEEDS["_cached_attention"] if fused.window is not None
+                             else ("_cached_attention",))
+        call = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
+                f"{scale}, {grouped}, {lower.cache})")
+    elif fused.window is None:
         call = (f"F.scaled_dot_product_attention({q}, {k}, {v}, is_causal={fused.causal}, "
                 f"scale={scale}{', enable_gqa=True' if grouped else ''})")
     else:

@@ -5,7 +5,7 @@ only as identifiers (`codegen.names`) or `repr()` literals, never through here.
 """
 from __future__ import annotations
 
-from tndsl.codegen import experts as expert_forms, fixed as fixed_forms, fused as fused_forms
+from tndsl.codegen import decode as decode_forms, experts as expert_forms, fixed as fixed_forms, fused as fused_forms
 
 HELPERS = {
     "HookPoint": '''
@@ -106,10 +106,12 @@ def _check_ids(ids, name, vocab):
     return ids.long()
 ''',
     "_positions": '''
-def _positions(t, axis):
-    """Index positions along `axis` (negative), shaped to broadcast over the later dims."""
+def _positions(t, axis, cache=None):
+    """Index positions along `axis` (negative), shaped to broadcast over the later dims;
+    with a decoding cache, after the positions it holds (this call's new ones)."""
     n = t.size(axis)
-    return torch.arange(n, device=t.device).view((n,) + (1,) * (-axis - 1))
+    start = 0 if cache is None else cache.length
+    return torch.arange(start, start + n, device=t.device).view((n,) + (1,) * (-axis - 1))
 ''',
     "_masked_softmax": '''
 def _masked_softmax(t, keep, legs):
@@ -209,6 +211,7 @@ def _time_linear(x, weight, bias):
 ''',
     **fixed_forms.HELPERS,
     **fused_forms.HELPERS,
+    **decode_forms.HELPERS,
     **expert_forms.HELPERS,
 }
 # What a helper needs imported beyond the file's own (math; torch, F, nn): standard

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import sympy
 
 from tndsl.lang import dims as dimmod, ir, printer
-from tndsl.codegen import fixed as fixed_forms
+from tndsl.codegen import decode as decode_code, fixed as fixed_forms
 from tndsl.codegen.names import Namespace
 from tndsl.codegen.precedence import as_left_factor, as_primary, as_right_factor
 from tndsl.lang.errors import SizeError, TnError
@@ -48,6 +48,7 @@ ELEMENTWISE = {
     "silu": "F.silu({})",
     "exp": "torch.exp({})",
     "identity": "{}",
+    "step": "torch.relu(torch.sign({}))",
 }
 
 
@@ -101,7 +102,31 @@ class Lowering:
         # (param, order) per GEMM that merges a param's permuted legs: for passes.layout
         self.weight_merges: list[tuple[str, tuple[int, ...]]] = []
         self.linear = None  # the last term's final matmul, if it was one (for bias fusion)
+        # Incremental decoding (codegen.decode): the plan, this class's path, the cache
+        # argument's name (None: this class takes no cache), the equation being lowered.
+        self.decode, self.path, self.cache, self.current = None, "", None, ""
+        # name -> the value at every position so far, where a cached value is also read
+        # at the new positions only (and so keeps its own variable for those)
+        self.all_values: dict[str, Value] = {}
         self.bias = None    # the last term, if it was a broadcast param (a bias)
+
+    def decoding(self, plan, path: str, cache: str) -> None:
+        self.decode, self.path, self.cache = plan, path, cache
+
+    def position_role(self, index: str) -> str | None:
+        """`new` / `all` for a position index of the equation being lowered (None: not a
+        position, or no decoding in this class)."""
+        if self.cache is None:
+            return None
+        name = f"{self.path}.{self.current}" if self.path else self.current
+        return self.decode.role(name, index)
+
+    def at_new_positions(self, index: str, keyword: bool = False) -> str:
+        """The extra argument a position helper takes for `index`: the cache where the
+        index runs over this call's new positions (`cache=cache` if `keyword`)."""
+        if self.position_role(index) != "new":
+            return ""
+        return f", cache={self.cache}" if keyword else f", {self.cache}"
 
     @staticmethod
     def hooked(*hook_points: str) -> str:
@@ -146,6 +171,7 @@ class Lowering:
         `renamed`: the value eq copies, if nothing else reads it; where the statement
         just emitted assigned it, that statement assigns `var` instead."""
         self.index_dims = {leg.name: leg.dim for leg in eq.index_dims}
+        self.current = eq.name
         comment = f"# {python_comment(printer.equation_line(eq))}"
         value = self.values.get(renamed) if renamed is not None else None
         prefix = "    " * self.indent + f"{value.var} = " if value is not None else None
@@ -210,6 +236,9 @@ class Lowering:
                     ones.update(factor.indices)
                     continue
                 value = self.values[factor.name]
+                if factor.name in self.all_values and any(
+                        self.position_role(i) == "all" for i in factor.indices):
+                    value = self.all_values[factor.name]  # cached and new positions
                 if value.fixed is not None:
                     fixeds.append((factor, value.fixed))
                     continue
@@ -453,12 +482,23 @@ class Lowering:
     def _keep(self, conditions, var: str, layout: Sequence[str]) -> str:
         self.helpers.add("_positions")
         parts = []
+        pairs = []
         for cond in conditions:
-            left = f"_positions({var}, {layout.index(cond.left) - len(layout)})"
-            right = f"_positions({var}, {layout.index(cond.right) - len(layout)})"
+            left = f"_positions({var}, {layout.index(cond.left) - len(layout)}" \
+                   f"{self.at_new_positions(cond.left)})"
+            right = f"_positions({var}, {layout.index(cond.right) - len(layout)}" \
+                    f"{self.at_new_positions(cond.right)})"
             if cond.offset != 0:  # a varying dim in it is read at run time
                 right = f"({right} + {self._scalar_code(cond.offset)})"
             parts.append(f"({left} {cond.op} {right})")
+            for a, b in ((cond.left, cond.right), (cond.right, cond.left)):
+                if self.position_role(a) == "all" and self.position_role(b) == "new":
+                    pairs.append((a, b))
+        if pairs:  # keys of a decoding call: never a row's left padding
+            self.helpers.update(decode_code.NEEDS["_unpadded"])
+            key, query = pairs[0]
+            parts.append(f"_unpadded({self.cache}, {var}, {layout.index(key) - len(layout)}, "
+                         f"{layout.index(query) - len(layout)})")
         return " & ".join(parts)
 
     # ---- sizes, scalars, temporaries -------------------------------------------------

@@ -20,12 +20,14 @@ from typing import Iterable, Sequence
 from tndsl import __version__
 
 from tndsl.lang import ir
+from tndsl.codegen import decode as decode_code
 from tndsl.codegen.classes import ClassBuilder, RESERVED_ATTRS, relative, relative_equation
 from tndsl.codegen.helpers import helper_imports, helper_source
 from tndsl.codegen.lower import Options
 from tndsl.codegen.names import MODULE_NAMES, Namespace, class_name as make_class_name
 from tndsl.codegen.structure import analyse, within
 from tndsl.lang.errors import SizeError, TnError
+from tndsl.passes.decode import DecodeError, NoPositions, derive as derive_decoding
 from tndsl.passes.fusion import resolve
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_entries, optimizers_for
 from tndsl.lang.text import python_string
@@ -57,16 +59,18 @@ def generate(program, outputs: Sequence[str] | None = None, *, optimizer: str = 
              memory_budget: int = DEFAULT_MEMORY_BUDGET, name: str | None = None,
              fuse: Iterable[str] | bool = True, no_fuse: Iterable[str] = (),
              vary: Iterable[str] | None = None, shard: Sequence[str] | str | None = None,
-             ranks: int = 2) -> Generated:
+             ranks: int = 2, decode: bool = True) -> Generated:
     """Generate the module for `program` computing `outputs` (default: the final equation).
 
     `fuse` / `no_fuse`: the optional passes to run (`passes.fusion.PASSES`; True: all
     but the opt-in `projections`; "all": every one). `vary`: sized dims that the inputs may have shorter (positional params
     are sliced to the input's length); default: the positions of token-id inputs.
     `shard`: dims to shard; the root class gets a `parallelize(mesh)` method applying
-    the tensor-parallel plan (`codegen.shard`), checked for `ranks` ranks."""
+    the tensor-parallel plan (`codegen.shard`), checked for `ranks` ranks. `decode`:
+    give the forward a `cache=None` argument and the root a `new_cache()` method for
+    incremental decoding where `passes.decode` derives it (`codegen.decode`)."""
     return _File(program, outputs, optimizer, memory_budget, name, resolve(fuse, no_fuse),
-                 vary, (shard, ranks) if shard is not None else None).run()
+                 vary, (shard, ranks) if shard is not None else None, decode).run()
 
 
 def varying_dims(program, vary: Iterable[str] | None, used: set[str] | None = None
@@ -99,7 +103,7 @@ def varying_dims(program, vary: Iterable[str] | None, used: set[str] | None = No
 
 class _File:
     def __init__(self, program, outputs, optimizer, memory_budget, name, passes, vary,
-                 shard=None):
+                 shard=None, decode=True):
         self.program = program
         self.network: ir.Network = program.network
         source = self.network.source
@@ -132,6 +136,30 @@ class _File:
         self._relative: dict[str, dict] = {}
         self._params_rel: dict[str, dict] = {}
         self.shard: tuple | None = shard   # (dims, ranks) for a parallelize method
+        self._decoding(decode)
+
+    def _decoding(self, wanted: bool) -> None:
+        """The decoding plan (`passes.decode`), the equations whose code reads the cache,
+        and the reason a sequence model cannot decode incrementally, if it cannot."""
+        self.decode, self.decode_refused, self.positional = None, None, set()
+        if not wanted:
+            return
+        try:
+            plan = derive_decoding(self.network, self.sizes)
+        except NoPositions:
+            return
+        except DecodeError as e:
+            self.decode_refused = str(e)
+            return
+        if plan.dim not in self.runtime:  # every call has the whole sequence: no cache
+            return
+        self.decode = plan
+        self.positional = decode_code.positional(self.network, plan, self.order)
+
+    def takes_cache(self, path: str) -> bool:
+        """Whether the class of instance `path` (the root: "") takes a decoding cache."""
+        return self.decode is not None and (
+            not path or any(within(name, path) for name in self.positional))
 
     def _outputs(self, outputs) -> tuple[str, ...]:
         if outputs is None:

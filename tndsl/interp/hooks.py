@@ -68,21 +68,27 @@ def hook_points(model: nn.Module) -> dict[str, nn.Module]:
         raise TnError("not a tndsl-compiled model: it has no HOOK_ORDER")
     points: dict[str, nn.Module] = {}
 
-    def visit(module: nn.Module, path: str, owner: str) -> None:
-        if hasattr(type(module), "HOOK_ORDER"):
-            walk(module, path)
-        else:  # a HookPoint: its name is relative to the class that owns it
-            points[f"{owner}.{module.tn_name}" if owner else module.tn_name] = module
+    def place(member: nn.Module, names: str, entry: str) -> None:
+        """`names`: the hook-name prefix of the class `member` belongs to, at `entry`."""
+        if hasattr(type(member), "HOOK_ORDER"):
+            walk(member, _join(names, entry))
+            return
+        # A HookPoint: its name is relative to the class that owns it.
+        name = _join(names, member.tn_name)
+        points[name] = member
+        for child in member.children():  # a compiled model spliced in here (an SAE)
+            if hasattr(type(child), "HOOK_ORDER"):
+                walk(child, name)
 
-    def walk(module: nn.Module, path: str) -> None:
+    def walk(module: nn.Module, names: str) -> None:
         for entry in type(module).HOOK_ORDER:
             if isinstance(entry, tuple):  # ModuleLists iterated together (a loop)
                 lists = [module.get_submodule(p) for p in entry]
                 for i, members in enumerate(zip(*lists)):
                     for name, member in zip(entry, members):
-                        visit(member, _join(path, f"{name}.{i}"), path)
+                        place(member, names, f"{name}.{i}")
             else:
-                visit(module.get_submodule(entry), _join(path, entry), path)
+                place(module.get_submodule(entry), names, entry)
 
     walk(model, "")
     return points

@@ -32,6 +32,7 @@ _KINDS = [
     BoxKind("silu", False, "x sigmoid(x)"),
     BoxKind("exp", False, "exponential"),
     BoxKind("identity", False, "x, drawn as a box: marks a sub-network without changing it"),
+    BoxKind("step", False, "1 where x > 0, else 0 (Heaviside); JumpReLU is relu(x) step(x - θ)"),
     BoxKind("softcap", False, "c · tanh(x / c): soft-capping at ±c (Gemma 2's attention "
             "and final logits)", ("cap",)),
     BoxKind("softmax", True, "exp(x) / Σ exp(x) along the legs; masked entries get 0"),

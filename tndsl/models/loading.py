@@ -25,6 +25,7 @@ from tndsl.lang.text import terminal
 from tndsl.models.settings import (SUPPORTED, ConfigWarning, edited_source,  # noqa: F401
                                    family_of, resolve)
 from tndsl.models.tables import Family
+from tndsl.models.tokenizer import Tokenizer
 from tndsl.models.weights import (WeightsError, _compare, _read_tensors, check_weights,
                                   load_hf_gpt2)
 
@@ -379,4 +380,24 @@ def from_pretrained(folder: str | Path, dtype: torch.dtype | None = None, *,
         module = module.to(dtype)
     load_state(module, state)
     module.tndsl_program = program
+    # Text: the folder's tokenizer.json (None without one: the text methods then say
+    # so), and the special token ids generation stops and pads with.
+    folder = Path(folder)
+    config = {**read_config(folder), **_generation_config(folder)}
+    module.tokenizer = Tokenizer.from_folder(folder, config)
+    module.special_tokens = {kind: config.get(f"{kind}_token_id")
+                             for kind in ("bos", "eos", "pad")}
     return module
+
+
+def _generation_config(folder: Path) -> dict:
+    """`generation_config.json`'s special token ids, which Hugging Face's `generate`
+    prefers to config.json's; {} when absent or unreadable."""
+    try:
+        value = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items()
+            if k in ("bos_token_id", "eos_token_id", "pad_token_id") and v is not None}

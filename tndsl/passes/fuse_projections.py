@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tndsl.lang import ir
 
 # Boxes applied element-wise to a projection's part of the fused result.
-ELEMENTWISE_BOXES = frozenset({"relu", "gelu", "gelu_tanh", "gelu_bloom", "tanh", "sigmoid", "silu", "exp",
+ELEMENTWISE_BOXES = frozenset({"step", "relu", "gelu", "gelu_tanh", "gelu_bloom", "tanh", "sigmoid", "silu", "exp",
                                "identity"})
 
 

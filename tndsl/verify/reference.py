@@ -33,6 +33,7 @@ _ELEMENTWISE = {
     "silu": lambda x: x / (1 + torch.exp(-x)),
     "exp": torch.exp,
     "identity": lambda x: x,
+    "step": lambda x: torch.where(x > 0, torch.ones_like(x), torch.zeros_like(x)),
 }
 
 

@@ -1,0 +1,186 @@
+"""Incremental decoding in generated code: the run-time half of `passes.decode`.
+
+The root module's forward takes `cache=None`; `model.new_cache()` makes one (a
+`KVCache`, defined in the generated file). Passing the same cache to each call decodes
+incrementally: each call gives only the new positions, and
+- every tensor the plan caches (`k` and `v` after rotary, in a transformer) is appended
+  to the cache right after its hook point (`cache.extend`), so the hook sees the new
+  positions and everything after sees all of them;
+- positions read at the new positions are offset by the cache's length: rotary angles
+  (`_rotary(..., cache)`), learnt position rows (`_position_rows`), mask conditions
+  (`_positions(t, axis, cache)`), and the fused attention's causal / window mask
+  (`_cached_attention`);
+- left padding (`new_cache(pad=...)`: padding positions per row) shifts each row's
+  positions so its first real token is position 0, and no key at a padding position is
+  ever attended to (`_unpadded`).
+Classes that hold none of these take no cache argument. A file whose plan is refused
+gets a `new_cache` that raises with the located reason.
+"""
+from __future__ import annotations
+
+from tndsl.lang import ir
+
+CACHE = "cache"  # the forward's argument; no .tn name starts a local with this spelling clash
+# (generated locals from .tn names go through codegen.names; `cache` is reserved there)
+
+HELPERS = {
+    "KVCache": '''
+class KVCache:
+    """What incremental decoding keeps between calls: the tensors tndsl derived from the
+    diagram as read at earlier positions (a causal attention's keys and values). Pass
+    the same cache to each forward call, with only the new positions; each call
+    appends them (`length` counts the positions so far).
+
+    `pad`: per batch row, how many of the first positions are padding (left padding):
+    positions of a row count from its first real token, and padding is never attended
+    to. `max_length`: store into buffers of that many positions allocated once, instead
+    of growing each tensor per call."""
+
+    def __init__(self, pad=None, max_length=None):
+        self.length = 0
+        self.pad = None if pad is None else torch.as_tensor(pad, dtype=torch.long)
+        self.max_length = max_length
+        self._store = {}
+
+    def extend(self, module, name, value, axis):
+        """`value` (the new positions along `axis`) after the ones kept for `name` of
+        `module`: the whole sequence so far."""
+        key = (module, name)
+        kept = self._store.get(key)
+        n = value.size(axis)
+        if self.max_length is None:
+            full = value if kept is None else torch.cat((kept, value), dim=axis)
+            self._store[key] = full
+            return full
+        if self.length + n > self.max_length:
+            raise ValueError(f"the cache holds {self.max_length} positions; this call "
+                             f"would make {self.length + n}")
+        if kept is None:
+            shape = list(value.shape)
+            shape[axis] = self.max_length
+            kept = self._store[key] = value.new_zeros(shape)
+        kept.narrow(axis, self.length, n).copy_(value)
+        return kept.narrow(axis, 0, self.length + n)
+
+    def advance(self, n):
+        """Called at the end of each forward call: `n` positions were appended."""
+        self.length += n
+
+    def reorder(self, rows):
+        """Keep (and reorder) these batch rows, as beam search or dropping finished
+        rows needs."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        for key, value in self._store.items():
+            self._store[key] = value.index_select(0, rows.to(value.device))
+        if self.pad is not None:
+            self.pad = self.pad.index_select(0, rows)
+
+    def __repr__(self):
+        return (f"KVCache(length={self.length}, tensors={len(self._store)}"
+                f"{', padded' if self.pad is not None else ''})")
+''',
+    "_position_rows": '''
+def _position_rows(t, axis, n, cache, every=False):
+    """The rows of a position-indexed param `t` (along `axis`, negative) for the
+    positions of this call: 0..n-1 without a cache; after the cached ones with one (all
+    of them if `every`); shifted per row past its left padding (then with a leading
+    batch dim)."""
+    start = 0 if cache is None else cache.length
+    if every:
+        n, start = start + n, 0
+    if start + n > t.size(axis):
+        raise ValueError(f"position {start + n - 1} is past the {t.size(axis)} positions "
+                         "the network has")
+    if cache is None or cache.pad is None:
+        return t.narrow(axis, start, n)
+    positions = (torch.arange(start, start + n, device=t.device)
+                 - cache.pad.to(t.device)[:, None]).clamp(min=0)
+    k = axis % t.dim()
+    return t.movedim(k, 0)[positions].movedim(1, k + 1)
+''',
+    "_unpadded": '''
+def _unpadded(cache, t, key, query):
+    """Where the key (axis `key` of `t`, every position so far) is not left padding of
+    its row, or is the query itself (so a padding row still attends somewhere):
+    broadcastable over `t`, batch first; True without padding."""
+    if cache is None or cache.pad is None:
+        return True
+    s = _positions(t, key)
+    p = _positions(t, query, cache)
+    pad = cache.pad.to(t.device).view((-1,) + (1,) * (t.dim() - 1))
+    return (s >= pad) | (s == p)
+''',
+    "_cached_attention": '''
+def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
+    """Scaled dot-product attention of this call's queries over every key so far: the
+    cached ones first, then the new. Without a cache (or on a cache's first, unpadded
+    call) queries and keys are one sequence and the plain causal kernel runs; a single
+    new query sees every key, so needs no mask unless a window or padding applies;
+    otherwise the boolean mask is built at the cached offset (grouped key/value heads
+    go in as they are: `enable_gqa`)."""
+    if cache is None or (cache.length == 0 and cache.pad is None):
+        if window is None:
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, scale=scale,
+                enable_gqa=grouped and q.size(-3) != k.size(-3))
+        return _windowed_attention(q, k, v, window, causal, scale, grouped)
+    n, total = q.size(-2), k.size(-2)
+    groups = q.size(-3) // k.size(-3) if grouped else 1
+    if n == 1 and (window is None or total <= window) and cache.pad is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=groups > 1)
+    s = torch.arange(total, device=q.device)
+    p = torch.arange(cache.length, cache.length + n, device=q.device)[:, None]
+    keep = s <= p if causal else torch.ones((n, total), dtype=torch.bool, device=q.device)
+    if window is not None:
+        keep = keep & (p - s < window)
+    if cache.pad is not None:
+        pad = cache.pad.to(q.device).view(-1, 1, 1, 1)
+        keep = keep & ((s >= pad) | (s == p))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale,
+                                          enable_gqa=groups > 1)
+''',
+}
+# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`;
+# `_cached_attention` calls `_windowed_attention` only for a window).
+NEEDS = {"_unpadded": ("_unpadded", "_positions"),
+         "_cached_attention": ("_cached_attention", "_windowed_attention")}
+
+
+def positional(network: ir.Network, plan, order) -> set[str]:
+    """Full names of the equations whose code reads the cache: cached ones, and those
+    with a mask, rotary map or position-indexed param on the position dim."""
+    tensors = {t.name: t for t in network.tensors}
+    found = {name for name, _ in plan.cached}
+    for eq in order:
+        if plan.index_roles.get(eq.name) and _has_mask(eq.rhs):
+            found.add(eq.name)
+        for ref in ir.refs(eq.rhs):
+            tensor = tensors.get(ref.name)
+            if tensor is not None and tensor.kind in ("param", "fixed") and \
+                    any(leg.dim == plan.dim for leg in tensor.legs):
+                found.add(eq.name)
+    return found
+
+
+def _has_mask(node) -> bool:
+    if isinstance(node, ir.Mask):
+        return True
+    if isinstance(node, ir.Sum):
+        return any(_has_mask(f) for t in node.terms for f in t.factors)
+    if isinstance(node, ir.Box):
+        return _has_mask(node.argument)
+    return False
+
+
+def new_cache_method(reason: str | None) -> list[str]:
+    """The root's `new_cache` method: a KVCache, or the refusal's reason."""
+    from tndsl.lang.text import python_string
+    lines = ["def new_cache(self, pad=None, max_length=None):",
+             '    """An empty cache for incremental decoding: pass it as `cache=` to each call',
+             "    with only the new positions (`KVCache`; `pad`: left-padding positions per",
+             '    row; `max_length`: allocate that many positions once)."""']
+    if reason is None:
+        lines.append("    return KVCache(pad, max_length)")
+    else:
+        lines.append(f"    raise ValueError({python_string(reason)})")
+    return lines
