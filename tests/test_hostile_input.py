@@ -59,8 +59,8 @@ def test_a_file_name_cannot_forge_a_report_line(tmp_path, capsys):
     assert code == 0
     lines = out.splitlines()
     assert not any(line.startswith("x.tn: 9 checks") for line in lines)
-    assert lines[-1].endswith(r"x.tn\nx.tn: 9 checks: 9 proven, 0 refuted, 0 unknown: "
-                              "1 check: 1 proven, 0 refuted, 0 unknown")
+    assert r"x.tn\nx.tn: 9 checks: 9 proven, 0 refuted, 0 unknown: 1 check: 1 proven" \
+        in lines[-1]
 
 
 @pytest.mark.parametrize("name", ["e\x1b[31mvil.tn", "over\rwrite.tn", "bidi\u202e.tn",
