@@ -1,16 +1,16 @@
 """The evaluation tiers stay within their budgets: every tensor is sized before it is
 allocated, every term is contracted along a path, and a tier that cannot decide within
 its memory or time budget says so in the verdict instead of being killed or hanging."""
+import math
 import random
 import resource
-import time
 
 import pytest
 import torch
 
 import tndsl
 from tndsl.verify import prove_all
-from tndsl.verify.budget import Budget, Stopped
+from tndsl.verify.budget import MAX_ENTRIES, Budget, Stopped
 from tndsl.verify.numeric import Modular
 from tndsl.verify.reference import Reference
 
@@ -51,15 +51,27 @@ def test_no_tensor_over_the_budget_is_allocated():
 TEN_LEGS = ", ".join(f"l{k}: N" for k in range(10))
 
 
-def test_a_ten_leg_tensor_is_evaluated_at_smaller_sizes():
+def test_a_ten_leg_tensor_is_evaluated_at_smaller_sizes(monkeypatch):
     # issue 16: at N = 12 the tensor has 6·10^10 entries; the tiers shrink N instead.
+    # Every tensor is sized before it exists: the ones at N = 12 are refused, and none
+    # allowed (so allocated) is over the budget; a few sizes are tried, not a search.
+    asked, allowed = [], []
+    allow = Budget.allow
+
+    def recorded(self, shape, what):
+        asked.append(math.prod(shape))
+        allow(self, shape, what)
+        assert math.prod(shape) <= MAX_ENTRIES, f"{what}: {shape} allowed"
+        allowed.append(math.prod(shape))
+
+    monkeypatch.setattr(Budget, "allow", recorded)
     legs = ", ".join(f"a{k}" for k in range(10))
     swapped = ", ".join(f"a{k}" for k in [1, 0, *range(2, 10)])
     program = tndsl.parse(f"dim N = 12\nparam T[{TEN_LEGS}]\n"
                           f"check swap: T[{legs}] == T[{swapped}]\n")
-    start = time.perf_counter()
     (result,) = prove_all(program)
-    assert time.perf_counter() - start < 20
+    assert 12 ** 10 in asked and 12 ** 10 not in allowed
+    assert len(asked) <= 100
     assert result.status == "refuted", result.render()
     assert result.counterexample.sizes["N"] < 12
 
@@ -82,10 +94,9 @@ def test_issue_15_a_product_of_sums_squared_falls_to_a_bounded_tier():
     program = tndsl.parse("dim N = 3\nparam A[i: N, j: N]\nparam B[i: N, j: N]\n"
                           f"s[a, b] = {' * '.join([factor] * 13)}\n"
                           "check sq: s[a, b] * s[b, c] == s[a, b] * s[b, c]\n")
+    # Bounded by the expansion's monomial cap (the detail below) and by memory, not timed.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     (result,) = prove_all(program)
-    assert time.perf_counter() - start < 30
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 1024 * 1024, f"peak memory grew by {grown_kib} KiB"  # not 6 GB
     assert (result.status, result.tier) == ("proven", "randomized exact"), result.render()
