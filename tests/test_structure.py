@@ -174,9 +174,14 @@ def test_each_pass_can_be_switched_off_and_unknown_names_list_the_valid_ones():
     assert "_packed(" not in source  # opt-in: it keeps a packed copy of the weights
     assert "_packed(" in everything
     assert "_packed(" not in program.compile(fuse="all", no_fuse=["projections"]).source
+    # `experts` (top-k expert dispatch) is on by default and can be switched off too.
+    moe = tndsl.load(ROOT / "examples" / "mixtral.tn", dims={"Layers": 1})
+    assert "index_add_" in moe.compile().source
+    assert "index_add_" not in moe.compile(no_fuse=["experts"]).source
     with pytest.raises(tndsl.TnError) as info:
         program.compile(no_fuse=["atention"])
-    assert "valid: attention, layer_norm, layout, liveness, projections" in info.value.hint
+    assert "valid: attention, experts, layer_norm, layout, liveness, projections" \
+        in info.value.hint
 
 
 def test_liveness_drops_each_intermediate_after_its_last_use():
@@ -321,4 +326,5 @@ def test_cli_no_fuse_and_vary():
     assert "_packed(" not in compile_("--fuse", "projections", "--no-fuse", "projections").stdout
     assert "valid: attention" in compile_("--fuse", "projection").stderr
     wrong = compile_("--no-fuse", "atention")
-    assert wrong.returncode == 1 and "valid: attention, layer_norm, layout, liveness, projections" in wrong.stderr
+    assert wrong.returncode == 1
+    assert "valid: attention, experts, layer_norm, layout, liveness, projections" in wrong.stderr
