@@ -220,8 +220,14 @@ class _ProgramWriter:
             # exp only outermost: exp(exp(x)) overflows float64 on random data.
             boxes = ELEMENTWISE_BOXES if depth == 0 else tuple(
                 b for b in ELEMENTWISE_BOXES if b != "exp")
-            if self.chance(15):  # a box with a parameter: soft-capping at ±c
+            # One draw for both rarer boxes, so that adding `step` left the other draws as
+            # they were: a box with a parameter (soft-capping at ±c), or a Heaviside step
+            # (JumpReLU's gate: 1 where x > 0, else 0).
+            roll = self.draw(st.integers(0, 99))
+            if roll < 15:
                 return f"softcap({inner}, {self.pick(('2.5', 'A', '0.5'))})"
+            if roll < 25:
+                return f"step({inner})"
             return f"{self.pick(boxes)}({inner})"
         if kind == "legbox":
             function = self.pick(LEG_BOXES)

@@ -142,7 +142,7 @@ def test_a_fixed_tensor_is_drawn_as_its_own_node():
 
 @pytest.mark.parametrize("text, error, message", [
     ("fixed R[p: N, e: N] = rotary(10)", LegError, "rotary` has legs"),
-    ("fixed R[p: N, e: N, f: N] = rotray(10)", UnknownNameError, "valid: rotary, grouping"),
+    ("fixed R[p: N, e: N, f: N] = rotray(10)", UnknownNameError, "valid: rotary, alibi, grouping"),
     ("fixed R[p: N, e: N, f: N] = rotary(10, 2)", SizeError, "fraction is in (0, 1]"),
     ("fixed G[h: N, g: M] = grouping", SizeError, "cannot be shared equally"),
     ("input a[i: N, j: N]\nb[i, j] = a[i, j] where 2 * i < j", UnknownNameError, "`i`"),

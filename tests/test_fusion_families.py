@@ -134,22 +134,67 @@ z[p, h, e] = pattern[h, p, s] * v[s, h, e]
 
 # ---- generated code --------------------------------------------------------------------
 
-def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing():
-    source = tndsl.load(LLAMA, dims={**SMALL, "Context": 8, "Window": 8}).compile().source
+def _spied_attention(module, tokens, monkeypatch):
+    """Runs the module (no KV cache) and returns what F.scaled_dot_product_attention and
+    the generated `_windowed_attention` helper were called with."""
+    sdpa, windowed = [], []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy_sdpa(q, k, v, *args, **kwargs):
+        sdpa.append((q.size(-3), k.size(-3), v.size(-3), args, kwargs))
+        return real_sdpa(q, k, v, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy_sdpa)
+    helpers = module.blocks[0].attn.forward.__func__.__globals__
+    if "_windowed_attention" in helpers:  # emitted only where a window may apply
+        real_windowed = helpers["_windowed_attention"]
+
+        def spy_windowed(q, k, v, *args):
+            windowed.append(args)
+            return real_windowed(q, k, v, *args)
+        monkeypatch.setitem(helpers, "_windowed_attention", spy_windowed)
+    with torch.no_grad():
+        module(tokens)
+    return sdpa, windowed
+
+
+def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing(monkeypatch):
+    program = tndsl.load(LLAMA, dims={**SMALL, "Context": 8, "Window": 8})
+    source = program.compile().source
     start = source.index("        else:\n            # z")
     fast = source[start:source.index("# out[", start)]
-    assert "is_causal=True" in fast and "enable_gqa=True" in fast
-    assert "repeat_interleave" not in fast and "_windowed_attention" not in source
+    # (q, k, v, window, causal, scale, grouped, cache): the window clause is dropped (a
+    # window as long as the context), causal, grouped key/value heads, no repeat.
+    assert "_cached_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
+        "v.transpose(-2, -3), None, True, 0.5, True, cache)" in fast
+    assert "repeat_interleave" not in fast
+    # Run without a cache: the fused kernel itself gets is_causal and enable_gqa, with
+    # 6 query heads over the 2 key/value heads as they are (nothing repeated), no mask.
+    assert "def _windowed_attention" not in source
+    sdpa, windowed = _spied_attention(_random(program.module()), _tokens(8), monkeypatch)
+    assert windowed == []
+    assert sdpa == [(6, 2, 2, (), {"is_causal": True, "scale": 0.5, "enable_gqa": True})] \
+        * SMALL["Layers"]
     # One query head per key/value head: the grouping is the identity, in every path.
-    plain = tndsl.load(LLAMA, dims={**SMALL, "KVHeads": 6, "Context": 8,
-                                    "Window": 8}).compile().source
-    assert "enable_gqa" not in plain and "repeat_interleave" not in plain
+    plain = tndsl.load(LLAMA, dims={**SMALL, "KVHeads": 6, "Context": 8, "Window": 8})
+    assert "v.transpose(-2, -3), None, True, 0.5, False, cache)" in plain.compile().source
+    sdpa, _ = _spied_attention(_random(plain.module()), _tokens(8), monkeypatch)
+    assert sdpa == [(6, 6, 6, (), {"is_causal": True, "scale": 0.5, "enable_gqa": False})] \
+        * SMALL["Layers"]
 
 
-def test_a_window_shorter_than_the_context_calls_the_windowed_helper():
-    source = tndsl.load(LLAMA, dims={**SMALL, "Window": 3}).compile().source
-    assert "_windowed_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
-        "v.transpose(-2, -3), 3, True, 0.5, True)" in source
+def test_a_window_shorter_than_the_context_calls_the_windowed_helper(monkeypatch):
+    program = tndsl.load(LLAMA, dims={**SMALL, "Window": 3})
+    assert "_cached_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
+        "v.transpose(-2, -3), 3, True, 0.5, True, cache)" in program.compile().source
+    # Without a cache the windowed helper gets (window, causal, scale, grouped); 7 tokens
+    # are longer than the window, so the kernel gets a mask, not is_causal.
+    sdpa, windowed = _spied_attention(_random(program.module()), _tokens(7), monkeypatch)
+    assert windowed == [(3, True, 0.5, True)] * SMALL["Layers"]
+    assert len(sdpa) == SMALL["Layers"]
+    for queries, keys, values, args, kwargs in sdpa:
+        assert (queries, keys, values, args) == (6, 2, 2, ())
+        p, s = torch.arange(7)[:, None], torch.arange(7)
+        assert torch.equal(kwargs["attn_mask"], (s <= p) & (p - s < 3))
 
 
 # ---- numbers -----------------------------------------------------------------------------

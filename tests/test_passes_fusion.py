@@ -91,12 +91,15 @@ def test_liveness_leaves_the_tail_alone():
 
 def test_pass_names_resolve():
     # `projections` is opt-in: it keeps a packed copy of the weights it fuses.
-    assert resolve(True) == {"attention", "layer_norm", "layout", "liveness"}
-    assert resolve("all") == {"attention", "layer_norm", "layout", "liveness", "projections"}
+    assert resolve(True) == {"attention", "experts", "layer_norm", "layout", "liveness"}
+    assert resolve("all") == {"attention", "experts", "layer_norm", "layout", "liveness",
+                              "projections"}
     assert resolve(False) == set()
     assert resolve(["attention"], ["attention"]) == set()
-    assert resolve(True, ["liveness"]) == {"attention", "layer_norm", "layout"}
-    assert resolve("all", ["liveness"]) == {"attention", "layer_norm", "layout", "projections"}
+    assert resolve(True, ["liveness"]) == {"attention", "experts", "layer_norm", "layout"}
+    assert resolve(True, ["experts"]) == {"attention", "layer_norm", "layout", "liveness"}
+    assert resolve("all", ["liveness"]) == {"attention", "experts", "layer_norm", "layout",
+                                            "projections"}
 
 
 def test_liveness_keeps_a_branch_local_del_inside_its_branch_when_the_if_ends_there():
