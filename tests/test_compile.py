@@ -132,6 +132,28 @@ def test_matrix_products_become_matmuls_with_fused_biases():
     assert "pre = _linear(x, self.W_in.t(), self.b_in)" in source
 
 
+# A vector times a weight with two output legs: `v @ W.reshape(3, 9)` must be bracketed
+# before `.unflatten(-1, (3, 3))`, which binds tighter than `@` (found by the long fuzzer:
+# unbracketed, the vector was contracted with the wrong leg of the weight, silently).
+VECTOR_TWO_OUT_LEGS = """
+dim A = 3
+dim D = 3
+dim U = 3
+param T1[l0: D, l1: U, l2: A]
+param T3[l0: D, l1: U, l2: A]
+param gA[i: A]
+E1[d, a2] = T1[k12, k13, k14] * ones[k12, k14] * T3[d, k13, a2] * gA[k15] * ones[k15]
+"""
+
+
+def test_a_vector_times_a_weight_with_two_output_legs_equals_the_reference():
+    program = tndsl.parse(VECTOR_TWO_OUT_LEGS, "vector.tn")
+    report = compare_compiled(program, dims={})
+    assert report.ok, report.render()
+    assert all(scale > 0 for scale in report.scales.values())
+    assert ".reshape(3, 9)).unflatten(-1, (3, 3))" in program.compile(["E1"]).source
+
+
 def test_params_are_registered_under_their_full_paths():
     module = tndsl.load(ROOT / "examples" / "gpt2_small.tn",
                         dims={"Layers": 2, "Model": 16, "Vocab": 11, "Context": 5,

@@ -405,8 +405,8 @@ class Lowering:
             if last and nn_ and not vector:
                 self.linear = (left, weight_t, tuple(names[c] for c in nn_),
                                tuple(sizes[c] for c in nn_))
-            if len(nn_) > 1:
-                code = f"{code}.unflatten(-1, {tuple(sizes[c] for c in nn_)})"
+            if len(nn_) > 1:  # `x @ W.reshape(..)` bracketed: `.unflatten` binds tighter than `@`
+                code = f"{as_primary(code)}.unflatten(-1, {tuple(sizes[c] for c in nn_)})"
             return code
         return None
 
