@@ -296,18 +296,16 @@ def _other_sizes(program, small: _Small):
         return None
 
 
-def _has_norms(program, check: ir.Check) -> bool:
-    """Whether a layer norm or rms norm (with its eps) is reachable from the check."""
+def _reachable(program, check: ir.Check):
+    """Every expression node of the check's sides, through the equations they refer to
+    (each equation once)."""
     equations = {eq.name: eq for eq in program.network.equations}
     seen: set[str] = set()
     stack = [check.lhs, check.rhs]
     while stack:
         node = stack.pop()
-        if isinstance(node, ir.Box):
-            if node.function in ("layernorm", "rmsnorm"):
-                return True
-            stack.append(node.argument)
-        elif isinstance(node, ir.Mask):
+        yield node
+        if isinstance(node, (ir.Box, ir.Mask)):
             stack.append(node.argument)
         elif isinstance(node, ir.Sum):
             for term in node.terms:
@@ -315,7 +313,12 @@ def _has_norms(program, check: ir.Check) -> bool:
         elif isinstance(node, ir.Ref) and node.name in equations and node.name not in seen:
             seen.add(node.name)
             stack.append(equations[node.name].rhs)
-    return False
+
+
+def _has_norms(program, check: ir.Check) -> bool:
+    """Whether a layer norm or rms norm (with its eps) is reachable from the check."""
+    return any(isinstance(node, ir.Box) and node.function in ("layernorm", "rmsnorm")
+               for node in _reachable(program, check))
 
 
 def _fixed_in(program, check: ir.Check) -> set[str]:
@@ -342,22 +345,8 @@ def _sizes(program) -> str:
 
 
 def _has_boxes(program, check: ir.Check) -> bool:
-    equations = {eq.name: eq for eq in program.network.equations}
-    seen: set[str] = set()
-    stack = [check.lhs, check.rhs]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ir.Box):
-            return True
-        if isinstance(node, ir.Mask):  # exact in every tier: its argument times 0 or 1
-            stack.append(node.argument)
-        elif isinstance(node, ir.Sum):
-            for term in node.terms:
-                stack.extend(term.factors)
-        elif isinstance(node, ir.Ref) and node.name in equations and node.name not in seen:
-            seen.add(node.name)
-            stack.append(equations[node.name].rhs)
-    return False
+    # A mask is exact in every tier (its argument times 0 or 1); a box is not.
+    return any(isinstance(node, ir.Box) for node in _reachable(program, check))
 
 
 def _degree(program, check: ir.Check) -> int:
