@@ -7,6 +7,10 @@
 
 Stages: tndsl.render.expand (what is drawn), layout (where, in pt), dot and tikz (the
 same coordinates as DOT for Graphviz and as TikZ), output (files), fonts (the face).
+
+May import: the front end (tndsl.lang), sympy, the graphviz package (and `dot` as a
+program), fontTools. Never torch, passes, codegen, verify or anything above them: a
+figure is drawn from the IR alone.
 """
 from __future__ import annotations
 
