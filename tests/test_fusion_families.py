@@ -178,8 +178,7 @@ def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing(monkey
     plain = tndsl.load(LLAMA, dims={**SMALL, "KVHeads": 6, "Context": 8, "Window": 8})
     assert "v.transpose(-2, -3), None, True, 0.5, False, cache)" in plain.compile().source
     sdpa, _ = _spied_attention(_random(plain.module()), _tokens(8), monkeypatch)
-    assert sdpa == [(6, 6, 6, (), {"is_causal": True, "scale": 0.5, "enable_gqa": False})] \
-        * SMALL["Layers"]
+    assert sdpa == [(6, 6, 6, (), {"is_causal": True, "scale": 0.5})] * SMALL["Layers"]
 
 
 def test_a_window_shorter_than_the_context_calls_the_windowed_helper(monkeypatch):

@@ -175,6 +175,9 @@ class ClassBuilder:
             self._input_args = arguments
             for tensor, arg in zip(file.inputs, arguments):
                 self._bind_input(tensor, arg)
+            if self.takes_cache:
+                self._check_cache()
+            for tensor in file.inputs:
                 self._extend_cache(tensor.name)
         else:
             arguments = []
@@ -242,15 +245,27 @@ class ClassBuilder:
                                 f"else {extend}")
                 self.lower.all_values[name] = Value(every, value.batched)
 
-    def _advance_cache(self) -> None:
-        """The root, before returning: the cache now holds this call's positions too."""
+    def _new_positions(self) -> str | None:
+        """The root's code for this call's number of new positions: the size of the
+        first input's position leg."""
         for tensor, arg in zip(self.file.inputs, self._input_args):
             legs = [l for l in tensor.legs if l.name != tensor.onehot]
             for k, leg in enumerate(legs):
                 if leg.dim == self.file.decode.dim:
-                    self.lower.emit(f"if {decode_code.CACHE} is not None: "
-                                    f"{decode_code.CACHE}.advance({arg}.shape[{k - len(legs)}])")
-                    return
+                    return f"{arg}.shape[{k - len(legs)}]"
+        return None
+
+    def _check_cache(self) -> None:
+        """The root, first: a static cache must have room for this call's positions."""
+        n = self._new_positions()
+        if n is not None:
+            self.lower.emit(f"if {decode_code.CACHE} is not None: {decode_code.CACHE}.check({n})")
+
+    def _advance_cache(self) -> None:
+        """The root, before returning: the cache now holds this call's positions too."""
+        n = self._new_positions()
+        if n is not None:
+            self.lower.emit(f"if {decode_code.CACHE} is not None: {decode_code.CACHE}.advance({n})")
 
     def _cache_argument(self, path: str) -> str:
         return f", {decode_code.CACHE}={decode_code.CACHE}" \

@@ -33,38 +33,88 @@ class KVCache:
 
     `pad`: per batch row, how many of the first positions are padding (left padding):
     positions of a row count from its first real token, and padding is never attended
-    to. `max_length`: store into buffers of that many positions allocated once, instead
-    of growing each tensor per call."""
+    to. `max_length`: a static cache, as Hugging Face's StaticCache: each tensor is a
+    buffer of `max_length` positions allocated once and written in place, and the
+    positions so far are a tensor, so a call's shapes depend only on its own number of
+    new positions and torch.compile traces one decoding step for all of them. The
+    values after the last position are zeros, masked out of every attention; a hooked
+    pattern is `max_length` keys wide. Without it, each tensor grows per call
+    (`torch.cat`, as Hugging Face's DynamicCache)."""
 
     def __init__(self, pad=None, max_length=None):
-        self.length = 0
+        if max_length is not None and (isinstance(max_length, bool)
+                                       or not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"max_length must be a whole number >= 1, not {max_length!r}")
         self.pad = None if pad is None else torch.as_tensor(pad, dtype=torch.long)
         self.max_length = max_length
-        self._store = {}
+        self._store = {}       # (id of the module, name) -> the tensor kept
+        self._tables = {}      # a static cache's position tables (rotary angles)
+        self._length = 0       # the positions held (a growing cache)
+        self._position = None  # the same as a tensor, on the model's device (a static one)
+
+    @property
+    def length(self):
+        """The number of positions held (a static cache reads it from its tensor)."""
+        if self.max_length is None:
+            return self._length
+        return 0 if self._position is None else int(self._position)
+
+    def positions(self, n, device):
+        """This call's `n` positions: the ones after those held, as a tensor."""
+        if self.max_length is None:
+            return torch.arange(self._length, self._length + n, device=device)
+        if self._position is None:
+            self._position = torch.zeros((), dtype=torch.long, device=device)
+        elif self._position.device != device:
+            self._position = self._position.to(device)
+        return self._position + torch.arange(n, device=device)
+
+    def table(self, key, make):
+        """A static cache's table for its `max_length` positions: `make()` the first
+        time, kept with the cache (made in the first call's graph, so a later
+        generation's first call traces the same)."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
+
+    def check(self, n):
+        """Called first by each forward call of `n` new positions: a static cache must
+        have room for them (under torch.compile an assert op, not a branch on the
+        length)."""
+        if self.max_length is None:
+            return
+        if not torch.compiler.is_compiling():
+            if self.length + n > self.max_length:
+                raise ValueError(f"the cache holds {self.max_length} positions; this call "
+                                 f"would make {self.length + n}")
+        elif self._position is not None:
+            torch._assert_async(self._position + n <= self.max_length,
+                                "this call would make more positions than the cache's "
+                                "max_length")
 
     def extend(self, module, name, value, axis):
         """`value` (the new positions along `axis`) after the ones kept for `name` of
-        `module`: the whole sequence so far."""
-        key = (module, name)
+        `module`: the whole sequence so far (a static cache: its whole buffer)."""
+        key = (id(module), name)  # an id, not the module: torch.compile guards on keys
         kept = self._store.get(key)
-        n = value.size(axis)
         if self.max_length is None:
             full = value if kept is None else torch.cat((kept, value), dim=axis)
             self._store[key] = full
             return full
-        if self.length + n > self.max_length:
-            raise ValueError(f"the cache holds {self.max_length} positions; this call "
-                             f"would make {self.length + n}")
         if kept is None:
             shape = list(value.shape)
             shape[axis] = self.max_length
             kept = self._store[key] = value.new_zeros(shape)
-        kept.narrow(axis, self.length, n).copy_(value)
-        return kept.narrow(axis, 0, self.length + n)
+        return kept.index_copy_(axis, self.positions(value.size(axis), value.device), value)
 
     def advance(self, n):
         """Called at the end of each forward call: `n` positions were appended."""
-        self.length += n
+        if self.max_length is None:
+            self._length += n
+        elif self._position is None:
+            self._position = torch.tensor(n)
+        else:
+            self._position = self._position + n
 
     def reorder(self, rows):
         """Keep (and reorder) these batch rows, as beam search or dropping finished
@@ -76,25 +126,36 @@ class KVCache:
             self.pad = self.pad.index_select(0, rows)
 
     def __repr__(self):
-        return (f"KVCache(length={self.length}, tensors={len(self._store)}"
+        static = "" if self.max_length is None else f", max_length={self.max_length}"
+        return (f"KVCache(length={self.length}{static}, tensors={len(self._store)}"
                 f"{', padded' if self.pad is not None else ''})")
 ''',
     "_position_rows": '''
 def _position_rows(t, axis, n, cache, every=False):
     """The rows of a position-indexed param `t` (along `axis`, negative) for the
     positions of this call: 0..n-1 without a cache; after the cached ones with one (all
-    of them if `every`); shifted per row past its left padding (then with a leading
-    batch dim)."""
-    start = 0 if cache is None else cache.length
-    if every:
-        n, start = start + n, 0
-    if start + n > t.size(axis):
-        raise ValueError(f"position {start + n - 1} is past the {t.size(axis)} positions "
-                         "the network has")
-    if cache is None or cache.pad is None:
-        return t.narrow(axis, start, n)
-    positions = (torch.arange(start, start + n, device=t.device)
-                 - cache.pad.to(t.device)[:, None]).clamp(min=0)
+    of them if `every`: a static cache's `max_length`); shifted per row past its left
+    padding (then with a leading batch dim)."""
+    size = t.size(axis)
+    if cache is not None and cache.max_length is not None:
+        if cache.max_length > size:
+            raise ValueError(f"the cache's max_length {cache.max_length} is past the {size} "
+                             "positions the network has")
+        positions = torch.arange(cache.max_length, device=t.device) if every \\
+            else cache.positions(n, t.device)
+    else:
+        start = 0 if cache is None else cache.length
+        if every:
+            n, start = start + n, 0
+        if start + n > size:
+            raise ValueError(f"position {start + n - 1} is past the {size} positions "
+                             "the network has")
+        if cache is None or cache.pad is None:
+            return t.narrow(axis, start, n)
+        positions = torch.arange(start, start + n, device=t.device)
+    if cache.pad is None:
+        return t.index_select(axis, positions)
+    positions = (positions - cache.pad.to(t.device)[:, None]).clamp(min=0)
     k = axis % t.dim()
     return t.movedim(k, 0)[positions].movedim(1, k + 1)
 ''',
@@ -113,24 +174,23 @@ def _unpadded(cache, t, key, query):
     "_cached_attention": '''
 def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
     """Scaled dot-product attention of this call's queries over every key so far: the
-    cached ones first, then the new. Without a cache (or on a cache's first, unpadded
-    call) queries and keys are one sequence and the plain causal kernel runs; a single
-    new query sees every key, so needs no mask unless a window or padding applies;
-    otherwise the boolean mask is built at the cached offset (grouped key/value heads
-    go in as they are: `enable_gqa`)."""
-    if cache is None or (cache.length == 0 and cache.pad is None):
-        if window is None:
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=causal, scale=scale,
-                enable_gqa=grouped and q.size(-3) != k.size(-3))
-        return _windowed_attention(q, k, v, window, causal, scale, grouped)
+    cached ones first, then the new (a static cache: its whole buffer, the keys after
+    the last position masked out). On a growing cache's first, unpadded call queries
+    and keys are one sequence and the plain causal kernel runs; a single new query sees
+    every key, so needs no mask unless a window or padding applies; otherwise the
+    boolean mask is built from the cache's positions (grouped key/value heads go in as
+    they are: `enable_gqa`)."""
     n, total = q.size(-2), k.size(-2)
     groups = q.size(-3) // k.size(-3) if grouped else 1
-    if n == 1 and (window is None or total <= window) and cache.pad is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=groups > 1)
+    if cache.max_length is None and cache.pad is None and (window is None or total <= window):
+        if cache.length == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                                  enable_gqa=groups > 1)
+        if n == 1:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=groups > 1)
     s = torch.arange(total, device=q.device)
-    p = torch.arange(cache.length, cache.length + n, device=q.device)[:, None]
-    keep = s <= p if causal else torch.ones((n, total), dtype=torch.bool, device=q.device)
+    p = cache.positions(n, q.device)[:, None]
+    keep = s <= (p if causal else p[-1])  # not causal: every key held so far
     if window is not None:
         keep = keep & (p - s < window)
     if cache.pad is not None:
@@ -140,10 +200,8 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
                                           enable_gqa=groups > 1)
 ''',
 }
-# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`;
-# `_cached_attention` calls `_windowed_attention` only for a window).
-NEEDS = {"_unpadded": ("_unpadded", "_positions"),
-         "_cached_attention": ("_cached_attention", "_windowed_attention")}
+# The helpers each one calls: added with it (`helpers.update(NEEDS[name])`).
+NEEDS = {"_unpadded": ("_unpadded", "_positions")}
 
 
 def positional(network: ir.Network, plan, order) -> set[str]:

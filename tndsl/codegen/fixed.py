@@ -46,15 +46,26 @@ def _rotary(x, position, axis, rotated, base, inverse, interleaved=False, cache=
 
 def _rotary_at(x, cache, rotated, base, inverse, interleaved=False):
     """cos and signed sin at this call's positions (x: [..., n, rotated-or-more]): from a
-    table for the cache's `max_length` positions (one size: torch.compile need not
-    specialise on the length), else for a power of two, so decoding steps reuse it."""
-    n, start = x.size(-2), cache.length
-    size = cache.max_length or 1 << max(start + n - 1, 1).bit_length()
-    cos, sin = _rotary_table(size, rotated, base, inverse, x.dtype, x.device, interleaved)
-    if cache.pad is None:
-        return cos[start:start + n], sin[start:start + n]
-    positions = (torch.arange(start, start + n, device=x.device)
-                 - cache.pad.to(x.device)[:, None]).clamp(min=0)
+    table for a static cache's `max_length` positions, read at its positions tensor (so
+    torch.compile need not specialise on the length), else for a power of two, so
+    decoding steps reuse it."""
+    n = x.size(-2)
+    if cache.max_length is None:
+        start = cache.length
+        size = 1 << max(start + n - 1, 1).bit_length()
+        cos, sin = _rotary_table(size, rotated, base, inverse, x.dtype, x.device, interleaved)
+        if cache.pad is None:
+            return cos[start:start + n], sin[start:start + n]
+        positions = torch.arange(start, start + n, device=x.device)
+    else:
+        cos, sin = cache.table(
+            ("rotary", rotated, base, inverse, interleaved, x.dtype, x.device),
+            lambda: _rotary_angles(cache.max_length, rotated, base, inverse, x.dtype,
+                                   x.device, interleaved))
+        positions = cache.positions(n, x.device)
+        if cache.pad is None:
+            return cos[positions], sin[positions]
+    positions = (positions - cache.pad.to(x.device)[:, None]).clamp(min=0)
     shape = (positions.size(0),) + (1,) * (x.dim() - 3) + (n, cos.size(-1))
     return cos[positions].view(shape), sin[positions].view(shape)
 

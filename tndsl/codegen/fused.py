@@ -6,7 +6,6 @@ cache or a patch of the pattern sees exactly what the unfused model computes.
 """
 from __future__ import annotations
 
-from tndsl.codegen import decode as decode_code
 from tndsl.codegen.lower import EPS, Lowering, Value
 from tndsl.passes.fuse_attention import FusedAttention
 from tndsl.passes.fuse_layer_norm import FusedNorm
@@ -94,19 +93,25 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
     grouped = _grouped(lower, fused)
     lower.emit(f"# {python_comment(fused.out.name)}: scaled dot-product attention ({mask}"
                f"{'; grouped key/value heads' if grouped else ''}), pattern not materialised")
-    if lower.cache is not None:  # decoding: the keys may start before the queries
-        lower.helpers.update(decode_code.NEEDS["_cached_attention"] if fused.window is not None
-                             else ("_cached_attention",))
-        call = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
-                f"{scale}, {grouped}, {lower.cache})")
-    elif fused.window is None:
+    if fused.window is None:
         call = (f"F.scaled_dot_product_attention({q}, {k}, {v}, is_causal={fused.causal}, "
                 f"scale={scale}{', enable_gqa=True' if grouped else ''})")
     else:
         lower.helpers.add("_windowed_attention")
         call = (f"_windowed_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
                 f"{scale}, {grouped})")
-    lower.emit(f"{var} = {_move(call, heads + ('p', 'f'), fused.out_roles)}")
+    out_roles = heads + ("p", "f")
+    if lower.cache is None:
+        lower.emit(f"{var} = {_move(call, out_roles, fused.out_roles)}")
+    else:  # decoding: with a cache the keys may start before the queries
+        lower.helpers.add("_cached_attention")
+        cached = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
+                  f"{scale}, {grouped}, {lower.cache})")
+        for line, code in ((f"if {lower.cache} is None:", call), ("else:", cached)):
+            lower.emit(line)
+            lower.indent += 1
+            lower.emit(f"{var} = {_move(code, out_roles, fused.out_roles)}")
+            lower.indent -= 1
     if condition:
         lower.indent -= 1
     lower.through_hook(var, hooks.get(fused.out.name))

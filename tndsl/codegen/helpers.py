@@ -110,8 +110,8 @@ def _positions(t, axis, cache=None):
     """Index positions along `axis` (negative), shaped to broadcast over the later dims;
     with a decoding cache, after the positions it holds (this call's new ones)."""
     n = t.size(axis)
-    start = 0 if cache is None else cache.length
-    return torch.arange(start, start + n, device=t.device).view((n,) + (1,) * (-axis - 1))
+    p = torch.arange(n, device=t.device) if cache is None else cache.positions(n, t.device)
+    return p.view((n,) + (1,) * (-axis - 1))
 ''',
     "_masked_softmax": '''
 def _masked_softmax(t, keep, legs):

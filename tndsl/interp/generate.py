@@ -142,6 +142,7 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
              hooks: Mapping[str, Callable] | None = None,
              return_cache: bool | Iterable[str] = False, return_logits: bool = False,
              use_cache: bool = True, max_length: int | None = None,
+             compile: bool | Mapping[str, object] = False,
              progress: bool | None = None) -> Generation:
     """Continue `prompt` (a text, a list of texts, or ids: [positions] or [batch,
     positions], or a list of id lists) by up to `max_new_tokens` tokens.
@@ -154,8 +155,15 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     work too). `return_cache`: True for every hook point, or the names to keep; each is
     captured at every step and put together over all positions (prompt and generated;
     entries at keys after their query are 0). `use_cache=False` recomputes the whole
-    sequence at every step. `max_length` preallocates the key/value cache for that many
-    positions. `progress`: a progress bar (default: when stderr is a terminal)."""
+    sequence at every step. `max_length`: a static key/value cache of that many
+    positions (buffers allocated once; at least the prompt's positions plus
+    `max_new_tokens`). `compile`: run the forward through `torch.compile` (True, or a
+    dict of its arguments: `{"mode": "max-autotune"}`), with a static cache (of the
+    prompt's positions plus `max_new_tokens` unless `max_length` says more): the
+    prompt compiles one graph and every decoding step reuses a second. The compiled
+    model is kept on `model`, so later calls with the same prompt length and
+    `max_length` compile nothing. `progress`: a progress bar (default: when stderr is a
+    terminal)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:
         raise GenerateError(f"max_new_tokens must be a whole number >= 0, not {max_new_tokens!r}")
@@ -165,6 +173,9 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     tokens, pad = _prompt_tokens(model, prompt, prepend_bos, pad_id)
     tokens, pad = tokens.to(device), pad.to(device)
     stops = _stop_ids(model, stop, stop_at_eos)
+    max_length = _max_length(max_length, tokens.size(1) + max_new_tokens,
+                             compile is not False and use_cache)
+    run = _compiled(model, compile) if compile is not False else model
     generator = None
     if do_sample:
         generator = torch.Generator(device=device)
@@ -175,7 +186,10 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     names = _cache_names(model, return_cache)
     plan = _plan(model) if names else None
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    capture = {name: _store(captured[name]) for name in names}
+    # Each forward call's activations, moved to `captured` after it: a list that is
+    # empty whenever a call starts, so torch.compile traces the same list every step.
+    latest: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    capture = {name: _store(latest[name]) for name in names}
     all_hooks: dict[str, list] = {}
     for table in (hooks or {}, capture):
         for name, fn in table.items():
@@ -198,10 +212,11 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
         handles = [points[name].register_forward_hook(lambda module, args, x, cut=cut: cut(x))
                    for name, cut in last_only.items()]
         try:
-            logits = _forward(model, sequence, cache, padding)
+            logits = _forward(run, model, sequence, cache, padding)
         finally:
             for handle in handles:
                 handle.remove()
+        _collect(latest, captured)
         for step in range(max_new_tokens):
             last = logits[..., -1, :]
             if return_logits:
@@ -217,8 +232,9 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
                 break
             # The next logits; after the final token only for its activations, so the
             # returned cache covers every position.
-            logits = _forward(model, sequence[:, -1:], cache, padding) if cache is not None \
-                else _forward(model, sequence, None, padding)
+            logits = _forward(run, model, sequence[:, -1:], cache, padding) \
+                if cache is not None else _forward(run, model, sequence, None, padding)
+            _collect(latest, captured)
             if final:
                 break
     if bar is not None:
@@ -274,12 +290,58 @@ def _has_box_or_mask(node) -> bool:
     return any(not isinstance(f, (ir.Ref,)) for t in node.terms for f in t.factors)
 
 
-def _forward(model, tokens, cache, pad):
+def _forward(run, model, tokens, cache, pad):
+    """`run` (the model, or its compiled form) on `tokens`."""
+    if run is not model:
+        # torch.compile assumes by default that module hooks never change, and a frame
+        # compiled for one block (after a graph break) then runs for another block
+        # with other hooks: it would drop a steering hook. Guarding them is correct.
+        with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            return _call(run, model, tokens, cache, pad)
+    return _call(run, model, tokens, cache, pad)
+
+
+def _call(run, model, tokens, cache, pad):
     if cache is not None:
-        return model(tokens, cache=cache)
+        return run(tokens, cache=cache)
     if pad is not None:  # uncached and padded: a fresh cache carries the padding
-        return model(tokens, cache=_new_cache(model, pad, None))
-    return model(tokens)
+        return run(tokens, cache=_new_cache(model, pad, None))
+    return run(tokens)
+
+
+def _max_length(max_length, needed: int, static: bool) -> int | None:
+    """The static cache's length: `max_length` checked to hold every position, or
+    (`static`: compiling) the positions needed."""
+    if max_length is None:
+        return needed if static else None
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise GenerateError(f"max_length must be a whole number, not {max_length!r}")
+    if max_length < needed:
+        raise GenerateError(f"max_length {max_length} cannot hold the prompt's positions and "
+                            f"max_new_tokens: {needed} are needed",
+                            hint=f"pass max_length={needed} or more, or fewer max_new_tokens")
+    return max_length
+
+
+def _compiled(model, options):
+    """`torch.compile(model, **options)`, made once per options and kept on the model:
+    a new compiled wrapper would trace everything again."""
+    if options is True:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise GenerateError(f"compile must be True, False or a dict of torch.compile's "
+                            f"arguments, not {options!r}")
+    import inspect
+    valid = [name for name in inspect.signature(torch.compile).parameters if name != "model"]
+    for name in options:
+        if name not in valid:
+            raise GenerateError(f"compile: torch.compile has no argument {name!r}",
+                                hint=f"its arguments: {', '.join(valid)}")
+    key = tuple(sorted((name, repr(value)) for name, value in options.items()))
+    kept = model.__dict__.setdefault("_tndsl_compiled", {})
+    if key not in kept:
+        kept[key] = torch.compile(model, **options)
+    return kept[key]
 
 
 def _new_cache(model, pad, max_length):
@@ -427,15 +489,21 @@ def _store(values: list):
     return hook
 
 
+def _collect(latest: dict[str, list], captured: dict[str, list]) -> None:
+    """Move one forward call's activations to those of every step."""
+    for name, values in latest.items():
+        captured[name].extend(values)
+        values.clear()
+
+
 def _assemble(values: list[torch.Tensor], plan, name: str, counts: list[int]
               ) -> torch.Tensor:
     """One hook point's values from every step as one tensor over all positions:
     joined along its new-position legs, each step's key legs padded with zeros to the
-    final length. The legs' roles come from the decoding plan; for a hook point the
-    program does not know (an attached SAE's), the new-position leg is the one whose
-    size was each step's number of new positions (`counts`)."""
-    if len(values) == 1:
-        return values[0]
+    final length (or, from a static cache's buffers, cut to it). The legs' roles come
+    from the decoding plan; for a hook point the program does not know (an attached
+    SAE's), the new-position leg is the one whose size was each step's number of new
+    positions (`counts`)."""
     roles = plan.roles.get(name) if plan is not None else None
     if roles is None:
         roles = _roles_from_shapes(values, counts)
@@ -452,6 +520,8 @@ def _assemble(values: list[torch.Tensor], plan, name: str, counts: list[int]
                 shape = list(value.shape)
                 shape[axis] = total - value.size(axis)
                 value = torch.cat((value, value.new_zeros(shape)), dim=axis)
+            elif total is not None and value.size(axis) > total:  # a static cache's width
+                value = value.narrow(axis, 0, total)
         parts.append(value)
     if not new_axes:
         return parts[-1]
