@@ -83,13 +83,20 @@ def test_a_program_without_positions_has_no_plan():
     assert not hasattr(program.module(), "new_cache")
 
 
-def _incremental_equals_whole(program, tokens, outputs=None, chunks=(4, 1, 2, 1)):
+def _random_model(program, outputs=None):
     model = program.module(outputs).double()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    return model
+
+
+def _incremental_equals_whole(program, tokens, outputs=None, chunks=(4, 1, 2, 1),
+                              max_length=None):
+    model = _random_model(program, outputs)
+    with torch.no_grad():
         whole = model(tokens)
-        cache, parts, start = model.new_cache(), [], 0
+        cache, parts, start = model.new_cache(max_length=max_length), [], 0
         for n in chunks:
             parts.append(model(tokens[..., start:start + n], cache=cache))
             start += n
@@ -97,7 +104,8 @@ def _incremental_equals_whole(program, tokens, outputs=None, chunks=(4, 1, 2, 1)
     return (torch.cat(parts, dim=-2) - whole[..., :start, :]).abs().max().item() / scale
 
 
-def test_a_users_own_causal_model_decodes_with_the_derived_cache():
+@pytest.mark.parametrize("max_length", [None, 12])  # growing; static, as long as Context
+def test_a_users_own_causal_model_decodes_with_the_derived_cache(max_length):
     # A masked causal mixing with a learnt position table: nothing a family table knows.
     program, _ = _plan("param P[p: Context, m: Model]\nparam W[m: Model, n: Model]\n"
                        "h[p, m] = x[p, m] + P[p, m]\n"
@@ -105,27 +113,40 @@ def test_a_users_own_causal_model_decodes_with_the_derived_cache():
                        "w[p, t] = softmax[t](s[p, t] where t < p + 1 and p - t < 3)\n"
                        "y[p, m] = w[p, t] * h[t, m] + h[p, m]\n")
     tokens = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
-    assert _incremental_equals_whole(program, tokens) < 1e-12
+    assert _incremental_equals_whole(program, tokens, max_length=max_length) < 1e-12
 
 
+@pytest.mark.parametrize("max_length", [None, 10])
 @pytest.mark.parametrize("example", ["gpt2_small", "attn_only_2l", "mistral"])
-def test_examples_decode_incrementally_with_hooks_on_the_pattern(example):
-    gpt2 = {"Vocab": 50, "Model": 16, "Heads": 4, "Layers": 2, "Context": 12}
-    dims = {"mistral": {**SMALL, "Window": 3}, "gpt2_small": gpt2}.get(example, {})
-    program = tndsl.load(ROOT / "examples" / f"{example}.tn", dims=dims)
+def test_examples_decode_incrementally_with_hooks_on_the_pattern(example, max_length):
+    program = _example(example)
     tokens = torch.randint(0, program.sizes["Vocab"], (2, 8),
                            generator=torch.Generator().manual_seed(1))
     outputs = ["logits"]
-    assert _incremental_equals_whole(program, tokens, outputs) < 1e-12
-    model = program.module(outputs).double()
+    assert _incremental_equals_whole(program, tokens, outputs, max_length=max_length) < 1e-12
+    model = _random_model(program, outputs)
     seen = []
     name = "blocks.1.attn.hook_pattern"
-    model.get_submodule(name).register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    model.get_submodule(name).register_forward_hook(lambda m, a, out: seen.append(out))
     with torch.no_grad():
-        cache = model.new_cache()
+        model(tokens[:, :6])
+        whole = seen.pop()                     # [batch, heads, 6, 6]: the oracle's rows
+        cache = model.new_cache(max_length=max_length)
         model(tokens[:, :5], cache=cache)
         model(tokens[:, 5:6], cache=cache)
-    assert seen[-1][-2:] == (1, 6)  # the new query over every key so far
+    new = seen[-1]
+    # The new query over every key so far; a static cache's buffer is max_length wide,
+    # its keys after the query weighted 0.
+    assert new.shape[-2:] == (1, 6 if max_length is None else max_length)
+    assert (new[..., :6] - whole[..., 5:, :]).abs().max().item() < 1e-12
+    assert not new[..., 6:].any()
+
+
+def _example(name, context=12):
+    gpt2 = {"Vocab": 50, "Model": 16, "Heads": 4, "Layers": 2, "Context": context}
+    dims = {"mistral": {**SMALL, "Window": 3}, "gpt2_small": gpt2,
+            "llama": SMALL}.get(name, {})
+    return tndsl.load(ROOT / "examples" / f"{name}.tn", dims=dims)
 
 
 def test_a_cache_past_the_learnt_positions_is_a_clear_error():
@@ -137,3 +158,40 @@ def test_a_cache_past_the_learnt_positions_is_a_clear_error():
         model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="past the 6 positions"):
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+# ---- the static cache under torch.compile ------------------------------------------------
+
+@pytest.mark.parametrize("example", ["gpt2_small", "llama", "mistral"])  # learnt
+def test_a_compiled_model_decodes_with_a_static_cache_and_two_graphs(example):
+    # positions; rotary with grouped key/value heads; a window of 3.
+    from torch._dynamo.testing import CompileCounter
+    model = _random_model(_example(example, context=40), ["logits"]).eval()
+    tokens = torch.randint(0, 50, (2, 37), generator=torch.Generator().manual_seed(2))
+    counter = CompileCounter()
+    # dynamic=False: every shape is static, and fullgraph=True: no graph breaks.
+    compiled = torch.compile(model, backend=counter, dynamic=False, fullgraph=True)
+    with torch.no_grad():
+        whole = model(tokens)  # the oracle: the same diagram run whole, eager, uncached
+        for _ in range(2):     # a second generation reuses both graphs
+            cache = model.new_cache(max_length=40)
+            parts = [compiled(tokens[:, :5], cache=cache)]
+            parts += [compiled(tokens[:, k:k + 1], cache=cache) for k in range(5, 37)]
+            assert (torch.cat(parts, dim=1) - whole).abs().max().item() < 1e-10
+    # One graph for the prompt, one for all 32 single-token steps.
+    assert counter.frame_count == 2
+    assert cache.length == 37
+
+
+def test_a_static_cache_refuses_what_it_cannot_hold():
+    model = _random_model(_example("llama"))
+    with pytest.raises(ValueError, match="max_length must be a whole number"):
+        model.new_cache(max_length=0)
+    cache = model.new_cache(max_length=6)
+    with torch.no_grad():
+        model(torch.zeros(1, 6, dtype=torch.long), cache=cache)  # exactly full: allowed
+        with pytest.raises(ValueError, match="holds 6 positions; this call would make 7"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    gpt2 = _random_model(_example("gpt2_small", context=8))
+    with pytest.raises(ValueError, match="max_length 9 is past the 8 positions"):
+        gpt2(torch.zeros(1, 2, dtype=torch.long), cache=gpt2.new_cache(max_length=9))

@@ -106,6 +106,77 @@ def test_incremental_calls_equal_one_call_and_a_static_cache_too(tmp_path):
             assert (torch.cat(parts, dim=1) - whole).abs().max().item() < 1e-10
 
 
+def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_path):
+    from torch._dynamo.testing import CompileCounter
+    hf, model = _load("llama", tmp_path)
+    prompt = torch.tensor([[5, 17, 9, 30, 12, 8]])
+    with torch.no_grad():
+        expected = hf.generate(prompt, max_new_tokens=12, do_sample=False,
+                               attention_mask=torch.ones_like(prompt))
+    counter = CompileCounter()
+    options = {"backend": counter, "fullgraph": True}  # fullgraph: no graph breaks
+    out = tndsl.generate(model, prompt, 12, compile=options)
+    assert out.tokens.tolist() == expected.tolist()
+    assert counter.frame_count == 2          # the prompt; every one of the 11 later steps
+    assert tndsl.generate(model, prompt, 12, compile=options).tokens.tolist() \
+        == expected.tolist() and counter.frame_count == 2  # kept on the model: reused
+    # Steering and reading activations while compiled: as the eager model does.
+    steering = {"blocks.0.out": lambda x: x + 3.0}
+    names = ["blocks.1.attn.pattern", "blocks.0.out"]
+    eager = tndsl.generate(model, prompt, 12, hooks=steering, return_cache=names)
+    for _ in range(2):
+        steered = tndsl.generate(model, prompt, 12, hooks=steering, return_cache=names,
+                                 compile=options)
+        assert steered.tokens.tolist() == eager.tokens.tolist() != expected.tolist()
+        for name in names:
+            assert steered.cache[name].shape == eager.cache[name].shape
+            assert (steered.cache[name] - eager.cache[name]).abs().max().item() < 1e-10
+    assert counter.frame_count == 4  # the hooks are guarded: two more graphs, once
+
+
+@pytest.mark.slow  # reason: Inductor compiles two graphs (~30-70 s on 2 shared cores)
+def test_generation_compiled_by_inductor_equals_hugging_face(tmp_path):
+    hf, model = _load("mistral", tmp_path)
+    prompt = torch.tensor([[5, 17, 9, 30, 12, 8]])
+    with torch.no_grad():
+        expected = hf.generate(prompt, max_new_tokens=10, do_sample=False,
+                               attention_mask=torch.ones_like(prompt))
+    out = tndsl.generate(model, prompt, 10, compile=True, return_logits=True)
+    assert out.tokens.tolist() == expected.tolist()
+    uncached = tndsl.generate(model, prompt, 10, return_logits=True, use_cache=False)
+    assert (out.logits - uncached.logits).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("case", ["llama", "mistral"])  # rotary; and a window of 4
+def test_a_static_cache_with_left_padding_equals_hugging_face(case, tmp_path):
+    hf, model = _load(case, tmp_path)
+    rows = [[5, 17, 9, 30, 12, 8, 4], [22, 6], [7, 7, 40, 11]]
+    out = tndsl.generate(model, rows, 9, max_length=20, return_cache=["blocks.1.attn.pattern"])
+    ids = torch.tensor([[3] * (7 - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (7 - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        expected = hf.generate(ids, attention_mask=mask, max_new_tokens=9, do_sample=False,
+                               pad_token_id=3)
+    assert out.tokens.tolist() == expected.tolist()
+    growing = tndsl.generate(model, rows, 9, return_cache=["blocks.1.attn.pattern"])
+    pattern = out.cache["blocks.1.attn.pattern"]  # cut from max_length keys to 16
+    assert pattern.shape == growing.cache["blocks.1.attn.pattern"].shape
+    assert (pattern - growing.cache["blocks.1.attn.pattern"]).abs().max().item() < 1e-12
+
+
+def test_generation_options_for_the_static_cache_are_checked(tmp_path):
+    _, model = _load("qwen2", tmp_path)
+    prompt = torch.tensor([[5, 17, 9]])
+    with pytest.raises(GenerateError, match="max_length 10 cannot hold") as info:
+        tndsl.generate(model, prompt, 8, max_length=10)
+    assert "max_length=11" in info.value.hint
+    with pytest.raises(GenerateError, match="no argument 'modes'") as info:
+        tndsl.generate(model, prompt, 2, compile={"modes": "max-autotune"})
+    assert "mode" in info.value.hint and "backend" in info.value.hint
+    with pytest.raises(GenerateError, match="compile must be True, False or a dict"):
+        tndsl.generate(model, prompt, 2, compile="inductor")
+
+
 def test_text_in_text_out_with_the_checkpoints_tokenizer(tmp_path):
     _, model = _load("llama", tmp_path)
     assert model.to_tokens("w3 w4").tolist() == [[1, 7, 8]]        # BOS: its tokenizer adds it

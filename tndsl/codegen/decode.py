@@ -123,7 +123,7 @@ class KVCache:
         for key, value in self._store.items():
             self._store[key] = value.index_select(0, rows.to(value.device))
         if self.pad is not None:
-            self.pad = self.pad.index_select(0, rows)
+            self.pad = self.pad.index_select(0, rows.to(self.pad.device))
 
     def __repr__(self):
         static = "" if self.max_length is None else f", max_length={self.max_length}"
