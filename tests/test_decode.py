@@ -195,3 +195,37 @@ def test_a_static_cache_refuses_what_it_cannot_hold():
     gpt2 = _random_model(_example("gpt2_small", context=8))
     with pytest.raises(ValueError, match="max_length 9 is past the 8 positions"):
         gpt2(torch.zeros(1, 2, dtype=torch.long), cache=gpt2.new_cache(max_length=9))
+
+
+@pytest.mark.parametrize("example", ["gpt2_small", "llama", "mistral", "attn_only_2l"])
+def test_generated_code_names_only_globals_it_defines(example):
+    # Each helper is emitted only where used; a call it makes to one left out (as
+    # `_cached_attention` once named `_windowed_attention` in files without a window)
+    # would be a NameError on the branch that reaches it. Every global any function
+    # or method of the generated module loads must exist.
+    import builtins
+    import dis
+    import types
+    module = _example(example).module()
+    namespace = type(module).forward.__globals__
+    missing = set()
+
+    def check(code):
+        for instruction in dis.get_instructions(code):
+            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and \
+                    instruction.argval not in namespace and \
+                    not hasattr(builtins, instruction.argval):
+                missing.add((code.co_name, instruction.argval))
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                check(const)
+    for value in list(namespace.values()):
+        functions = [value] if isinstance(value, types.FunctionType) else \
+            [v for v in vars(value).values() if isinstance(v, (types.FunctionType, property))] \
+            if isinstance(value, type) and value.__module__ == type(module).__module__ else []
+        for fn in functions:
+            for f in (fn.fget, fn.fset) if isinstance(fn, property) else (fn,):
+                if f is not None:
+                    check(f.__code__)
+    assert not missing
+    assert ("_cached_attention" in namespace) == (example != "attn_only_2l")  # unfused

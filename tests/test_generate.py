@@ -158,6 +158,10 @@ def test_a_static_cache_with_left_padding_equals_hugging_face(case, tmp_path):
         expected = hf.generate(ids, attention_mask=mask, max_new_tokens=9, do_sample=False,
                                pad_token_id=3)
     assert out.tokens.tolist() == expected.tolist()
+    if case == "mistral":  # compiled too (padding and the window masked from tensors)
+        compiled = tndsl.generate(model, rows, 9, compile={"backend": "eager",
+                                                           "fullgraph": True})
+        assert compiled.tokens.tolist() == expected.tolist()
     growing = tndsl.generate(model, rows, 9, return_cache=["blocks.1.attn.pattern"])
     pattern = out.cache["blocks.1.attn.pattern"]  # cut from max_length keys to 16
     assert pattern.shape == growing.cache["blocks.1.attn.pattern"].shape
