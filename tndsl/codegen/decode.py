@@ -6,10 +6,13 @@ incrementally: each call gives only the new positions, and
 - every tensor the plan caches (`k` and `v` after rotary, in a transformer) is appended
   to the cache right after its hook point (`cache.extend`), so the hook sees the new
   positions and everything after sees all of them;
-- positions read at the new positions are offset by the cache's length: rotary angles
-  (`_rotary(..., cache)`), learnt position rows (`_position_rows`), mask conditions
-  (`_positions(t, axis, cache)`), and the fused attention's causal / window mask
-  (`_cached_attention`);
+- positions read at the new positions are the cache's next ones (`cache.positions`):
+  rotary angles (`_rotary(..., cache)`), learnt position rows (`_position_rows`), mask
+  conditions (`_positions(t, axis, cache)`), and the fused attention's causal / window
+  mask (`_cached_attention`, called only with a cache);
+- `new_cache(max_length=N)` makes the cache static, for torch.compile: buffers of N
+  positions written in place, and the positions held kept as a tensor, so no shape or
+  Python value in a decoding step depends on how many positions came before;
 - left padding (`new_cache(pad=...)`: padding positions per row) shifts each row's
   positions so its first real token is position 0, and no key at a padding position is
   ever attended to (`_unpadded`).
@@ -26,81 +29,59 @@ CACHE = "cache"  # the forward's argument; no .tn name starts a local with this 
 HELPERS = {
     "KVCache": '''
 class KVCache:
-    """What incremental decoding keeps between calls: the tensors tndsl derived from the
-    diagram as read at earlier positions (a causal attention's keys and values). Pass
-    the same cache to each forward call, with only the new positions; each call
-    appends them (`length` counts the positions so far).
-
-    `pad`: per batch row, how many of the first positions are padding (left padding):
-    positions of a row count from its first real token, and padding is never attended
-    to. `max_length`: a static cache, as Hugging Face's StaticCache: each tensor is a
-    buffer of `max_length` positions allocated once and written in place, and the
-    positions so far are a tensor, so a call's shapes depend only on its own number of
-    new positions and torch.compile traces one decoding step for all of them. The
-    values after the last position are zeros, masked out of every attention; a hooked
-    pattern is `max_length` keys wide. Without it, each tensor grows per call
-    (`torch.cat`, as Hugging Face's DynamicCache)."""
+    """The tensors tndsl derived from the diagram as read at earlier positions (keys and
+    values). Pass it to each forward call with only the new positions; `length` counts
+    those held. `pad`: per row, how many first positions are left padding (never
+    attended to; a row's positions count from its first real token). `max_length`:
+    static, for torch.compile (as Hugging Face's StaticCache): buffers written in place
+    (zeros after the last position, masked out), the positions held kept as a tensor,
+    so a call's shapes depend only on its own new positions. Else tensors grow."""
 
     def __init__(self, pad=None, max_length=None):
-        if max_length is not None and (isinstance(max_length, bool)
-                                       or not isinstance(max_length, int) or max_length < 1):
+        if max_length is not None and (type(max_length) is not int or max_length < 1):
             raise ValueError(f"max_length must be a whole number >= 1, not {max_length!r}")
         self.pad = None if pad is None else torch.as_tensor(pad, dtype=torch.long)
         self.max_length = max_length
         self._store = {}       # (id of the module, name) -> the tensor kept
-        self._tables = {}      # a static cache's position tables (rotary angles)
+        self._tables = {}      # a static cache's rotary tables
         self._length = 0       # the positions held (a growing cache)
-        self._position = None  # the same as a tensor, on the model's device (a static one)
+        self._position = None  # the same as a tensor on the model's device (a static one)
 
     @property
     def length(self):
-        """The number of positions held (a static cache reads it from its tensor)."""
         if self.max_length is None:
             return self._length
         return 0 if self._position is None else int(self._position)
 
     def positions(self, n, device):
-        """This call's `n` positions: the ones after those held, as a tensor."""
+        """This call's `n` positions, after those held, as a tensor."""
         if self.max_length is None:
             return torch.arange(self._length, self._length + n, device=device)
-        if self._position is None:
-            self._position = torch.zeros((), dtype=torch.long, device=device)
-        elif self._position.device != device:
-            self._position = self._position.to(device)
+        if self._position is None or self._position.device != device:
+            start = 0 if self._position is None else self._position
+            self._position = torch.as_tensor(start, dtype=torch.long, device=device)
         return self._position + torch.arange(n, device=device)
 
-    def table(self, key, make):
-        """A static cache's table for its `max_length` positions: `make()` the first
-        time, kept with the cache (made in the first call's graph, so a later
-        generation's first call traces the same)."""
-        if key not in self._tables:
-            self._tables[key] = make()
-        return self._tables[key]
-
     def check(self, n):
-        """Called first by each forward call of `n` new positions: a static cache must
-        have room for them (under torch.compile an assert op, not a branch on the
-        length)."""
+        """First in each call: a static cache has room for `n` more positions."""
         if self.max_length is None:
             return
         if not torch.compiler.is_compiling():
             if self.length + n > self.max_length:
                 raise ValueError(f"the cache holds {self.max_length} positions; this call "
                                  f"would make {self.length + n}")
-        elif self._position is not None:
+        elif self._position is not None:  # an assert op: no branch on the length
             torch._assert_async(self._position + n <= self.max_length,
-                                "this call would make more positions than the cache's "
-                                "max_length")
+                                "this call would make more positions than max_length")
 
     def extend(self, module, name, value, axis):
         """`value` (the new positions along `axis`) after the ones kept for `name` of
         `module`: the whole sequence so far (a static cache: its whole buffer)."""
-        key = (id(module), name)  # an id, not the module: torch.compile guards on keys
+        key = (id(module), name)  # not the module: torch.compile would guard through it
         kept = self._store.get(key)
         if self.max_length is None:
-            full = value if kept is None else torch.cat((kept, value), dim=axis)
-            self._store[key] = full
-            return full
+            self._store[key] = value if kept is None else torch.cat((kept, value), dim=axis)
+            return self._store[key]
         if kept is None:
             shape = list(value.shape)
             shape[axis] = self.max_length
@@ -108,17 +89,14 @@ class KVCache:
         return kept.index_copy_(axis, self.positions(value.size(axis), value.device), value)
 
     def advance(self, n):
-        """Called at the end of each forward call: `n` positions were appended."""
+        """Last in each call: `n` positions were appended."""
         if self.max_length is None:
             self._length += n
-        elif self._position is None:
-            self._position = torch.tensor(n)
         else:
-            self._position = self._position + n
+            self._position = torch.tensor(n) if self._position is None else self._position + n
 
     def reorder(self, rows):
-        """Keep (and reorder) these batch rows, as beam search or dropping finished
-        rows needs."""
+        """Keep (and reorder) these batch rows (beam search, dropping finished rows)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         for key, value in self._store.items():
             self._store[key] = value.index_select(0, rows.to(value.device))
@@ -132,10 +110,9 @@ class KVCache:
 ''',
     "_position_rows": '''
 def _position_rows(t, axis, n, cache, every=False):
-    """The rows of a position-indexed param `t` (along `axis`, negative) for the
-    positions of this call: 0..n-1 without a cache; after the cached ones with one (all
-    of them if `every`: a static cache's `max_length`); shifted per row past its left
-    padding (then with a leading batch dim)."""
+    """The rows of a position-indexed param `t` (along `axis`, negative) for this call's
+    positions (all so far if `every`; a static cache's `max_length`), shifted per row
+    past its left padding (then with a leading batch dim)."""
     size = t.size(axis)
     if cache is not None and cache.max_length is not None:
         if cache.max_length > size:
@@ -173,21 +150,17 @@ def _unpadded(cache, t, key, query):
 ''',
     "_cached_attention": '''
 def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
-    """Scaled dot-product attention of this call's queries over every key so far: the
-    cached ones first, then the new (a static cache: its whole buffer, the keys after
-    the last position masked out). On a growing cache's first, unpadded call queries
-    and keys are one sequence and the plain causal kernel runs; a single new query sees
-    every key, so needs no mask unless a window or padding applies; otherwise the
-    boolean mask is built from the cache's positions (grouped key/value heads go in as
-    they are: `enable_gqa`)."""
+    """Scaled dot-product attention of this call's queries over every key so far (a
+    static cache: all its keys, those after the last position masked out). A growing
+    cache's first unpadded call runs the plain causal kernel, and a single new query
+    needs no mask unless a window or padding applies; otherwise the boolean mask is
+    built from the cache's positions (grouped key/value heads go in as they are)."""
     n, total = q.size(-2), k.size(-2)
     groups = q.size(-3) // k.size(-3) if grouped else 1
-    if cache.max_length is None and cache.pad is None and (window is None or total <= window):
-        if cache.length == 0:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
-                                                  enable_gqa=groups > 1)
-        if n == 1:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=groups > 1)
+    if cache.max_length is None and cache.pad is None and (window is None or total <= window) \
+            and (cache.length == 0 or n == 1):  # one sequence, or one query
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1,
+                                              scale=scale, enable_gqa=groups > 1)
     s = torch.arange(total, device=q.device)
     p = cache.positions(n, q.device)[:, None]
     keep = s <= (p if causal else p[-1])  # not causal: every key held so far
@@ -236,7 +209,8 @@ def new_cache_method(reason: str | None) -> list[str]:
     lines = ["def new_cache(self, pad=None, max_length=None):",
              '    """An empty cache for incremental decoding: pass it as `cache=` to each call',
              "    with only the new positions (`KVCache`; `pad`: left-padding positions per",
-             '    row; `max_length`: allocate that many positions once)."""']
+             "    row; `max_length`: a static cache of that many positions, allocated once,",
+             '    for torch.compile)."""']
     if reason is None:
         lines.append("    return KVCache(pad, max_length)")
     else:

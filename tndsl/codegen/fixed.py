@@ -46,9 +46,8 @@ def _rotary(x, position, axis, rotated, base, inverse, interleaved=False, cache=
 
 def _rotary_at(x, cache, rotated, base, inverse, interleaved=False):
     """cos and signed sin at this call's positions (x: [..., n, rotated-or-more]): from a
-    table for a static cache's `max_length` positions, read at its positions tensor (so
-    torch.compile need not specialise on the length), else for a power of two, so
-    decoding steps reuse it."""
+    table for a power of two positions, so decoding steps reuse it; a static cache's
+    is for its `max_length`, kept with it and read at its positions tensor."""
     n = x.size(-2)
     if cache.max_length is None:
         start = cache.length
@@ -58,11 +57,11 @@ def _rotary_at(x, cache, rotated, base, inverse, interleaved=False):
             return cos[start:start + n], sin[start:start + n]
         positions = torch.arange(start, start + n, device=x.device)
     else:
-        cos, sin = cache.table(
-            ("rotary", rotated, base, inverse, interleaved, x.dtype, x.device),
-            lambda: _rotary_angles(cache.max_length, rotated, base, inverse, x.dtype,
-                                   x.device, interleaved))
-        positions = cache.positions(n, x.device)
+        key = (rotated, base, inverse, interleaved, x.dtype, x.device)
+        if key not in cache._tables:  # made in the first call (its graph, compiled)
+            cache._tables[key] = _rotary_angles(cache.max_length, rotated, base, inverse,
+                                                x.dtype, x.device, interleaved)
+        (cos, sin), positions = cache._tables[key], cache.positions(n, x.device)
         if cache.pad is None:
             return cos[positions], sin[positions]
     positions = (positions - cache.pad.to(x.device)[:, None]).clamp(min=0)

@@ -11,9 +11,11 @@ from the diagram, with hooks active at every step.
 Decoding feeds the prompt once, then one token a step, through `model.new_cache()`
 (`tndsl.codegen.decode`): each step computes only the new position, reading the cached
 keys and values of the earlier ones; `use_cache=False` recomputes the whole sequence
-each step instead (the same tokens; slower). Sampling follows Hugging Face's
-`generate`: greedy by default; with `do_sample=True`, temperature, then top-k, then
-top-p (nucleus) filtering, from a `torch.Generator` seeded by `seed`. Batched prompts
+each step instead (the same tokens; slower); `compile=True` runs the forward through
+`torch.compile` with a static cache (`max_length`), one graph for the prompt and one
+every later step reuses. Sampling follows Hugging Face's `generate`: greedy by
+default; with `do_sample=True`, temperature, then top-k, then top-p (nucleus)
+filtering, from a `torch.Generator` seeded by `seed`. Batched prompts
 of different lengths are padded on the left; a row that reaches a stop token (the
 checkpoint's end-of-sequence token, or `stop=`) is finished and continues with padding.
 """
