@@ -179,8 +179,16 @@ def test_cli_render_options(tmp_path):
     hooks = run("examples/gpt2_small.tn", "blocks.0.out", "--depth", "1", "--hooks",
                 "--dim", "Layers=1")
     assert hooks.returncode == 0 and "blocks.0.attn.out" in hooks.stdout
-    for argv, message in [
+    for argv, message in [   # usage mistakes: refused before the file is read
             (["--width", "wide"], "width `wide` is not a length"),
+            (["--font-size", "100"], "must be from 4 to 72 pt"),
+            (["--font-size", "nan"], "must be from 4 to 72 pt"),
+            (["--legs", "p/p"], "`p` is given on both sides"),
+            (["--legs", "pm"], "write LEFT/RIGHT")]:
+        bad = run("examples/attention_head.tn", "out", *argv)
+        assert bad.returncode == 2 and message in bad.stderr, (argv, bad.stderr)
+        assert "Traceback" not in bad.stderr
+    for argv, message in [
             (["--width", "1in", "--font-size", "10"], "does not fit in 1.00 in"),
             (["--legs", "q/m"], "`q` is not an open leg"),
             (["--font", "No Such Face Anywhere", "-o", str(tmp_path / "f.pdf")],
@@ -189,6 +197,40 @@ def test_cli_render_options(tmp_path):
         bad = run("examples/attention_head.tn", *([] if argv[0] == "nope" else ["out"]),
                   *argv)
         assert bad.returncode == 1 and message in bad.stderr, (argv, bad.stderr)
+        assert "Traceback" not in bad.stderr
+
+
+def test_cli_paths_render_takes_the_figure_options_of_render(tmp_path):
+    """`paths --render` has render's --width, --font-size, --font, --legs, --dpi and
+    --no-outline: the same definitions (help and checks), passed to the figure."""
+    from tndsl.interp.paths import expand_paths
+
+    def run(command, *argv):
+        return subprocess.run([sys.executable, "-m", "tndsl", command, *argv], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    def options(help_text):
+        start = help_text.index("--width LENGTH  ")
+        return re.sub(r"\s+", " ", help_text[start:help_text.index("--no-outline  ")])
+    assert options(run("paths", "--help").stdout) == options(run("render", "--help").stdout)
+    base = ["examples/attn_only_2l.tn", "logits", "-o", str(tmp_path / "p.tn")]
+    dot = tmp_path / "paths.dot"
+    good = run("paths", *base, "--render", str(dot), "--width", "6.75in", "--font-size", "8",
+               "--legs", "p/v")
+    assert good.returncode == 0, good.stderr
+    expected = expand_paths(tndsl.load(ROOT / "examples" / "attn_only_2l.tn"), "logits") \
+        .figure(width="6.75in", font_size=8, legs="p/v")
+    assert dot.read_text() == expected.source
+    assert expected.scene.width <= 6.75 * 72 and expected.scene.font_size == 8
+    narrow = run("paths", *base, "--render", str(dot), "--width", "3in", "--font-size", "8")
+    assert narrow.returncode == 1 and "does not fit in 3.00 in" in narrow.stderr
+    for argv, message in [
+            (["--render", str(dot), "--width", "wide"], "width `wide` is not a length"),
+            (["--render", str(dot), "--font-size", "0"], "must be from 4 to 72 pt"),
+            (["--render", str(dot), "--legs", "p,v/p"], "`p` is given on both sides"),
+            (["--width", "6.75in"], "--width sets the figure: give --render FIGURE too")]:
+        bad = run("paths", *base, *argv)
+        assert bad.returncode == 2 and message in bad.stderr, (argv, bad.stderr)
         assert "Traceback" not in bad.stderr
 
 

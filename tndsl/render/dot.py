@@ -21,9 +21,12 @@ ACTIVATION = 'shape=circle, color="#222222"'
 INSTANCE = 'shape=box, style=rounded, color="#222222"'
 DOT = 'shape=circle, style=filled, fillcolor="#111111", color="#111111"'
 BOX = 'shape=box, style="dashed,rounded", color="#555555"'
+# A hook map's region (an equation inlined, named after it): dotted, in the hook colour.
+HOOK_REGION = 'shape=box, style="dotted,rounded", color="#1f4e79"'
 STYLES = {"param": PARAM, "fixed": FIXED, "input": ACTIVATION, "activation": ACTIVATION,
           "instance": INSTANCE, "copy": DOT, "ones": DOT, "box": BOX}
-TEXT_COLOURS = {"wirelabel": "#444444", "hook": "#1f4e79", "termlabel": "#444444"}
+TEXT_COLOURS = {"wirelabel": "#444444", "hook": "#1f4e79", "hookinside": "#5a7fa8",
+                "termlabel": "#444444"}
 
 
 def _in(points: float) -> str:
@@ -92,7 +95,8 @@ def to_dot(scene, name: str | None = None, **options) -> str:
 
 
 def _shape(shape: Shape, node: int, size: float) -> str:
-    attrs = [STYLES[shape.kind], f'pos="{shape.x:.2f},{shape.y:.2f}!"',
+    style = HOOK_REGION if shape.cls == "hookbox" else STYLES[shape.kind]
+    attrs = [style, f'pos="{shape.x:.2f},{shape.y:.2f}!"',
              f"width={_in(shape.w)}", f"height={_in(shape.h)}", f'class="{shape.cls}"']
     if shape.label is not None:
         attrs.append(f"label=<{label_html(shape.label, size)}>")

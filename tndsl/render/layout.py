@@ -30,12 +30,13 @@ from tndsl.lang.errors import ResourceError, TnError
 from tndsl.render import expand
 from tndsl.render.expand import coefficient_tex, coefficient_text, label_html, label_tex
 from tndsl.render.fonts import Font
-from tndsl.lang.text import dot_text, tex_math_name
+from tndsl.lang.text import dot_text, tex_text_name, tex_math_name
 
 BORDER = 6.0            # pt between a box's border and anything inside it (nested boxes too)
 MARGIN = 2.0            # pt around the whole figure
 MIN_FONT_SIZE = 7.0     # pt: the smallest size a figure is shrunk to, to fit `width`
 DEFAULT_FONT_SIZE = 10.0
+MIN_SET_FONT_SIZE, MAX_FONT_SIZE = 4.0, 72.0   # pt: the sizes `font_size=` may ask for
 # Layout cost: a figure with more shapes and wires than this is refused before layout
 # (a figure that size cannot be read at any paper width).
 MAX_LAYOUT_ITEMS = 2_000
@@ -67,7 +68,8 @@ class Text:
     size: float
     html: str        # for Graphviz
     tex: str         # for LaTeX
-    cls: str         # wirelabel | joiner | coefficient | boxlabel | hook | termlabel | sum
+    cls: str         # wirelabel | joiner | coefficient | boxlabel | hook | hookinside |
+                     # termlabel | sum
     italic: bool = False
     anchor: str = "center"
 
@@ -122,9 +124,10 @@ class _Leaf:
     indices: tuple[str, ...]
     w: float
     h: float
-    span: float                    # horizontal room it takes (a hook label may be wider)
+    span: float                    # horizontal room it takes (hook labels may be wider)
     scope: "_Scope"
-    hook: str = ""
+    hooks: tuple[str, ...] = ()    # the hook points it is, named above it
+    inside: tuple[str, ...] = ()   # the hook points hidden inside it, listed above those
     x: float = 0.0
     summed: bool = False           # a `ones` on a contracted leg: a labelled sum
 
@@ -175,6 +178,7 @@ class _Scope:
     label_html: str = ""
     label_tex: str = ""
     label_w: float = 0.0
+    hooks: tuple[str, ...] = ()    # a hook map's region: the equations it is
     children: list = field(default_factory=list)
     hypers: list[_Hyper] = field(default_factory=list)
     dots: list[_Dot] = field(default_factory=list)
@@ -201,6 +205,13 @@ class _Sizes:
         self.label_h = 1.2 * self.wfs
         self.lane_gap = self.label_h + 0.45 * size
         self.joiner = 1.3 * size
+        # Hook-point names: legible in print, never under 7 pt.
+        self.hook = max(MIN_FONT_SIZE, round(0.75 * size, 2))
+        self.hook_line = 1.2 * self.hook
+
+    def hook_lines(self, leaf) -> tuple[str, ...]:
+        """A tensor's hook labels, top to bottom: those hidden inside it, then its own."""
+        return leaf.inside + leaf.hooks
 
     def text(self, text: str, size: float | None = None, italic: bool = False) -> float:
         return self.font.width(text, size or self.fs, italic)
@@ -217,11 +228,10 @@ class _TermLayout:
     """Lays out one term in local coordinates: baseline y = 0, left edge x = 0."""
 
     def __init__(self, term, legs: dict[str, str], dims: dict[str, str], sizes: _Sizes,
-                 show_indices: bool, hooks: bool):
+                 show_indices: bool):
         self.sizes = sizes
         self.dims = dims
         self.legs = legs                 # open leg -> side
-        self.hooks = hooks
         self.root = _Scope(None, tuple(legs))
         self.shapes: list[Shape] = []
         self.wires: list[Wire] = []
@@ -268,14 +278,19 @@ class _TermLayout:
         for factor in sorted(factors, key=self._side_key):
             if isinstance(factor, expand._Box):
                 label_html_, label_tex_ = factor.label_html, factor.label_tex
-                if len(factor.terms) == 1 and factor.terms[0].coefficient != 1:
+                region = bool(factor.hooks)      # a hook map's region: named, no function
+                if len(factor.terms) == 1 and factor.terms[0].coefficient != 1 and not region:
                     # One term with a coefficient: it is set after the box's label, out
                     # of the way of the wires.
                     value = factor.terms[0].coefficient
                     label_html_ += " &#8194; " + dot_text(coefficient_text(value))
                     label_tex_ = label_tex_[:-1] + r"\quad " + coefficient_tex(value) + "$"
                 plain = html.unescape(re.sub(r"<[^>]+>", "", label_html_))
-                box = _Scope(scope, factor.legs, label_html_, label_tex_, s.text(plain))
+                label_w = s.text(plain) if not region else \
+                    sum(s.text(h, s.hook) for h in factor.hooks) + \
+                    (len(factor.hooks) - 1) * s.fs
+                box = _Scope(scope, factor.legs, label_html_, label_tex_, label_w,
+                             factor.hooks)
                 scope.children.append(box)
                 for k, term in enumerate(factor.terms):
                     coefficient = term.coefficient
@@ -285,7 +300,7 @@ class _TermLayout:
                                                        "joiner", s.joiner))
                         if coefficient.could_extract_minus_sign():
                             coefficient = -coefficient
-                    if coefficient != 1 and len(factor.terms) > 1:
+                    if coefficient != 1 and (len(factor.terms) > 1 or region):
                         box.children.append(self._mark(coefficient_text(coefficient),
                                                        f"${coefficient_tex(coefficient)}$",
                                                        "coefficient", s.fs))
@@ -301,10 +316,10 @@ class _TermLayout:
                     w = h = max(s.node_h, text_w + 0.8 * s.fs)
                 else:
                     w, h = max(2.4 * s.fs, text_w + 1.1 * s.fs), s.node_h
-                hook = factor.name if self.hooks and kind in ("activation", "instance") else ""
-                span = max(w, s.text(hook, 0.75 * s.fs) + 0.4 * s.fs) if hook else w
+                lines = factor.inside + factor.hooks
+                span = max([w] + [s.text(line, s.hook) + 0.4 * s.fs for line in lines])
                 leaf = _Leaf(kind, factor.name, factor.label, factor.indices, w, h, span,
-                             scope, hook)
+                             scope, factor.hooks, factor.inside)
             scope.children.append(leaf)
 
     def _mark(self, text: str, tex: str, cls: str, size: float) -> _Mark:
@@ -547,7 +562,8 @@ class _TermLayout:
         bottoms += [h.lane - (s.label_h + 2 if h.dot is not None and not self._has_run(h)
                               else 0) - (1.3 * s.fs if h.summed else 0) for h in routed]
         bottoms += [d.y - s.dot / 2 for d in scope.dots]
-        tops = [c.h / 2 + (0.9 * s.fs if c.hook else 0) + (1.2 * s.fs if c.summed else 0)
+        tops = [c.h / 2 + (0.25 * s.fs + len(s.hook_lines(c)) * s.hook_line
+                           if s.hook_lines(c) else 0) + (1.2 * s.fs if c.summed else 0)
                 for c in scope.children if isinstance(c, _Leaf)]
         tops += [c.top for c in scope.children if isinstance(c, _Scope)]
         tops += [s.label_h + 1.5 for h in straight]
@@ -559,10 +575,17 @@ class _TermLayout:
             scope.top = max(tops) + 1.2 * s.fs + 0.3 * s.fs
             self.shapes.append(Shape("box", (scope.x0 + scope.x1) / 2,
                                      (scope.top + scope.bottom) / 2, scope.x1 - scope.x0,
-                                     scope.top - scope.bottom, cls="box"))
-            self.texts.append(Text(scope.x0 + s.pad, scope.top - 0.3 * s.fs - 0.6 * s.fs,
-                                   scope.label_w, s.fs, scope.label_html, scope.label_tex,
-                                   "boxlabel", anchor="west"))
+                                     scope.top - scope.bottom,
+                                     cls="hookbox" if scope.hooks else "box"))
+            y = scope.top - 0.3 * s.fs - 0.6 * s.fs
+            if not scope.hooks:
+                self.texts.append(Text(scope.x0 + s.pad, y, scope.label_w, s.fs,
+                                       scope.label_html, scope.label_tex, "boxlabel",
+                                       anchor="west"))
+            x = scope.x0 + s.pad
+            for hook in scope.hooks:   # a region's names, in a row
+                self.texts.append(_hook_text(s, hook, x, y, "hook", anchor="west"))
+                x += s.text(hook, s.hook) + s.fs
 
     def _dangling(self, hyper: _Hyper) -> bool:
         # A contracted leg met once (only `ones`): the dot is the whole drawing.
@@ -735,12 +758,11 @@ class _TermLayout:
                 continue
             shapes.append(Shape(leaf.kind, leaf.x + dx, dy, leaf.w, leaf.h, leaf.label,
                                 leaf.name, f"tensor {leaf.kind}"))
-            if leaf.hook:
-                size = round(0.75 * s.fs, 2)
-                texts.append(Text(leaf.x + dx, dy + leaf.h / 2 + 0.55 * s.fs,
-                                  s.text(leaf.hook, size), size, dot_text(leaf.hook),
-                                  r"\texttt{" + tex_math_name(leaf.hook).replace("\\_", r"\_")
-                                  + "}", "hook"))
+            lines = s.hook_lines(leaf)
+            for k, hook in enumerate(reversed(lines)):   # upwards from the tensor
+                texts.append(_hook_text(s, hook, leaf.x + dx, dy + leaf.h / 2 + 0.25 * s.fs
+                                        + (k + 0.5) * s.hook_line,
+                                        "hook" if hook in leaf.hooks else "hookinside"))
         for token in self._tokens(self.root):
             if isinstance(token, _Mark):
                 t = token.text
@@ -753,6 +775,14 @@ class _TermLayout:
         for text in self.texts:
             texts.append(Text(text.x + dx, text.y + dy, text.w, text.size, text.html, text.tex,
                               text.cls, text.italic, text.anchor))
+
+
+def _hook_text(s: _Sizes, hook: str, x: float, y: float, cls: str,
+               anchor: str = "center") -> Text:
+    """A hook point's name (`blocks.0.attn.pattern`), upright in the figure's face: the
+    same widths in every format."""
+    return Text(x, y, s.text(hook, s.hook), s.hook, dot_text(hook), tex_text_name(hook),
+                cls, anchor=anchor)
 
 
 def _moved(shape: Shape, dx: float, dy: float) -> Shape:
@@ -789,10 +819,37 @@ def _first_meetings(term) -> dict[str, int]:
     return order
 
 
-def leg_sides(legs: tuple[str, ...], spec, first_term=None) -> dict[str, str]:
+def parse_legs(spec: str) -> dict[str, str]:
+    """`--legs LEFT/RIGHT`: comma-separated indices leaving on each side ("p/m", "h,p/s",
+    "/p,m", "p,m/"), as {index: "left" | "right"}. Only the syntax is checked here (an
+    index on both sides, twice, or not a name); whether each is an open leg, when the
+    equation is known (`leg_sides`)."""
+    example = "e.g. p/m, h,p/s or /p,m"
+    if spec.count("/") != 1:
+        raise LayoutError(f"--legs `{spec}`: write LEFT/RIGHT, the open legs leaving on "
+                          f"each side, comma-separated ({example})")
+    sides: dict[str, str] = {}
+    for side, names in zip(("left", "right"), spec.split("/")):
+        items = [name.strip() for name in names.split(",")]
+        if items == [""]:
+            continue       # no leg on this side
+        for name in items:
+            if not re.fullmatch(r"[^\W\d]\w*'*", name):
+                shown = f"`{name}` is not an index name" if name else "an empty name"
+                raise LayoutError(f"--legs `{spec}`: {shown} ({example})")
+            if name in sides:
+                where = "on both sides" if sides[name] != side else "twice"
+                raise LayoutError(f"--legs `{spec}`: `{name}` is given {where}; give each "
+                                  f"open leg one side")
+            sides[name] = side
+    return sides
+
+
+def leg_sides(legs: tuple[str, ...], spec, first_term=None, span=None) -> dict[str, str]:
     """Each open leg's side. Default: the first leg left, the others right. `spec`
     overrides it: "LEFT/RIGHT" with comma-separated indices ("p/m", "p,m/", "/p,m"), or
-    a dict {index: "left" | "right"}."""
+    a dict {index: "left" | "right"}. A bad spec is an error located at `span` (the
+    equation drawn), listing the open legs."""
     if spec is None:
         # The first left, the last right; one between goes to the side nearer where the
         # first term first meets it (the same side in every term).
@@ -801,25 +858,23 @@ def leg_sides(legs: tuple[str, ...], spec, first_term=None) -> dict[str, str]:
         return {leg: "left" if k == 0 else "right" if k == len(legs) - 1 else
                 ("left" if order.get(leg, count) < count / 2 else "right")
                 for k, leg in enumerate(legs)}
+    listed = f"the open legs are: {', '.join(legs) or 'none'}"
     if isinstance(spec, str):
-        if spec.count("/") != 1:
-            raise LayoutError(f"--legs `{spec}`: write LEFT/RIGHT, the open legs leaving "
-                              f"on each side, comma-separated (e.g. "
-                              f"`{','.join(legs[:1])}/{','.join(legs[1:])}`)")
-        left, right = spec.split("/")
-        spec = {i.strip(): "left" for i in left.split(",") if i.strip()} | \
-            {i.strip(): "right" for i in right.split(",") if i.strip()}
+        try:
+            spec = parse_legs(spec)
+        except LayoutError as e:
+            raise LayoutError(e.message, span, hint=listed) from None
     sides = dict(spec)
     unknown = [i for i in sides if i not in legs]
     bad = [v for v in sides.values() if v not in ("left", "right")]
     if unknown or bad:
         what = (f"`{unknown[0]}` is not an open leg of the figure" if unknown
                 else f"side `{bad[0]}` is not left or right")
-        raise LayoutError(f"--legs: {what}; the open legs are: {', '.join(legs) or 'none'}")
+        raise LayoutError(f"--legs: {what}; {listed}", span)
     missing = [i for i in legs if i not in sides]
     if missing:
         raise LayoutError(f"--legs: give a side to every open leg; missing: "
-                          f"{', '.join(missing)}")
+                          f"{', '.join(missing)} ({listed})", span)
     return {leg: sides[leg] for leg in legs}
 
 
@@ -841,7 +896,7 @@ def count_items(drawing: expand.Drawing) -> int:
 
 def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
            font_size: float | None = None, legs=None, indices: bool = False,
-           hooks: bool = False, term_labels=None, comment: str = "") -> Scene:
+           term_labels=None, comment: str = "") -> Scene:
     """The scene of `drawing`. `width` (pt) wraps the sum into rows; when the font size
     is not given, a figure too wide at 10 pt is set smaller, down to 7 pt, to fit."""
     items = count_items(drawing)
@@ -850,15 +905,17 @@ def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
                             f"wires (at most {MAX_LAYOUT_ITEMS:,} are laid out)", drawing.span,
                             hint="draw fewer levels of definitions (--depth N, default 0): "
                                  "a figure this size cannot be read at any --width")
-    sides = leg_sides(drawing.legs, legs, (drawing.rhs + drawing.lhs or (None,))[0])
+    sides = leg_sides(drawing.legs, legs, (drawing.rhs + drawing.lhs or (None,))[0],
+                      drawing.span)
     sizes = [font_size] if font_size is not None else \
         [DEFAULT_FONT_SIZE - 0.5 * k for k in range(int((DEFAULT_FONT_SIZE - MIN_FONT_SIZE)
                                                          / 0.5) + 1)]
-    if font_size is not None and not 4 <= font_size <= 72:
-        raise LayoutError(f"font size {font_size:g} pt is out of range (4 to 72 pt)")
+    if font_size is not None and not MIN_SET_FONT_SIZE <= font_size <= MAX_FONT_SIZE:
+        raise LayoutError(f"font size {font_size:g} pt is out of range "
+                          f"({MIN_SET_FONT_SIZE:g} to {MAX_FONT_SIZE:g} pt)")
     for size in sizes:
-        scene, widest = _compose(drawing, font, size, width, sides, indices, hooks,
-                                 term_labels, comment)
+        scene, widest = _compose(drawing, font, size, width, sides, indices, term_labels,
+                                 comment)
         if scene is not None:
             return scene
     raise LayoutError(
@@ -868,13 +925,13 @@ def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
              "smaller --font-size")
 
 
-def _compose(drawing, font, size, width, sides, indices, hooks, term_labels, comment):
+def _compose(drawing, font, size, width, sides, indices, term_labels, comment):
     s = _Sizes(font, size)
     units = []        # (kind, payload, width, top, bottom, glue_to_next)
     one = sympy.Integer(1)
 
     def term_unit(term, label=None):
-        laid = _TermLayout(term, sides, drawing.dims, s, indices, hooks)
+        laid = _TermLayout(term, sides, drawing.dims, s, indices)
         bottom = laid.root.bottom
         label_text = None
         if label:
