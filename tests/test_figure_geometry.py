@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 import tndsl
 from tndsl.interp.paths import expand_paths
 from tndsl.render import LayoutError, figure
-from tndsl.render.layout import BORDER
+from tndsl.render.layout import BORDER, MARGIN
 from conftest import EXAMPLES, ROOT
 from fuzzing import valid_programs
 
@@ -109,6 +109,29 @@ def leg_rule(scene):
                 and box.y - box.h / 2 <= y <= box.y + box.h / 2
             assert not inside, (wire, box)
     assert all(len(s) == 1 for s in sides.values()), sides
+    outer_edge_rule(scene)
+
+
+def outer_edge_rule(scene):
+    """A row's first term starts at the row's left edge and its last term ends at the
+    row's right edge (unless a joiner or coefficient is set beyond it), so their open
+    legs (which end at their term's edge) reach the row's outer edges; a one-row
+    figure's row spans the whole figure, margins aside.
+    Inner terms of a sum keep their legs to their own edges, as the reference figures
+    draw them (shared/design/figure-sum-and-box.png)."""
+    for row in scene.rows:
+        terms = [t for t in scene.terms if abs(t.baseline - row.baseline) <= TOLERANCE]
+        marks = [t.x for t in scene.texts if t.cls in ("joiner", "coefficient")
+                 and abs(t.y - row.baseline) <= TOLERANCE]
+        first, last = min(t.x0 for t in terms), max(t.x1 for t in terms)
+        if not any(x < first for x in marks):    # nothing set before it: `+`, `1/√Head`
+            assert abs(first - row.x0) <= TOLERANCE, (row, terms)
+        if not any(x > last for x in marks):
+            assert abs(last - row.x1) <= TOLERANCE, (row, terms)
+    if len(scene.rows) == 1:
+        row = scene.rows[0]
+        assert abs(row.x0 - MARGIN) <= TOLERANCE and \
+            abs(row.x1 - (scene.width - MARGIN)) <= TOLERANCE, (row, scene.width)
 
 
 @pytest.mark.parametrize("make", ALL)
@@ -544,3 +567,21 @@ def test_a_norm_box_carries_its_instance():
     block = {t.html for t in figure(program, "blocks.0.out", depth=2).scene.texts
              if t.cls == "boxlabel"}
     assert any("<sup>0</sup>" in label for label in block), block
+
+
+def test_legs_reach_the_outer_edge_past_a_term_label_wider_than_its_term():
+    """A term set in more room than it needs (its label under it is wider) is centred
+    in that room, and its open legs run on to the room's edges: in a one-row figure the
+    first term's left leg starts at the figure's left margin, the last term's right leg
+    ends at its right margin."""
+    scene = figure(_load("sum"), "total", term_labels=[
+        "a label far wider than the term it names", "and another one, wider still"]).scene
+    leg_rule(scene)
+    legs = [w for w in scene.wires if w.cls == "leg"]
+    lefts = [w.points[0][0] for w in legs if w.side == "left"]
+    rights = [w.points[-1][0] for w in legs if w.side == "right"]
+    assert abs(min(lefts) - MARGIN) <= TOLERANCE
+    assert abs(max(rights) - (scene.width - MARGIN)) <= TOLERANCE
+    label = max((t for t in scene.texts if t.cls == "termlabel"), key=lambda t: t.w)
+    term = next(t for t in scene.terms if t.x0 <= label.x <= t.x1)
+    assert term.x1 - term.x0 >= label.w - 0.01

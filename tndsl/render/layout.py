@@ -746,7 +746,9 @@ class _TermLayout:
             self._wire_label(plain, html_text, tex, x, lane - s.dot / 2, below=True)
 
     # -- output -------------------------------------------------------------------------
-    def emit(self, dx: float, dy: float, shapes, wires, texts) -> None:
+    def emit(self, dx: float, dy: float, shapes, wires, texts, reach: float = 0.0) -> None:
+        """Add the term's shapes, wires and texts at (dx, dy); its open legs reach `reach`
+        pt further out, to the edge of the room the term takes (a wider term label)."""
         s = self.sizes
         for leaf in self.leaves:
             if leaf.kind == "ones":
@@ -770,8 +772,12 @@ class _TermLayout:
         for shape in self.shapes:
             shapes.append(_moved(shape, dx, dy))
         for wire in self.wires:
-            wires.append(Wire(tuple((x + dx, y + dy) for x, y in wire.points), wire.index,
-                              wire.cls, wire.side))
+            points = [(x + dx, y + dy) for x, y in wire.points]
+            if wire.cls == "leg" and wire.side == "left":
+                points[0] = (points[0][0] - reach, points[0][1])
+            elif wire.cls == "leg":
+                points[-1] = (points[-1][0] + reach, points[-1][1])
+            wires.append(Wire(tuple(points), wire.index, wire.cls, wire.side))
         for text in self.texts:
             texts.append(Text(text.x + dx, text.y + dy, text.w, text.size, text.html, text.tex,
                               text.cls, text.italic, text.anchor))
@@ -1000,10 +1006,13 @@ def _compose(drawing, font, size, width, sides, indices, term_labels, comment):
             kind = unit[0]
             if kind == "term":
                 laid, w, t_top, t_bottom, label = unit[1:]
+                # Centred in its room (a term label may be wider), its legs reaching the
+                # room's edges: the first term's left legs and the last one's right legs
+                # end at the row's outer edges.
                 shift = (w - laid.width) / 2
-                laid.emit(x + shift, baseline, shapes, wires, texts)
-                terms.append(TermFrame(x + shift, x + shift + laid.width, baseline + t_bottom,
-                                       baseline + t_top, baseline, baseline))
+                laid.emit(x + shift, baseline, shapes, wires, texts, reach=shift)
+                terms.append(TermFrame(x, x + w, baseline + t_bottom, baseline + t_top,
+                                       baseline, baseline))
                 if label is not None:
                     text, tw, ls = label
                     texts.append(Text(x + w / 2, baseline + t_bottom + 0.75 * ls, tw, ls,
