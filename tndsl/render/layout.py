@@ -554,6 +554,8 @@ class _TermLayout:
             dots = [end.dot.y for end in hyper.ends if end.dot is not None]
             if dots:
                 lane = min(lane, min(dots))
+            if self._leaves_level(hyper, scope, transparent, skip):
+                lane = hyper.ends[0].dot.y
             hyper.lane = lane
             self._draw_lane(hyper, scope, x0, x1)
         # The box (or term) around all of it.
@@ -586,6 +588,22 @@ class _TermLayout:
             for hook in scope.hooks:   # a region's names, in a row
                 self.texts.append(_hook_text(s, hook, x, y, "hook", anchor="west"))
                 x += s.text(hook, s.hook) + s.fs
+
+    def _leaves_level(self, hyper: _Hyper, scope: _Scope, transparent: set[int],
+                      skip: set[int]) -> bool:
+        """Whether an open leg that leaves a box from a dot inside it (the box's leg, met
+        twice or more inside) can run level from that dot to the edge, through the box's
+        side: nothing between the dot and the edge reaches down to the dot's height."""
+        if not hyper.side or len(hyper.ends) != 1 or hyper.ends[0].dot is None:
+            return False
+        dot = hyper.ends[0].dot
+        if hyper.side == "left":
+            a, b = self.root.x0, dot.x - self.sizes.dot
+        else:
+            a, b = dot.x + self.sizes.dot, self.root.x1
+        room = self.sizes.label_h + 2
+        return all(bottom > dot.y + room for x0, x1, bottom in
+                   self._obstacles(scope, transparent, skip) if x1 > a and x0 < b)
 
     def _dangling(self, hyper: _Hyper) -> bool:
         # A contracted leg met once (only `ones`): the dot is the whole drawing.
