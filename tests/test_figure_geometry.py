@@ -16,7 +16,7 @@ from conftest import EXAMPLES, ROOT
 from fuzzing import valid_programs
 
 sys.path.insert(0, str(ROOT / "examples"))
-from figures import GALLERY  # noqa: E402  (the gallery's own list)
+from figures import GALLERY, HOOK_MAPS as GALLERY_HOOK_MAPS  # noqa: E402  (the gallery's lists)
 
 TOLERANCE = 1.0   # pt
 PAPER = 6.75 * 72  # a two-column paper's text width
@@ -27,9 +27,11 @@ def _load(stem, dims=None):
 
 
 def _gallery():
-    for stem, name, depth, dims, title in GALLERY:
-        yield pytest.param(lambda s=stem, n=name, d=depth, m=dims, **o: figure(
-            _load(s, m), n, expand=d is None, depth=d or 0, **o), id=f"gallery-{title}")
+    for hooks, (stem, name, depth, dims, title) in [(False, g) for g in GALLERY] + \
+            [(True, g) for g in GALLERY_HOOK_MAPS]:
+        yield pytest.param(lambda s=stem, n=name, d=depth, m=dims, h=hooks, **o: figure(
+            _load(s, m), n, expand=d is None, depth=d or 0, hooks=h, **o),
+            id=f"gallery-{title}")
 
 
 def _finals():
