@@ -251,3 +251,29 @@ def test_graphviz_runs_under_a_time_limit_with_a_clear_message():
     fig = load("sum").render("total")
     with pytest.raises(RenderError, match=r"did not finish drawing the figure in 1e-09 s"):
         output.run_dot(fig.source, "-Tsvg", timeout=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("neato") is None, reason="needs Graphviz (make test installs it)")
+@pytest.mark.parametrize("example, name", [("attention_head", "out"),
+                                           ("gpt2_small", "blocks.0.out")])
+def test_box_label_scripts_are_set_at_70_percent_as_tex_and_tensor_labels_set_them(
+        example, name):
+    """softmax_s, layernorm⁰: Graphviz keeps a <SUB>/<SUP> at the label's full size; the
+    figure sets them at 70% (TeX's script size, and a tensor's W_Q), read back from the
+    SVG Graphviz draws (text kept as text)."""
+    program = tndsl.load(ROOT / "examples" / f"{example}.tn",
+                         dims={"Layers": 1} if example == "gpt2_small" else None)
+    fig = program.render(name, expand=example == "attention_head", depth=2)
+    svg = output.render_bytes(fig.scene, "svg", outline=False).decode()
+    labels = re.findall(r'<g id="node\d+" class="node boxlabel">(.*?)</g>', svg, re.S)
+    assert labels
+    scripts = 0
+    for label in labels:
+        spans = re.findall(r'<text [^>]*?(baseline-shift="(?:sub|super)" )?'
+                           r'font-size="([\d.]+)"', label)
+        base = max(float(size) for _, size in spans)
+        for shift, size in spans:
+            if shift:
+                scripts += 1
+                assert abs(float(size) - 0.7 * base) < 0.01, label
+    assert scripts

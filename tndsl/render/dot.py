@@ -9,6 +9,8 @@ have two decimals, so the same `.tn` gives byte-identical DOT.
 """
 from __future__ import annotations
 
+import re
+
 from tndsl.lang.text import dot_text
 from tndsl.render.expand import MAX_DRAWN_TENSORS, MAX_DRAWN_TERMS  # noqa: F401 (the guard)
 from tndsl.render.layout import Scene, Shape, Text
@@ -105,11 +107,23 @@ def _shape(shape: Shape, node: int, size: float) -> str:
     return f"  n{node} [{', '.join(attrs)}];"
 
 
+def _scripts(html: str, size: float) -> str:
+    """A label's sub- and superscripts (`softmax<sub><i>s</i></sub>`, `layernorm<sup>0
+    </sup>`) at 70% of its size, as a tensor's and as TeX sets them (Graphviz keeps
+    them at full size otherwise)."""
+    small = round(size * 0.7, 2)
+    for tag in ("sub", "sup"):
+        html = re.sub(rf"<{tag}>(.*?)</{tag}>",
+                      rf'<{tag.upper()}><FONT POINT-SIZE="{small:g}">\1</FONT></{tag.upper()}>',
+                      html, flags=re.IGNORECASE)
+    return html
+
+
 def _text(text: Text, node: int) -> str:
     x = text.x + text.w / 2 if text.anchor == "west" else text.x
     colour = TEXT_COLOURS.get(text.cls)
-    body = f"<I>{text.html}</I>" if text.italic and not text.html.startswith("<I>") \
-        else text.html
+    body = _scripts(text.html, text.size)
+    body = f"<I>{body}</I>" if text.italic and not body.startswith("<I>") else body
     font = f'<FONT POINT-SIZE="{text.size:g}"' + (f' COLOR="{colour}"' if colour else "") + ">"
     if "<" in body or colour:
         label = f"label=<{font}{body}</FONT>>"
