@@ -83,10 +83,12 @@ def test_without_graphviz_dot_output_works_and_others_say_how_to_install(monkeyp
 
 # pdflatex, TikZ and Times come with `make setup` (texlive-latex-base, texlive-pictures,
 # texlive-fonts-recommended), so these run on a fresh machine.
-@pytest.mark.parametrize("example, name, depth", [("multihead_attention", "out", None),
-                                                  ("attn_only_2l", "blocks.1.attn.scores", 1)])
-def test_tikz_compiles_with_pdflatex(example, name, depth, tmp_path):
-    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in")
+@pytest.mark.parametrize("example, name, depth, hooks", [
+    ("multihead_attention", "out", None, False), ("attn_only_2l", "blocks.1.attn.scores", 1, False),
+    ("gpt2_small", "blocks.1.out", 1, True)])   # a hook map: `resid@1`, `blocks.0.ln1.x`
+def test_tikz_compiles_with_pdflatex(example, name, depth, hooks, tmp_path):
+    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in",
+                 hooks=hooks)
     fig.save(tmp_path / "fig.tex")
     # Uncompressed objects, so the page's size can be read back.
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
