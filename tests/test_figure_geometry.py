@@ -509,6 +509,12 @@ def test_the_hook_map_is_the_same_in_every_format_and_without_hooks_unchanged():
     assert fig.source == figure(program, "blocks.0.out", depth=1, hooks=True).source
 
 
+def test_a_check_has_no_hook_map():
+    from tndsl.lang.errors import ArgumentError
+    with pytest.raises(ArgumentError, match="hooks= draws an equation, not a check"):
+        _load("sum").render(check="distributes", hooks=True)
+
+
 @pytest.mark.parametrize("width", ["6.75in", "3.25in"])
 def test_a_hook_map_at_paper_width_keeps_its_labels_at_7pt_or_says_why(width):
     limit = float(width[:-2]) * 72

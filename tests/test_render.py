@@ -181,15 +181,6 @@ def test_cli_render_options(tmp_path):
     hooks = run("examples/gpt2_small.tn", "blocks.0.out", "--depth", "1", "--hooks",
                 "--dim", "Layers=1")
     assert hooks.returncode == 0 and "blocks.0.attn.out" in hooks.stdout
-    for argv, message in [   # usage mistakes: refused before the file is read
-            (["--width", "wide"], "width `wide` is not a length"),
-            (["--font-size", "100"], "must be from 4 to 72 pt"),
-            (["--font-size", "nan"], "must be from 4 to 72 pt"),
-            (["--legs", "p/p"], "`p` is given on both sides"),
-            (["--legs", "pm"], "write LEFT/RIGHT")]:
-        bad = run("examples/attention_head.tn", "out", *argv)
-        assert bad.returncode == 2 and message in bad.stderr, (argv, bad.stderr)
-        assert "Traceback" not in bad.stderr
     for argv, message in [
             (["--width", "1in", "--font-size", "10"], "does not fit in 1.00 in"),
             (["--legs", "q/m"], "`q` is not an open leg"),
@@ -200,6 +191,39 @@ def test_cli_render_options(tmp_path):
                   *argv)
         assert bad.returncode == 1 and message in bad.stderr, (argv, bad.stderr)
         assert "Traceback" not in bad.stderr
+
+
+def _usage(capsys, *argv) -> tuple[int, str]:
+    """Run the CLI in this process: its exit code and what it printed on stderr."""
+    from tndsl import cli
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:   # argparse's usage errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [   # refused before the file is read
+    (["--width", "wide"], "width `wide` is not a length"),
+    (["--font-size", "100"], "must be from 4 to 72 pt"),
+    (["--font-size", "nan"], "must be from 4 to 72 pt"),
+    (["--legs", "p/p"], "`p` is given on both sides"),
+    (["--legs", "pm"], "write LEFT/RIGHT"),
+    (["--check", "--hooks"], "--hooks draws an equation's hook map, not a check")])
+def test_cli_render_usage_mistakes_are_refused_at_once(argv, message, capsys):
+    code, err = _usage(capsys, "render", "examples/attention_head.tn", "out", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--render", "x.dot", "--width", "wide"], "width `wide` is not a length"),
+    (["--render", "x.dot", "--font-size", "0"], "must be from 4 to 72 pt"),
+    (["--render", "x.dot", "--legs", "p,v/p"], "`p` is given on both sides"),
+    (["--width", "6.75in"], "--width sets the figure: give --render FIGURE too"),
+    (["--dpi", "100"], "--dpi sets the figure: give --render FIGURE too")])
+def test_cli_paths_figure_options_are_checked_as_render_checks_them(argv, message, capsys):
+    code, err = _usage(capsys, "paths", "examples/attn_only_2l.tn", "logits", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
 
 
 def test_cli_paths_render_takes_the_figure_options_of_render(tmp_path):
@@ -226,14 +250,6 @@ def test_cli_paths_render_takes_the_figure_options_of_render(tmp_path):
     assert expected.scene.width <= 6.75 * 72 and expected.scene.font_size == 8
     narrow = run("paths", *base, "--render", str(dot), "--width", "3in", "--font-size", "8")
     assert narrow.returncode == 1 and "does not fit in 3.00 in" in narrow.stderr
-    for argv, message in [
-            (["--render", str(dot), "--width", "wide"], "width `wide` is not a length"),
-            (["--render", str(dot), "--font-size", "0"], "must be from 4 to 72 pt"),
-            (["--render", str(dot), "--legs", "p,v/p"], "`p` is given on both sides"),
-            (["--width", "6.75in"], "--width sets the figure: give --render FIGURE too")]:
-        bad = run("paths", *base, *argv)
-        assert bad.returncode == 2 and message in bad.stderr, (argv, bad.stderr)
-        assert "Traceback" not in bad.stderr
 
 
 def test_another_face_is_measured_and_embedded(tmp_path):

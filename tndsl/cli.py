@@ -441,6 +441,10 @@ def _figure_layout(args: argparse.Namespace) -> dict:
 
 
 def _render(args: argparse.Namespace) -> int:
+    if args.check and args.hooks:
+        print("tndsl render: error: --hooks draws an equation's hook map, not a check: "
+              "give an equation NAME without --check", file=sys.stderr)
+        return 2
     try:
         program = load(args.file, dict(args.dim))
         if args.check and not args.name:
