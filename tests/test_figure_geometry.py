@@ -601,3 +601,21 @@ def test_legs_reach_the_outer_edge_past_a_term_label_wider_than_its_term():
     label = max((t for t in scene.texts if t.cls == "termlabel"), key=lambda t: t.w)
     term = next(t for t in scene.terms if t.x0 <= label.x <= t.x1)
     assert term.x1 - term.x0 >= label.w - 0.01
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_no_two_labels_overlap_and_no_wire_crosses_a_wire_label_with_room(make, request):
+    """Labels never overlap. A lane's label sits where no wire drawn after it crosses
+    it, along its lane, over it or else under it: in the Llama scores the `KVHeads` lane
+    runs between two diagonals closer than its label is wide, above and under, and is
+    the one label left crossed."""
+    scene = make().scene
+    texts = scene.texts
+    for k, text in enumerate(texts):
+        for other in texts[k + 1:]:
+            assert not _meet(_box(text), _box(other)), (text, other)
+    crossed = {t.html for t in texts if t.cls == "wirelabel" and any(
+        _crosses(_box(t), p, q) for w in scene.wires for p, q in zip(w.points, w.points[1:]))}
+    boxed_in = {"<I>KVHeads</I>"} if request.node.callspec.id == "gallery-llama-scores" \
+        else set()
+    assert crossed <= boxed_in, crossed

@@ -207,7 +207,7 @@ class _Sizes:
         self.joiner = 1.3 * size
         # Hook-point names: legible in print, never under 7 pt.
         self.hook = max(MIN_FONT_SIZE, round(0.75 * size, 2))
-        self.hook_line = 1.2 * self.hook
+        self.hook_line = 1.25 * self.hook
 
     def hook_lines(self, leaf) -> tuple[str, ...]:
         """A tensor's hook labels, top to bottom: those hidden inside it, then its own."""
@@ -237,10 +237,12 @@ class _TermLayout:
         self.wires: list[Wire] = []
         self.texts: list[Text] = []
         self.labelled = self._labelled_indices(term, show_indices)
+        self.lane_labels: list[tuple[int, list]] = []   # (text, the runs it may sit on)
         self._build(term.factors, self.root)
         self._connect_term()
         self._place()
         self._route(self.root)
+        self._clear_lane_labels()
         self.width = self.root.x1
 
     # -- which legs carry their index name ------------------------------------------------
@@ -756,12 +758,63 @@ class _TermLayout:
         if hyper.side and hyper.side in self.edge_ranges:
             a, b = self.edge_ranges[hyper.side]
             self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
+            self.lane_labels.append((len(self.texts) - 1, runs))
         elif runs and max(b - a for a, b in runs) >= s.text(plain, s.wfs, True) + 2:
             a, b = max(runs, key=lambda r: r[1] - r[0])
             self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
+            self.lane_labels.append((len(self.texts) - 1, runs))
         else:  # no room along the lane: under the dot
             x = meet[0] if meet else (x0 + x1) / 2
             self._wire_label(plain, html_text, tex, x, lane - s.dot / 2, below=True)
+
+    # -- labels clear of wires drawn later ----------------------------------------------
+    def _clear_lane_labels(self) -> None:
+        """A lane's label is placed when its lane is drawn; a wire drawn later (a longer
+        lane's drop) may cross it. Such a label slides along its lane's horizontal runs
+        to the place nearest where it was that no wire crosses and nothing else covers,
+        above the lane or else under it (within the term); where there is none, it
+        stays."""
+        s = self.sizes
+        for k, runs in self.lane_labels:
+            label = self.texts[k]
+            if not self._covered(label, k):
+                continue
+            half = label.w / 2 + 1
+            spots = []
+            for a, b in runs:
+                steps = max(int((b - a - 2 * half) // 2), 0)
+                spots += [a + half + 2 * j for j in range(steps + 1) if a + half <= b - half]
+            spots.sort(key=lambda x: (abs(x - label.x), x))
+            under = label.y - s.label_h - 3          # as far under the lane as it was over
+            levels = [label.y] + ([under] if under - label.size / 2 >= self.root.bottom
+                                  else [])
+            for y in levels:
+                moved = next((m for m in (Text(round(x, 2), y, label.w, label.size,
+                                               label.html, label.tex, label.cls,
+                                               label.italic, label.anchor) for x in spots)
+                              if not self._covered(m, k)), None)
+                if moved is not None:
+                    self.texts[k] = moved
+                    break
+
+    def _covered(self, text: Text, k: int) -> bool:
+        """Whether a wire crosses `text`, or it meets a tensor, a dot, another text or a
+        box's border (term-local coordinates)."""
+        r = _text_box(text)
+        for wire in self.wires:
+            if any(_segment_meets(r, p, q) for p, q in zip(wire.points, wire.points[1:])):
+                return True
+        for leaf in self.leaves:
+            if _meets(r, (leaf.x - leaf.w / 2, -leaf.h / 2, leaf.x + leaf.w / 2, leaf.h / 2)):
+                return True
+        for shape in self.shapes:
+            b = (shape.x - shape.w / 2, shape.y - shape.h / 2,
+                 shape.x + shape.w / 2, shape.y + shape.h / 2)
+            inside = b[0] <= r[0] and r[2] <= b[2] and b[1] <= r[1] and r[3] <= b[3]
+            if _meets(r, b) and not (shape.kind == "box" and inside):
+                return True
+        return any(j != k and _meets(r, _text_box(other))
+                   for j, other in enumerate(self.texts))
 
     # -- output -------------------------------------------------------------------------
     def emit(self, dx: float, dy: float, shapes, wires, texts, reach: float = 0.0) -> None:
@@ -807,6 +860,36 @@ def _hook_text(s: _Sizes, hook: str, x: float, y: float, cls: str,
     same widths in every format."""
     return Text(x, y, s.text(hook, s.hook), s.hook, dot_text(hook), tex_text_name(hook),
                 cls, anchor=anchor)
+
+
+def _text_box(text: Text) -> tuple[float, float, float, float]:
+    """A text's extent: as wide as measured, as tall as its size, around its centre."""
+    x0 = text.x if text.anchor == "west" else text.x - text.w / 2
+    return x0, text.y - text.size / 2, x0 + text.w, text.y + text.size / 2
+
+
+def _meets(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _segment_meets(r, p, q) -> bool:
+    """Whether segment pq passes through rectangle r (Liang–Barsky clipping)."""
+    (x0, y0), (x1, y1) = p, q
+    t0, t1 = 0.0, 1.0
+    for step, room in ((x0 - x1, x0 - r[0]), (x1 - x0, r[2] - x0),
+                       (y0 - y1, y0 - r[1]), (y1 - y0, r[3] - y0)):
+        if step == 0:
+            if room < 0:
+                return False
+            continue
+        t = room / step
+        if step < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return False
+    return True
 
 
 def _moved(shape: Shape, dx: float, dy: float) -> Shape:
