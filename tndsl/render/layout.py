@@ -777,44 +777,47 @@ class _TermLayout:
         s = self.sizes
         for k, runs in self.lane_labels:
             label = self.texts[k]
-            if not self._covered(label, k):
-                continue
             half = label.w / 2 + 1
+            under = label.y - s.label_h - 3          # as far under the lane as it was over
+            levels = [label.y] + ([under] if under - label.size / 2 >= self.root.bottom
+                                  else [])
+            # What the label could meet anywhere it may go, gathered once.
+            region = (min([a for a, _ in runs] + [label.x]) - half, min(levels) - label.size,
+                      max([b for _, b in runs] + [label.x]) + half, label.y + label.size)
+            near = self._obstacles_in(region, k)
+            if not _covered(_text_box(label), near):
+                continue
             spots = []
             for a, b in runs:
                 steps = max(int((b - a - 2 * half) // 2), 0)
                 spots += [a + half + 2 * j for j in range(steps + 1) if a + half <= b - half]
             spots.sort(key=lambda x: (abs(x - label.x), x))
-            under = label.y - s.label_h - 3          # as far under the lane as it was over
-            levels = [label.y] + ([under] if under - label.size / 2 >= self.root.bottom
-                                  else [])
             for y in levels:
                 moved = next((m for m in (Text(round(x, 2), y, label.w, label.size,
                                                label.html, label.tex, label.cls,
                                                label.italic, label.anchor) for x in spots)
-                              if not self._covered(m, k)), None)
+                              if not _covered(_text_box(m), near)), None)
                 if moved is not None:
                     self.texts[k] = moved
                     break
 
-    def _covered(self, text: Text, k: int) -> bool:
-        """Whether a wire crosses `text`, or it meets a tensor, a dot, another text or a
-        box's border (term-local coordinates)."""
-        r = _text_box(text)
-        for wire in self.wires:
-            if any(_segment_meets(r, p, q) for p, q in zip(wire.points, wire.points[1:])):
-                return True
-        for leaf in self.leaves:
-            if _meets(r, (leaf.x - leaf.w / 2, -leaf.h / 2, leaf.x + leaf.w / 2, leaf.h / 2)):
-                return True
+    def _obstacles_in(self, region, k: int):
+        """What a label (text `k`) inside `region` could meet (term-local coordinates):
+        (wire segments, rectangles it must not meet, box borders it must not cross)."""
+        def near(box):
+            return _meets(box, region)
+        segments = [(p, q) for wire in self.wires for p, q in zip(wire.points, wire.points[1:])
+                    if near((min(p[0], q[0]), min(p[1], q[1]), max(p[0], q[0]) + 0.01,
+                             max(p[1], q[1]) + 0.01))]
+        solids = [(leaf.x - leaf.w / 2, -leaf.h / 2, leaf.x + leaf.w / 2, leaf.h / 2)
+                  for leaf in self.leaves]
+        solids += [_text_box(other) for j, other in enumerate(self.texts) if j != k]
+        borders = []
         for shape in self.shapes:
-            b = (shape.x - shape.w / 2, shape.y - shape.h / 2,
-                 shape.x + shape.w / 2, shape.y + shape.h / 2)
-            inside = b[0] <= r[0] and r[2] <= b[2] and b[1] <= r[1] and r[3] <= b[3]
-            if _meets(r, b) and not (shape.kind == "box" and inside):
-                return True
-        return any(j != k and _meets(r, _text_box(other))
-                   for j, other in enumerate(self.texts))
+            box = (shape.x - shape.w / 2, shape.y - shape.h / 2,
+                   shape.x + shape.w / 2, shape.y + shape.h / 2)
+            (borders if shape.kind == "box" else solids).append(box)
+        return (segments, [b for b in solids if near(b)], [b for b in borders if near(b)])
 
     # -- output -------------------------------------------------------------------------
     def emit(self, dx: float, dy: float, shapes, wires, texts, reach: float = 0.0) -> None:
@@ -890,6 +893,15 @@ def _segment_meets(r, p, q) -> bool:
         if t0 > t1:
             return False
     return True
+
+
+def _covered(r, obstacles) -> bool:
+    """Whether rectangle `r` meets a wire segment or a solid, or crosses a box border."""
+    segments, solids, borders = obstacles
+    return any(_segment_meets(r, p, q) for p, q in segments) or \
+        any(_meets(r, b) for b in solids) or \
+        any(_meets(r, b) and not (b[0] <= r[0] and r[2] <= b[2] and b[1] <= r[1]
+                                  and r[3] <= b[3]) for b in borders)
 
 
 def _moved(shape: Shape, dx: float, dy: float) -> Shape:
