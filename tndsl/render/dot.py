@@ -115,7 +115,7 @@ def _scripts(html: str, size: float) -> str:
     for tag in ("sub", "sup"):
         html = re.sub(rf"<{tag}>(.*?)</{tag}>",
                       rf'<{tag.upper()}><FONT POINT-SIZE="{small:g}">\1</FONT></{tag.upper()}>',
-                      html, flags=re.IGNORECASE)
+                      html)
     return html
 
 
