@@ -14,6 +14,11 @@ The equation is then set like a displayed formula: terms, joiners (+, −, =) an
 coefficients on one baseline, wrapped before a joiner into rows no wider than `width`.
 Sizes follow the font size: wire labels are 0.9 of it, shapes sized to their labels.
 
+In a hook map (tndsl.render.expand's `hooks`), a tensor's hook-point names stand in a
+column above it (those hidden inside it first, its own last), its room widened to them,
+and a region (an inlined equation) is a box whose label is its name. A lane's label that
+a wire drawn after it would cross slides along its lane to a free place.
+
 The result, a `Scene`, is plain frozen data (shapes, wires, texts, and the rows and
 terms with their baselines), drawn by tndsl.render.dot and tndsl.render.tikz alike and
 measured by the tests.
