@@ -221,6 +221,12 @@ class _Sizes:
     def text(self, text: str, size: float | None = None, italic: bool = False) -> float:
         return self.font.width(text, size or self.fs, italic)
 
+    def label(self, markup: str) -> float:
+        """A box label's width (`softmax<sub><i>s</i></sub>`): its sub- and
+        superscripts at 70%, as every format sets them."""
+        return sum(self.text(text, 0.7 * self.fs if script else self.fs)
+                   for script, text in _label_parts(markup))
+
     def tensor(self, label) -> float:
         base, sub, sup = label
         return self.text(base, italic=len(base) == 1) + max(
@@ -292,8 +298,7 @@ class _TermLayout:
                     value = factor.terms[0].coefficient
                     label_html_ += " &#8194; " + dot_text(coefficient_text(value))
                     label_tex_ = label_tex_[:-1] + r"\quad " + coefficient_tex(value) + "$"
-                plain = html.unescape(re.sub(r"<[^>]+>", "", label_html_))
-                label_w = s.text(plain) if not region else \
+                label_w = s.label(label_html_) if not region else \
                     sum(s.text(h, s.hook) for h in factor.hooks) + \
                     (len(factor.hooks) - 1) * s.fs
                 box = _Scope(scope, factor.legs, label_html_, label_tex_, label_w,
@@ -868,6 +873,17 @@ def _hook_text(s: _Sizes, hook: str, x: float, y: float, cls: str,
     same widths in every format."""
     return Text(x, y, s.text(hook, s.hook), s.hook, dot_text(hook), tex_text_name(hook),
                 cls, anchor=anchor)
+
+
+def _label_parts(markup: str) -> list[tuple[bool, str]]:
+    """A box label's text in pieces: (whether a sub- or superscript, plain text)."""
+    parts = []
+    for match in re.finditer(r"<(sub|sup)>(.*?)</\1>|([^<]+)|<[^>]*>", markup):
+        if match.group(2) is not None:
+            parts.append((True, html.unescape(re.sub(r"<[^>]+>", "", match.group(2)))))
+        elif match.group(3) is not None:
+            parts.append((False, html.unescape(match.group(3))))
+    return parts
 
 
 def _text_box(text: Text) -> tuple[float, float, float, float]:
