@@ -295,3 +295,18 @@ def test_box_label_scripts_are_set_at_70_percent_as_tex_and_tensor_labels_set_th
                 scripts += 1
                 assert abs(float(size) - 0.7 * base) < 0.01, label
     assert scripts
+
+
+def test_hook_names_reach_latex_only_through_the_sanitiser(tmp_path):
+    """A hook point named with characters LaTeX cannot set in text (`σ_x`) is written
+    `?\\_x`; the figure compiles, and DOT keeps the real name."""
+    program = tndsl.parse("dim N = 2\ninput a[i: N]\nσ_x[i] = relu(a[i])\n"
+                          "y[i] = σ_x[i] * a[i]\n", "mine.tn")
+    fig = program.render("y", hooks=True)
+    assert {t.tex for t in fig.scene.texts if t.cls.startswith("hook")} == {"y", r"?\_x"}
+    assert "σ_x" in fig.source
+    fig.save(tmp_path / "fig.tex")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "fig.tex"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
