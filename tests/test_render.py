@@ -250,6 +250,11 @@ def test_cli_paths_render_takes_the_figure_options_of_render(tmp_path):
     assert expected.scene.width <= 6.75 * 72 and expected.scene.font_size == 8
     narrow = run("paths", *base, "--render", str(dot), "--width", "3in", "--font-size", "8")
     assert narrow.returncode == 1 and "does not fit in 3.00 in" in narrow.stderr
+    # said at the equation expanded, in the user's file, not in the generated text
+    assert narrow.stderr.startswith("examples/attn_only_2l.tn:") or \
+        "attn_only_2l.tn:" in narrow.stderr.splitlines()[0]
+    assert "the figure of the paths of `logits`" in narrow.stderr
+    assert "logits[p, v] =" in narrow.stderr and "_figure" not in narrow.stderr
 
 
 def test_another_face_is_measured_and_embedded(tmp_path):
