@@ -619,3 +619,19 @@ def test_no_two_labels_overlap_and_no_wire_crosses_a_wire_label_with_room(make, 
     boxed_in = {"<I>KVHeads</I>"} if request.node.callspec.id == "gallery-llama-scores" \
         else set()
     assert crossed <= boxed_in, crossed
+
+
+@pytest.mark.parametrize("stem", FAMILIES)
+def test_every_familys_hook_map_names_what_its_block_is_computed_from(stem):
+    """Each family's block and whole model at depth 1: the hook labels are the
+    equations computed on the way (what a compiled model hooks: checked against the
+    compiled modules above for four of them), and every rule holds, at 6.75 in too."""
+    from tndsl.lang import ir
+    program = _small(stem)
+    for name in ("blocks.0.out", program.final.name):
+        expected = {eq.name for eq in ir.dependency_order(program.network, [name])}
+        for width in (None, "6.75in"):
+            scene = figure(program, name, depth=1, hooks=True, width=width).scene
+            assert set(_hook_labels(scene)) == expected
+            for rule in (baseline_rule, leg_rule, border_rule, hook_label_rule, once_rule):
+                rule(scene)
