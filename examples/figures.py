@@ -1,8 +1,7 @@
 """Regenerate the figure gallery in docs/figures/ (`make figures`): an SVG (text
 outlined) and a PNG of each example's figure and of the hook maps, as listed in
-docs/figures.md, laid out for
-a two-column paper's text width (6.75 in) in Times at 10 pt (smaller where a figure
-needs it to fit, never under 7 pt)."""
+docs/figures.md, laid out for a two-column paper's text width (6.75 in) in Times at
+10 pt (smaller where a figure needs it to fit, never under 7 pt)."""
 from __future__ import annotations
 
 import sys
