@@ -621,6 +621,14 @@ def main() -> None:
             if flag:
                 row(args)
         return
+    if args.steady:   # the steady state alone, as --help says: no eager table first
+        steady = compiled_steady(args)
+        print("\n| torch.compile steady state, 4x128 | " + " | ".join(steady) + " |")
+        print("| --- |" + " ---: |" * len(steady))
+        base = steady["tndsl compiled"]
+        print("| s (ratio to tndsl compiled) | " + " | ".join(
+            f"{t:.4f} ({t / base:.3f})" for t in steady.values()) + " |")
+        return
     names = ["tndsl compiled", "HF sdpa", "HF eager", "hand-written SDPA",
              *(f"tndsl --no-fuse {n}" for n in args.no_fuse),
              *(f"tndsl --fuse {n}" for n in args.fuse),
@@ -650,13 +658,6 @@ def main() -> None:
         for name, t in times.items():
             print(f"{name}: runs " + "; ".join(
                 f"cold {r['cold']:.1f} s, warm {r['warm']:.1f} s" for r in t["runs"]))
-    if args.steady:
-        steady = compiled_steady(args)
-        print("\n| torch.compile steady state, 4x128 | " + " | ".join(steady) + " |")
-        print("| --- |" + " ---: |" * len(steady))
-        base = steady["tndsl compiled"]
-        print("| s (ratio to tndsl compiled) | " + " | ".join(
-            f"{t:.4f} ({t / base:.3f})" for t in steady.values()) + " |")
     if args.memory:
         for name, mb in memory(args).items():
             print(f"peak memory above the weights, 1x1024 forward, {name}: {mb:.0f} MB")

@@ -1,7 +1,7 @@
 """Regenerate the figure gallery in docs/figures/ (`make figures`): an SVG (text
-outlined) and a PNG of each example's figure, as listed in docs/figures.md, laid out for
-a two-column paper's text width (6.75 in) in Times at 10 pt (smaller where a figure
-needs it to fit, never under 7 pt)."""
+outlined) and a PNG of each example's figure and of the hook maps, as listed in
+docs/figures.md, laid out for a two-column paper's text width (6.75 in) in Times at
+10 pt (smaller where a figure needs it to fit, never under 7 pt)."""
 from __future__ import annotations
 
 import sys
@@ -30,13 +30,19 @@ GALLERY = [
     ("llama", "blocks.0.out", 1, {"Layers": 1}, "llama-block"),
     ("llama", "blocks.0.attn.scores", 1, {"Layers": 1}, "llama-scores"),
 ]
+# Hook maps (`--hooks`), the same fields.
+HOOK_MAPS = [
+    ("gpt2_small", "blocks.0.out", 1, {"Layers": 1}, "hook-map"),
+]
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    for stem, name, depth, dims, figure in GALLERY:
+    for hooks, (stem, name, depth, dims, figure) in [(False, g) for g in GALLERY] + \
+            [(True, g) for g in HOOK_MAPS]:
         program = tndsl.load(HERE / f"{stem}.tn", dims=dims)
-        fig = program.render(name, expand=depth is None, depth=depth or 0, width=WIDTH)
+        fig = program.render(name, expand=depth is None, depth=depth or 0, width=WIDTH,
+                             hooks=hooks)
         fig.save(OUT / f"{figure}.svg")
         fig.save(OUT / f"{figure}.png", dpi=150)
         print(f"docs/figures/{figure}.svg, .png: {stem}.tn {name} "

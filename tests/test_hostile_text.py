@@ -68,6 +68,8 @@ def test_every_sanitised_form_is_one_line_that_cannot_escape_its_context(value):
     # TeX: a comment is ASCII; a math name has no special character of its own.
     assert text.tex_comment(value).isascii()
     assert re.fullmatch(r"([A-Za-z0-9,.?]|\\_|\{\\[a-z]+\})*", text.tex_math_name(value))
+    # ...and a text name (a hook point's path) none either, not even a macro.
+    assert re.fullmatch(r"([A-Za-z0-9,.@?]|\\_)*", text.tex_text_name(value))
 
 
 def test_different_texts_stay_different():

@@ -83,10 +83,12 @@ def test_without_graphviz_dot_output_works_and_others_say_how_to_install(monkeyp
 
 # pdflatex, TikZ and Times come with `make setup` (texlive-latex-base, texlive-pictures,
 # texlive-fonts-recommended), so these run on a fresh machine.
-@pytest.mark.parametrize("example, name, depth", [("multihead_attention", "out", None),
-                                                  ("attn_only_2l", "blocks.1.attn.scores", 1)])
-def test_tikz_compiles_with_pdflatex(example, name, depth, tmp_path):
-    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in")
+@pytest.mark.parametrize("example, name, depth, hooks", [
+    ("multihead_attention", "out", None, False), ("attn_only_2l", "blocks.1.attn.scores", 1, False),
+    ("gpt2_small", "blocks.1.out", 1, True)])   # a hook map: `resid@1`, `blocks.0.ln1.x`
+def test_tikz_compiles_with_pdflatex(example, name, depth, hooks, tmp_path):
+    fig = figure(load(example), name, depth=depth or 0, expand=depth is None, width="6.75in",
+                 hooks=hooks)
     fig.save(tmp_path / "fig.tex")
     # Uncompressed objects, so the page's size can be read back.
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
@@ -180,7 +182,6 @@ def test_cli_render_options(tmp_path):
                 "--dim", "Layers=1")
     assert hooks.returncode == 0 and "blocks.0.attn.out" in hooks.stdout
     for argv, message in [
-            (["--width", "wide"], "width `wide` is not a length"),
             (["--width", "1in", "--font-size", "10"], "does not fit in 1.00 in"),
             (["--legs", "q/m"], "`q` is not an open leg"),
             (["--font", "No Such Face Anywhere", "-o", str(tmp_path / "f.pdf")],
@@ -190,6 +191,70 @@ def test_cli_render_options(tmp_path):
                   *argv)
         assert bad.returncode == 1 and message in bad.stderr, (argv, bad.stderr)
         assert "Traceback" not in bad.stderr
+
+
+def _usage(capsys, *argv) -> tuple[int, str]:
+    """Run the CLI in this process: its exit code and what it printed on stderr."""
+    from tndsl import cli
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:   # argparse's usage errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [   # refused before the file is read
+    (["--width", "wide"], "width `wide` is not a length"),
+    (["--font-size", "100"], "must be from 4 to 72 pt"),
+    (["--font-size", "nan"], "must be from 4 to 72 pt"),
+    (["--legs", "p/p"], "`p` is given on both sides"),
+    (["--legs", "pm"], "write LEFT/RIGHT"),
+    (["--check", "--hooks"], "--hooks draws an equation's hook map, not a check")])
+def test_cli_render_usage_mistakes_are_refused_at_once(argv, message, capsys):
+    code, err = _usage(capsys, "render", "examples/attention_head.tn", "out", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--render", "x.dot", "--width", "wide"], "width `wide` is not a length"),
+    (["--render", "x.dot", "--font-size", "0"], "must be from 4 to 72 pt"),
+    (["--render", "x.dot", "--legs", "p,v/p"], "`p` is given on both sides"),
+    (["--width", "6.75in"], "--width sets the figure: give --render FIGURE too"),
+    (["--dpi", "100"], "--dpi sets the figure: give --render FIGURE too")])
+def test_cli_paths_figure_options_are_checked_as_render_checks_them(argv, message, capsys):
+    code, err = _usage(capsys, "paths", "examples/attn_only_2l.tn", "logits", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_cli_paths_render_takes_the_figure_options_of_render(tmp_path):
+    """`paths --render` has render's --width, --font-size, --font, --legs, --dpi and
+    --no-outline: the same definitions (help and checks), passed to the figure."""
+    from tndsl.interp.paths import expand_paths
+
+    def run(command, *argv):
+        return subprocess.run([sys.executable, "-m", "tndsl", command, *argv], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    def options(help_text):
+        start = help_text.index("--width LENGTH  ")
+        return re.sub(r"\s+", " ", help_text[start:help_text.index("--no-outline  ")])
+    assert options(run("paths", "--help").stdout) == options(run("render", "--help").stdout)
+    base = ["examples/attn_only_2l.tn", "logits", "-o", str(tmp_path / "p.tn")]
+    dot = tmp_path / "paths.dot"
+    good = run("paths", *base, "--render", str(dot), "--width", "6.75in", "--font-size", "8",
+               "--legs", "p/v")
+    assert good.returncode == 0, good.stderr
+    expected = expand_paths(tndsl.load(ROOT / "examples" / "attn_only_2l.tn"), "logits") \
+        .figure(width="6.75in", font_size=8, legs="p/v")
+    assert dot.read_text() == expected.source
+    assert expected.scene.width <= 6.75 * 72 and expected.scene.font_size == 8
+    narrow = run("paths", *base, "--render", str(dot), "--width", "3in", "--font-size", "8")
+    assert narrow.returncode == 1 and "does not fit in 3.00 in" in narrow.stderr
+    # said at the equation expanded, in the user's file, not in the generated text
+    assert narrow.stderr.startswith("examples/attn_only_2l.tn:") or \
+        "attn_only_2l.tn:" in narrow.stderr.splitlines()[0]
+    assert "the figure of the paths of `logits`" in narrow.stderr
+    assert "logits[p, v] =" in narrow.stderr and "_figure" not in narrow.stderr
 
 
 def test_another_face_is_measured_and_embedded(tmp_path):
@@ -209,3 +274,44 @@ def test_graphviz_runs_under_a_time_limit_with_a_clear_message():
     fig = load("sum").render("total")
     with pytest.raises(RenderError, match=r"did not finish drawing the figure in 1e-09 s"):
         output.run_dot(fig.source, "-Tsvg", timeout=1e-9)
+
+
+@pytest.mark.skipif(shutil.which("neato") is None, reason="needs Graphviz (make test installs it)")
+@pytest.mark.parametrize("example, name", [("attention_head", "out"),
+                                           ("gpt2_small", "blocks.0.out")])
+def test_box_label_scripts_are_set_at_70_percent_as_tex_and_tensor_labels_set_them(
+        example, name):
+    """softmax_s, layernorm⁰: Graphviz keeps a <SUB>/<SUP> at the label's full size; the
+    figure sets them at 70% (TeX's script size, and a tensor's W_Q), read back from the
+    SVG Graphviz draws (text kept as text)."""
+    program = tndsl.load(ROOT / "examples" / f"{example}.tn",
+                         dims={"Layers": 1} if example == "gpt2_small" else None)
+    fig = program.render(name, expand=example == "attention_head", depth=2)
+    svg = output.render_bytes(fig.scene, "svg", outline=False).decode()
+    labels = re.findall(r'<g id="node\d+" class="node boxlabel">(.*?)</g>', svg, re.S)
+    assert labels
+    scripts = 0
+    for label in labels:
+        spans = re.findall(r'<text [^>]*?(baseline-shift="(?:sub|super)" )?'
+                           r'font-size="([\d.]+)"', label)
+        base = max(float(size) for _, size in spans)
+        for shift, size in spans:
+            if shift:
+                scripts += 1
+                assert abs(float(size) - 0.7 * base) < 0.01, label
+    assert scripts
+
+
+def test_hook_names_reach_latex_only_through_the_sanitiser(tmp_path):
+    """A hook point named with characters LaTeX cannot set in text (`σ_x`) is written
+    `?\\_x`; the figure compiles, and DOT keeps the real name."""
+    program = tndsl.parse("dim N = 2\ninput a[i: N]\nσ_x[i] = relu(a[i])\n"
+                          "y[i] = σ_x[i] * a[i]\n", "mine.tn")
+    fig = program.render("y", hooks=True)
+    assert {t.tex for t in fig.scene.texts if t.cls.startswith("hook")} == {"y", r"?\_x"}
+    assert "σ_x" in fig.source
+    fig.save(tmp_path / "fig.tex")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "fig.tex"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]

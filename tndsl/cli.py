@@ -199,32 +199,17 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="N",
                        help="inline N levels of definitions (default 0)")
     render.add_argument("--indices", action="store_true", help="label wires with index names")
-    render.add_argument("--dpi", type=_bounded_int(1), default=300,
-                        help="PNG resolution, at least 1 (default 300; a PNG wider than "
-                             "cairo's 32,767 px is refused, naming the dpi that fits)")
-    render.add_argument("--no-outline", action="store_true",
-                        help="keep SVG text as text (needs the fonts where it is shown)")
     render.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                         metavar="NAME=SIZE", help="give or override a dim's size")
     render.add_argument("--check", action="store_true",
                         help="NAME is a check: draw it as lhs = rhs")
-    render.add_argument("--width", metavar="LENGTH",
-                        help="lay the figure out this wide (3.25in, 6.75in, 17cm, 480pt), "
-                             "wrapping sums into rows; without --font-size, type is set "
-                             "smaller (down to 7 pt) where that is needed to fit")
-    render.add_argument("--font-size", type=float, metavar="PT",
-                        help="label size in pt at the final size (default 10; wire "
-                             "labels 0.9 of it)")
-    render.add_argument("--font", metavar="FACE",
-                        help="the face (default Times: Nimbus Roman or TeX Gyre Termes), "
-                             "e.g. 'Latin Modern Roman'; it must be installed")
-    render.add_argument("--legs", metavar="LEFT/RIGHT",
-                        help="which side each open leg leaves on, e.g. p/m or p,h/s "
-                             "(default: the first left, the last right)")
+    _figure_options(render)
     render.add_argument("--hooks", action="store_true",
-                        help="label each intermediate with its hook-point name "
-                             "(blocks.0.attn.pattern): the map of what a compiled model "
-                             "lets you read and patch")
+                        help="draw the hook map: NAME = ..., with every hook point of a "
+                             "model compiled for NAME named where it is "
+                             "(blocks.0.attn.pattern): a drawn intermediate's name above "
+                             "it, an inlined equation's on a dotted region around it, "
+                             "those hidden inside an intermediate listed above it")
 
     cost = commands.add_parser(
         "cost", help="contraction orders, FLOPs and intermediate sizes, symbolically",
@@ -388,7 +373,78 @@ def _verify(args: argparse.Namespace) -> int:
     return 2 if args.strict and doubtful else 0
 
 
+def _legs(text: str) -> str:
+    """An argparse type for `--legs LEFT/RIGHT`: its syntax checked at once (whether each
+    index is an open leg, once the equation is known)."""
+    from tndsl.render.layout import LayoutError, parse_legs
+    _name(text)
+    try:
+        parse_legs(text)
+    except LayoutError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    return text
+
+
+def _width(text: str) -> str:
+    """An argparse type for `--width`: a length with a unit, checked at once."""
+    from tndsl.render import LayoutError, parse_length
+    _name(text)
+    try:
+        parse_length(text)
+    except LayoutError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    return text
+
+
+def _font_size(text: str) -> float:
+    """An argparse type for `--font-size`: pt, from 4 to 72 (the layout's bounds)."""
+    from tndsl.render.layout import MAX_FONT_SIZE, MIN_SET_FONT_SIZE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size in pt, got "
+                                         f"{terminal(repr(text))}") from None
+    if not MIN_SET_FONT_SIZE <= value <= MAX_FONT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SET_FONT_SIZE:g} to "
+                                         f"{MAX_FONT_SIZE:g} pt, got {terminal(text)}")
+    return value
+
+
+def _figure_options(parser) -> None:
+    """The options of every command that draws a figure (`render`, `paths --render`):
+    size, type, legs and the raster and SVG settings, defined once."""
+    parser.add_argument("--width", type=_width, metavar="LENGTH",
+                        help="lay the figure out this wide (3.25in, 6.75in, 17cm, 480pt), "
+                             "wrapping sums into rows; without --font-size, type is set "
+                             "smaller (down to 7 pt) where that is needed to fit")
+    parser.add_argument("--font-size", type=_font_size, metavar="PT",
+                        help="label size in pt at the final size, 4 to 72 (default 10; "
+                             "wire labels 0.9 of it)")
+    parser.add_argument("--font", metavar="FACE",
+                        help="the face (default Times: Nimbus Roman or TeX Gyre Termes), "
+                             "e.g. 'Latin Modern Roman'; it must be installed")
+    parser.add_argument("--legs", type=_legs, metavar="LEFT/RIGHT",
+                        help="which side each open leg leaves on: comma-separated indices "
+                             "left of the slash leave left, right of it right, e.g. p/m, "
+                             "h,p/s, /p,m (default: the first output index left, the last "
+                             "right); every open leg once, on one side")
+    parser.add_argument("--dpi", type=_bounded_int(1), default=300,
+                        help="PNG resolution, at least 1 (default 300; a PNG wider than "
+                             "cairo's 32,767 px is refused, naming the dpi that fits)")
+    parser.add_argument("--no-outline", action="store_true",
+                        help="keep SVG text as text (needs the fonts where it is shown)")
+
+
+def _figure_layout(args: argparse.Namespace) -> dict:
+    """The layout options `_figure_options` defines, as Program.render takes them."""
+    return dict(width=args.width, font_size=args.font_size, font=args.font, legs=args.legs)
+
+
 def _render(args: argparse.Namespace) -> int:
+    if args.check and args.hooks:
+        print("tndsl render: error: --hooks draws an equation's hook map, not a check: "
+              "give an equation NAME without --check", file=sys.stderr)
+        return 2
     try:
         program = load(args.file, dict(args.dim))
         if args.check and not args.name:
@@ -396,8 +452,7 @@ def _render(args: argparse.Namespace) -> int:
                           hint="checks: " + ", ".join(c.label for c in program.network.checks)
                           if program.network.checks else "the file has no checks")
         options = dict(expand=args.expand, depth=args.depth, indices=args.indices,
-                       width=args.width, font_size=args.font_size, font=args.font,
-                       legs=args.legs)
+                       **_figure_layout(args))
         if args.check:
             figure = program.render(check=args.name, **options)
         else:
@@ -471,10 +526,20 @@ def _paths_parser(commands) -> None:
                             "the norms")
     paths.add_argument("--dim", action="append", default=[], type=_dim_assignment,
                        metavar="NAME=SIZE", help="give or override a dim's size")
+    _figure_options(paths.add_argument_group("the figure (with --render)"))
 
 
 def _paths(args: argparse.Namespace) -> int:
     from tndsl.interp.paths import expand_paths, parse_through
+    given = [flag for flag, value in (("--width", args.width), ("--font-size", args.font_size),
+                                      ("--font", args.font), ("--legs", args.legs),
+                                      ("--dpi", args.dpi != 300 or None),
+                                      ("--no-outline", args.no_outline or None))
+             if value is not None]
+    if given and not args.render:
+        print(f"tndsl paths: error: {given[0]} sets the figure: give --render FIGURE too",
+              file=sys.stderr)
+        return 2
     try:
         program = load(args.file, dict(args.dim))
         expansion = expand_paths(program, args.name, parse_through(args.through),
@@ -490,7 +555,8 @@ def _paths(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(expansion.source)
         if args.render:
-            expansion.figure().save(args.render)
+            expansion.figure(**_figure_layout(args)).save(
+                args.render, dpi=args.dpi, outline=not args.no_outline)
             print(f"{terminal(args.render)}: written",
                   file=sys.stderr if not args.out else sys.stdout)
     except TnError as e:

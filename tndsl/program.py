@@ -169,6 +169,12 @@ class Program:
             raise ArgumentError(f"depth must be a whole number of levels, at least 0, got "
                                 f"{terminal(repr(depth))}")
         if check is not None:
+            drawn_only = [k for k in ("hooks", "lhs", "term_labels") if options.get(k)]
+            if drawn_only:
+                raise ArgumentError(f"{drawn_only[0]}= draws an equation, not a check: "
+                                    f"render(NAME, {drawn_only[0]}=...) without check=")
+            options = {k: v for k, v in options.items()
+                       if k not in ("hooks", "lhs", "term_labels")}
             return check_figure(self, check, expand=expand, depth=depth, indices=indices,
                                 **options)
         return figure(self, name, expand=expand, depth=depth, indices=indices, **options)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import sympy
@@ -107,6 +107,7 @@ class PathExpansion:
     original: str                    # the file it extends
     dims: tuple[tuple[str, int], ...] = ()   # sizes given to the program, re-applied
     frozen: tuple = ()               # tndsl.interp.freeze.FrozenNorm, with --freeze norms
+    span: object = field(default=None, compare=False)   # the expanded equation, in its file
 
     @property
     def source(self) -> str:
@@ -135,9 +136,18 @@ class PathExpansion:
         from tndsl.program import parse
         total = f"{self.check}_figure"
         text = self.source + f"\n{total}[{', '.join(self.indices)}] = {self._sum_text()}\n"
-        return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(
-            total, depth=1, lhs=self.name, term_labels=[figure_label(t) for t in self.terms],
-            **options)
+        try:
+            return parse(text, f"<paths of {self.name}>", dict(self.dims)).render(
+                total, depth=1, lhs=self.name,
+                term_labels=[figure_label(t) for t in self.terms], **options)
+        except TnError as e:   # too wide, bad legs: said at the equation the user expanded
+            if self.span is None or e.span is None:
+                raise
+            message = e.message.replace(f"the figure of `{total}`",
+                                        f"the figure of the paths of `{self.name}`")
+            hint = ("give a wider --width or a smaller --font-size, or draw fewer paths "
+                    "(--through)") if "does not fit" in message else e.hint
+            raise type(e)(message, self.span, hint=hint) from None
 
     def _sum_text(self) -> str:
         parts = []
@@ -564,7 +574,7 @@ def expand_paths(program, name: str, through: Sequence[str] | None = None, *,
                  if program.sizes.get(d.name) is not None
                  and (d.size is None or not d.size.free_symbols))
     return PathExpansion(name, eq.indices, tuple(through), tuple(terms), label, section,
-                         original, dims, tuple(frozen))
+                         original, dims, tuple(frozen), span=eq.span)
 
 
 def _emit(term_name: str, reads, eq: ir.Equation, members: list[_Mono],

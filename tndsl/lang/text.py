@@ -14,6 +14,7 @@ so the reader still sees what was there.
     dot_text(text)           inside a DOT "quoted string" or an HTML-like <label>
     tex_comment(text)        after `% ` on one line of LaTeX
     tex_math_name(text)      a name set in LaTeX math mode (letters, digits, Greek)
+    tex_text_name(text)      a dotted name set as LaTeX text (a hook point's path)
     terminal(text)           a file name, path or value placed in a line on a terminal
     printable(text)          a line of user text (a source line) shown whole
     terminal_output(text)    everything the CLI prints, as a last line of defence
@@ -103,6 +104,22 @@ def tex_math_name(text: str) -> str:
         elif ch in _GREEK:
             out.append("{" + _GREEK[ch] + "}")  # braced: `σx` must not read as `\sigmax`
         elif ch.isascii() and (ch.isalnum() or ch in ",."):
+            out.append(ch)
+        else:
+            out.append("?")
+    return "".join(out)
+
+
+def tex_text_name(text: str) -> str:
+    """A name set as LaTeX text, in the paper's roman (a hook point's path,
+    `blocks.0.attn.pattern`): ASCII letters, digits and `.,@` as they are, `_` as `\\_`,
+    anything else as `?`, so no name can open a group, enter math mode or start a
+    command."""
+    out = []
+    for ch in str(text):
+        if ch == "_":
+            out.append(r"\_")
+        elif ch.isascii() and (ch.isalnum() or ch in ".,@"):
             out.append(ch)
         else:
             out.append("?")

@@ -80,13 +80,14 @@ def figure(program, name: str | None = None, *, expand: bool = False, depth: int
     definition down to params and inputs; `depth` inlines that many levels. `width`
     (pt, or "3.25in") wraps the sum into rows that wide; `font_size` (pt, default 10,
     shrunk to 7 at the least to fit `width` when not given); `font` a face other than
-    Times; `legs` the sides of the open legs ("p/m"); `hooks` labels each intermediate
-    with its hook-point name; `lhs` draws `name = ...`; `term_labels` one label under each
-    term of the sum."""
+    Times; `legs` the sides of the open legs ("p/m"); `hooks` draws the hook map
+    (`name = ...` with every hook point the equation is computed from named where it is:
+    docs/figures.md); `lhs` draws `name = ...`; `term_labels` one label under each term
+    of the sum."""
     drawing = _expansion.drawing(program, name, depth=None if expand else depth,
-                                       lhs_name=lhs)
+                                 lhs_name=lhs, hooks=hooks)
     return Figure(layout(drawing, resolve_font(font), width=parse_length(width),
-                         font_size=font_size, legs=legs, indices=indices, hooks=hooks,
+                         font_size=font_size, legs=legs, indices=indices,
                          term_labels=term_labels,
                          comment=f"tndsl figure of {drawing.name} from {_origin(program)}"))
 

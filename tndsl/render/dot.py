@@ -9,6 +9,8 @@ have two decimals, so the same `.tn` gives byte-identical DOT.
 """
 from __future__ import annotations
 
+import re
+
 from tndsl.lang.text import dot_text
 from tndsl.render.expand import MAX_DRAWN_TENSORS, MAX_DRAWN_TERMS  # noqa: F401 (the guard)
 from tndsl.render.layout import Scene, Shape, Text
@@ -21,9 +23,12 @@ ACTIVATION = 'shape=circle, color="#222222"'
 INSTANCE = 'shape=box, style=rounded, color="#222222"'
 DOT = 'shape=circle, style=filled, fillcolor="#111111", color="#111111"'
 BOX = 'shape=box, style="dashed,rounded", color="#555555"'
+# A hook map's region (an equation inlined, named after it): dotted, in the hook colour.
+HOOK_REGION = 'shape=box, style="dotted,rounded", color="#1f4e79"'
 STYLES = {"param": PARAM, "fixed": FIXED, "input": ACTIVATION, "activation": ACTIVATION,
           "instance": INSTANCE, "copy": DOT, "ones": DOT, "box": BOX}
-TEXT_COLOURS = {"wirelabel": "#444444", "hook": "#1f4e79", "termlabel": "#444444"}
+TEXT_COLOURS = {"wirelabel": "#444444", "hook": "#1f4e79", "hookinside": "#5a7fa8",
+                "termlabel": "#444444"}
 
 
 def _in(points: float) -> str:
@@ -92,7 +97,8 @@ def to_dot(scene, name: str | None = None, **options) -> str:
 
 
 def _shape(shape: Shape, node: int, size: float) -> str:
-    attrs = [STYLES[shape.kind], f'pos="{shape.x:.2f},{shape.y:.2f}!"',
+    style = HOOK_REGION if shape.cls == "hookbox" else STYLES[shape.kind]
+    attrs = [style, f'pos="{shape.x:.2f},{shape.y:.2f}!"',
              f"width={_in(shape.w)}", f"height={_in(shape.h)}", f'class="{shape.cls}"']
     if shape.label is not None:
         attrs.append(f"label=<{label_html(shape.label, size)}>")
@@ -101,11 +107,23 @@ def _shape(shape: Shape, node: int, size: float) -> str:
     return f"  n{node} [{', '.join(attrs)}];"
 
 
+def _scripts(html: str, size: float) -> str:
+    """A label's sub- and superscripts (`softmax<sub><i>s</i></sub>`, `layernorm<sup>0
+    </sup>`) at 70% of its size, as a tensor's and as TeX sets them (Graphviz keeps
+    them at full size otherwise)."""
+    small = round(size * 0.7, 2)
+    for tag in ("sub", "sup"):
+        html = re.sub(rf"<{tag}>(.*?)</{tag}>",
+                      rf'<{tag.upper()}><FONT POINT-SIZE="{small:g}">\1</FONT></{tag.upper()}>',
+                      html)
+    return html
+
+
 def _text(text: Text, node: int) -> str:
     x = text.x + text.w / 2 if text.anchor == "west" else text.x
     colour = TEXT_COLOURS.get(text.cls)
-    body = f"<I>{text.html}</I>" if text.italic and not text.html.startswith("<I>") \
-        else text.html
+    body = _scripts(text.html, text.size)
+    body = f"<I>{body}</I>" if text.italic and not body.startswith("<I>") else body
     font = f'<FONT POINT-SIZE="{text.size:g}"' + (f' COLOR="{colour}"' if colour else "") + ">"
     if "<" in body or colour:
         label = f"label=<{font}{body}</FONT>>"

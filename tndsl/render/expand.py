@@ -2,6 +2,14 @@
 tensors and boxes (an element-wise function, softmax, norm or mask around what it
 applies to), with the math labels of names and coefficients.
 
+With `hooks`, the figure is a hook map: every equation (a hook point of the compiled
+model) is named where it is drawn. A drawn intermediate carries its name and the names
+of the equations that only rename it (`blocks.0.resid_pre` on `resid`); an equation
+inlined at this depth is a region (a dotted box) named after it instead of being
+distributed; and the equations hidden inside a drawn intermediate (the attention
+pattern inside `Attention⁰`) are listed on it, so the figure names exactly the hook
+points a model compiled for the equation exposes.
+
 Pure: no layout and no Graphviz. `tndsl.render.layout` places what this returns.
 """
 from __future__ import annotations
@@ -26,6 +34,8 @@ class _Tensor:
     kind: str            # "param" | "input" | "activation" | "instance" | "ones"
     indices: tuple[str, ...]
     label: tuple[str, str, str]   # base, subscript, superscript
+    hooks: tuple[str, ...] = ()   # hook points it is (its own name and those renaming it)
+    inside: tuple[str, ...] = ()  # hook points hidden inside it, in computation order
 
 
 @dataclass
@@ -34,6 +44,7 @@ class _Box:
     label_tex: str
     terms: list["_Term"]
     legs: tuple[str, ...]      # its free legs
+    hooks: tuple[str, ...] = ()   # a hook map's region: the equations it is
 
 
 @dataclass
@@ -43,9 +54,10 @@ class _Term:
 
 
 class _Expander:
-    def __init__(self, program, depth: int | None):
+    def __init__(self, program, depth: int | None, hooks: bool = False):
         self.program = program
         self.depth = depth
+        self.hooks = hooks
         self.tensors = {t.name: t for t in program.network.tensors}
         self.equations = {eq.name: eq for eq in program.network.equations}
         self.outputs = {inst.output: inst for inst in program.network.instances}
@@ -112,22 +124,31 @@ class _Expander:
             eq = self.equations[factor.name]
             inner_dims = {leg.name: leg.dim for leg in eq.index_dims}
             alias = _alias(eq)
+            own = (eq.name,) if self.hooks else ()
             if alias is not None or (depth is None or depth > 0):
                 next_depth = depth if (alias is not None or depth is None) else depth - 1
                 self.within.append(eq.name)
                 try:
-                    return self.terms(eq.rhs, dict(zip(eq.indices, indices)), inner_dims,
-                                      set(eq.indices), next_depth)
+                    terms = self.terms(eq.rhs, dict(zip(eq.indices, indices)), inner_dims,
+                                       set(eq.indices), next_depth)
                 finally:
                     self.within.pop()
+                if not self.hooks:
+                    return terms
+                if alias is not None:   # the same tensor under another name: named on it
+                    drawn = terms[0].factors[0]
+                    drawn.hooks = drawn.hooks + own
+                    return terms
+                # Inlined: a region named after the equation, its sum kept inside it.
+                return [_Term(one, [_Box("", "", terms, tuple(dict.fromkeys(indices)), own)])]
             if factor.name in self.outputs:
                 inst = self.outputs[factor.name]
                 base, sub, sup = math_label(inst.block)
                 sup = sup or ",".join(re.findall(r"(?<=\.)\d+(?=\.|$)", "." + inst.path))
                 return [_Term(one, [_Tensor(factor.name, "instance", indices,
-                                            (base, sub, sup))])]
+                                            (base, sub, sup), own)])]
             return [_Term(one, [_Tensor(factor.name, "activation", indices,
-                                        math_label(factor.name))])]
+                                        math_label(factor.name), own)])]
         if isinstance(factor, ir.Sum):  # a bracketed sum is drawn distributed
             legs = set(ir.free_legs(factor, outside))
             return self.terms(factor, {i: subst[i] for i in legs}, dims, legs, depth)
@@ -312,10 +333,11 @@ def _too_large(name: str, span) -> ResourceError:
 
 
 def drawing(program, name: str | None = None, *, depth: int | None = 0,
-            lhs_name: bool | str = False) -> Drawing:
+            lhs_name: bool | str = False, hooks: bool = False) -> Drawing:
     """Equation `name` (default: the final equation) expanded to `depth` (None: down to
     params and inputs). With `lhs_name` the figure reads `name = ...` (or, given a
-    string, `that = ...`)."""
+    string, `that = ...`). With `hooks`, a hook map (see the module's docstring): it
+    reads `name = ...`, and names every equation `name` is computed from."""
     equations = {eq.name: eq for eq in program.network.equations}
     if name is None:
         final = program.final
@@ -326,7 +348,7 @@ def drawing(program, name: str | None = None, *, depth: int | None = 0,
         raise UnknownNameError(f"no equation `{name}` to draw",
                                hint=did_you_mean(name, equations))
     eq = equations[name]
-    expander = _Expander(program, depth)
+    expander = _Expander(program, depth, hooks)
     expander.used.update(eq.indices)
     dims = {leg.name: leg.dim for leg in eq.index_dims}
     expander.dims.update({i: dims[i] for i in eq.indices})
@@ -336,11 +358,50 @@ def drawing(program, name: str | None = None, *, depth: int | None = 0,
     except _TooLarge:
         raise _too_large(name, eq.span) from None
     lhs = ()
-    if lhs_name:
+    if lhs_name or hooks:
         shown = lhs_name if isinstance(lhs_name, str) else name
         lhs = (_Term(sympy.Integer(1), [_Tensor(shown, "activation", tuple(eq.indices),
-                                                 math_label(shown))]),)
+                                                 math_label(shown),
+                                                 (name,) if hooks else ())]),)
+    if hooks:
+        _list_hidden_hooks(program, name, lhs, terms)
     return Drawing(name, eq.span, tuple(eq.indices), lhs, tuple(terms), expander.dims)
+
+
+def _drawn(terms):
+    """Every tensor and box drawn, in drawing order (into boxes)."""
+    for term in terms:
+        for factor in term.factors:
+            yield factor
+            if isinstance(factor, _Box):
+                yield from _drawn(factor.terms)
+
+
+def _list_hidden_hooks(program, name: str, lhs, terms) -> None:
+    """Give each drawn intermediate the hook points hidden inside it: the equations it is
+    computed from that are drawn nowhere, reached without passing another drawn one;
+    each listed once, on the first intermediate (in drawing order) that hides it, in the
+    order the forward pass computes them."""
+    equations = {eq.name: eq for eq in program.network.equations}
+    order = [eq.name for eq in ir.dependency_order(program.network, [name])]
+    drawn = list(_drawn(terms))
+    shown = {hook for item in list(_drawn(lhs)) + drawn for hook in item.hooks}
+    listed: set[str] = set()
+    for item in drawn:
+        if not isinstance(item, _Tensor) or item.kind not in ("activation", "instance") \
+                or item.name not in equations or not item.hooks:
+            continue
+        reached, stack = set(), [item.name]
+        while stack:
+            for ref in ir.refs(equations[stack.pop()].rhs):
+                if ref.name in equations and ref.name not in shown \
+                        and ref.name not in reached:
+                    reached.add(ref.name)
+                    stack.append(ref.name)
+        hidden = reached - listed
+        if hidden:
+            item.inside = tuple(hook for hook in order if hook in hidden)
+            listed |= hidden
 
 
 def check_drawing(program, label: str, *, depth: int | None = 0) -> Drawing:

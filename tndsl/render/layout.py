@@ -14,6 +14,11 @@ The equation is then set like a displayed formula: terms, joiners (+, −, =) an
 coefficients on one baseline, wrapped before a joiner into rows no wider than `width`.
 Sizes follow the font size: wire labels are 0.9 of it, shapes sized to their labels.
 
+In a hook map (tndsl.render.expand's `hooks`), a tensor's hook-point names stand in a
+column above it (those hidden inside it first, its own last), its room widened to them,
+and a region (an inlined equation) is a box whose label is its name. A lane's label that
+a wire drawn after it would cross slides along its lane to a free place.
+
 The result, a `Scene`, is plain frozen data (shapes, wires, texts, and the rows and
 terms with their baselines), drawn by tndsl.render.dot and tndsl.render.tikz alike and
 measured by the tests.
@@ -30,12 +35,13 @@ from tndsl.lang.errors import ResourceError, TnError
 from tndsl.render import expand
 from tndsl.render.expand import coefficient_tex, coefficient_text, label_html, label_tex
 from tndsl.render.fonts import Font
-from tndsl.lang.text import dot_text, tex_math_name
+from tndsl.lang.text import dot_text, tex_text_name, tex_math_name
 
 BORDER = 6.0            # pt between a box's border and anything inside it (nested boxes too)
 MARGIN = 2.0            # pt around the whole figure
 MIN_FONT_SIZE = 7.0     # pt: the smallest size a figure is shrunk to, to fit `width`
 DEFAULT_FONT_SIZE = 10.0
+MIN_SET_FONT_SIZE, MAX_FONT_SIZE = 4.0, 72.0   # pt: the sizes `font_size=` may ask for
 # Layout cost: a figure with more shapes and wires than this is refused before layout
 # (a figure that size cannot be read at any paper width).
 MAX_LAYOUT_ITEMS = 2_000
@@ -67,7 +73,8 @@ class Text:
     size: float
     html: str        # for Graphviz
     tex: str         # for LaTeX
-    cls: str         # wirelabel | joiner | coefficient | boxlabel | hook | termlabel | sum
+    cls: str         # wirelabel | joiner | coefficient | boxlabel | hook | hookinside |
+                     # termlabel | sum
     italic: bool = False
     anchor: str = "center"
 
@@ -122,9 +129,10 @@ class _Leaf:
     indices: tuple[str, ...]
     w: float
     h: float
-    span: float                    # horizontal room it takes (a hook label may be wider)
+    span: float                    # horizontal room it takes (hook labels may be wider)
     scope: "_Scope"
-    hook: str = ""
+    hooks: tuple[str, ...] = ()    # the hook points it is, named above it
+    inside: tuple[str, ...] = ()   # the hook points hidden inside it, listed above those
     x: float = 0.0
     summed: bool = False           # a `ones` on a contracted leg: a labelled sum
 
@@ -175,6 +183,7 @@ class _Scope:
     label_html: str = ""
     label_tex: str = ""
     label_w: float = 0.0
+    hooks: tuple[str, ...] = ()    # a hook map's region: the equations it is
     children: list = field(default_factory=list)
     hypers: list[_Hyper] = field(default_factory=list)
     dots: list[_Dot] = field(default_factory=list)
@@ -201,9 +210,22 @@ class _Sizes:
         self.label_h = 1.2 * self.wfs
         self.lane_gap = self.label_h + 0.45 * size
         self.joiner = 1.3 * size
+        # Hook-point names: legible in print, never under 7 pt.
+        self.hook = max(MIN_FONT_SIZE, round(0.75 * size, 2))
+        self.hook_line = 1.25 * self.hook
+
+    def hook_lines(self, leaf) -> tuple[str, ...]:
+        """A tensor's hook labels, top to bottom: those hidden inside it, then its own."""
+        return leaf.inside + leaf.hooks
 
     def text(self, text: str, size: float | None = None, italic: bool = False) -> float:
         return self.font.width(text, size or self.fs, italic)
+
+    def label(self, markup: str) -> float:
+        """A box label's width (`softmax<sub><i>s</i></sub>`): its sub- and
+        superscripts at 70%, as every format sets them."""
+        return sum(self.text(text, 0.7 * self.fs if script else self.fs)
+                   for script, text in _label_parts(markup))
 
     def tensor(self, label) -> float:
         base, sub, sup = label
@@ -217,20 +239,21 @@ class _TermLayout:
     """Lays out one term in local coordinates: baseline y = 0, left edge x = 0."""
 
     def __init__(self, term, legs: dict[str, str], dims: dict[str, str], sizes: _Sizes,
-                 show_indices: bool, hooks: bool):
+                 show_indices: bool):
         self.sizes = sizes
         self.dims = dims
         self.legs = legs                 # open leg -> side
-        self.hooks = hooks
         self.root = _Scope(None, tuple(legs))
         self.shapes: list[Shape] = []
         self.wires: list[Wire] = []
         self.texts: list[Text] = []
         self.labelled = self._labelled_indices(term, show_indices)
+        self.lane_labels: list[tuple[int, list]] = []   # (text, the runs it may sit on)
         self._build(term.factors, self.root)
         self._connect_term()
         self._place()
         self._route(self.root)
+        self._clear_lane_labels()
         self.width = self.root.x1
 
     # -- which legs carry their index name ------------------------------------------------
@@ -268,14 +291,18 @@ class _TermLayout:
         for factor in sorted(factors, key=self._side_key):
             if isinstance(factor, expand._Box):
                 label_html_, label_tex_ = factor.label_html, factor.label_tex
-                if len(factor.terms) == 1 and factor.terms[0].coefficient != 1:
+                region = bool(factor.hooks)      # a hook map's region: named, no function
+                if len(factor.terms) == 1 and factor.terms[0].coefficient != 1 and not region:
                     # One term with a coefficient: it is set after the box's label, out
                     # of the way of the wires.
                     value = factor.terms[0].coefficient
                     label_html_ += " &#8194; " + dot_text(coefficient_text(value))
                     label_tex_ = label_tex_[:-1] + r"\quad " + coefficient_tex(value) + "$"
-                plain = html.unescape(re.sub(r"<[^>]+>", "", label_html_))
-                box = _Scope(scope, factor.legs, label_html_, label_tex_, s.text(plain))
+                label_w = s.label(label_html_) if not region else \
+                    sum(s.text(h, s.hook) for h in factor.hooks) + \
+                    (len(factor.hooks) - 1) * s.fs
+                box = _Scope(scope, factor.legs, label_html_, label_tex_, label_w,
+                             factor.hooks)
                 scope.children.append(box)
                 for k, term in enumerate(factor.terms):
                     coefficient = term.coefficient
@@ -285,7 +312,7 @@ class _TermLayout:
                                                        "joiner", s.joiner))
                         if coefficient.could_extract_minus_sign():
                             coefficient = -coefficient
-                    if coefficient != 1 and len(factor.terms) > 1:
+                    if coefficient != 1 and (len(factor.terms) > 1 or region):
                         box.children.append(self._mark(coefficient_text(coefficient),
                                                        f"${coefficient_tex(coefficient)}$",
                                                        "coefficient", s.fs))
@@ -301,10 +328,10 @@ class _TermLayout:
                     w = h = max(s.node_h, text_w + 0.8 * s.fs)
                 else:
                     w, h = max(2.4 * s.fs, text_w + 1.1 * s.fs), s.node_h
-                hook = factor.name if self.hooks and kind in ("activation", "instance") else ""
-                span = max(w, s.text(hook, 0.75 * s.fs) + 0.4 * s.fs) if hook else w
+                lines = factor.inside + factor.hooks
+                span = max([w] + [s.text(line, s.hook) + 0.4 * s.fs for line in lines])
                 leaf = _Leaf(kind, factor.name, factor.label, factor.indices, w, h, span,
-                             scope, hook)
+                             scope, factor.hooks, factor.inside)
             scope.children.append(leaf)
 
     def _mark(self, text: str, tex: str, cls: str, size: float) -> _Mark:
@@ -539,6 +566,8 @@ class _TermLayout:
             dots = [end.dot.y for end in hyper.ends if end.dot is not None]
             if dots:
                 lane = min(lane, min(dots))
+            if self._leaves_level(hyper, scope, transparent, skip):
+                lane = hyper.ends[0].dot.y
             hyper.lane = lane
             self._draw_lane(hyper, scope, x0, x1)
         # The box (or term) around all of it.
@@ -547,7 +576,8 @@ class _TermLayout:
         bottoms += [h.lane - (s.label_h + 2 if h.dot is not None and not self._has_run(h)
                               else 0) - (1.3 * s.fs if h.summed else 0) for h in routed]
         bottoms += [d.y - s.dot / 2 for d in scope.dots]
-        tops = [c.h / 2 + (0.9 * s.fs if c.hook else 0) + (1.2 * s.fs if c.summed else 0)
+        tops = [c.h / 2 + (0.25 * s.fs + len(s.hook_lines(c)) * s.hook_line
+                           if s.hook_lines(c) else 0) + (1.2 * s.fs if c.summed else 0)
                 for c in scope.children if isinstance(c, _Leaf)]
         tops += [c.top for c in scope.children if isinstance(c, _Scope)]
         tops += [s.label_h + 1.5 for h in straight]
@@ -559,10 +589,33 @@ class _TermLayout:
             scope.top = max(tops) + 1.2 * s.fs + 0.3 * s.fs
             self.shapes.append(Shape("box", (scope.x0 + scope.x1) / 2,
                                      (scope.top + scope.bottom) / 2, scope.x1 - scope.x0,
-                                     scope.top - scope.bottom, cls="box"))
-            self.texts.append(Text(scope.x0 + s.pad, scope.top - 0.3 * s.fs - 0.6 * s.fs,
-                                   scope.label_w, s.fs, scope.label_html, scope.label_tex,
-                                   "boxlabel", anchor="west"))
+                                     scope.top - scope.bottom,
+                                     cls="hookbox" if scope.hooks else "box"))
+            y = scope.top - 0.3 * s.fs - 0.6 * s.fs
+            if not scope.hooks:
+                self.texts.append(Text(scope.x0 + s.pad, y, scope.label_w, s.fs,
+                                       scope.label_html, scope.label_tex, "boxlabel",
+                                       anchor="west"))
+            x = scope.x0 + s.pad
+            for hook in scope.hooks:   # a region's names, in a row
+                self.texts.append(_hook_text(s, hook, x, y, "hook", anchor="west"))
+                x += s.text(hook, s.hook) + s.fs
+
+    def _leaves_level(self, hyper: _Hyper, scope: _Scope, transparent: set[int],
+                      skip: set[int]) -> bool:
+        """Whether an open leg that leaves a box from a dot inside it (the box's leg, met
+        twice or more inside) can run level from that dot to the edge, through the box's
+        side: nothing between the dot and the edge reaches down to the dot's height."""
+        if not hyper.side or len(hyper.ends) != 1 or hyper.ends[0].dot is None:
+            return False
+        dot = hyper.ends[0].dot
+        if hyper.side == "left":
+            a, b = self.root.x0, dot.x - self.sizes.dot
+        else:
+            a, b = dot.x + self.sizes.dot, self.root.x1
+        room = self.sizes.label_h + 2
+        return all(bottom > dot.y + room for x0, x1, bottom in
+                   self._obstacles(scope, transparent, skip) if x1 > a and x0 < b)
 
     def _dangling(self, hyper: _Hyper) -> bool:
         # A contracted leg met once (only `ones`): the dot is the whole drawing.
@@ -715,15 +768,71 @@ class _TermLayout:
         if hyper.side and hyper.side in self.edge_ranges:
             a, b = self.edge_ranges[hyper.side]
             self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
+            self.lane_labels.append((len(self.texts) - 1, runs))
         elif runs and max(b - a for a, b in runs) >= s.text(plain, s.wfs, True) + 2:
             a, b = max(runs, key=lambda r: r[1] - r[0])
             self._wire_label(plain, html_text, tex, (a + b) / 2, lane)
+            self.lane_labels.append((len(self.texts) - 1, runs))
         else:  # no room along the lane: under the dot
             x = meet[0] if meet else (x0 + x1) / 2
             self._wire_label(plain, html_text, tex, x, lane - s.dot / 2, below=True)
 
+    # -- labels clear of wires drawn later ----------------------------------------------
+    def _clear_lane_labels(self) -> None:
+        """A lane's label is placed when its lane is drawn; a wire drawn later (a longer
+        lane's drop) may cross it. Such a label slides along its lane's horizontal runs
+        to the place nearest where it was that no wire crosses and nothing else covers,
+        above the lane or else under it (within the term); where there is none, it
+        stays."""
+        s = self.sizes
+        for k, runs in self.lane_labels:
+            label = self.texts[k]
+            half = label.w / 2 + 1
+            under = label.y - s.label_h - 3          # as far under the lane as it was over
+            levels = [label.y] + ([under] if under - label.size / 2 >= self.root.bottom
+                                  else [])
+            # What the label could meet anywhere it may go, gathered once.
+            region = (min([a for a, _ in runs] + [label.x]) - half, min(levels) - label.size,
+                      max([b for _, b in runs] + [label.x]) + half, label.y + label.size)
+            near = self._obstacles_in(region, k)
+            if not _covered(_text_box(label), near):
+                continue
+            spots = []
+            for a, b in runs:
+                steps = max(int((b - a - 2 * half) // 2), 0)
+                spots += [a + half + 2 * j for j in range(steps + 1) if a + half <= b - half]
+            spots.sort(key=lambda x: (abs(x - label.x), x))
+            for y in levels:
+                moved = next((m for m in (Text(round(x, 2), y, label.w, label.size,
+                                               label.html, label.tex, label.cls,
+                                               label.italic, label.anchor) for x in spots)
+                              if not _covered(_text_box(m), near)), None)
+                if moved is not None:
+                    self.texts[k] = moved
+                    break
+
+    def _obstacles_in(self, region, k: int):
+        """What a label (text `k`) inside `region` could meet (term-local coordinates):
+        (wire segments, rectangles it must not meet, box borders it must not cross)."""
+        def near(box):
+            return _meets(box, region)
+        segments = [(p, q) for wire in self.wires for p, q in zip(wire.points, wire.points[1:])
+                    if near((min(p[0], q[0]), min(p[1], q[1]), max(p[0], q[0]) + 0.01,
+                             max(p[1], q[1]) + 0.01))]
+        solids = [(leaf.x - leaf.w / 2, -leaf.h / 2, leaf.x + leaf.w / 2, leaf.h / 2)
+                  for leaf in self.leaves]
+        solids += [_text_box(other) for j, other in enumerate(self.texts) if j != k]
+        borders = []
+        for shape in self.shapes:
+            box = (shape.x - shape.w / 2, shape.y - shape.h / 2,
+                   shape.x + shape.w / 2, shape.y + shape.h / 2)
+            (borders if shape.kind == "box" else solids).append(box)
+        return (segments, [b for b in solids if near(b)], [b for b in borders if near(b)])
+
     # -- output -------------------------------------------------------------------------
-    def emit(self, dx: float, dy: float, shapes, wires, texts) -> None:
+    def emit(self, dx: float, dy: float, shapes, wires, texts, reach: float = 0.0) -> None:
+        """Add the term's shapes, wires and texts at (dx, dy); its open legs reach `reach`
+        pt further out, to the edge of the room the term takes (a wider term label)."""
         s = self.sizes
         for leaf in self.leaves:
             if leaf.kind == "ones":
@@ -735,12 +844,11 @@ class _TermLayout:
                 continue
             shapes.append(Shape(leaf.kind, leaf.x + dx, dy, leaf.w, leaf.h, leaf.label,
                                 leaf.name, f"tensor {leaf.kind}"))
-            if leaf.hook:
-                size = round(0.75 * s.fs, 2)
-                texts.append(Text(leaf.x + dx, dy + leaf.h / 2 + 0.55 * s.fs,
-                                  s.text(leaf.hook, size), size, dot_text(leaf.hook),
-                                  r"\texttt{" + tex_math_name(leaf.hook).replace("\\_", r"\_")
-                                  + "}", "hook"))
+            lines = s.hook_lines(leaf)
+            for k, hook in enumerate(reversed(lines)):   # upwards from the tensor
+                texts.append(_hook_text(s, hook, leaf.x + dx, dy + leaf.h / 2 + 0.25 * s.fs
+                                        + (k + 0.5) * s.hook_line,
+                                        "hook" if hook in leaf.hooks else "hookinside"))
         for token in self._tokens(self.root):
             if isinstance(token, _Mark):
                 t = token.text
@@ -748,11 +856,73 @@ class _TermLayout:
         for shape in self.shapes:
             shapes.append(_moved(shape, dx, dy))
         for wire in self.wires:
-            wires.append(Wire(tuple((x + dx, y + dy) for x, y in wire.points), wire.index,
-                              wire.cls, wire.side))
+            points = [(x + dx, y + dy) for x, y in wire.points]
+            if wire.cls == "leg" and wire.side == "left":
+                points[0] = (points[0][0] - reach, points[0][1])
+            elif wire.cls == "leg":
+                points[-1] = (points[-1][0] + reach, points[-1][1])
+            wires.append(Wire(tuple(points), wire.index, wire.cls, wire.side))
         for text in self.texts:
             texts.append(Text(text.x + dx, text.y + dy, text.w, text.size, text.html, text.tex,
                               text.cls, text.italic, text.anchor))
+
+
+def _hook_text(s: _Sizes, hook: str, x: float, y: float, cls: str,
+               anchor: str = "center") -> Text:
+    """A hook point's name (`blocks.0.attn.pattern`), upright in the figure's face: the
+    same widths in every format."""
+    return Text(x, y, s.text(hook, s.hook), s.hook, dot_text(hook), tex_text_name(hook),
+                cls, anchor=anchor)
+
+
+def _label_parts(markup: str) -> list[tuple[bool, str]]:
+    """A box label's text in pieces: (whether a sub- or superscript, plain text)."""
+    parts = []
+    for match in re.finditer(r"<(sub|sup)>(.*?)</\1>|([^<]+)|<[^>]*>", markup):
+        if match.group(2) is not None:
+            parts.append((True, html.unescape(re.sub(r"<[^>]+>", "", match.group(2)))))
+        elif match.group(3) is not None:
+            parts.append((False, html.unescape(match.group(3))))
+    return parts
+
+
+def _text_box(text: Text) -> tuple[float, float, float, float]:
+    """A text's extent: as wide as measured, as tall as its size, around its centre."""
+    x0 = text.x if text.anchor == "west" else text.x - text.w / 2
+    return x0, text.y - text.size / 2, x0 + text.w, text.y + text.size / 2
+
+
+def _meets(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _segment_meets(r, p, q) -> bool:
+    """Whether segment pq passes through rectangle r (Liang–Barsky clipping)."""
+    (x0, y0), (x1, y1) = p, q
+    t0, t1 = 0.0, 1.0
+    for step, room in ((x0 - x1, x0 - r[0]), (x1 - x0, r[2] - x0),
+                       (y0 - y1, y0 - r[1]), (y1 - y0, r[3] - y0)):
+        if step == 0:
+            if room < 0:
+                return False
+            continue
+        t = room / step
+        if step < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return False
+    return True
+
+
+def _covered(r, obstacles) -> bool:
+    """Whether rectangle `r` meets a wire segment or a solid, or crosses a box border."""
+    segments, solids, borders = obstacles
+    return any(_segment_meets(r, p, q) for p, q in segments) or \
+        any(_meets(r, b) for b in solids) or \
+        any(_meets(r, b) and not (b[0] <= r[0] and r[2] <= b[2] and b[1] <= r[1]
+                                  and r[3] <= b[3]) for b in borders)
 
 
 def _moved(shape: Shape, dx: float, dy: float) -> Shape:
@@ -789,10 +959,37 @@ def _first_meetings(term) -> dict[str, int]:
     return order
 
 
-def leg_sides(legs: tuple[str, ...], spec, first_term=None) -> dict[str, str]:
+def parse_legs(spec: str) -> dict[str, str]:
+    """`--legs LEFT/RIGHT`: comma-separated indices leaving on each side ("p/m", "h,p/s",
+    "/p,m", "p,m/"), as {index: "left" | "right"}. Only the syntax is checked here (an
+    index on both sides, twice, or not a name); whether each is an open leg, when the
+    equation is known (`leg_sides`)."""
+    example = "e.g. p/m, h,p/s or /p,m"
+    if spec.count("/") != 1:
+        raise LayoutError(f"--legs `{spec}`: write LEFT/RIGHT, the open legs leaving on "
+                          f"each side, comma-separated ({example})")
+    sides: dict[str, str] = {}
+    for side, names in zip(("left", "right"), spec.split("/")):
+        items = [name.strip() for name in names.split(",")]
+        if items == [""]:
+            continue       # no leg on this side
+        for name in items:
+            if not re.fullmatch(r"[^\W\d]\w*'*", name):
+                shown = f"`{name}` is not an index name" if name else "an empty name"
+                raise LayoutError(f"--legs `{spec}`: {shown} ({example})")
+            if name in sides:
+                where = "on both sides" if sides[name] != side else "twice"
+                raise LayoutError(f"--legs `{spec}`: `{name}` is given {where}; give each "
+                                  f"open leg one side")
+            sides[name] = side
+    return sides
+
+
+def leg_sides(legs: tuple[str, ...], spec, first_term=None, span=None) -> dict[str, str]:
     """Each open leg's side. Default: the first leg left, the others right. `spec`
     overrides it: "LEFT/RIGHT" with comma-separated indices ("p/m", "p,m/", "/p,m"), or
-    a dict {index: "left" | "right"}."""
+    a dict {index: "left" | "right"}. A bad spec is an error located at `span` (the
+    equation drawn), listing the open legs."""
     if spec is None:
         # The first left, the last right; one between goes to the side nearer where the
         # first term first meets it (the same side in every term).
@@ -801,25 +998,23 @@ def leg_sides(legs: tuple[str, ...], spec, first_term=None) -> dict[str, str]:
         return {leg: "left" if k == 0 else "right" if k == len(legs) - 1 else
                 ("left" if order.get(leg, count) < count / 2 else "right")
                 for k, leg in enumerate(legs)}
+    listed = f"the open legs are: {', '.join(legs) or 'none'}"
     if isinstance(spec, str):
-        if spec.count("/") != 1:
-            raise LayoutError(f"--legs `{spec}`: write LEFT/RIGHT, the open legs leaving "
-                              f"on each side, comma-separated (e.g. "
-                              f"`{','.join(legs[:1])}/{','.join(legs[1:])}`)")
-        left, right = spec.split("/")
-        spec = {i.strip(): "left" for i in left.split(",") if i.strip()} | \
-            {i.strip(): "right" for i in right.split(",") if i.strip()}
+        try:
+            spec = parse_legs(spec)
+        except LayoutError as e:
+            raise LayoutError(e.message, span, hint=listed) from None
     sides = dict(spec)
     unknown = [i for i in sides if i not in legs]
     bad = [v for v in sides.values() if v not in ("left", "right")]
     if unknown or bad:
         what = (f"`{unknown[0]}` is not an open leg of the figure" if unknown
                 else f"side `{bad[0]}` is not left or right")
-        raise LayoutError(f"--legs: {what}; the open legs are: {', '.join(legs) or 'none'}")
+        raise LayoutError(f"--legs: {what}; {listed}", span)
     missing = [i for i in legs if i not in sides]
     if missing:
         raise LayoutError(f"--legs: give a side to every open leg; missing: "
-                          f"{', '.join(missing)}")
+                          f"{', '.join(missing)} ({listed})", span)
     return {leg: sides[leg] for leg in legs}
 
 
@@ -841,7 +1036,7 @@ def count_items(drawing: expand.Drawing) -> int:
 
 def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
            font_size: float | None = None, legs=None, indices: bool = False,
-           hooks: bool = False, term_labels=None, comment: str = "") -> Scene:
+           term_labels=None, comment: str = "") -> Scene:
     """The scene of `drawing`. `width` (pt) wraps the sum into rows; when the font size
     is not given, a figure too wide at 10 pt is set smaller, down to 7 pt, to fit."""
     items = count_items(drawing)
@@ -850,15 +1045,17 @@ def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
                             f"wires (at most {MAX_LAYOUT_ITEMS:,} are laid out)", drawing.span,
                             hint="draw fewer levels of definitions (--depth N, default 0): "
                                  "a figure this size cannot be read at any --width")
-    sides = leg_sides(drawing.legs, legs, (drawing.rhs + drawing.lhs or (None,))[0])
+    sides = leg_sides(drawing.legs, legs, (drawing.rhs + drawing.lhs or (None,))[0],
+                      drawing.span)
     sizes = [font_size] if font_size is not None else \
         [DEFAULT_FONT_SIZE - 0.5 * k for k in range(int((DEFAULT_FONT_SIZE - MIN_FONT_SIZE)
                                                          / 0.5) + 1)]
-    if font_size is not None and not 4 <= font_size <= 72:
-        raise LayoutError(f"font size {font_size:g} pt is out of range (4 to 72 pt)")
+    if font_size is not None and not MIN_SET_FONT_SIZE <= font_size <= MAX_FONT_SIZE:
+        raise LayoutError(f"font size {font_size:g} pt is out of range "
+                          f"({MIN_SET_FONT_SIZE:g} to {MAX_FONT_SIZE:g} pt)")
     for size in sizes:
-        scene, widest = _compose(drawing, font, size, width, sides, indices, hooks,
-                                 term_labels, comment)
+        scene, widest = _compose(drawing, font, size, width, sides, indices, term_labels,
+                                 comment)
         if scene is not None:
             return scene
     raise LayoutError(
@@ -868,13 +1065,13 @@ def layout(drawing: expand.Drawing, font: Font, *, width: float | None = None,
              "smaller --font-size")
 
 
-def _compose(drawing, font, size, width, sides, indices, hooks, term_labels, comment):
+def _compose(drawing, font, size, width, sides, indices, term_labels, comment):
     s = _Sizes(font, size)
     units = []        # (kind, payload, width, top, bottom, glue_to_next)
     one = sympy.Integer(1)
 
     def term_unit(term, label=None):
-        laid = _TermLayout(term, sides, drawing.dims, s, indices, hooks)
+        laid = _TermLayout(term, sides, drawing.dims, s, indices)
         bottom = laid.root.bottom
         label_text = None
         if label:
@@ -943,10 +1140,13 @@ def _compose(drawing, font, size, width, sides, indices, hooks, term_labels, com
             kind = unit[0]
             if kind == "term":
                 laid, w, t_top, t_bottom, label = unit[1:]
+                # Centred in its room (a term label may be wider), its legs reaching the
+                # room's edges: the first term's left legs and the last one's right legs
+                # end at the row's outer edges.
                 shift = (w - laid.width) / 2
-                laid.emit(x + shift, baseline, shapes, wires, texts)
-                terms.append(TermFrame(x + shift, x + shift + laid.width, baseline + t_bottom,
-                                       baseline + t_top, baseline, baseline))
+                laid.emit(x + shift, baseline, shapes, wires, texts, reach=shift)
+                terms.append(TermFrame(x, x + w, baseline + t_bottom, baseline + t_top,
+                                       baseline, baseline))
                 if label is not None:
                     text, tw, ls = label
                     texts.append(Text(x + w / 2, baseline + t_bottom + 0.75 * ls, tw, ls,

@@ -23,6 +23,7 @@ _RGB = {"param": "{rgb,255:red,220;green,232;blue,245}",
         "ink": "{rgb,255:red,34;green,34;blue,34}",
         "label": "{rgb,255:red,68;green,68;blue,68}",
         "hook": "{rgb,255:red,31;green,78;blue,121}",
+        "hookinside": "{rgb,255:red,90;green,127;blue,168}",
         "box": "{rgb,255:red,85;green,85;blue,85}"}
 
 
@@ -53,7 +54,8 @@ def snippet(scene: Scene) -> str:
                 out.append(rf"\node[font={_font(scene.font_size)}] at ({shape.x:.2f},"
                            rf"{shape.y:.2f}) {{{label_tex(shape.label)}}};")
     for text in scene.texts:
-        colour = {"wirelabel": "label", "termlabel": "label", "hook": "hook"}.get(text.cls)
+        colour = {"wirelabel": "label", "termlabel": "label", "hook": "hook",
+                  "hookinside": "hookinside"}.get(text.cls)
         options = [f"font={_font(text.size)}"]
         if colour:
             options.append(f"text={_RGB[colour]}")
@@ -82,6 +84,9 @@ def _shape(shape: Shape) -> str:
                 rf"{min(radius, 5):.2f}bp] {corners};")
     if shape.kind == "instance":
         return rf"\draw[fill=white, rounded corners={min(radius, 5):.2f}bp] {corners};"
+    if shape.cls == "hookbox":   # a hook map's region: dotted, in the hook colour
+        return (rf"\draw[draw={_RGB['hook']}, dash pattern=on 0.8bp off 1.6bp, "
+                rf"rounded corners={min(radius, 6):.2f}bp] {corners};")
     return (rf"\draw[draw={_RGB['box']}, dash pattern=on 3bp off 2bp, rounded corners="
             rf"{min(radius, 6):.2f}bp] {corners};")
 
