@@ -132,6 +132,9 @@ def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_pat
             assert steered.cache[name].shape == eager.cache[name].shape
             assert (steered.cache[name] - eager.cache[name]).abs().max().item() < 1e-10
     assert counter.frame_count == 4  # the hooks are guarded: two more graphs, once
+    import copy  # the compiled forms stay with their model, out of a copy of it
+    twin = copy.deepcopy(model)
+    assert not twin.__dict__["_tndsl_compiled"] and model.__dict__["_tndsl_compiled"]
 
 
 @pytest.mark.slow  # reason: Inductor compiles two graphs (~30-70 s on 2 shared cores)
@@ -179,6 +182,8 @@ def test_generation_options_for_the_static_cache_are_checked(tmp_path):
     assert "mode" in info.value.hint and "backend" in info.value.hint
     with pytest.raises(GenerateError, match="compile must be True, False or a dict"):
         tndsl.generate(model, prompt, 2, compile="inductor")
+    with pytest.raises(GenerateError, match="compile needs the cache"):
+        tndsl.generate(model, prompt, 2, compile=True, use_cache=False)
 
 
 def test_text_in_text_out_with_the_checkpoints_tokenizer(tmp_path):

@@ -175,8 +175,11 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     tokens, pad = _prompt_tokens(model, prompt, prepend_bos, pad_id)
     tokens, pad = tokens.to(device), pad.to(device)
     stops = _stop_ids(model, stop, stop_at_eos)
-    max_length = _max_length(max_length, tokens.size(1) + max_new_tokens,
-                             compile is not False and use_cache)
+    if compile is not False and not use_cache:
+        raise GenerateError("compile needs the cache: without it each step's sequence is "
+                            "one longer, and torch.compile would trace each step again",
+                            hint="leave use_cache=True (a static cache) to compile")
+    max_length = _max_length(max_length, tokens.size(1) + max_new_tokens, compile is not False)
     run = _compiled(model, compile) if compile is not False else model
     generator = None
     if do_sample:
@@ -340,10 +343,21 @@ def _compiled(model, options):
             raise GenerateError(f"compile: torch.compile has no argument {name!r}",
                                 hint=f"its arguments: {', '.join(valid)}")
     key = tuple(sorted((name, repr(value)) for name, value in options.items()))
-    kept = model.__dict__.setdefault("_tndsl_compiled", {})
+    kept = model.__dict__.setdefault("_tndsl_compiled", _Compiled())
     if key not in kept:
         kept[key] = torch.compile(model, **options)
     return kept[key]
+
+
+class _Compiled(dict):
+    """A model's compiled forms by options: left out of a copy or pickle of the model
+    (each refers to the model it was made for)."""
+
+    def __deepcopy__(self, memo):
+        return _Compiled()
+
+    def __reduce__(self):
+        return _Compiled, ()
 
 
 def _new_cache(model, pad, max_length):
