@@ -192,6 +192,13 @@ def test_a_static_cache_refuses_what_it_cannot_hold():
         model(torch.zeros(1, 6, dtype=torch.long), cache=cache)  # exactly full: allowed
         with pytest.raises(ValueError, match="holds 6 positions; this call would make 7"):
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        # Compiled, the bound is an assert op in the graph (no branch on the length).
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        cache = model.new_cache(max_length=6)
+        compiled(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+        compiled(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        with pytest.raises(RuntimeError, match="more positions than max_length"):
+            compiled(torch.zeros(1, 1, dtype=torch.long), cache=cache)
     gpt2 = _random_model(_example("gpt2_small", context=8))
     with pytest.raises(ValueError, match="max_length 9 is past the 8 positions"):
         gpt2(torch.zeros(1, 2, dtype=torch.long), cache=gpt2.new_cache(max_length=9))
