@@ -132,6 +132,14 @@ def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_pat
             assert steered.cache[name].shape == eager.cache[name].shape
             assert (steered.cache[name] - eager.cache[name]).abs().max().item() < 1e-10
     assert counter.frame_count == 4  # the hooks are guarded: two more graphs, once
+    # The recipe without compile=: a model compiled already runs as it is, with a static
+    # cache, and its hooks are named as the model's.
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    again = tndsl.generate(compiled, prompt, 12, hooks=steering, return_cache=names)
+    assert again.tokens.tolist() == eager.tokens.tolist() and counter.frame_count == 2
+    with pytest.raises(GenerateError, match="compiled already"):
+        tndsl.generate(compiled, prompt, 2, compile=True)
     import copy  # the compiled forms stay with their model, out of a copy of it
     twin = copy.deepcopy(model)
     assert not twin.__dict__["_tndsl_compiled"] and model.__dict__["_tndsl_compiled"]

@@ -164,23 +164,32 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
     prompt's positions plus `max_new_tokens` unless `max_length` says more): the
     prompt compiles one graph and every decoding step reuses a second. The compiled
     model is kept on `model`, so later calls with the same prompt length and
-    `max_length` compile nothing. `progress`: a progress bar (default: when stderr is a
-    terminal)."""
+    `max_length` compile nothing. A model compiled already (`torch.compile(model)`) is
+    run as it is, with the same static cache, and its hook points keep their names.
+    `progress`: a progress bar (default: when stderr is a terminal)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:
         raise GenerateError(f"max_new_tokens must be a whole number >= 0, not {max_new_tokens!r}")
     _check_sampling(do_sample, temperature, top_k, top_p)
+    run = None
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile(model)
+        if compile is not False:
+            raise GenerateError("the model is compiled already: pass compile=False, or "
+                                "the model itself with compile=")
+        run, model = model, model._orig_mod
     device = _device(model)
     pad_id = _pad_id(model) if pad_id is None else pad_id
     tokens, pad = _prompt_tokens(model, prompt, prepend_bos, pad_id)
     tokens, pad = tokens.to(device), pad.to(device)
     stops = _stop_ids(model, stop, stop_at_eos)
-    if compile is not False and not use_cache:
+    compiling = run is not None or compile is not False
+    if compiling and not use_cache:
         raise GenerateError("compile needs the cache: without it each step's sequence is "
                             "one longer, and torch.compile would trace each step again",
                             hint="leave use_cache=True (a static cache) to compile")
-    max_length = _max_length(max_length, tokens.size(1) + max_new_tokens, compile is not False)
-    run = _compiled(model, compile) if compile is not False else model
+    max_length = _max_length(max_length, tokens.size(1) + max_new_tokens, compiling)
+    if run is None:
+        run = _compiled(model, compile) if compiling else model
     generator = None
     if do_sample:
         generator = torch.Generator(device=device)
