@@ -172,7 +172,8 @@ def generate(model: nn.Module, prompt, max_new_tokens: int = 20, *,
         raise GenerateError(f"max_new_tokens must be a whole number >= 0, not {max_new_tokens!r}")
     _check_sampling(do_sample, temperature, top_k, top_p)
     run = None
-    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile(model)
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded if anything compiled
+    if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
         if compile is not False:
             raise GenerateError("the model is compiled already: pass compile=False, or "
                                 "the model itself with compile=")
