@@ -2,7 +2,8 @@
 legs run over the new positions and which over all, and the located refusals of files
 where decoding one position at a time would not give the whole sequence's values. The
 compiled cache is checked against the uncached module (the oracle: the same diagram run
-on the whole sequence) for files no family table knows."""
+on the whole sequence) for files no family table knows, growing and static
+(`max_length`), and under torch.compile, where a static cache decodes in two graphs."""
 from pathlib import Path
 
 import pytest
