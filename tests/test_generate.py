@@ -120,6 +120,13 @@ def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_pat
     assert counter.frame_count == 2          # the prompt; every one of the 11 later steps
     assert tndsl.generate(model, prompt, 12, compile=options).tokens.tolist() \
         == expected.tolist() and counter.frame_count == 2  # kept on the model: reused
+    # Other prompt lengths and max_new_tokens: the two graphs once more, with those
+    # sizes dynamic (torch.compile's automatic dynamic shapes), then no more.
+    for length, n in ((4, 9), (9, 5), (3, 14)):
+        other = torch.randint(4, 90, (1, length), generator=torch.Generator().manual_seed(n))
+        assert tndsl.generate(model, other, n, compile=options).tokens.tolist() \
+            == tndsl.generate(model, other, n).tokens.tolist()
+    assert counter.frame_count == 4
     # Steering and reading activations while compiled: as the eager model does.
     steering = {"blocks.0.out": lambda x: x + 3.0}
     names = ["blocks.1.attn.pattern", "blocks.0.out"]
@@ -131,7 +138,7 @@ def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_pat
         for name in names:
             assert steered.cache[name].shape == eager.cache[name].shape
             assert (steered.cache[name] - eager.cache[name]).abs().max().item() < 1e-10
-    assert counter.frame_count == 4  # the hooks are guarded: two more graphs, once
+    assert counter.frame_count == 6  # the hooks are guarded: two more graphs, once
     # The recipe without compile=: a model compiled already runs as it is, with a static
     # cache, and its hooks are named as the model's.
     counter = CompileCounter()
