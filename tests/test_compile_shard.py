@@ -68,10 +68,13 @@ def test_without_shard_the_file_is_unchanged_and_with_it_only_the_method_is_adde
     program = tndsl.load(GPT2, dims={"Layers": 1})
     plain = program.compile().source
     sharded = program.compile(shard="Heads").source
-    head = plain.rstrip("\n") + "\n\n    def parallelize(self, mesh):\n"
+    # The model's classes end with the root's; the run-time helpers follow them.
+    classes, banner, helpers = plain.partition("\n\n\n# ---- Run-time helpers")
+    assert banner and sharded.endswith(banner + helpers)
+    head = classes + "\n\n    def parallelize(self, mesh):\n"
     assert sharded.startswith(head)
-    method = sharded[len(head):]
-    # the rest is the method's body: indented, and the end of the file
+    method = sharded[len(head):len(sharded) - len(banner + helpers)]
+    # in between: the method's body, indented, at the end of the root class
     assert all(line.startswith("        ") or not line for line in method.splitlines())
     assert program.compile(shard=None).source == plain
 
@@ -140,6 +143,7 @@ def test_the_llama_method_matches_golden(golden):
     program = tndsl.parse((ROOT / name).read_text(), name, {**LLAMA_DIMS, "Layers": 1})
     source = program.compile(shard="Heads,Hidden").source
     method = source[source.index("    def parallelize(self, mesh):"):]
+    method = method[:method.index("\n\n\n")] + "\n"   # the helpers come after the classes
     golden(ROOT / "tests" / "golden" / "code" / "llama_parallelize.py.txt", method)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import tndsl
+from tndsl.codegen.torch import HELPERS_BANNER
 from tndsl.lang import ir
 from tndsl.codegen.names import NN_MODULE_ATTRS
 from tndsl.interp.hooks import hook_names, intervene, replace, run_with_cache
@@ -55,7 +56,10 @@ def test_blocks_are_submodules_and_state_dict_keys_are_the_paths(gpt2):
 def test_source_does_not_grow_with_the_loop_count():
     small = tndsl.load(GPT2).compile().source
     large = tndsl.load(GPT2, dims={"Layers": 96}).compile().source
-    assert len(small.splitlines()) < 500
+    # The model's classes read in one sitting; the run-time helpers after the banner
+    # (KV cache, input checks, hook points) are the same text in every file.
+    model_part = small[:small.index(HELPERS_BANNER)]
+    assert len(model_part.splitlines()) < 300
     differing = [(a, b) for a, b in zip(small.splitlines(), large.splitlines()) if a != b]
     assert len(small.splitlines()) == len(large.splitlines())
     assert differing == [("        n_blocks = 12", "        n_blocks = 96")]

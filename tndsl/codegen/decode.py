@@ -157,8 +157,8 @@ def _cached_attention(q, k, v, window, causal, scale, grouped, cache):
     built from the cache's positions (grouped key/value heads go in as they are)."""
     n, total = q.size(-2), k.size(-2)
     groups = q.size(-3) // k.size(-3) if grouped else 1
-    if cache.max_length is None and cache.pad is None and (window is None or total <= window) \
-            and (cache.length == 0 or n == 1):  # one sequence, or one query
+    if (cache.max_length is None and cache.pad is None and (window is None or total <= window)
+            and (cache.length == 0 or n == 1)):  # one sequence, or one query
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1,
                                               scale=scale, enable_gqa=groups > 1)
     s = torch.arange(total, device=q.device)

@@ -1,4 +1,4 @@
-"""Fixed text the generated module defines above its classes, emitted only when used.
+"""Fixed text the generated module defines below its classes, emitted only when used.
 
 None of it depends on the `.tn` file: names from the file reach the generated module
 only as identifiers (`codegen.names`) or `repr()` literals, never through here.

@@ -32,6 +32,11 @@ from tndsl.passes.fusion import resolve
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_entries, optimizers_for
 from tndsl.lang.text import python_string
 
+# Above it the model's classes; below it the helpers they call, each the same text
+# in every file that uses it.
+HELPERS_BANNER = ("# ---- Run-time helpers " + "-" * 64 + "\n"
+                  "# Not specific to this model: each is the same text in every file tndsl writes.")
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -256,8 +261,12 @@ class _File:
             f"# Source: {python_string(self.source_name)}",
             *helper_imports(self.helpers),
         ]
-        chunks = helper_source(self.helpers) + [text.replace("{NAME}", name, 1).rstrip("\n")
-                                                 for name, text in self.texts]
+        # The model's classes first, as a reader wants them; the run-time helpers they
+        # call (the same text in every file tndsl writes, only those used) after them.
+        chunks = [text.replace("{NAME}", name, 1).rstrip("\n") for name, text in self.texts]
+        helpers = helper_source(self.helpers)
+        if helpers:
+            chunks += [HELPERS_BANNER + "\n\n\n" + helpers[0], *helpers[1:]]
         # Two blank lines between top-level definitions, as PEP 8 has it.
         source_text = "\n\n\n".join(["\n".join(lines)] + chunks) + "\n"
         filename = f"<tndsl:{self.root_name}>"
