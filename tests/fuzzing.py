@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import lark
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import tndsl
@@ -41,6 +42,24 @@ EXAMPLE_TEXTS = {p.name: p.read_text() for p in sorted((ROOT / "examples").glob(
 DIMS = ("A", "B", "C")
 INDEX_POOL = {"A": ("a", "a2", "a3"), "B": ("b", "b2", "b3"), "C": ("c", "c2")}
 BOXES = ("relu", "tanh", "sigmoid", "gelu", "exp", "identity", "silu")
+
+
+def run_part(body, strategy, cases: int, part: int) -> None:
+    """Run `body(example)` on `cases` examples of `strategy`, the ones of seed `part`.
+
+    A long fuzz test is split into parts (`pytest.mark.parametrize("part", ...)`) so
+    pytest-xdist spreads it over the cores instead of one worker holding all of it.
+    Each part has its own fixed seed: parts draw different examples, and a run is
+    repeatable (no shrinking, no example database; a failure prints its example)."""
+    @seed(part)
+    @settings(max_examples=cases, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(strategy)
+    def run(example):
+        body(example)
+
+    run()
 
 
 @contextmanager

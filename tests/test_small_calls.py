@@ -13,6 +13,7 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 import tndsl
+from tndsl.codegen.torch import HELPERS_BANNER
 from tndsl.verify.numeric import random_tensors
 from tndsl.verify.reference import Reference
 from conftest import loaded
@@ -42,6 +43,7 @@ def _setup(text, name="small.tn"):
 
 def _forward_text(module) -> str:
     source = module.tndsl_source
+    source = source[:source.index(HELPERS_BANNER)]   # the helpers follow the classes
     return source[source.rindex("    def forward"):]
 
 
