@@ -99,9 +99,11 @@ SPECS = {
     "bloom": ("BloomForCausalLM", "BloomConfig", dict(
         vocab_size=97, hidden_size=96, n_layer=2, n_head=6, bos_token_id=0,
         eos_token_id=0)),
+    # head_dim given (64 / 4): transformers' dynamic rotary scaling reads config.head_dim,
+    # which Mixtral's config otherwise keeps null, and fails.
     "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(
-        **SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-        sliding_window=None, **_MOE)),
+        **SMALL, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=None, **_MOE)),
     "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(
         **SMALL, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, shared_expert_intermediate_size=48, **_MOE)),
