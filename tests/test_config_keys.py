@@ -118,8 +118,9 @@ VARIED = {
         "final_logit_softcapping": _values("final_logit_softcapping", [5.0, None, 30.0]),
         "use_bidirectional_attention": _values("use_bidirectional_attention",
                                                [None, False, True]),
-        # A const, not a setting: scores divided by its square root (a fraction too).
-        "query_pre_attn_scalar": _values("query_pre_attn_scalar", [24, 2.5]),
+        # A const, not a setting: scores divided by its square root (an int, as
+        # transformers' config requires; 7 is no square).
+        "query_pre_attn_scalar": _values("query_pre_attn_scalar", [24, 7]),
         "rope": [{}] + ROPE},
     "gemma3": {
         "hidden_activation": _activation("hidden_activation", "gelu_pytorch_tanh"),
