@@ -11,6 +11,7 @@ it replaces too: eager attention's float32 softmax (Gemma 2/3, whose soft-cappin
 eager attention implements), BLOOM's float32 softmax, Gemma 3's rotary table per layer
 type, GPT-J's float32 sin/cos table and the MoE routers' float32 softmax.
 """
+import copy
 import sys
 
 import torch
@@ -122,10 +123,13 @@ ATTENTION = {"Gemma2ForCausalLM": "eager", "Gemma3ForCausalLM": "eager",
 
 
 def build(case, **overrides):
-    """(model class, config) of a case, with config kwargs overridden."""
+    """(model class, config) of a case, with config kwargs overridden. The kwargs are
+    copied: transformers standardises rotary dicts in place (a `rope_scaling` object
+    gains the family's `rope_theta` and `partial_rotary_factor`), which would otherwise
+    leak from one case into the next that shares the dict."""
     model, config, kwargs = SPECS[case]
     return getattr(transformers, model), getattr(transformers, config)(
-        **{**kwargs, **overrides})
+        **copy.deepcopy({**kwargs, **overrides}))
 
 
 CASES = {case: (lambda case=case: build(case)) for case in SPECS}
