@@ -113,6 +113,8 @@ def resolve(family: Family, config: Mapping) -> Resolved:
     """Every config key the family's table lists, applied or refused: the dims and
     consts, the rotary settings, and each `Setting`'s value (a `WeightsError` naming the
     key, its value and the supported values when the file does not implement it)."""
+    for check in family.checks:
+        check(config)
     edits = []
     for setting in family.settings:
         value = setting_value(setting, config)

@@ -200,6 +200,11 @@ class Family:
         field(default_factory=dict)
     # The dims its tensor-parallel plan shards (`tndsl cost --shard`), tested for each.
     shard: tuple[str, ...] = ("Heads", "Hidden")
+    # Checks of values the keys above read that are typed right and still wrong (a query
+    # scale of 0, more experts per token than experts): each raises a `WeightsError`
+    # naming the key before the file is read, where the file would fail obscurely or,
+    # worse, compute something.
+    checks: tuple[Callable[[Mapping], None], ...] = ()
 
     @property
     def known_keys(self) -> set[str]:
@@ -720,6 +725,18 @@ def _layer_period(config: Mapping):
     return period
 
 
+def _positive(key: str, default) -> Callable[[Mapping], None]:
+    """`key` (absent: `default`) must be a positive number: transformers divides by its
+    square root (0 fails there, a negative one makes complex scores)."""
+    def check(config):
+        from tndsl.models.weights import WeightsError
+        value = config.get(key, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise WeightsError(f"config.json: {key} = {_json(value)} is not supported; "
+                               "supported: a positive number")
+    return check
+
+
 def _capped(key: str, default):
     """`key` is a soft-capping value: a number caps, null (or its absence, when the
     default is null) does not."""
@@ -775,6 +792,7 @@ GEMMA2 = Family(
     settings=_gemma2_settings(50.0, 30.0, "50", "30", None),
     inert=("hidden_act", *_ROTARY_INERT),   # Gemma 2 reads hidden_activation
     rope=Rope(), hf_classes=("Gemma2ForCausalLM",),
+    checks=(_positive("query_pre_attn_scalar", 256),),
     what="soft-capped attention and logits, local and global layers alternating "
          "(`if`), norms after each sublayer, query scale",
     derived={"GlobalEvery": (("layer_types",), _layer_period)})
@@ -792,18 +810,23 @@ def _gemma3_rope(config: Mapping):
     return "default" if kinds <= {"default"} else sorted(map(str, kinds - {"default"}))[0]
 
 
+# transformers' Gemma 3 attention does not soft-cap: it reads attn_logit_softcapping and
+# never passes it on (5.x; the config-key test checks a number against it). So the key is
+# inert here and the file's AttnCap stays 0, where Gemma 2 caps.
 GEMMA3 = Family(
     "gemma3", ("gemma3_text",), "gemma3.tn", "model.", _LLAMA_DIMS,
     {**_RMS_EPS, "QueryScale": ("query_pre_attn_scalar",),
-     "AttnCap": ("attn_logit_softcapping",), "FinalCap": ("final_logit_softcapping",),
+     "FinalCap": ("final_logit_softcapping",),
      "LocalTheta": ("rope_parameters.sliding_attention.rope_theta", "rope_local_base_freq"),
      "GlobalTheta": ("rope_parameters.full_attention.rope_theta", "rope_theta")},
     _GEMMA_TOP, _GEMMA2_LAYER + _QK_NORM_ROWS, ("*.rotary_emb.*inv_freq", "lm_head.weight"),
-    settings=(*_gemma2_settings(None, None, "0", "0", False),
+    settings=(*(s for s in _gemma2_settings(None, None, "0", "0", False)
+                if s.key != "attn_logit_softcapping"),
               Setting("rope_parameters", "the rotary angles of each layer type", "default",
                       (("default", KEEP),), derive=_gemma3_rope)),
     inert=("hidden_act", *_ROTARY_INERT, "rope_scaling", "rope_local_base_freq", "rope_theta",
-           "sliding_window_pattern", "_sliding_window_pattern", "final_logit_softcapping"),
+           "sliding_window_pattern", "_sliding_window_pattern", "attn_logit_softcapping"),
+    checks=(_positive("query_pre_attn_scalar", 256),),
     hf_classes=("Gemma3ForCausalLM",),
     what="RMSNorm on each query and key head, a rotary base per layer type, five local "
          "layers to one global",
@@ -898,6 +921,18 @@ BLOOM = Family(
 
 # ---- Mixtral and Qwen2-MoE: top-k routing over experts --------------------------------
 
+def _top_k(experts: str, default: int) -> Callable[[Mapping], None]:
+    """`num_experts_per_tok` (absent: `default`) must be between 1 and the number of
+    experts: transformers' top-k fails with more, and the file would take every expert."""
+    def check(config):
+        from tndsl.models.weights import WeightsError
+        k, n = config.get("num_experts_per_tok", default), config.get(experts)
+        if type(k) is int and type(n) is int and not 0 < k <= n:
+            raise WeightsError(f"config.json: num_experts_per_tok = {k} is not supported "
+                               f"with {experts} = {n}; supported: 1 to {n}")
+    return check
+
+
 _LLAMA_ATTENTION = tuple(row for row in _LLAMA_LAYER if ".mlp." not in row[0])
 _MOE_INERT = ("router_aux_loss_coef", "output_router_logits", "router_jitter_noise")
 
@@ -919,6 +954,7 @@ MIXTRAL = Family(
                       None, ((None, _NO_WINDOW),
                              (POSITIVE_INT, Edit(dims={"Window": "sliding_window"}))))),
     inert=_MOE_INERT + _ROTARY_INERT, rope=Rope(), hf_classes=("MixtralForCausalLM",),
+    checks=(_top_k("num_local_experts", 2),),
     what="sparse mixture of SwiGLU experts (top-k routing, dispatched), sliding window")
 
 QWEN2_MOE = Family(
@@ -950,6 +986,7 @@ QWEN2_MOE = Family(
     inert=_MOE_INERT + _ROTARY_INERT + ("intermediate_size", "sliding_window",
                                         "max_window_layers", "layer_types"),
     rope=Rope(), hf_classes=("Qwen2MoeForCausalLM",),
+    checks=(_top_k("num_experts", 4),),
     what="routed experts (top-k, renormalised or not) beside a sigmoid-gated shared expert")
 
 FAMILIES = (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, OLMO2, PHI3, PYTHIA, STABLELM,
