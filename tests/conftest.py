@@ -43,6 +43,17 @@ def golden(request):
     return compare
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile as in a new process: dynamo remembers, per code object, which sizes
+    earlier compiles saw vary (automatic dynamic shapes), so a graph count depends on
+    what other tests ran before in the same pytest-xdist worker unless it is reset."""
+    import torch
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def loaded(program, values, dtype=None, **options):
     """`program`'s compiled module (compile options in `options`) with `values` copied
     into its params, in float64 unless `dtype` says otherwise."""

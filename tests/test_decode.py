@@ -164,7 +164,7 @@ def test_a_cache_past_the_learnt_positions_is_a_clear_error():
 # ---- the static cache under torch.compile ------------------------------------------------
 
 @pytest.mark.parametrize("example", ["gpt2_small", "llama", "mistral"])  # learnt
-def test_a_compiled_model_decodes_with_a_static_cache_and_two_graphs(example):
+def test_a_compiled_model_decodes_with_a_static_cache_and_two_graphs(example, fresh_dynamo):
     # positions; rotary with grouped key/value heads; a window of 3.
     from torch._dynamo.testing import CompileCounter
     model = _random_model(_example(example, context=40), ["logits"]).eval()

@@ -106,7 +106,7 @@ def test_incremental_calls_equal_one_call_and_a_static_cache_too(tmp_path):
             assert (torch.cat(parts, dim=1) - whole).abs().max().item() < 1e-10
 
 
-def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_path):
+def test_compiled_generation_equals_hugging_face_and_compiles_two_graphs(tmp_path, fresh_dynamo):
     from torch._dynamo.testing import CompileCounter
     hf, model = _load("llama", tmp_path)
     prompt = torch.tensor([[5, 17, 9, 30, 12, 8]])
