@@ -29,7 +29,7 @@ import tndsl
 def checkpoint(folder, layers, model=768, heads=12, vocab=50257, context=1024):
     config = transformers.GPT2Config(n_layer=layers, n_embd=model, n_head=heads,
                                      vocab_size=vocab, n_positions=context,
-                                     bos_token_id=50256, eos_token_id=50256)
+                                     bos_token_id=vocab - 1, eos_token_id=vocab - 1)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(config).eval()
@@ -53,7 +53,7 @@ def run(layers, prompt_len, new, repeat, model=768, heads=12, vocab=50257):
     def hf_generate():
         with torch.no_grad():
             return hf.generate(prompt, attention_mask=mask, max_new_tokens=new,
-                               min_new_tokens=new, do_sample=False, pad_token_id=50256)
+                               min_new_tokens=new, do_sample=False, pad_token_id=vocab - 1)
 
     def tndsl_generate():
         return tndsl.generate(ours, prompt, new, stop_at_eos=False, progress=False).tokens

@@ -139,7 +139,9 @@ def baseline_module(tree: str, layers: int, context: int):
                        env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
                        check=True, capture_output=True)
         source = out.read_text()
-    root = [n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)][-1]
+    # The root is the last `nn.Module` class (helpers such as KVCache may follow it).
+    root = [n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)
+            and any(ast.unparse(b) == "nn.Module" for b in n.bases)][-1]
     namespace: dict = {"__name__": "tndsl_baseline"}
     exec(compile(source, "<baseline>", "exec"), namespace)  # tndsl's generated code
     return namespace[root]()
