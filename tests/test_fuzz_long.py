@@ -1,5 +1,5 @@
-"""A long fuzz run as part of the suite: 1,200 cases of `bench/fuzz_long.py` in four
-parts of 300, each with its own seed, so pytest-xdist spreads them over the cores (the
+"""A long fuzz run as part of the suite: 600 cases of `bench/fuzz_long.py` in four
+parts of 150, each with its own seed, so pytest-xdist spreads them over the cores (the
 10,000-case run, several CPU minutes since the generator covers the whole grammar, is
 the benchmark's default; its results are in docs/robustness.md)."""
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-PARTS, CASES = 4, 300
+PARTS, CASES = 4, 150
 
 
 @pytest.mark.slow
