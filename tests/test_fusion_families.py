@@ -148,9 +148,9 @@ def _spied_attention(module, tokens, monkeypatch):
     if "_windowed_attention" in helpers:  # emitted only where a window may apply
         real_windowed = helpers["_windowed_attention"]
 
-        def spy_windowed(q, k, v, *args):
-            windowed.append(args)
-            return real_windowed(q, k, v, *args)
+        def spy_windowed(q, k, v, window, causal, scale, grouped):
+            windowed.append((window, causal, scale, grouped))
+            return real_windowed(q, k, v, window, causal, scale, grouped)
         monkeypatch.setitem(helpers, "_windowed_attention", spy_windowed)
     with torch.no_grad():
         module(tokens)
@@ -162,10 +162,11 @@ def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing(monkey
     source = program.compile().source
     start = source.index("        else:\n            # z")
     fast = source[start:source.index("# out[", start)]
-    # (q, k, v, window, causal, scale, grouped, cache): the window clause is dropped (a
-    # window as long as the context), causal, grouped key/value heads, no repeat.
+    # The window clause is dropped (a window as long as the context), causal, grouped
+    # key/value heads, no repeat.
     assert "_cached_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
-        "v.transpose(-2, -3), None, True, 0.5, True, cache)" in fast
+        "v.transpose(-2, -3), window=None, causal=True, scale=0.5, grouped=True, " \
+        "cache=cache)" in fast
     assert "repeat_interleave" not in fast
     # Run without a cache: the fused kernel itself gets is_causal and enable_gqa, with
     # 6 query heads over the 2 key/value heads as they are (nothing repeated), no mask.
@@ -176,7 +177,8 @@ def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing(monkey
         * SMALL["Layers"]
     # One query head per key/value head: the grouping is the identity, in every path.
     plain = tndsl.load(LLAMA, dims={**SMALL, "KVHeads": 6, "Context": 8, "Window": 8})
-    assert "v.transpose(-2, -3), None, True, 0.5, False, cache)" in plain.compile().source
+    assert "v.transpose(-2, -3), window=None, causal=True, scale=0.5, grouped=False, " \
+        "cache=cache)" in plain.compile().source
     sdpa, _ = _spied_attention(_random(plain.module()), _tokens(8), monkeypatch)
     assert sdpa == [(6, 6, 6, (), {"is_causal": True, "scale": 0.5})] * SMALL["Layers"]
 
@@ -184,7 +186,8 @@ def test_grouped_attention_calls_sdpa_with_enable_gqa_and_repeats_nothing(monkey
 def test_a_window_shorter_than_the_context_calls_the_windowed_helper(monkeypatch):
     program = tndsl.load(LLAMA, dims={**SMALL, "Window": 3})
     assert "_cached_attention(q.transpose(-2, -3), k.transpose(-2, -3), " \
-        "v.transpose(-2, -3), 3, True, 0.5, True, cache)" in program.compile().source
+        "v.transpose(-2, -3), window=3, causal=True, scale=0.5, grouped=True, " \
+        "cache=cache)" in program.compile().source
     # Without a cache the windowed helper gets (window, causal, scale, grouped); 7 tokens
     # are longer than the window, so the kernel gets a mask, not is_causal.
     sdpa, windowed = _spied_attention(_random(program.module()), _tokens(7), monkeypatch)
@@ -228,7 +231,8 @@ scores[p, s] = q[p, e] * q[s, e]
 pattern[p, s] = softmax[s](scores[p, s] where s <= p and p - s < W)
 z[p, e] = pattern[p, s] * q[s, e]
 """)
-    assert "_windowed_attention(q, q, q, 2, True, 1.0, False)" in program.compile().source
+    assert "_windowed_attention(q, q, q, window=2, causal=True, scale=1.0, grouped=False)" \
+        in program.compile().source
     fused, unfused = _random(program.module()), _random(program.module(fuse=False))
     x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

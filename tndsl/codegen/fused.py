@@ -98,15 +98,16 @@ def attention(lower: Lowering, fused: FusedAttention, var: str, hooks: dict) -> 
                 f"scale={scale}{', enable_gqa=True' if grouped else ''})")
     else:
         lower.helpers.add("_windowed_attention")
-        call = (f"_windowed_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
-                f"{scale}, {grouped})")
+        call = (f"_windowed_attention({q}, {k}, {v}, window={fused.window}, "
+                f"causal={fused.causal}, scale={scale}, grouped={grouped})")
     out_roles = heads + ("p", "f")
     if lower.cache is None:
         lower.emit(f"{var} = {_move(call, out_roles, fused.out_roles)}")
     else:  # decoding: with a cache the keys may start before the queries
         lower.helpers.add("_cached_attention")
-        cached = (f"_cached_attention({q}, {k}, {v}, {fused.window}, {fused.causal}, "
-                  f"{scale}, {grouped}, {lower.cache})")
+        cached = (f"_cached_attention({q}, {k}, {v}, window={fused.window}, "
+                  f"causal={fused.causal}, scale={scale}, grouped={grouped}, "
+                  f"cache={lower.cache})")
         for line, code in ((f"if {lower.cache} is None:", call), ("else:", cached)):
             lower.emit(line)
             lower.indent += 1
