@@ -18,7 +18,7 @@ from tndsl.lang.errors import SizeError, TnError
 
 HELPERS = {
     "_rotary": '''
-def _rotary(x, position, axis, rotated, base, inverse, interleaved=False, cache=None):
+def _rotary(x, position, axis, rotated, base, inverse=False, interleaved=False, cache=None):
     """x turned by the rotary map along `axis`, at the positions along `position` (both
     negative axes): the pairs (i, i + rotated/2) of the first `rotated` entries turn by
     the angle p * base**(-2i/rotated) (`interleaved`: the pairs (2i, 2i + 1), GPT-J's);
@@ -136,10 +136,11 @@ def lower(generator, ref: ir.Ref, tensor: ir.Tensor, operands: list, layout, hin
                 generator.helpers.add("_rotary")
                 n = len(x.indices)
                 var = generator._temp(hint, x.var)
-                code = (f"_rotary({var}, {x.indices.index(position) - n}, "
-                        f"{x.indices.index(contracted) - n}, "
-                        f"{fixed.rotated(tensor, generator.sizes)}, "
-                        f"{tensor.fixed.args[0]!r}, {inverse}"
+                code = (f"_rotary({var}, position={x.indices.index(position) - n}, "
+                        f"axis={x.indices.index(contracted) - n}, "
+                        f"rotated={fixed.rotated(tensor, generator.sizes)}, "
+                        f"base={tensor.fixed.args[0]!r}"
+                        + (", inverse=True" if inverse else "")
                         + (", interleaved=True" if fixed.interleaved(tensor) else "")
                         + f"{generator.at_new_positions(position, keyword=True)})")
                 return _replace(operands, x, code, contracted, result)
