@@ -44,17 +44,26 @@ INDEX_POOL = {"A": ("a", "a2", "a3"), "B": ("b", "b2", "b3"), "C": ("c", "c2")}
 BOXES = ("relu", "tanh", "sigmoid", "gelu", "exp", "identity", "silu")
 
 
+def fuzz(cases: int, derandomize: bool = True):
+    """Settings of a fixed-size run without shrinking or an example database, so CI time
+    is predictable; a failure prints the whole generated example, which reproduces it.
+    Derandomized by default (the examples follow from the test); `derandomize=False`
+    with hypothesis's `@seed(n)` gives the examples of seed n."""
+    return settings(max_examples=cases, deadline=None, derandomize=derandomize,
+                    database=None, phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
 def run_part(body, strategy, cases: int, part: int) -> None:
     """Run `body(example)` on `cases` examples of `strategy`, the ones of seed `part`.
 
     A long fuzz test is split into parts (`pytest.mark.parametrize("part", ...)`) so
     pytest-xdist spreads it over the cores instead of one worker holding all of it.
     Each part has its own fixed seed: parts draw different examples, and a run is
-    repeatable (no shrinking, no example database; a failure prints its example)."""
+    repeatable."""
     @seed(part)
-    @settings(max_examples=cases, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate],
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @fuzz(cases, derandomize=False)
     @given(strategy)
     def run(example):
         body(example)

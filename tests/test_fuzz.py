@@ -8,7 +8,7 @@ import ast
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 
 import tndsl
 from tndsl.render.dot import to_dot
@@ -16,21 +16,13 @@ from tndsl.verify import equivalent
 from tndsl.verify.compiled import compare_compiled
 from tndsl.verify.symbolic import Expander, render_polynomial
 from fuzzing import (FUZZ_DIMS, MUTANTS, Coverage, bounded, compiled_mismatches,
-                     expansion_failures, grammar_sentences, mutant, mutations, run_part,
-                     run_pipeline, valid_programs)
+                     expansion_failures, fuzz, grammar_sentences, mutant, mutations,
+                     run_part, run_pipeline, valid_programs)
 
 VALID_CASES, EXPANSION_CASES, GRAMMAR_CASES, DAMAGED_CASES = 160, 50, 600, 240
 DAMAGED_PARTS = 4  # each a test of its own, so the workers share them
 COVERAGE_LEAST = 5  # each production and IR kind at least this often in the run
 COVERAGE = Coverage()  # filled by the tests below, checked by the coverage test
-
-
-def fuzz(cases: int):
-    """Deterministic (derandomized) runs of a fixed size without shrinking, so CI time is
-    predictable; a failure prints the whole generated program, which reproduces it."""
-    return settings(max_examples=cases, deadline=None, derandomize=True, database=None,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @fuzz(VALID_CASES)

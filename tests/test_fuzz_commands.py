@@ -9,25 +9,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tndsl.cli import main
 from tndsl.passes.plan import MAX_OPERANDS
-from fuzzing import bounded, mutations, run_part, valid_programs
+from fuzzing import bounded, fuzz, mutations, run_part, valid_programs
 
 COMMANDS = (["check"], ["compile"], ["render"], ["render", "--expand"], ["cost"],
             ["cost", "--json"], ["verify"])
 # Errors about the whole program rather than a place in it (there is no line to show);
 # the CLI still starts them with the file.
 WHOLE_PROGRAM = ("error: the program has no equation",)
-
-
-def fuzz(cases: int):
-    return settings(max_examples=cases, deadline=None, derandomize=True, database=None,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
 
 
 def run_every_command(text: str, capsys, commands=COMMANDS) -> dict[str, int]:

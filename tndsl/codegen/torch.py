@@ -32,8 +32,7 @@ from tndsl.passes.fusion import resolve
 from tndsl.passes.plan import DEFAULT_MEMORY_BUDGET, check_entries, optimizers_for
 from tndsl.lang.text import python_string
 
-# Above it the model's classes; below it the helpers they call, each the same text
-# in every file that uses it.
+# Between the model's classes and the run-time helpers they call.
 HELPERS_BANNER = ("# ---- Run-time helpers " + "-" * 64 + "\n"
                   "# Not specific to this model: each is the same text in every file tndsl writes.")
 
